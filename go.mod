@@ -1,0 +1,3 @@
+module github.com/keyroute/keyroute
+
+go 1.26
