@@ -154,8 +154,10 @@ func StartOVS(dir, netns string) (*OVS, error) {
 
 // StartVswitchd starts ovs-vswitchd (again).
 func (o *OVS) StartVswitchd() error {
+	// The unixctl socket keeps its default name, <rundir>/ovs-vswitchd.<pid>.ctl,
+	// so `ovs-appctl -t ovs-vswitchd` with OVS_RUNDIR finds it, as the agent does.
 	args := []string{"ovs-vswitchd", "unix:" + o.DBSock(), "--pidfile=" + o.pidfile("ovs-vswitchd"),
-		"--unixctl=" + o.VswitchdCtl(), "--log-file=" + filepath.Join(o.Dir, "log", "ovs-vswitchd.log"),
+		"--log-file=" + filepath.Join(o.Dir, "log", "ovs-vswitchd.log"),
 		"-vconsole:off", "--detach", "--no-chdir"}
 	if o.NetNS != "" {
 		args = append([]string{"netns", "exec", o.NetNS}, args...)
@@ -172,7 +174,13 @@ func (o *OVS) StartVswitchd() error {
 }
 
 // VswitchdCtl is ovs-vswitchd's unixctl socket.
-func (o *OVS) VswitchdCtl() string { return filepath.Join(o.RunDir(), "ovs-vswitchd.ctl") }
+func (o *OVS) VswitchdCtl() string {
+	pid, err := o.PID("ovs-vswitchd")
+	if err != nil {
+		return filepath.Join(o.RunDir(), "ovs-vswitchd.ctl")
+	}
+	return filepath.Join(o.RunDir(), fmt.Sprintf("ovs-vswitchd.%d.ctl", pid))
+}
 
 // Vsctl runs ovs-vsctl against this instance.
 func (o *OVS) Vsctl(args ...string) (string, error) {
