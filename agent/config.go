@@ -1,0 +1,271 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the agent's configuration: one YAML file (configs/agent.yaml
+// documents every field), overridden by command-line flags.
+type Config struct {
+	// Node is this host's name in the cluster (default: the hostname).
+	Node string `yaml:"node"`
+	// Uplink is the physical interface put into br-phy.
+	Uplink string `yaml:"uplink"`
+	// HostIP is the underlay address; default: the uplink's (or br-phy's,
+	// after a restart) first IPv4 address.
+	HostIP string `yaml:"host_ip"`
+	// Etcd selects the cluster store.
+	Etcd EtcdConfig `yaml:"etcd"`
+	// Cluster holds the cluster-wide addressing plan.
+	Cluster ClusterConfig `yaml:"cluster"`
+	// ContainerMTU for container interfaces; 0 means uplink MTU - 50 (VXLAN
+	// overhead, so the fallback path never drops full-size packets).
+	ContainerMTU int `yaml:"container_mtu"`
+	// Datapath is auto, system or netdev (see kernel preflight).
+	Datapath string `yaml:"datapath"`
+	// OVS says where the local Open vSwitch listens.
+	OVS OVSConfig `yaml:"ovs"`
+	// Mode is tunnel (VXLAN only) or rewrite (cached fast path).
+	Mode string `yaml:"mode"`
+	// Cache configures rewrite mode's cache entries.
+	Cache CacheConfig `yaml:"cache"`
+	// MetricsAddr serves Prometheus metrics; empty disables.
+	MetricsAddr string `yaml:"metrics_addr"`
+	// APISocket is the local unix socket keyroutectl talks to.
+	APISocket string `yaml:"api_socket"`
+	// StateDir keeps the agent's local state (embedded etcd data).
+	StateDir string `yaml:"state_dir"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+}
+
+// EtcdConfig selects an external etcd cluster or the embedded server.
+type EtcdConfig struct {
+	// Endpoints of an etcd cluster; empty starts an embedded single-node
+	// server.
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix under which keyroute keeps its keys.
+	Prefix string `yaml:"prefix"`
+	// EmbeddedClientURL is where the embedded server listens for clients
+	// (other agents point their endpoints here). Default
+	// http://<host_ip>:2379.
+	EmbeddedClientURL string `yaml:"embedded_client_url"`
+	// EmbeddedPeerURL is the embedded server's peer URL. Default
+	// http://127.0.0.1:2380.
+	EmbeddedPeerURL string `yaml:"embedded_peer_url"`
+	// DialTimeout bounds each connection attempt.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+}
+
+// ClusterConfig is the addressing plan every agent must agree on.
+type ClusterConfig struct {
+	// PodCIDR is the cluster's container address range.
+	PodCIDR string `yaml:"pod_cidr"`
+	// SubnetBits is the prefix length of each host's pod subnet.
+	SubnetBits int `yaml:"subnet_bits"`
+	// VNI is the VXLAN network identifier of the overlay.
+	VNI uint32 `yaml:"vni"`
+	// VXLANPort is the UDP destination port of the overlay.
+	VXLANPort uint16 `yaml:"vxlan_port"`
+	// GatewayMAC is the virtual MAC containers see for their gateway.
+	GatewayMAC string `yaml:"gateway_mac"`
+}
+
+// OVSConfig says where the local Open vSwitch listens.
+type OVSConfig struct {
+	// DBSocket is ovsdb-server's unix socket.
+	DBSocket string `yaml:"db_socket"`
+	// RunDir holds ovs-vswitchd's <bridge>.mgmt and unixctl sockets.
+	RunDir string `yaml:"run_dir"`
+}
+
+// CacheConfig sets the cache entries' idle timeouts (rewrite mode).
+type CacheConfig struct {
+	// SendIdle is the EgressCache idle_timeout.
+	SendIdle time.Duration `yaml:"send_idle"`
+	// RecvIdle is the Restore idle_timeout; must exceed SendIdle.
+	RecvIdle time.Duration `yaml:"recv_idle"`
+	// Keys is the usable DSCP key set, e.g. "1-63,!46,!48-63".
+	Keys string `yaml:"keys"`
+	// PuntRate limits cache-miss copies to the agent, packets per second.
+	PuntRate uint32 `yaml:"punt_rate"`
+}
+
+// Modes.
+const (
+	ModeTunnel  = "tunnel"
+	ModeRewrite = "rewrite"
+)
+
+// DefaultConfig returns the built-in defaults.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Node:     host,
+		Datapath: "auto",
+		Mode:     ModeTunnel,
+		Etcd: EtcdConfig{
+			Prefix:          "/keyroute/",
+			EmbeddedPeerURL: "http://127.0.0.1:2380",
+			DialTimeout:     5 * time.Second,
+		},
+		Cluster: ClusterConfig{
+			PodCIDR:    "198.19.0.0/16",
+			SubnetBits: 24,
+			VNI:        100,
+			VXLANPort:  4789,
+			GatewayMAC: "0a:00:00:00:00:01",
+		},
+		OVS: OVSConfig{
+			DBSocket: "/var/run/openvswitch/db.sock",
+			RunDir:   "/var/run/openvswitch",
+		},
+		Cache: CacheConfig{
+			SendIdle: 10 * time.Second,
+			RecvIdle: 20 * time.Second,
+			Keys:     "1-63",
+			PuntRate: 1000,
+		},
+		MetricsAddr: "127.0.0.1:9476",
+		APISocket:   "/run/keyroute/agent.sock",
+		StateDir:    "/var/lib/keyroute",
+		LogLevel:    "info",
+	}
+}
+
+// LoadConfig reads a YAML file over the defaults. Unknown fields are an
+// error, so a typo never silently falls back to a default.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if path == "" {
+		return cfg, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("read config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	// An empty file (io.EOF) means all defaults.
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// FieldError names the config field at fault and how to fix it.
+type FieldError struct {
+	Field string
+	Value any
+	Fix   string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("config field %s=%v: %s", e.Field, e.Value, e.Fix)
+}
+
+// Validate checks every field and returns all problems at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field string, v any, fix string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Value: v, Fix: fmt.Sprintf(fix, args...)})
+	}
+	if c.Node == "" || strings.ContainsAny(c.Node, "/ \t") {
+		bad("node", c.Node, "set a host name without '/' or spaces")
+	}
+	if c.Uplink == "" {
+		bad("uplink", c.Uplink, "name the physical interface to put into br-phy (e.g. eth1)")
+	}
+	if c.HostIP != "" {
+		if a, err := netip.ParseAddr(c.HostIP); err != nil || !a.Is4() {
+			bad("host_ip", c.HostIP, "give an IPv4 address, or leave empty to use the uplink's")
+		}
+	}
+	pod, err := netip.ParsePrefix(c.Cluster.PodCIDR)
+	switch {
+	case err != nil || !pod.Addr().Is4():
+		bad("cluster.pod_cidr", c.Cluster.PodCIDR, "give an IPv4 CIDR such as 198.19.0.0/16")
+	case pod.Masked() != pod:
+		bad("cluster.pod_cidr", c.Cluster.PodCIDR, "use the network address: %s", pod.Masked())
+	case c.Cluster.SubnetBits <= pod.Bits() || c.Cluster.SubnetBits > 30:
+		bad("cluster.subnet_bits", c.Cluster.SubnetBits, "must be longer than the pod CIDR's /%d and at most 30", pod.Bits())
+	}
+	if c.Cluster.VNI == 0 || c.Cluster.VNI >= 1<<24 {
+		bad("cluster.vni", c.Cluster.VNI, "must be 1..16777215")
+	}
+	if c.Cluster.VXLANPort == 0 {
+		bad("cluster.vxlan_port", c.Cluster.VXLANPort, "must be a UDP port, usually 4789")
+	}
+	if mac, err := net.ParseMAC(c.Cluster.GatewayMAC); err != nil || len(mac) != 6 || mac[0]&1 == 1 {
+		bad("cluster.gateway_mac", c.Cluster.GatewayMAC, "give a unicast MAC such as 0a:00:00:00:00:01")
+	}
+	if c.ContainerMTU != 0 && (c.ContainerMTU < 576 || c.ContainerMTU > 9000) {
+		bad("container_mtu", c.ContainerMTU, "must be 576..9000, or 0 for uplink MTU - 50")
+	}
+	switch c.Datapath {
+	case "auto", "system", "netdev":
+	default:
+		bad("datapath", c.Datapath, "must be auto, system or netdev")
+	}
+	switch c.Mode {
+	case ModeTunnel, ModeRewrite:
+	default:
+		bad("mode", c.Mode, "must be tunnel or rewrite")
+	}
+	if c.Cache.SendIdle <= 0 || c.Cache.SendIdle > 65535*time.Second || c.Cache.SendIdle%time.Second != 0 {
+		bad("cache.send_idle", c.Cache.SendIdle, "must be whole seconds between 1s and 65535s")
+	}
+	if c.Cache.RecvIdle <= c.Cache.SendIdle || c.Cache.RecvIdle > 65535*time.Second || c.Cache.RecvIdle%time.Second != 0 {
+		bad("cache.recv_idle", c.Cache.RecvIdle, "must be whole seconds, longer than cache.send_idle (%s), so the receiver never forgets a key the sender still uses", c.Cache.SendIdle)
+	}
+	if c.OVS.DBSocket == "" {
+		bad("ovs.db_socket", c.OVS.DBSocket, "give ovsdb-server's unix socket, usually /var/run/openvswitch/db.sock")
+	}
+	if c.OVS.RunDir == "" {
+		bad("ovs.run_dir", c.OVS.RunDir, "give ovs-vswitchd's run directory, usually /var/run/openvswitch")
+	}
+	if c.APISocket == "" {
+		bad("api_socket", c.APISocket, "give a unix socket path for keyroutectl")
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			bad("metrics_addr", c.MetricsAddr, "give host:port, or empty to disable")
+		}
+	}
+	for _, ep := range c.Etcd.Endpoints {
+		if !strings.HasPrefix(ep, "http://") && !strings.HasPrefix(ep, "https://") {
+			bad("etcd.endpoints", ep, "endpoints are URLs such as http://198.18.0.1:2379")
+		}
+	}
+	if c.Etcd.Prefix == "" || !strings.HasPrefix(c.Etcd.Prefix, "/") || !strings.HasSuffix(c.Etcd.Prefix, "/") {
+		bad("etcd.prefix", c.Etcd.Prefix, "must start and end with '/', e.g. /keyroute/")
+	}
+	if len(c.Etcd.Endpoints) == 0 && c.StateDir == "" {
+		bad("state_dir", c.StateDir, "the embedded etcd server needs a state directory")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", c.LogLevel, "must be debug, info, warn or error")
+	}
+	return errors.Join(errs...)
+}
+
+// PodCIDR returns the parsed cluster pod CIDR (valid after Validate).
+func (c *Config) PodCIDR() netip.Prefix { return netip.MustParsePrefix(c.Cluster.PodCIDR) }
+
+// GatewayMAC returns the parsed virtual gateway MAC (valid after Validate).
+func (c *Config) GatewayMAC() net.HardwareAddr {
+	m, _ := net.ParseMAC(c.Cluster.GatewayMAC)
+	return m
+}

@@ -1,0 +1,508 @@
+// Package keyalloc allocates per host-pair cache keys in etcd.
+//
+// A key k (a DSCP value, see KeySet) names one container pair (src, dst)
+// in one host-pair direction srcHost→dstHost. Two keys under the root
+// prefix hold an allocation:
+//
+//	keys/<src-host>/<dst-host>/<k>                   {src, dst, state, created}
+//	pairs/<dst-host>/<src-host>/<srcIP>-<dstIP>      {key, created}
+//
+// The record (keys/...) is the allocation: key k is in use exactly while it
+// exists. The pair index (pairs/...) makes one pair get one key: both are
+// created in one transaction only if both are absent, and deleted together.
+//
+// The index is filed under the destination host on purpose: each agent
+// watches two prefixes that hold only its own pairs. As sender it watches
+// keys/<me>/ (records, so it sees state turn ready); as receiver it watches
+// pairs/<me>/, which tells it of every pair created or deleted towards it
+// (it needs no state changes: the receiver is the one marking ready). So
+// watch traffic grows with an agent's own pairs, not with the cluster, and
+// no extra key is written for the receiver.
+//
+// etcd writes per pair lifetime: Allocate 1 (the create transaction),
+// MarkReady 1 (compare-and-swap on the record's revision), Release 1 (a
+// transaction deleting both keys). Re-allocating an existing pair writes
+// nothing. A transaction lost to a racing allocator changes nothing and is
+// retried with another key.
+package keyalloc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/keyroute/keyroute/registry"
+	"github.com/keyroute/keyroute/registry/kvwatch"
+)
+
+// Errors returned wrapped, with context, by Allocator methods.
+var (
+	ErrKeysExhausted = errors.New("all cache keys of the host pair in use")
+	ErrNotFound      = errors.New("key record not found")
+	ErrStale         = errors.New("key record is stale") // gone or re-allocated since read
+	ErrBadRecord     = errors.New("bad key record in etcd")
+)
+
+// Record states.
+const (
+	StatePending = "pending" // allocated; the receiver has no Restore flow yet
+	StateReady   = "ready"   // the receiver restores packets with this key
+)
+
+// Record is one key allocation.
+type Record struct {
+	SrcHost, DstHost string
+	Key              uint8
+	Src, Dst         netip.Addr // container IPs
+	// State is StatePending or StateReady. Records read through the pair
+	// index (List or Watch with only DstHost set) carry the state they
+	// were created with, StatePending; MarkReady on them is still right.
+	State   string
+	Created time.Time
+	// Revisions of the record in etcd, for compare-and-swap.
+	ModRevision, CreateRevision int64
+}
+
+type recordJSON struct {
+	Src     netip.Addr `json:"src"`
+	Dst     netip.Addr `json:"dst"`
+	State   string     `json:"state"`
+	Created time.Time  `json:"created"`
+}
+
+type indexJSON struct {
+	Key     uint8     `json:"key"`
+	Created time.Time `json:"created"`
+}
+
+// Event is one change seen by Watch; Value is the record.
+type Event = kvwatch.Event[Record]
+
+// Event types, see kvwatch.
+const (
+	EventPut    = kvwatch.Put
+	EventDelete = kvwatch.Delete
+	EventSynced = kvwatch.Synced
+)
+
+// Filter selects records by host; empty fields match all.
+type Filter struct{ SrcHost, DstHost string }
+
+// Allocator allocates keys. Several allocators (agents) may work on the
+// same host pairs concurrently; etcd transactions keep them consistent.
+type Allocator struct {
+	cli    *clientv3.Client
+	prefix string
+	keys   KeySet
+	bad    atomic.Uint64
+}
+
+// New returns an allocator storing under prefix (registry.DefaultPrefix if
+// empty) and handing out keys (DefaultKeySet if empty).
+func New(cli *clientv3.Client, prefix string, keys KeySet) *Allocator {
+	if prefix == "" {
+		prefix = registry.DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	if keys.Len() == 0 {
+		keys = DefaultKeySet()
+	}
+	return &Allocator{cli: cli, prefix: prefix, keys: keys}
+}
+
+// BadRecords counts records skipped by Allocate, List and Watch because
+// they failed validation.
+func (a *Allocator) BadRecords() uint64 { return a.bad.Load() }
+
+func (a *Allocator) badRecord(key string, err error) {
+	a.bad.Add(1)
+	slog.Warn("skipping bad key record in etcd", "key", key, "err", err)
+}
+
+func (a *Allocator) recordKey(src, dst string, k uint8) string {
+	return a.prefix + "keys/" + src + "/" + dst + "/" + strconv.Itoa(int(k))
+}
+
+func (a *Allocator) indexKey(r Record) string {
+	return a.prefix + "pairs/" + r.DstHost + "/" + r.SrcHost + "/" + r.Src.String() + "-" + r.Dst.String()
+}
+
+func checkPair(srcHost, dstHost string, src, dst netip.Addr) error {
+	if err := registry.ValidateName(srcHost); err != nil {
+		return fmt.Errorf("source host: %w", err)
+	}
+	if err := registry.ValidateName(dstHost); err != nil {
+		return fmt.Errorf("destination host: %w", err)
+	}
+	if srcHost == dstHost {
+		return fmt.Errorf("source and destination host are both %s", srcHost)
+	}
+	for _, ip := range []netip.Addr{src, dst} {
+		if !ip.IsValid() || ip.Zone() != "" {
+			return fmt.Errorf("invalid container IP %q", ip)
+		}
+	}
+	if src.Is4() != dst.Is4() {
+		return fmt.Errorf("container IPs %s and %s differ in family", src, dst)
+	}
+	return nil
+}
+
+// Allocate returns the key of the pair src@srcHost → dst@dstHost: its
+// existing record (no write), else a new pending record with a free key
+// chosen at random, so racing allocators rarely collide and a just freed
+// key is not the next one reused. If every key of the set is in use the
+// error wraps ErrKeysExhausted. Cost: 1 read, then 1 write for a new pair.
+func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, dst netip.Addr) (Record, error) {
+	fail := func(err error) (Record, error) {
+		return Record{}, fmt.Errorf("allocate key for %s@%s -> %s@%s: %w", src, srcHost, dst, dstHost, err)
+	}
+	if err := checkPair(srcHost, dstHost, src, dst); err != nil {
+		return fail(err)
+	}
+	dir := a.prefix + "keys/" + srcHost + "/" + dstHost + "/"
+	// Each round re-reads the host pair. A round ends when a racing
+	// allocator created this very pair or took every key tried; the
+	// re-read then finds the pair's record or the keys exhausted.
+	for range 8 {
+		resp, err := a.cli.Get(ctx, dir, clientv3.WithPrefix())
+		if err != nil {
+			return fail(err)
+		}
+		var used KeySet
+		for _, kv := range resp.Kvs {
+			r, err := a.decodeRecord(kv)
+			if err != nil {
+				a.badRecord(string(kv.Key), err)
+				// The key is taken whatever its value says.
+				if k, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), dir), 10, 8); err == nil {
+					used.bits |= 1 << k
+				}
+				continue
+			}
+			if r.Src == src && r.Dst == dst {
+				return r, nil
+			}
+			used.bits |= 1 << r.Key
+		}
+		free := KeySet{a.keys.bits &^ used.bits}.Keys()
+		if len(free) == 0 {
+			return fail(fmt.Errorf("%d keys (%s): %w", a.keys.Len(), a.keys, ErrKeysExhausted))
+		}
+		rand.Shuffle(len(free), func(i, j int) { free[i], free[j] = free[j], free[i] })
+		r := Record{SrcHost: srcHost, DstHost: dstHost, Src: src, Dst: dst, State: StatePending,
+			Created: time.Now().UTC().Truncate(time.Millisecond)}
+		for _, k := range free {
+			r.Key = k
+			won, pairTaken, err := a.create(ctx, &r)
+			if err != nil {
+				return fail(err)
+			}
+			if won {
+				return r, nil
+			}
+			if pairTaken {
+				break // re-read to return the racing allocator's record
+			}
+		}
+	}
+	return fail(errors.New("gave up after 8 rounds of contention"))
+}
+
+// create writes r and its pair index if both are absent, setting r's
+// revisions. If it loses, pairTaken says whether the pair itself was
+// allocated meanwhile (rather than only the key).
+func (a *Allocator) create(ctx context.Context, r *Record) (won, pairTaken bool, err error) {
+	rk, ik := a.recordKey(r.SrcHost, r.DstHost, r.Key), a.indexKey(*r)
+	rv, err := json.Marshal(recordJSON{r.Src, r.Dst, r.State, r.Created})
+	if err != nil {
+		return false, false, err
+	}
+	iv, err := json.Marshal(indexJSON{r.Key, r.Created})
+	if err != nil {
+		return false, false, err
+	}
+	tx, err := a.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(rk), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(ik), "=", 0)).
+		Then(clientv3.OpPut(rk, string(rv)), clientv3.OpPut(ik, string(iv))).
+		Else(clientv3.OpGet(ik, clientv3.WithCountOnly())).
+		Commit()
+	if err != nil {
+		return false, false, err
+	}
+	if tx.Succeeded {
+		r.ModRevision, r.CreateRevision = tx.Header.Revision, tx.Header.Revision
+		return true, false, nil
+	}
+	return false, tx.Responses[0].GetResponseRange().Count > 0, nil
+}
+
+// MarkReady sets r's state to ready if the record is unchanged since r was
+// read (compare-and-swap on its ModRevision). Marking a record that is
+// already ready succeeds; if the record is gone or was re-allocated the
+// error wraps ErrStale. Cost: 1 write.
+func (a *Allocator) MarkReady(ctx context.Context, r Record) error {
+	fail := func(err error) error {
+		return fmt.Errorf("mark key %d of %s->%s ready: %w", r.Key, r.SrcHost, r.DstHost, err)
+	}
+	if err := checkPair(r.SrcHost, r.DstHost, r.Src, r.Dst); err != nil {
+		return fail(err)
+	}
+	if r.ModRevision == 0 {
+		return fail(errors.New("record carries no revision; read it with Get"))
+	}
+	rk := a.recordKey(r.SrcHost, r.DstHost, r.Key)
+	rv, err := json.Marshal(recordJSON{r.Src, r.Dst, StateReady, r.Created})
+	if err != nil {
+		return fail(err)
+	}
+	tx, err := a.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(rk), "=", r.ModRevision)).
+		Then(clientv3.OpPut(rk, string(rv))).
+		Else(clientv3.OpGet(rk)).
+		Commit()
+	if err != nil {
+		return fail(err)
+	}
+	if tx.Succeeded {
+		return nil
+	}
+	kvs := tx.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return fail(fmt.Errorf("record deleted: %w", ErrStale))
+	}
+	cur, err := a.decodeRecord(kvs[0])
+	if err != nil {
+		return fail(err)
+	}
+	if cur.CreateRevision == r.CreateRevision && cur.State == StateReady {
+		return nil
+	}
+	return fail(fmt.Errorf("record now %s for %s->%s (revision %d, had %d): %w",
+		cur.State, cur.Src, cur.Dst, cur.ModRevision, r.ModRevision, ErrStale))
+}
+
+// Release deletes r's record and pair index, freeing the key, unless the
+// record has since been re-allocated (it then belongs to someone else).
+// Releasing a released record succeeds. A Record built by hand (no
+// CreateRevision) releases whatever record the pair holds at that key.
+// Cost: 1 write, plus 1 read without CreateRevision.
+func (a *Allocator) Release(ctx context.Context, r Record) error {
+	fail := func(err error) error {
+		return fmt.Errorf("release key %d of %s@%s -> %s@%s: %w", r.Key, r.Src, r.SrcHost, r.Dst, r.DstHost, err)
+	}
+	if err := checkPair(r.SrcHost, r.DstHost, r.Src, r.Dst); err != nil {
+		return fail(err)
+	}
+	rk := a.recordKey(r.SrcHost, r.DstHost, r.Key)
+	for {
+		crev := r.CreateRevision
+		if crev == 0 {
+			resp, err := a.cli.Get(ctx, rk)
+			if err != nil {
+				return fail(err)
+			}
+			if len(resp.Kvs) == 0 {
+				return nil
+			}
+			cur, err := a.decodeRecord(resp.Kvs[0])
+			if err != nil {
+				return fail(err)
+			}
+			if cur.Src != r.Src || cur.Dst != r.Dst {
+				return nil // the key now belongs to another pair
+			}
+			crev = cur.CreateRevision
+		}
+		tx, err := a.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(rk), "=", crev)).
+			Then(clientv3.OpDelete(rk), clientv3.OpDelete(a.indexKey(r))).
+			Commit()
+		if err != nil {
+			return fail(err)
+		}
+		if tx.Succeeded || r.CreateRevision != 0 {
+			return nil
+		}
+		// Re-allocated between read and delete: look again.
+	}
+}
+
+// Get returns the record of key k for srcHost→dstHost; ErrNotFound if the
+// key is free.
+func (a *Allocator) Get(ctx context.Context, srcHost, dstHost string, k uint8) (Record, error) {
+	rk := a.recordKey(srcHost, dstHost, k)
+	resp, err := a.cli.Get(ctx, rk)
+	if err != nil {
+		return Record{}, fmt.Errorf("get %s: %w", rk, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Record{}, fmt.Errorf("get key %d of %s->%s: %w", k, srcHost, dstHost, ErrNotFound)
+	}
+	return a.decodeRecord(resp.Kvs[0])
+}
+
+// source returns where records matching f live and how to decode them:
+// the records themselves if SrcHost is set (or nothing is), else the
+// destination host's pair index.
+func (a *Allocator) source(f Filter) (key string, decode func(*mvccpb.KeyValue) (Record, error)) {
+	switch {
+	case f.SrcHost != "" && f.DstHost != "":
+		return a.prefix + "keys/" + f.SrcHost + "/" + f.DstHost + "/", a.decodeRecord
+	case f.SrcHost != "":
+		return a.prefix + "keys/" + f.SrcHost + "/", a.decodeRecord
+	case f.DstHost != "":
+		return a.prefix + "pairs/" + f.DstHost + "/", a.decodeIndex
+	}
+	return a.prefix + "keys/", a.decodeRecord
+}
+
+func checkFilter(f Filter) error {
+	for _, h := range []string{f.SrcHost, f.DstHost} {
+		if h != "" {
+			if err := registry.ValidateName(h); err != nil {
+				return fmt.Errorf("filter: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// List returns the records matching f, sorted by source host, destination
+// host and key, skipping bad records.
+func (a *Allocator) List(ctx context.Context, f Filter) ([]Record, error) {
+	if err := checkFilter(f); err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	key, decode := a.source(f)
+	resp, err := a.cli.Get(ctx, key, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", key, err)
+	}
+	recs := make([]Record, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		r, err := decode(kv)
+		if err != nil {
+			a.badRecord(string(kv.Key), err)
+			continue
+		}
+		recs = append(recs, r)
+	}
+	sort.Slice(recs, func(i, j int) bool {
+		x, y := recs[i], recs[j]
+		if x.SrcHost != y.SrcHost {
+			return x.SrcHost < y.SrcHost
+		}
+		if x.DstHost != y.DstHost {
+			return x.DstHost < y.DstHost
+		}
+		return x.Key < y.Key
+	})
+	return recs, nil
+}
+
+// Watch streams the records matching f: a Put per record, Synced, then
+// every change, until ctx ends (see kvwatch). An agent watches
+// Filter{SrcHost: me} for the pairs it sends and Filter{DstHost: me} for
+// those it receives; the latter reports creations and deletions only.
+func (a *Allocator) Watch(ctx context.Context, f Filter) (<-chan Event, error) {
+	if err := checkFilter(f); err != nil {
+		return nil, fmt.Errorf("watch keys: %w", err)
+	}
+	key, decode := a.source(f)
+	return kvwatch.Watch(ctx, kvwatch.Config[Record]{
+		Client: a.cli,
+		Key:    key,
+		End:    clientv3.GetPrefixRangeEnd(key),
+		Decode: func(kv *mvccpb.KeyValue) (Record, bool, error) {
+			r, err := decode(kv)
+			return r, err == nil, err
+		},
+		OnBad: a.badRecord,
+	}), nil
+}
+
+func badRecord(key string, err error) error {
+	return fmt.Errorf("decode %s: %w: %w", key, ErrBadRecord, err)
+}
+
+// splitKey splits key below a.prefix+dir into n segments.
+func (a *Allocator) splitKey(key, dir string, n int) ([]string, error) {
+	rest, ok := strings.CutPrefix(key, a.prefix+dir)
+	parts := strings.Split(rest, "/")
+	if !ok || len(parts) != n {
+		return nil, fmt.Errorf("key is not %s followed by %d segments", dir, n)
+	}
+	return parts, nil
+}
+
+// decodeRecord parses keys/<src-host>/<dst-host>/<k>.
+func (a *Allocator) decodeRecord(kv *mvccpb.KeyValue) (Record, error) {
+	key := string(kv.Key)
+	parts, err := a.splitKey(key, "keys/", 3)
+	if err != nil {
+		return Record{}, badRecord(key, err)
+	}
+	k, err := strconv.ParseUint(parts[2], 10, 8)
+	if err != nil || k < 1 || k > MaxKey {
+		return Record{}, badRecord(key, fmt.Errorf("key %q is not 1-%d", parts[2], MaxKey))
+	}
+	var j recordJSON
+	if err := json.Unmarshal(kv.Value, &j); err != nil {
+		return Record{}, badRecord(key, err)
+	}
+	if j.State != StatePending && j.State != StateReady {
+		return Record{}, badRecord(key, fmt.Errorf("state %q", j.State))
+	}
+	r := Record{SrcHost: parts[0], DstHost: parts[1], Key: uint8(k), Src: j.Src, Dst: j.Dst,
+		State: j.State, Created: j.Created, ModRevision: kv.ModRevision, CreateRevision: kv.CreateRevision}
+	if err := checkPair(r.SrcHost, r.DstHost, r.Src, r.Dst); err != nil {
+		return Record{}, badRecord(key, err)
+	}
+	return r, nil
+}
+
+// decodeIndex parses pairs/<dst-host>/<src-host>/<srcIP>-<dstIP> into the
+// record as created. The index is written once, in the record's creating
+// transaction, so its revisions are the record's at creation.
+func (a *Allocator) decodeIndex(kv *mvccpb.KeyValue) (Record, error) {
+	key := string(kv.Key)
+	parts, err := a.splitKey(key, "pairs/", 3)
+	if err != nil {
+		return Record{}, badRecord(key, err)
+	}
+	srcIP, dstIP, _ := strings.Cut(parts[2], "-")
+	src, err1 := netip.ParseAddr(srcIP)
+	dst, err2 := netip.ParseAddr(dstIP)
+	if err := errors.Join(err1, err2); err != nil {
+		return Record{}, badRecord(key, err)
+	}
+	var j indexJSON
+	if err := json.Unmarshal(kv.Value, &j); err != nil {
+		return Record{}, badRecord(key, err)
+	}
+	if j.Key < 1 || j.Key > MaxKey {
+		return Record{}, badRecord(key, fmt.Errorf("key %d is not 1-%d", j.Key, MaxKey))
+	}
+	r := Record{SrcHost: parts[1], DstHost: parts[0], Key: j.Key, Src: src, Dst: dst,
+		State: StatePending, Created: j.Created, ModRevision: kv.ModRevision, CreateRevision: kv.CreateRevision}
+	if err := checkPair(r.SrcHost, r.DstHost, r.Src, r.Dst); err != nil {
+		return Record{}, badRecord(key, err)
+	}
+	return r, nil
+}

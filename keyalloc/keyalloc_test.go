@@ -1,0 +1,456 @@
+package keyalloc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/registry/etcdtest"
+)
+
+// The server starts on first use, so the pure KeySet tests run without it.
+var (
+	srvOnce sync.Once
+	srv     *etcdtest.Server
+	srvErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if srv != nil {
+		srv.Close()
+	}
+	os.Exit(code)
+}
+
+func client(tb testing.TB) *clientv3.Client {
+	tb.Helper()
+	srvOnce.Do(func() { srv, srvErr = etcdtest.Start() })
+	if srvErr != nil {
+		tb.Fatal(srvErr)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 5 * time.Second})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func keys(t *testing.T, s string) keyalloc.KeySet {
+	t.Helper()
+	ks, err := keyalloc.ParseKeySet(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
+}
+
+// revision returns etcd's current revision, which counts writes.
+func revision(t *testing.T, cli *clientv3.Client) int64 {
+	t.Helper()
+	resp, err := cli.Get(context.Background(), "/krf-revision-probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
+}
+
+type pair struct{ src, dst netip.Addr }
+
+func TestAllocateRace(t *testing.T) {
+	ctx := ctxT(t)
+	prefix := etcdtest.Prefix(t)
+	var pairs []pair
+	for i := range 200 {
+		pairs = append(pairs, pair{netip.AddrFrom4([4]byte{198, 19, 1, byte(10 + i%100)}), netip.AddrFrom4([4]byte{198, 19, 2, byte(10 + i/100)})})
+	}
+	const allocators = 8
+	type result struct {
+		key uint8
+		err error
+	}
+	results := make([][]result, allocators)
+	var wg sync.WaitGroup
+	for a := range allocators {
+		al := keyalloc.New(client(t), prefix, keyalloc.KeySet{})
+		results[a] = make([]result, len(pairs))
+		wg.Go(func() {
+			for _, i := range rand.Perm(len(pairs)) {
+				r, err := al.Allocate(ctx, "h1", "h2", pairs[i].src, pairs[i].dst)
+				results[a][i] = result{r.Key, err}
+			}
+		})
+	}
+	wg.Wait()
+
+	owner := map[uint8]int{} // key -> pair index
+	for i := range pairs {
+		first := results[0][i]
+		for a := range allocators {
+			r := results[a][i]
+			if r.err != nil && !errors.Is(r.err, keyalloc.ErrKeysExhausted) {
+				t.Fatalf("allocator %d, pair %d: %v", a, i, r.err)
+			}
+			// Without releases a pair is either keyed for everyone or
+			// for no one, and always with the same key.
+			if (r.err == nil) != (first.err == nil) || r.key != first.key {
+				t.Fatalf("pair %d: allocator 0 got (%d, %v), allocator %d got (%d, %v)", i, first.key, first.err, a, r.key, r.err)
+			}
+		}
+		if first.err != nil {
+			continue
+		}
+		if first.key < 1 || first.key > 63 {
+			t.Errorf("pair %d got key %d outside 1-63", i, first.key)
+		}
+		if j, dup := owner[first.key]; dup {
+			t.Errorf("key %d given to pairs %d and %d", first.key, j, i)
+		}
+		owner[first.key] = i
+	}
+	if len(owner) != 63 {
+		t.Errorf("%d keys allocated for 200 pairs, want all 63", len(owner))
+	}
+
+	// etcd agrees: 63 records, each the pair it was returned for, and 63
+	// index entries seen from the receiver.
+	al := keyalloc.New(client(t), prefix, keyalloc.KeySet{})
+	recs, err := al.List(ctx, keyalloc.Filter{SrcHost: "h1", DstHost: "h2"})
+	if err != nil || len(recs) != 63 {
+		t.Fatalf("List = %d records, %v; want 63", len(recs), err)
+	}
+	for _, r := range recs {
+		if p := pairs[owner[r.Key]]; r.Src != p.src || r.Dst != p.dst || r.State != keyalloc.StatePending {
+			t.Errorf("record of key %d is %v->%v %s, want %v->%v pending", r.Key, r.Src, r.Dst, r.State, p.src, p.dst)
+		}
+	}
+	idx, err := al.List(ctx, keyalloc.Filter{DstHost: "h2"})
+	if err != nil || len(idx) != 63 {
+		t.Fatalf("List by destination = %d records, %v; want 63", len(idx), err)
+	}
+}
+
+func TestOnePairLifetimeWrites(t *testing.T) {
+	ctx := ctxT(t)
+	cli := client(t)
+	al := keyalloc.New(cli, etcdtest.Prefix(t), keyalloc.KeySet{})
+	src, dst := ip("198.19.1.5"), ip("198.19.2.7")
+
+	rev0 := revision(t, cli)
+	r, err := al.Allocate(ctx, "h1", "h2", src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := revision(t, cli) - rev0; d != 1 {
+		t.Errorf("allocating a new pair cost %d writes, want 1", d)
+	}
+	if r.State != keyalloc.StatePending || r.Key == 0 || r.ModRevision != rev0+1 || r.Created.IsZero() {
+		t.Errorf("new record %+v", r)
+	}
+	again, err := al.Allocate(ctx, "h1", "h2", src, dst)
+	if err != nil || again.Key != r.Key || again.CreateRevision != r.CreateRevision {
+		t.Fatalf("second Allocate = %+v, %v; want key %d", again, err, r.Key)
+	}
+	if !again.Created.Equal(r.Created) {
+		t.Errorf("stored created time %v, returned %v", again.Created, r.Created)
+	}
+	if d := revision(t, cli) - rev0; d != 1 {
+		t.Errorf("re-allocating an existing pair wrote %d times, want 0", d-1)
+	}
+	if err := al.MarkReady(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	got, err := al.Get(ctx, "h1", "h2", r.Key)
+	if err != nil || got.State != keyalloc.StateReady || got.Src != src || got.Dst != dst {
+		t.Fatalf("after MarkReady Get = %+v, %v", got, err)
+	}
+	if err := al.Release(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if d := revision(t, cli) - rev0; d != 3 {
+		t.Errorf("pair lifetime cost %d writes, want 3", d)
+	}
+	if err := al.Release(ctx, got); err != nil {
+		t.Errorf("second Release: %v", err)
+	}
+	if d := revision(t, cli) - rev0; d != 3 {
+		t.Errorf("second Release wrote")
+	}
+	if _, err := al.Get(ctx, "h1", "h2", r.Key); !errors.Is(err, keyalloc.ErrNotFound) {
+		t.Errorf("Get after release: %v, want ErrNotFound", err)
+	}
+	if recs, err := al.List(ctx, keyalloc.Filter{DstHost: "h2"}); err != nil || len(recs) != 0 {
+		t.Errorf("pair index after release: %v, %v", recs, err)
+	}
+
+	for _, bad := range []struct {
+		s, d     string
+		src, dst netip.Addr
+	}{
+		{"h1", "h1", src, dst},
+		{"h1", "", src, dst},
+		{"a/b", "h2", src, dst},
+		{"h1", "h2", netip.Addr{}, dst},
+		{"h1", "h2", src, ip("fd00::1")},
+		{"h1", "h2", ip("fe80::1%eth0"), ip("fd00::1")},
+	} {
+		if _, err := al.Allocate(ctx, bad.s, bad.d, bad.src, bad.dst); err == nil {
+			t.Errorf("Allocate(%q, %q, %v, %v) accepted", bad.s, bad.d, bad.src, bad.dst)
+		}
+	}
+}
+
+func TestReleaseFreesKey(t *testing.T) {
+	ctx := ctxT(t)
+	al := keyalloc.New(client(t), etcdtest.Prefix(t), keys(t, "7"))
+	a, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"))
+	if err != nil || a.Key != 7 {
+		t.Fatalf("Allocate = %+v, %v; want key 7", a, err)
+	}
+	_, err = al.Allocate(ctx, "h1", "h2", ip("198.19.1.2"), ip("198.19.2.1"))
+	if !errors.Is(err, keyalloc.ErrKeysExhausted) {
+		t.Fatalf("second pair with one key: %v, want ErrKeysExhausted", err)
+	}
+	// The reverse direction has its own keys.
+	if r, err := al.Allocate(ctx, "h2", "h1", ip("198.19.2.1"), ip("198.19.1.1")); err != nil || r.Key != 7 {
+		t.Errorf("reverse direction = %+v, %v; want key 7", r, err)
+	}
+	if err := al.Release(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	b, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.2"), ip("198.19.2.1"))
+	if err != nil || b.Key != 7 {
+		t.Fatalf("after release = %+v, %v; want key 7", b, err)
+	}
+}
+
+func TestMarkReadyAndReleaseStale(t *testing.T) {
+	ctx := ctxT(t)
+	al := keyalloc.New(client(t), etcdtest.Prefix(t), keys(t, "7"))
+	old, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := al.Release(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.2"), ip("198.19.2.1"))
+	if err != nil || cur.Key != old.Key {
+		t.Fatalf("re-allocation = %+v, %v; want key %d", cur, err, old.Key)
+	}
+	// The receiver still holding the old record must not mark the new pair.
+	if err := al.MarkReady(ctx, old); !errors.Is(err, keyalloc.ErrStale) {
+		t.Fatalf("MarkReady of a re-allocated key: %v, want ErrStale", err)
+	}
+	// Nor may releasing the old record free the key under the new pair.
+	if err := al.Release(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	got, err := al.Get(ctx, "h1", "h2", cur.Key)
+	if err != nil || got.Src != cur.Src || got.State != keyalloc.StatePending {
+		t.Fatalf("new pair's record after stale calls = %+v, %v", got, err)
+	}
+	if err := al.MarkReady(ctx, cur); err != nil {
+		t.Fatal(err)
+	}
+	// A receiver repeating MarkReady with its (now older) copy succeeds:
+	// the record is ready and still the same allocation.
+	if err := al.MarkReady(ctx, cur); err != nil {
+		t.Errorf("repeated MarkReady: %v", err)
+	}
+	// A hand-built record (e.g. from a flow after an agent restart)
+	// releases the pair's record.
+	if err := al.Release(ctx, keyalloc.Record{SrcHost: "h1", DstHost: "h2", Key: cur.Key, Src: cur.Src, Dst: cur.Dst}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := al.Get(ctx, "h1", "h2", cur.Key); !errors.Is(err, keyalloc.ErrNotFound) {
+		t.Errorf("after hand-built release: %v, want ErrNotFound", err)
+	}
+	if err := al.MarkReady(ctx, cur); !errors.Is(err, keyalloc.ErrStale) {
+		t.Errorf("MarkReady of a released record: %v, want ErrStale", err)
+	}
+}
+
+func next(t *testing.T, ch <-chan keyalloc.Event) keyalloc.Event {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("watch closed")
+		}
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
+	}
+	panic("unreachable")
+}
+
+func TestWatchSenderAndReceiver(t *testing.T) {
+	ctx := ctxT(t)
+	al := keyalloc.New(client(t), etcdtest.Prefix(t), keyalloc.KeySet{})
+	alloc := func(s, d string, src, dst string) keyalloc.Record {
+		t.Helper()
+		r, err := al.Allocate(ctx, s, d, ip(src), ip(dst))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	pre := alloc("h1", "h2", "198.19.1.1", "198.19.2.1")
+	sender, err := al.Watch(ctx, keyalloc.Filter{SrcHost: "h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	receiver, err := al.Watch(ctx, keyalloc.Filter{DstHost: "h2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, ch := range map[string]<-chan keyalloc.Event{"sender": sender, "receiver": receiver} {
+		if ev := next(t, ch); ev.Type != keyalloc.EventPut || ev.Value.Key != pre.Key || ev.Value.Src != pre.Src {
+			t.Fatalf("%s snapshot: %v %+v", name, ev.Type, ev.Value)
+		}
+		if ev := next(t, ch); ev.Type != keyalloc.EventSynced {
+			t.Fatalf("%s: %v, want synced", name, ev.Type)
+		}
+	}
+	alloc("h3", "h4", "198.19.3.1", "198.19.4.1") // neither side's business
+	toH3 := alloc("h1", "h3", "198.19.1.1", "198.19.3.1")
+	fromH3 := alloc("h3", "h2", "198.19.3.1", "198.19.2.1")
+	r := alloc("h1", "h2", "198.19.1.2", "198.19.2.2")
+
+	if ev := next(t, sender); ev.Value.DstHost != "h3" || ev.Value.Key != toH3.Key {
+		t.Fatalf("sender: %v %+v, want h1->h3", ev.Type, ev.Value)
+	}
+	if ev := next(t, sender); ev.Type != keyalloc.EventPut || ev.Value.Src != r.Src || ev.Value.State != keyalloc.StatePending {
+		t.Fatalf("sender: %v %+v, want put of the new pair", ev.Type, ev.Value)
+	}
+	if ev := next(t, receiver); ev.Value.SrcHost != "h3" || ev.Value.Key != fromH3.Key {
+		t.Fatalf("receiver: %v %+v, want h3->h2", ev.Type, ev.Value)
+	}
+	ev := next(t, receiver)
+	if ev.Type != keyalloc.EventPut || ev.Value.Src != r.Src || ev.Value.Dst != r.Dst || ev.Value.Key != r.Key || !ev.Value.Created.Equal(r.Created) {
+		t.Fatalf("receiver: %v %+v, want put of %+v", ev.Type, ev.Value, r)
+	}
+	// The receiver marks ready with what it saw; the sender sees it.
+	if err := al.MarkReady(ctx, ev.Value); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(t, sender); ev.Type != keyalloc.EventPut || ev.Value.Key != r.Key || ev.Value.State != keyalloc.StateReady {
+		t.Fatalf("sender: %v %+v, want ready", ev.Type, ev.Value)
+	}
+	if err := al.Release(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	for name, ch := range map[string]<-chan keyalloc.Event{"sender": sender, "receiver": receiver} {
+		if ev := next(t, ch); ev.Type != keyalloc.EventDelete || ev.Value.Key != r.Key || ev.Value.Src != r.Src {
+			t.Fatalf("%s: %v %+v, want delete of key %d", name, ev.Type, ev.Value, r.Key)
+		}
+	}
+	if _, err := al.Watch(ctx, keyalloc.Filter{SrcHost: "a/b"}); err == nil {
+		t.Error("Watch with a bad host name accepted")
+	}
+}
+
+func TestBadRecordsSkipped(t *testing.T) {
+	ctx := ctxT(t)
+	cli := client(t)
+	p := etcdtest.Prefix(t)
+	al := keyalloc.New(cli, p, keys(t, "5-6"))
+	for k, v := range map[string]string{
+		"keys/h1/h2/5":             "{garbage",
+		"keys/h1/h2/99":            `{"src":"198.19.1.1","dst":"198.19.2.1","state":"pending"}`,
+		"keys/h1/h2/x":             `{}`,
+		"keys/h1/h3/4":             `{"src":"198.19.1.1","dst":"198.19.2.1","state":"weird"}`,
+		"pairs/h2/h1/1.2.3.4-nope": `{"key":5}`,
+	} {
+		if _, err := cli.Put(ctx, p+k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The slot under a bad record stays taken.
+	r, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"))
+	if err != nil || r.Key != 6 {
+		t.Fatalf("Allocate next to a bad record = %+v, %v; want key 6", r, err)
+	}
+	if n := al.BadRecords(); n != 3 {
+		t.Errorf("BadRecords after Allocate = %d, want 3", n)
+	}
+	recs, err := al.List(ctx, keyalloc.Filter{SrcHost: "h1"})
+	if err != nil || len(recs) != 1 || recs[0].Key != 6 {
+		t.Errorf("List = %+v, %v; want only key 6", recs, err)
+	}
+	if n := al.BadRecords(); n != 7 {
+		t.Errorf("BadRecords after List = %d, want 7", n)
+	}
+	ch, err := al.Watch(ctx, keyalloc.Filter{DstHost: "h2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(t, ch); ev.Type != keyalloc.EventPut || ev.Value.Key != 6 {
+		t.Fatalf("receiver snapshot: %v %+v", ev.Type, ev.Value)
+	}
+	if n := al.BadRecords(); n != 8 {
+		t.Errorf("BadRecords after watch snapshot = %d, want 8", n)
+	}
+	if _, err := al.Get(ctx, "h1", "h2", 5); !errors.Is(err, keyalloc.ErrBadRecord) {
+		t.Errorf("Get of a bad record: %v, want ErrBadRecord", err)
+	}
+}
+
+// BenchmarkAllocate measures allocations of new pairs (each one etcd
+// write) against the embedded server, one after another.
+func BenchmarkAllocate(b *testing.B) {
+	ctx := context.Background()
+	al := keyalloc.New(client(b), etcdtest.Prefix(b), keyalloc.KeySet{})
+	i := 0
+	for b.Loop() {
+		src := netip.AddrFrom4([4]byte{198, 19, 1, byte(i % 60)})
+		if _, err := al.Allocate(ctx, "h1", fmt.Sprintf("d%d", i/60), src, netip.MustParseAddr("198.19.2.1")); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
+}
+
+// BenchmarkAllocateParallel is the same with concurrent callers, each on
+// its own host pairs.
+func BenchmarkAllocateParallel(b *testing.B) {
+	ctx := context.Background()
+	al := keyalloc.New(client(b), etcdtest.Prefix(b), keyalloc.KeySet{})
+	var mu sync.Mutex
+	worker := 0
+	b.SetParallelism(4)
+	b.RunParallel(func(pb *testing.PB) {
+		mu.Lock()
+		w := worker
+		worker++
+		mu.Unlock()
+		for i := 0; pb.Next(); i++ {
+			src := netip.AddrFrom4([4]byte{198, 19, 1, byte(i % 60)})
+			if _, err := al.Allocate(ctx, fmt.Sprintf("s%d", w), fmt.Sprintf("d%d", i/60), src, netip.MustParseAddr("198.19.2.1")); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
+}

@@ -1,0 +1,194 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sort"
+	"sync/atomic"
+	"syscall"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// EmbeddedConfig configures a single-node etcd server run inside the agent.
+type EmbeddedConfig struct {
+	DataDir   string // required; survives restarts
+	ClientURL string // default http://127.0.0.1:2379
+	PeerURL   string // default http://127.0.0.1:2380
+	Name      string // member name, default "keyroute"
+	// Logger receives etcd's warnings and errors (its info chatter is
+	// dropped). Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Embedded is a running single-node etcd server.
+type Embedded struct {
+	etcd      *embed.Etcd
+	endpoints []string
+	stopping  *atomic.Bool
+}
+
+// StartEmbedded starts a single-node etcd server and waits until it serves
+// clients. It fails if a URL's port is taken, if ctx ends first, or if the
+// server stops during start-up. History older than one hour is compacted
+// automatically, so key churn does not grow the database without bound.
+func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("start embedded etcd: DataDir is required")
+	}
+	if cfg.ClientURL == "" {
+		cfg.ClientURL = "http://127.0.0.1:2379"
+	}
+	if cfg.PeerURL == "" {
+		cfg.PeerURL = "http://127.0.0.1:2380"
+	}
+	if cfg.Name == "" {
+		cfg.Name = "keyroute"
+	}
+	curl, err := parseURL("client", cfg.ClientURL)
+	if err != nil {
+		return nil, err
+	}
+	purl, err := parseURL("peer", cfg.PeerURL)
+	if err != nil {
+		return nil, err
+	}
+
+	ec := embed.NewConfig()
+	ec.Name = cfg.Name
+	ec.Dir = cfg.DataDir
+	ec.ListenClientUrls = []url.URL{*curl}
+	ec.AdvertiseClientUrls = []url.URL{*curl}
+	ec.ListenPeerUrls = []url.URL{*purl}
+	ec.AdvertisePeerUrls = []url.URL{*purl}
+	ec.InitialCluster = ec.InitialClusterFromName(cfg.Name)
+	ec.AutoCompactionMode = embed.CompactorModePeriodic
+	ec.AutoCompactionRetention = "1h"
+	ec.LogLevel = "warn"
+	core := &slogCore{log: orDefault(cfg.Logger), stopping: new(atomic.Bool)}
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(core).Named("etcd"))
+
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		core.stopping.Store(true)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("start embedded etcd (client %s, peer %s): port already in use: %w", cfg.ClientURL, cfg.PeerURL, err)
+		}
+		return nil, fmt.Errorf("start embedded etcd in %s: %w", cfg.DataDir, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		core.stopping.Store(true)
+		e.Close()
+		return nil, fmt.Errorf("start embedded etcd: server failed: %w", err)
+	case <-ctx.Done():
+		core.stopping.Store(true)
+		e.Close()
+		return nil, fmt.Errorf("start embedded etcd: %w", ctx.Err())
+	}
+	return &Embedded{etcd: e, endpoints: []string{curl.String()}, stopping: core.stopping}, nil
+}
+
+func parseURL(what, s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd %s URL %q: %w", what, s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Port() == "" {
+		return nil, fmt.Errorf("embedded etcd %s URL %q: want http://host:port", what, s)
+	}
+	return u, nil
+}
+
+// Endpoints returns the client URLs to pass to New.
+func (e *Embedded) Endpoints() []string { return append([]string(nil), e.endpoints...) }
+
+// Close stops the server and waits until it has released its ports and
+// data directory.
+func (e *Embedded) Close() error {
+	e.stopping.Store(true)
+	e.etcd.Close()
+	return nil
+}
+
+// zapLogger returns a zap logger that forwards warnings and errors to l
+// (slog.Default() when nil) and drops everything below, for etcd's server
+// and client libraries, which log through zap.
+func zapLogger(l *slog.Logger) *zap.Logger {
+	return zap.New(&slogCore{log: orDefault(l)})
+}
+
+func orDefault(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.Default()
+	}
+	return l
+}
+
+// benign lists etcd warnings that are expected with keyroute's settings
+// (one port for HTTP and gRPC, auth disabled); they are logged at debug.
+var benign = map[string]bool{
+	"Running http and grpc server on single port. This is not recommended for production.": true,
+	"simple token is not cryptographically signed":                                         true,
+}
+
+// slogCore is a zapcore.Core writing to slog at warn level and above.
+type slogCore struct {
+	log    *slog.Logger
+	fields []zapcore.Field
+	// stopping, if set, demotes everything to debug: a closing server
+	// reports its closed listeners as errors.
+	stopping *atomic.Bool
+}
+
+func (c *slogCore) Enabled(l zapcore.Level) bool { return l >= zapcore.WarnLevel }
+
+func (c *slogCore) With(fs []zapcore.Field) zapcore.Core {
+	return &slogCore{log: c.log, fields: append(append([]zapcore.Field(nil), c.fields...), fs...), stopping: c.stopping}
+}
+
+func (c *slogCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(ent.Level) {
+		return ce.AddCore(ent, c)
+	}
+	return ce
+}
+
+func (c *slogCore) Write(ent zapcore.Entry, fs []zapcore.Field) error {
+	enc := zapcore.NewMapObjectEncoder()
+	for _, f := range c.fields {
+		f.AddTo(enc)
+	}
+	for _, f := range fs {
+		f.AddTo(enc)
+	}
+	keys := make([]string, 0, len(enc.Fields))
+	for k := range enc.Fields {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	attrs := make([]slog.Attr, 0, len(keys)+1)
+	if ent.LoggerName != "" {
+		attrs = append(attrs, slog.String("logger", ent.LoggerName))
+	}
+	for _, k := range keys {
+		attrs = append(attrs, slog.Any(k, enc.Fields[k]))
+	}
+	level := slog.LevelWarn
+	switch {
+	case benign[ent.Message] || c.stopping != nil && c.stopping.Load():
+		level = slog.LevelDebug
+	case ent.Level > zapcore.WarnLevel:
+		level = slog.LevelError
+	}
+	c.log.LogAttrs(context.Background(), level, ent.Message, attrs...)
+	return nil
+}
+
+func (c *slogCore) Sync() error { return nil }

@@ -1,0 +1,237 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/keyroute/keyroute/registry/kvwatch"
+)
+
+// Host is one agent's host as its peers need to know it.
+type Host struct {
+	Name         string
+	UnderlayIP   netip.Addr
+	UnderlayMAC  net.HardwareAddr
+	PodSubnet    netip.Prefix
+	Datapath     string // "system" or "netdev"
+	AgentVersion string
+}
+
+type hostJSON struct {
+	Name         string       `json:"name"`
+	UnderlayIP   netip.Addr   `json:"underlayIP"`
+	UnderlayMAC  string       `json:"underlayMAC"`
+	PodSubnet    netip.Prefix `json:"podSubnet"`
+	Datapath     string       `json:"datapath,omitempty"`
+	AgentVersion string       `json:"agentVersion,omitempty"`
+}
+
+// MarshalJSON writes the MAC as "aa:bb:cc:dd:ee:ff".
+func (h Host) MarshalJSON() ([]byte, error) {
+	return json.Marshal(hostJSON{h.Name, h.UnderlayIP, h.UnderlayMAC.String(), h.PodSubnet, h.Datapath, h.AgentVersion})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes; it does not validate.
+func (h *Host) UnmarshalJSON(b []byte) error {
+	var j hostJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	var mac net.HardwareAddr
+	if j.UnderlayMAC != "" {
+		var err error
+		if mac, err = net.ParseMAC(j.UnderlayMAC); err != nil {
+			return fmt.Errorf("underlay MAC: %w", err)
+		}
+	}
+	*h = Host{j.Name, j.UnderlayIP, mac, j.PodSubnet, j.Datapath, j.AgentVersion}
+	return nil
+}
+
+// Validate checks that h is complete and well-formed.
+func (h Host) Validate() error {
+	if err := ValidateName(h.Name); err != nil {
+		return fmt.Errorf("host name: %w", err)
+	}
+	if !h.UnderlayIP.IsValid() || h.UnderlayIP.Zone() != "" {
+		return fmt.Errorf("host %s: invalid underlay IP %q", h.Name, h.UnderlayIP)
+	}
+	if len(h.UnderlayMAC) != 6 {
+		return fmt.Errorf("host %s: underlay MAC %q is not a 6-byte Ethernet address", h.Name, h.UnderlayMAC)
+	}
+	if !h.PodSubnet.IsValid() || h.PodSubnet != h.PodSubnet.Masked() {
+		return fmt.Errorf("host %s: invalid pod subnet %q", h.Name, h.PodSubnet)
+	}
+	return nil
+}
+
+// HostEvent is one change seen by WatchHosts; Value is the host.
+type HostEvent = kvwatch.Event[Host]
+
+// Lease keeps a host record alive. Its keep-alive runs until Revoke or
+// Close, independent of the context RegisterHost was called with.
+type Lease struct {
+	cli    *clientv3.Client
+	id     clientv3.LeaseID
+	ttl    time.Duration
+	cancel context.CancelFunc
+	done   chan struct{}
+	once   sync.Once
+}
+
+// RegisterHost writes hosts/<name> under a new lease of ttl (rounded up to
+// whole seconds; etcd may raise very short TTLs to its minimum) and keeps
+// the lease alive. A previous record of the same name is replaced. Cost:
+// 2 etcd writes (lease grant, put); keep-alives are not writes.
+func (c *Client) RegisterHost(ctx context.Context, h Host, ttl time.Duration) (*Lease, error) {
+	if err := h.Validate(); err != nil {
+		return nil, fmt.Errorf("register host: %w", err)
+	}
+	if ttl <= 0 {
+		return nil, fmt.Errorf("register host %s: TTL %v must be positive", h.Name, ttl)
+	}
+	val, err := json.Marshal(h)
+	if err != nil {
+		return nil, fmt.Errorf("register host %s: %w", h.Name, err)
+	}
+	grant, err := c.cli.Grant(ctx, int64(math.Ceil(ttl.Seconds())))
+	if err != nil {
+		return nil, fmt.Errorf("register host %s: grant lease: %w", h.Name, err)
+	}
+	if _, err := c.cli.Put(ctx, c.hostKey(h.Name), string(val), clientv3.WithLease(grant.ID)); err != nil {
+		_, _ = c.cli.Revoke(context.WithoutCancel(ctx), grant.ID)
+		return nil, fmt.Errorf("register host %s: %w", h.Name, err)
+	}
+	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	ch, err := c.cli.KeepAlive(kctx, grant.ID)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("register host %s: keep lease alive: %w", h.Name, err)
+	}
+	l := &Lease{cli: c.cli, id: grant.ID, ttl: time.Duration(grant.TTL) * time.Second, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		for range ch { // drain renewals; the channel closes when the lease is lost
+		}
+		close(l.done)
+	}()
+	return l, nil
+}
+
+// ID returns the etcd lease ID.
+func (l *Lease) ID() clientv3.LeaseID { return l.id }
+
+// TTL returns the TTL etcd granted.
+func (l *Lease) TTL() time.Duration { return l.ttl }
+
+// Done is closed when the lease is no longer kept alive: it expired or was
+// revoked in etcd, renewals failed for a whole TTL, or Close/Revoke was
+// called. The host record is then gone or about to go; re-register.
+func (l *Lease) Done() <-chan struct{} { return l.done }
+
+// Close stops renewing; the host record disappears when the TTL runs out.
+func (l *Lease) Close() error {
+	l.cancel()
+	<-l.done
+	return nil
+}
+
+// Revoke stops renewing and deletes the host record now (1 write).
+// Revoking a lease that already expired is not an error.
+func (l *Lease) Revoke(ctx context.Context) error {
+	l.cancel()
+	<-l.done
+	var err error
+	l.once.Do(func() {
+		_, err = l.cli.Revoke(ctx, l.id)
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			err = nil
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("revoke host lease %x: %w", int64(l.id), err)
+	}
+	return nil
+}
+
+func (c *Client) hostKey(name string) string { return c.prefix + "hosts/" + name }
+
+func (c *Client) decodeHost(kv *mvccpb.KeyValue) (Host, error) {
+	key := string(kv.Key)
+	var h Host
+	if err := json.Unmarshal(kv.Value, &h); err != nil {
+		return Host{}, badRecord(key, err)
+	}
+	if err := h.Validate(); err != nil {
+		return Host{}, badRecord(key, err)
+	}
+	if want := strings.TrimPrefix(key, c.prefix+"hosts/"); h.Name != want {
+		return Host{}, badRecord(key, fmt.Errorf("record names host %q", h.Name))
+	}
+	return h, nil
+}
+
+// GetHost returns one host; ErrNotFound if it is not registered.
+func (c *Client) GetHost(ctx context.Context, name string) (Host, error) {
+	if err := ValidateName(name); err != nil {
+		return Host{}, fmt.Errorf("get host: %w", err)
+	}
+	resp, err := c.cli.Get(ctx, c.hostKey(name))
+	if err != nil {
+		return Host{}, fmt.Errorf("get host %s: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Host{}, fmt.Errorf("get host %s: %w", name, ErrNotFound)
+	}
+	return c.decodeHost(resp.Kvs[0])
+}
+
+// ListHosts returns all registered hosts sorted by name, skipping bad
+// records.
+func (c *Client) ListHosts(ctx context.Context) ([]Host, error) {
+	resp, err := c.cli.Get(ctx, c.prefix+"hosts/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list hosts: %w", err)
+	}
+	hosts := make([]Host, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		h, err := c.decodeHost(kv)
+		if err != nil {
+			c.badRecord(string(kv.Key), err)
+			continue
+		}
+		hosts = append(hosts, h)
+	}
+	sort.Slice(hosts, func(i, j int) bool { return hosts[i].Name < hosts[j].Name })
+	return hosts, nil
+}
+
+// WatchHosts streams all hosts: a Put per registered host, Synced, then
+// every change, until ctx ends. After etcd compacted the history under the
+// watch it re-lists and reports only the difference, then Synced again.
+func (c *Client) WatchHosts(ctx context.Context) <-chan HostEvent {
+	key := c.prefix + "hosts/"
+	return kvwatch.Watch(ctx, kvwatch.Config[Host]{
+		Client: c.cli,
+		Key:    key,
+		End:    clientv3.GetPrefixRangeEnd(key),
+		Decode: func(kv *mvccpb.KeyValue) (Host, bool, error) {
+			h, err := c.decodeHost(kv)
+			return h, err == nil, err
+		},
+		OnBad:  c.badRecord,
+		Logger: c.log,
+	})
+}

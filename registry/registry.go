@@ -1,0 +1,158 @@
+// Package registry owns keyroute's cluster state in etcd: hosts, pod
+// subnets, endpoints (which double as IPAM), and the embedded single-node
+// etcd server.
+//
+// Layout under the root prefix (default /keyroute/):
+//
+//	hosts/<name>      JSON Host, attached to the registering agent's lease
+//	subnets/<cidr>    the name of the host holding the pod subnet
+//	endpoints/<ip>    JSON Endpoint; the key's existence is the IP allocation
+//
+// Every record read from etcd is validated; a bad one is returned as an
+// error wrapping ErrBadRecord by single-key reads and skipped (and counted,
+// see Client.BadRecords) by lists and watches, so one corrupt key cannot
+// stop an agent.
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/keyroute/keyroute/registry/kvwatch"
+)
+
+// DefaultPrefix is the root of keyroute's keys in etcd.
+const DefaultPrefix = "/keyroute/"
+
+// Errors returned wrapped, with context, by Client methods.
+var (
+	ErrNotFound         = errors.New("not found")
+	ErrIPInUse          = errors.New("IP address in use")             // the error names the holder
+	ErrNotOwner         = errors.New("held by another host")          // the error names the holder
+	ErrSubnetsExhausted = errors.New("no free pod subnet")            // ClaimSubnet
+	ErrAddrsExhausted   = errors.New("no free address in pod subnet") // AllocateEndpoint
+	ErrBadRecord        = errors.New("bad record in etcd")            // invalid JSON or field
+)
+
+// EventType and its values classify watch events; see kvwatch.
+type EventType = kvwatch.EventType
+
+const (
+	EventPut    = kvwatch.Put
+	EventDelete = kvwatch.Delete
+	EventSynced = kvwatch.Synced
+)
+
+// Client reads and writes keyroute's cluster state. It is safe for
+// concurrent use.
+type Client struct {
+	cli    *clientv3.Client
+	prefix string
+	log    *slog.Logger
+	onBad  func(key string, err error)
+	bad    atomic.Uint64
+}
+
+type options struct {
+	prefix      string
+	log         *slog.Logger
+	dialTimeout time.Duration
+	onBad       func(key string, err error)
+}
+
+// Option configures New.
+type Option func(*options)
+
+// WithPrefix sets the root prefix (default DefaultPrefix); a missing
+// trailing slash is added. Tests use it to isolate from each other.
+func WithPrefix(p string) Option { return func(o *options) { o.prefix = p } }
+
+// WithLogger sets the logger for the client and etcd's client library
+// (warnings and errors only). Default slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithDialTimeout bounds connection set-up (default 5s).
+func WithDialTimeout(d time.Duration) Option { return func(o *options) { o.dialTimeout = d } }
+
+// WithBadRecordHandler is called for every record skipped because it failed
+// validation, in addition to counting it.
+func WithBadRecordHandler(f func(key string, err error)) Option {
+	return func(o *options) { o.onBad = f }
+}
+
+// New connects to etcd at endpoints. It does not wait for a connection;
+// the first request does.
+func New(endpoints []string, opts ...Option) (*Client, error) {
+	o := options{prefix: DefaultPrefix, log: slog.Default(), dialTimeout: 5 * time.Second}
+	for _, f := range opts {
+		f(&o)
+	}
+	if len(endpoints) == 0 {
+		return nil, errors.New("connect to etcd: no endpoints")
+	}
+	if o.prefix == "" || o.prefix[0] != '/' {
+		return nil, fmt.Errorf("connect to etcd: prefix %q must start with /", o.prefix)
+	}
+	if !strings.HasSuffix(o.prefix, "/") {
+		o.prefix += "/"
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: o.dialTimeout,
+		Logger:      zapLogger(o.log).Named("etcd-client"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+	}
+	return &Client{cli: cli, prefix: o.prefix, log: o.log, onBad: o.onBad}, nil
+}
+
+// Close closes the connection; watches end and leases stop being renewed.
+func (c *Client) Close() error { return c.cli.Close() }
+
+// Raw returns the underlying etcd client, e.g. for keyalloc.New.
+func (c *Client) Raw() *clientv3.Client { return c.cli }
+
+// Prefix returns the root prefix, ending in "/".
+func (c *Client) Prefix() string { return c.prefix }
+
+// BadRecords counts records skipped by lists and watches because they
+// failed validation, since New.
+func (c *Client) BadRecords() uint64 { return c.bad.Load() }
+
+func (c *Client) badRecord(key string, err error) {
+	c.bad.Add(1)
+	c.log.Warn("skipping bad record in etcd", "key", key, "err", err)
+	if c.onBad != nil {
+		c.onBad(key, err)
+	}
+}
+
+// ValidateName checks that s can be used as one segment of an etcd key
+// (host names): non-empty, at most 253 bytes, no '/', spaces or control
+// characters.
+func ValidateName(s string) error {
+	if s == "" {
+		return errors.New("empty name")
+	}
+	if len(s) > 253 {
+		return fmt.Errorf("name %.20q... longer than 253 bytes", s)
+	}
+	for _, r := range s {
+		if r == '/' || unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			return fmt.Errorf("name %q contains %q", s, r)
+		}
+	}
+	return nil
+}
+
+func badRecord(key string, err error) error {
+	return fmt.Errorf("decode %s: %w: %w", key, ErrBadRecord, err)
+}
