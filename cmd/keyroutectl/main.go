@@ -1,0 +1,257 @@
+// Command keyroutectl inspects and drives the keyroute agent on this host
+// through its local API socket.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keyroute/keyroute/api"
+)
+
+// defaultSocket matches the agent's default api_socket.
+const defaultSocket = "/run/keyroute/agent.sock"
+
+type globals struct {
+	socket string
+	output string
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRoot().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "keyroutectl:", err)
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "keyroutectl",
+		Short:         "Inspect and drive the keyroute agent on this host",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if g.output != "table" && g.output != "json" {
+				return fmt.Errorf("--output %q: use table or json", g.output)
+			}
+			return nil
+		},
+	}
+	root.PersistentFlags().StringVar(&g.socket, "socket", envOr("KEYROUTE_SOCKET", defaultSocket), "agent API socket (env KEYROUTE_SOCKET)")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	root.AddCommand(statusCmd(g), hostsCmd(g), endpointsCmd(g), flowsCmd(g), attachCmd(g), detachCmd(g))
+	return root
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func (g *globals) client() *api.Client { return api.NewClient(g.socket) }
+
+// print writes v as JSON, or calls table for humans.
+func (g *globals) print(w io.Writer, v any, table func(*tabwriter.Writer)) error {
+	if g.output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show this host's agent: node, datapath and why, bridges, etcd, counts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := g.client().Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), s, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "node:\t%s\n", s.Node)
+				fmt.Fprintf(w, "mode:\t%s\n", s.Mode)
+				fmt.Fprintf(w, "host:\t%s (%s)\n", s.HostIP, s.HostMAC)
+				fmt.Fprintf(w, "pod subnet:\t%s (gateway %s)\n", s.PodSubnet, s.Gateway)
+				fmt.Fprintf(w, "datapath:\t%s: %s\n", s.Datapath, s.DatapathReason)
+				for _, b := range s.Bridges {
+					state := "connected"
+					if !b.Connected {
+						state = "NOT CONNECTED"
+					}
+					var ports []string
+					for _, p := range b.Ports {
+						ps := fmt.Sprintf("%s(%d)", p.Name, p.OFPort)
+						if p.Error != "" {
+							ps += " error: " + p.Error
+						}
+						ports = append(ports, ps)
+					}
+					fmt.Fprintf(w, "bridge %s:\tOpenFlow %s; ports %s\n", b.Name, state, strings.Join(ports, ", "))
+				}
+				health := "healthy"
+				if !s.Etcd.Healthy {
+					health = "UNHEALTHY: " + s.Etcd.Error
+				}
+				kind := "external"
+				if s.Etcd.Embedded {
+					kind = "embedded"
+				}
+				fmt.Fprintf(w, "etcd:\t%s %s, %s\n", kind, strings.Join(s.Etcd.Endpoints, ","), health)
+				fmt.Fprintf(w, "counts:\t%d hosts, %d local endpoints, %d flows\n", s.Counts.Hosts, s.Counts.Endpoints, s.Counts.Flows)
+				fmt.Fprintf(w, "uptime:\t%s\n", s.Uptime)
+			})
+		},
+	}
+}
+
+func hostsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "hosts",
+		Short: "List cluster hosts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			hs, err := g.client().Hosts(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), hs, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "NAME\tIP\tMAC\tPOD SUBNET\tDATAPATH")
+				for _, h := range hs {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", h.Name, h.IP, h.MAC, h.PodSubnet, h.Datapath)
+				}
+			})
+		},
+	}
+}
+
+func endpointsCmd(g *globals) *cobra.Command {
+	var all bool
+	c := &cobra.Command{
+		Use:   "endpoints",
+		Short: "List containers attached on this host (--all: the whole cluster)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			es, err := g.client().Endpoints(cmd.Context(), all)
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), es, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "NAME\tIP\tMAC\tHOST\tPORT")
+				for _, e := range es {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", e.Name, e.IP, e.MAC, e.Host, e.Port)
+				}
+			})
+		},
+	}
+	c.Flags().BoolVar(&all, "all", false, "list every host's containers")
+	return c
+}
+
+func flowsCmd(g *globals) *cobra.Command {
+	var table string
+	c := &cobra.Command{
+		Use:   "flows",
+		Short: "Show this host's flows grouped by table, with cookie categories in words",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fs, err := g.client().Flows(cmd.Context(), table)
+			if err != nil {
+				return err
+			}
+			sort.SliceStable(fs, func(i, j int) bool {
+				if fs[i].Bridge != fs[j].Bridge {
+					return fs[i].Bridge > fs[j].Bridge // br-int before br-phy
+				}
+				if fs[i].Table != fs[j].Table {
+					return fs[i].Table < fs[j].Table
+				}
+				return fs[i].Priority > fs[j].Priority
+			})
+			return g.print(cmd.OutOrStdout(), fs, func(w *tabwriter.Writer) {
+				last := ""
+				for _, f := range fs {
+					head := f.Bridge + " " + f.TableName
+					if head != last {
+						fmt.Fprintf(w, "\n%s (table %d)\n", head, f.Table)
+						fmt.Fprintln(w, "  PRIO\tCATEGORY\tPACKETS\tMATCH\tACTIONS")
+						last = head
+					}
+					fmt.Fprintf(w, "  %d\t%s\t%d\t%s\t%s\n", f.Priority, f.Category, f.Packets, f.Match, f.Actions)
+				}
+			})
+		},
+	}
+	c.Flags().StringVar(&table, "table", "", "only this table (name such as Forward, or number)")
+	return c
+}
+
+func attachCmd(g *globals) *cobra.Command {
+	var r api.AttachRequest
+	c := &cobra.Command{
+		Use:   "attach --netns NAME|PATH --name NAME [--ip IP]",
+		Short: "Connect a network namespace to the overlay as a container",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if r.NetNS == "" || r.Name == "" {
+				return errors.New("attach needs --netns and --name")
+			}
+			e, err := g.client().Attach(cmd.Context(), r)
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), e, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "attached %s: ip %s, mac %s, port %s on %s\n", e.Name, e.IP, e.MAC, e.Port, e.Host)
+			})
+		},
+	}
+	c.Flags().StringVar(&r.NetNS, "netns", "", "network namespace name (ip netns) or path")
+	c.Flags().StringVar(&r.Name, "name", "", "container name, unique on this host")
+	c.Flags().StringVar(&r.IP, "ip", "", "IP address (default: next free in this host's pod subnet)")
+	return c
+}
+
+func detachCmd(g *globals) *cobra.Command {
+	var r api.DetachRequest
+	c := &cobra.Command{
+		Use:   "detach --name NAME",
+		Short: "Disconnect a container and release its IP",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if r.Name == "" {
+				return errors.New("detach needs --name")
+			}
+			if err := g.client().Detach(cmd.Context(), r); err != nil {
+				return err
+			}
+			if g.output == "json" {
+				fmt.Fprintln(cmd.OutOrStdout(), `{"detached":`+fmt.Sprintf("%q", r.Name)+`}`)
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "detached %s\n", r.Name)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&r.Name, "name", "", "container name")
+	return c
+}

@@ -1,0 +1,223 @@
+package flows
+
+import (
+	"net"
+	"net/netip"
+
+	"github.com/keyroute/keyroute/openflow"
+)
+
+// Host is what the pipelines need to know about this host.
+type Host struct {
+	Name string
+	// IP and MAC are the underlay address (on br-phy's LOCAL port).
+	IP  netip.Addr
+	MAC net.HardwareAddr
+	// Subnet is this host's pod subnet; Gateway its first address, held by
+	// the gateway port.
+	Subnet  netip.Prefix
+	Gateway netip.Addr
+	// GatewayMAC is the virtual MAC containers see for their gateway (the
+	// ArpResponder answers with it); GatewayPortMAC is the gateway port's
+	// own MAC, the host kernel's side.
+	GatewayMAC     net.HardwareAddr
+	GatewayPortMAC net.HardwareAddr
+	// Cluster is the cluster-wide pod CIDR.
+	Cluster netip.Prefix
+	VNI     uint32
+	// br-int ports.
+	VXLANPort, GatewayPort, PatchPort uint32
+	// br-phy ports.
+	UplinkPort, PhyPatchPort uint32
+}
+
+// Endpoint is a container attached on this host.
+type Endpoint struct {
+	Name string
+	IP   netip.Addr
+	MAC  net.HardwareAddr
+	Port uint32
+}
+
+// Peer is another host of the cluster.
+type Peer struct {
+	Name   string
+	IP     netip.Addr
+	Subnet netip.Prefix
+}
+
+// Priorities, from specific to catch-all.
+const (
+	prioHigh    = 200
+	prioNormal  = 100
+	prioLow     = 50
+	prioDefault = 10
+	prioMiss    = 0
+)
+
+// flow is a small constructor so the builders read like ovs-ofctl lines.
+func flow(t Table, prio uint16, cookie uint64, match []openflow.OXM, ins ...openflow.Instruction) *openflow.FlowMod {
+	return &openflow.FlowMod{
+		Command:      openflow.FlowAdd,
+		Table:        uint8(t),
+		Priority:     prio,
+		Cookie:       cookie,
+		Match:        openflow.Match{Fields: match},
+		Instructions: ins,
+	}
+}
+
+func apply(acts ...openflow.Action) openflow.Instruction { return openflow.ApplyActions(acts...) }
+
+func gotoTable(t Table) openflow.Instruction { return openflow.GotoTable(uint8(t)) }
+
+func m(fields ...openflow.OXM) []openflow.OXM { return fields }
+
+func setf(o openflow.OXM) openflow.Action { return openflow.NewSetField(o) }
+
+func out(port uint32) openflow.Action { return openflow.OutputPort(port) }
+
+func move(src, dst *openflow.Field) openflow.Action {
+	return &openflow.Move{Src: openflow.Whole(src), Dst: openflow.Whole(dst)}
+}
+
+func pipelineCookie(t Table) uint64 { return Cookie(CatPipeline, uint64(t)) }
+
+func ip4ID(a netip.Addr) uint64 {
+	b := a.As4()
+	return uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])
+}
+
+// IntPipeline returns br-int's fixed flows: table misses, classification of
+// the tunnel, gateway and patch ports, and the routes that do not depend on
+// containers or peers.
+func IntPipeline(h Host) []*openflow.FlowMod {
+	var fs []*openflow.FlowMod
+	// Every table drops what it does not know, except the rule tables,
+	// which allow by default (no rule = allow) and the cache, whose miss
+	// is the normal Forward path.
+	for t := Classify; t <= Deliver; t++ {
+		switch t {
+		case EgressRules:
+			fs = append(fs, flow(t, prioMiss, pipelineCookie(t), nil, gotoTable(EgressCache)))
+		case EgressCache:
+			fs = append(fs, flow(t, prioMiss, pipelineCookie(t), nil, gotoTable(Forward)))
+		case IngressRules:
+			fs = append(fs, flow(t, prioMiss, pipelineCookie(t), nil, gotoTable(Deliver)))
+		default:
+			fs = append(fs, flow(t, prioMiss, pipelineCookie(t), nil))
+		}
+	}
+	gw := Cookie(CatGateway, ip4ID(h.Gateway))
+	fs = append(fs,
+		// Classify: tunnel, patch and gateway ports (containers are added
+		// per endpoint).
+		flow(Classify, prioNormal, pipelineCookie(Classify), m(openflow.MatchInPort(h.VXLANPort)), gotoTable(TunnelIn)),
+		flow(Classify, prioNormal, pipelineCookie(Classify), m(openflow.MatchInPort(h.PatchPort)), gotoTable(Restore)),
+		flow(Classify, prioNormal, gw, m(openflow.MatchInPort(h.GatewayPort), openflow.MatchEthType(ethARP)), gotoTable(ArpResponder)),
+		flow(Classify, prioNormal, gw, m(openflow.MatchInPort(h.GatewayPort), openflow.MatchEthType(ethIPv4)), gotoTable(Forward)),
+
+		// ArpResponder: containers ask for their gateway; the host's
+		// gateway port asks for any cluster address it routes to br-int.
+		flow(ArpResponder, prioNormal, Cookie(CatARP, ip4ID(h.Gateway)),
+			m(openflow.MatchEthType(ethARP), openflow.MatchARPOp(arpRequest), openflow.MatchARPTPA(h.Gateway)),
+			apply(arpReply(h.GatewayMAC)...)),
+		flow(ArpResponder, prioLow, Cookie(CatARP, ip4ID(h.Cluster.Addr())),
+			m(openflow.MatchInPort(h.GatewayPort), openflow.MatchEthType(ethARP), openflow.MatchARPOp(arpRequest), openflow.MatchARPTPAMasked(h.Cluster)),
+			apply(arpReply(h.GatewayMAC)...)),
+
+		// Forward: local subnet → IngressRules; the rest of the cluster
+		// without a known host is dropped; traffic from the gateway port
+		// to outside the cluster has nowhere to go; containers reach the
+		// outside through the gateway port.
+		flow(Forward, prioNormal, pipelineCookie(Forward), m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4DstMasked(h.Subnet)), gotoTable(IngressRules)),
+		flow(Forward, prioLow, pipelineCookie(Forward), m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4DstMasked(h.Cluster))),
+		flow(Forward, prioDefault+1, gw, m(openflow.MatchInPort(h.GatewayPort), openflow.MatchEthType(ethIPv4))),
+		flow(Forward, prioDefault, gw, m(openflow.MatchEthType(ethIPv4)),
+			apply(setf(openflow.MatchEthDst(h.GatewayPortMAC)), out(h.GatewayPort))),
+
+		// Deliver: the gateway IP is the host itself.
+		flow(Deliver, prioNormal, gw, m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(h.Gateway)),
+			apply(setf(openflow.MatchEthDst(h.GatewayPortMAC)), out(h.GatewayPort))),
+	)
+	return fs
+}
+
+// arpReply turns an ARP request into the reply "tpa is at mac", sent back
+// out of the port it came in on.
+func arpReply(mac net.HardwareAddr) []openflow.Action {
+	return []openflow.Action{
+		move(openflow.FieldEthSrc, openflow.FieldEthDst),
+		setf(openflow.MatchEthSrc(mac)),
+		setf(openflow.MatchARPOp(arpReplyOp)),
+		move(openflow.FieldARPSHA, openflow.FieldARPTHA),
+		setf(openflow.MatchARPSHA(mac)),
+		move(openflow.FieldARPTPA, openflow.FieldReg[0]),
+		move(openflow.FieldARPSPA, openflow.FieldARPTPA),
+		move(openflow.FieldReg[0], openflow.FieldARPSPA),
+		out(openflow.PortInPort),
+	}
+}
+
+const (
+	ethIPv4    = 0x0800
+	ethARP     = 0x0806
+	arpRequest = 1
+	arpReplyOp = 2
+)
+
+// EndpointFlows returns a local container's flows: classification of its
+// port, SpoofGuard (its port, MAC and IP must agree), delivery.
+func EndpointFlows(h Host, ep Endpoint) []*openflow.FlowMod {
+	c := Cookie(CatEndpoint, ip4ID(ep.IP))
+	return []*openflow.FlowMod{
+		flow(Classify, prioNormal, c, m(openflow.MatchInPort(ep.Port)), gotoTable(SpoofGuard)),
+		flow(SpoofGuard, prioNormal, c,
+			m(openflow.MatchInPort(ep.Port), openflow.MatchEthSrc(ep.MAC), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Src(ep.IP)),
+			gotoTable(EgressRules)),
+		flow(SpoofGuard, prioNormal, c,
+			m(openflow.MatchInPort(ep.Port), openflow.MatchEthSrc(ep.MAC), openflow.MatchEthType(ethARP), openflow.MatchARPSPA(ep.IP), openflow.MatchARPSHA(ep.MAC)),
+			gotoTable(ArpResponder)),
+		flow(Deliver, prioNormal, c, m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(ep.IP)),
+			apply(setf(openflow.MatchEthSrc(h.GatewayMAC)), setf(openflow.MatchEthDst(ep.MAC)), out(ep.Port))),
+	}
+}
+
+// PeerFlows returns the flows for another host: Forward its pod subnet
+// through VXLAN, and accept VXLAN from it.
+func PeerFlows(h Host, p Peer) []*openflow.FlowMod {
+	c := Cookie(CatPeer, ip4ID(p.IP))
+	return []*openflow.FlowMod{
+		flow(Forward, prioNormal, Cookie(CatSubnet, ip4ID(p.Subnet.Addr())),
+			m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4DstMasked(p.Subnet)),
+			apply(setf(openflow.MatchTunDst(p.IP)), setf(openflow.MatchTunnelID(uint64(h.VNI))), out(h.VXLANPort))),
+		flow(TunnelIn, prioNormal, c,
+			m(openflow.MatchInPort(h.VXLANPort), openflow.MatchTunnelID(uint64(h.VNI)), openflow.MatchTunSrc(p.IP), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4DstMasked(h.Subnet)),
+			gotoTable(IngressRules)),
+	}
+}
+
+// PhyPipeline returns br-phy's flows: the uplink and the host stack on
+// LOCAL talk to each other directly (no MAC learning on the hot path); the
+// patch port reaches the uplink.
+func PhyPipeline(h Host) []*openflow.FlowMod {
+	c := Cookie(CatUnderlay, 0)
+	return []*openflow.FlowMod{
+		flow(Underlay, prioMiss, c, nil, apply(out(openflow.PortNormal))),
+		flow(Underlay, prioDefault, c, m(openflow.MatchInPort(h.UplinkPort)), apply(out(openflow.PortLocal))),
+		flow(Underlay, prioDefault, c, m(openflow.MatchInPort(openflow.PortLocal)), apply(out(h.UplinkPort))),
+		flow(Underlay, prioDefault, c, m(openflow.MatchInPort(h.PhyPatchPort)), apply(out(h.UplinkPort))),
+	}
+}
+
+// IntFlows is br-int's whole desired flow set for a host state.
+func IntFlows(h Host, eps []Endpoint, peers []Peer) []*openflow.FlowMod {
+	fs := IntPipeline(h)
+	for _, ep := range eps {
+		fs = append(fs, EndpointFlows(h, ep)...)
+	}
+	for _, p := range peers {
+		fs = append(fs, PeerFlows(h, p)...)
+	}
+	return fs
+}
