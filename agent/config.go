@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/keyalloc"
 )
 
 // Config is the agent's configuration: one YAML file (configs/agent.yaml
@@ -228,6 +231,15 @@ func (c *Config) Validate() error {
 	if c.Cache.RecvIdle <= c.Cache.SendIdle || c.Cache.RecvIdle > 65535*time.Second || c.Cache.RecvIdle%time.Second != 0 {
 		bad("cache.recv_idle", c.Cache.RecvIdle, "must be whole seconds, longer than cache.send_idle (%s), so the receiver never forgets a key the sender still uses", c.Cache.SendIdle)
 	}
+	if _, err := keyalloc.ParseKeySet(c.Cache.Keys); err != nil {
+		bad("cache.keys", c.Cache.Keys, "%v", err)
+	}
+	if c.Mode == ModeRewrite && c.Cluster.VNI >= flows.KeyedVNIFlag {
+		bad("cluster.vni", c.Cluster.VNI, "must be below %d in rewrite mode (the VNI's top bit marks keyed VXLAN packets)", flows.KeyedVNIFlag)
+	}
+	if c.Cache.PuntRate == 0 {
+		bad("cache.punt_rate", c.Cache.PuntRate, "must be at least 1 packet/s")
+	}
 	if c.OVS.DBSocket == "" {
 		bad("ovs.db_socket", c.OVS.DBSocket, "give ovsdb-server's unix socket, usually /var/run/openvswitch/db.sock")
 	}
@@ -263,6 +275,12 @@ func (c *Config) Validate() error {
 
 // PodCIDR returns the parsed cluster pod CIDR (valid after Validate).
 func (c *Config) PodCIDR() netip.Prefix { return netip.MustParsePrefix(c.Cluster.PodCIDR) }
+
+// KeySet returns the parsed cache key set (valid after Validate).
+func (c *Config) KeySet() keyalloc.KeySet {
+	k, _ := keyalloc.ParseKeySet(c.Cache.Keys)
+	return k
+}
 
 // GatewayMAC returns the parsed virtual gateway MAC (valid after Validate).
 func (c *Config) GatewayMAC() net.HardwareAddr {

@@ -28,9 +28,12 @@ const (
 	Deliver      Table = 9
 )
 
-// br-phy has a single table.
+// br-phy tables: Underlay sorts uplink, LOCAL and patch traffic;
+// UnderlayKeys (rewrite mode) decides by DSCP whether a packet from a peer
+// host is a keyed one for br-int or the host's own.
 const (
-	Underlay Table = 0
+	Underlay     Table = 0
+	UnderlayKeys Table = 1
 )
 
 var intTableNames = map[Table]string{
@@ -50,7 +53,9 @@ func IntTableNames() map[uint8]string {
 }
 
 // PhyTableNames returns br-phy's table names by number.
-func PhyTableNames() map[uint8]string { return map[uint8]string{uint8(Underlay): "Underlay"} }
+func PhyTableNames() map[uint8]string {
+	return map[uint8]string{uint8(Underlay): "Underlay", uint8(UnderlayKeys): "UnderlayKeys"}
+}
 
 // Name returns the br-int name of t.
 func (t Table) Name() string {

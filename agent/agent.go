@@ -1,0 +1,530 @@
+// Package agent is keyroute's host agent: it sets up br-int and br-phy,
+// registers the host in etcd, attaches containers and keeps the OpenFlow
+// pipelines equal to the cluster state.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/keyroute/keyroute/controller"
+	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/openflow"
+	"github.com/keyroute/keyroute/ovsdb"
+	"github.com/keyroute/keyroute/preflight"
+	"github.com/keyroute/keyroute/registry"
+)
+
+// Bridge and port names. They are part of what users see in ovs-vsctl and
+// ovs-ofctl output, so they are fixed.
+const (
+	BridgeInt   = "br-int"
+	BridgePhy   = "br-phy"
+	PortVXLAN   = "vxlan0"
+	PortGateway = "kr-gw"
+	PortPatch   = "patch-phy" // br-int's end of the patch pair
+	PortPhyPat  = "patch-int" // br-phy's end
+	// Fixed OpenFlow port numbers for the infrastructure ports, so flows
+	// and traces read the same on every host.
+	ofVXLAN   = 1
+	ofPatch   = 2
+	ofGateway = 3
+	ofUplink  = 1
+	ofPhyPat  = 2
+	// flowOwner names the agent's desired flow set in the controller.
+	flowOwner = "agent"
+	// hostTTL is the etcd lease of this host's record.
+	hostTTL = 15 * time.Second
+	// Version is reported in the host record.
+	Version = "0.1.0"
+)
+
+// gatewayPortMAC is the gateway port's own MAC. It only ever appears between
+// br-int and this host's kernel, so every host can use the same one.
+var gatewayPortMAC = net.HardwareAddr{0x0a, 0x00, 0x00, 0x00, 0x00, 0x02}
+
+// Agent is one host's agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	started time.Time
+
+	dp       preflight.Result
+	db       *ovsdb.Client
+	intSw    *controller.Switch
+	phySw    *controller.Switch
+	embedded *registry.Embedded
+	reg      *registry.Client
+	lease    *registry.Lease
+	etcdEPs  []string
+	metrics  *metrics
+
+	host         flows.Host
+	containerMTU int
+	cache        *cache // rewrite mode only
+
+	mu        sync.Mutex
+	endpoints map[string]registry.Endpoint // local containers by name
+	ofports   map[string]uint32            // container port name → ofport
+	peers     map[string]registry.Host     // other hosts by name
+	attachMu  sync.Mutex                   // serialises attach/detach
+	dirty     chan struct{}
+}
+
+// New validates cfg and returns an agent ready to Run.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg:       cfg,
+		log:       log,
+		endpoints: map[string]registry.Endpoint{},
+		ofports:   map[string]uint32{},
+		peers:     map[string]registry.Host{},
+		dirty:     make(chan struct{}, 1),
+		metrics:   newMetrics(),
+	}, nil
+}
+
+// Run starts the agent and blocks until ctx ends. Flows stay installed when
+// it returns: the dataplane keeps forwarding without the agent.
+func (a *Agent) Run(ctx context.Context) error {
+	a.started = time.Now()
+	defer a.close()
+	if err := a.setup(ctx); err != nil {
+		return err
+	}
+	errc := make(chan error, 4)
+	go func() { errc <- a.serveAPI(ctx) }()
+	if a.cfg.MetricsAddr != "" {
+		go func() { errc <- a.serveMetrics(ctx) }()
+	}
+	go a.watchHosts(ctx)
+	go a.programLoop(ctx)
+	go a.refreshTunnelNeighbours(ctx)
+	a.log.Info("agent ready", "node", a.cfg.Node, "host_ip", a.host.IP, "pod_subnet", a.host.Subnet,
+		"datapath", a.dp.Datapath, "mode", a.cfg.Mode)
+	select {
+	case <-ctx.Done():
+		a.log.Info("agent stopping; flows stay installed")
+		return nil
+	case err := <-errc:
+		return err
+	case <-a.lease.Done():
+		return errors.New("lost the host's etcd lease; restart to re-register")
+	}
+}
+
+func (a *Agent) close() {
+	if a.lease != nil {
+		a.lease.Close()
+	}
+	if a.reg != nil {
+		a.reg.Close()
+	}
+	if a.embedded != nil {
+		a.embedded.Close()
+	}
+	if a.db != nil {
+		a.db.Close()
+	}
+}
+
+// setup runs the start-up sequence; each step's error says which step.
+func (a *Agent) setup(ctx context.Context) error {
+	mode, err := preflight.ParseMode(a.cfg.Datapath)
+	if err != nil {
+		return fmt.Errorf("kernel preflight: %w", err)
+	}
+	a.dp, err = preflight.Run(ctx, mode, preflight.SystemEnv(a.cfg.OVS.RunDir))
+	if err != nil {
+		return fmt.Errorf("kernel preflight: %w", err)
+	}
+	a.log.Info("kernel preflight", "datapath", a.dp.Datapath, "reason", a.dp.Reason)
+
+	var want netip.Addr
+	if a.cfg.HostIP != "" {
+		want = netip.MustParseAddr(a.cfg.HostIP)
+	}
+	addr, err := findHostAddr(a.cfg.Uplink, BridgePhy, want)
+	if err != nil {
+		return fmt.Errorf("find host IP: %w", err)
+	}
+	uplink, err := net.InterfaceByName(a.cfg.Uplink)
+	if err != nil {
+		return fmt.Errorf("uplink %s: %w", a.cfg.Uplink, err)
+	}
+	mtu := a.cfg.ContainerMTU
+	if mtu == 0 {
+		mtu = uplink.MTU - 50
+	}
+
+	if a.db, err = ovsdb.Dial(ctx, a.cfg.OVS.DBSocket, ovsdb.Options{Logger: a.log, Reconnect: true}); err != nil {
+		return fmt.Errorf("connect to OVSDB at %s: %w", a.cfg.OVS.DBSocket, err)
+	}
+	if err := a.ensureBridges(ctx, addr.Prefix.Addr(), uplink.HardwareAddr); err != nil {
+		return err
+	}
+	a.host = flows.Host{
+		Name: a.cfg.Node, IP: addr.Prefix.Addr(), MAC: uplink.HardwareAddr,
+		GatewayMAC: a.cfg.GatewayMAC(), GatewayPortMAC: gatewayPortMAC,
+		Cluster: a.cfg.PodCIDR(), VNI: a.cfg.Cluster.VNI,
+		VXLANPort: ofVXLAN, GatewayPort: ofGateway, PatchPort: ofPatch,
+		UplinkPort: ofUplink, PhyPatchPort: ofPhyPat,
+	}
+	a.containerMTU = mtu
+	a.newSwitches()
+	// br-phy forwards before the host IP moves onto it: with fail_mode
+	// secure and no flows, the host would be cut off (from etcd, too).
+	if err := a.phySw.SetDesired(ctx, flowOwner, flows.PhyPipeline(a.host)); err != nil {
+		return fmt.Errorf("install %s pipeline: %w", BridgePhy, err)
+	}
+	if err := a.startSwitch(ctx, a.phySw); err != nil {
+		return err
+	}
+	if addr.Link == a.cfg.Uplink {
+		if err := moveHostAddr(addr.Prefix, a.cfg.Uplink, BridgePhy); err != nil {
+			return fmt.Errorf("move host IP onto %s: %w", BridgePhy, err)
+		}
+		a.log.Info("moved host IP", "addr", addr.Prefix, "from", a.cfg.Uplink, "to", BridgePhy)
+	}
+	if err := isolatePort(a.cfg.Uplink); err != nil {
+		return fmt.Errorf("keep the host stack off the uplink %s: %w", a.cfg.Uplink, err)
+	}
+
+	if err := a.connectEtcd(ctx, addr.Prefix.Addr()); err != nil {
+		return err
+	}
+	subnet, err := a.reg.ClaimSubnet(ctx, a.cfg.Node, a.cfg.PodCIDR(), a.cfg.Cluster.SubnetBits)
+	if err != nil {
+		return fmt.Errorf("claim pod subnet: %w", err)
+	}
+	a.host.Subnet, a.host.Gateway = subnet, subnet.Addr().Next()
+	a.lease, err = a.reg.RegisterHost(ctx, registry.Host{
+		Name: a.cfg.Node, UnderlayIP: a.host.IP, UnderlayMAC: a.host.MAC,
+		PodSubnet: subnet, Datapath: a.dp.Datapath, AgentVersion: Version,
+	}, hostTTL)
+	if err != nil {
+		return fmt.Errorf("register host in etcd: %w", err)
+	}
+	if err := ensureGatewayAddr(PortGateway, a.host.Gateway, subnet, a.host.Cluster); err != nil {
+		return fmt.Errorf("configure gateway port: %w", err)
+	}
+	if err := ensureMasquerade(a.host.Cluster); err != nil {
+		return fmt.Errorf("masquerade traffic leaving the cluster: %w", err)
+	}
+	if err := a.loadLocalEndpoints(ctx); err != nil {
+		return err
+	}
+	hosts, err := a.reg.ListHosts(ctx)
+	if err != nil {
+		return fmt.Errorf("list hosts: %w", err)
+	}
+	a.mu.Lock()
+	for _, h := range hosts {
+		if h.Name != a.cfg.Node {
+			a.peers[h.Name] = h
+		}
+	}
+	a.mu.Unlock()
+	if a.cfg.Mode == ModeRewrite {
+		keys := a.cfg.KeySet()
+		a.cache = newCache(a, keyalloc.New(a.reg.Raw(), a.cfg.Etcd.Prefix, keys),
+			flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, RecvIdle: a.cfg.Cache.RecvIdle, Keys: keys.Keys()})
+		if err := a.cache.load(ctx); err != nil {
+			return err
+		}
+		if err := a.cache.apply(ctx); err != nil {
+			return err
+		}
+	}
+	// The whole desired br-int state is known before the connection's
+	// replay, so a restarted agent reconciles in one step and never
+	// deletes a live flow it is about to re-add.
+	if err := a.program(ctx); err != nil {
+		return err
+	}
+	if err := a.startSwitch(ctx, a.intSw); err != nil {
+		return err
+	}
+	if a.cache != nil {
+		if err := a.cache.watch(ctx); err != nil {
+			return fmt.Errorf("watch cache keys: %w", err)
+		}
+	}
+	return nil
+}
+
+func (a *Agent) ensureBridges(ctx context.Context, hostIP netip.Addr, uplinkMAC net.HardwareAddr) error {
+	ids := map[string]string{"keyroute-node": a.cfg.Node}
+	steps := []struct {
+		what string
+		fn   func() error
+	}{
+		{"bridge " + BridgePhy, func() error {
+			// br-phy's LOCAL port takes over the uplink's MAC with its IP,
+			// so neighbours' ARP caches stay right.
+			return a.db.EnsureBridge(ctx, ovsdb.BridgeSpec{Name: BridgePhy, DatapathType: a.dp.Datapath,
+				HWAddr: uplinkMAC, TableNames: flows.PhyTableNames(), ExternalIDs: ids})
+		}},
+		{"uplink port " + a.cfg.Uplink, func() error {
+			return a.db.EnsurePort(ctx, BridgePhy, ovsdb.PortSpec{Name: a.cfg.Uplink, OFPortRequest: ofUplink, ExternalIDs: ids})
+		}},
+		{"bridge " + BridgeInt, func() error {
+			return a.db.EnsureBridge(ctx, ovsdb.BridgeSpec{Name: BridgeInt, DatapathType: a.dp.Datapath,
+				TableNames: flows.IntTableNames(), ExternalIDs: ids})
+		}},
+		{"tunnel port " + PortVXLAN, func() error {
+			return a.db.EnsurePort(ctx, BridgeInt, ovsdb.PortSpec{Name: PortVXLAN, Type: "vxlan", OFPortRequest: ofVXLAN,
+				Options: map[string]string{"remote_ip": "flow", "key": "flow", "local_ip": hostIP.String(),
+					"dst_port": fmt.Sprint(a.cfg.Cluster.VXLANPort)}, ExternalIDs: ids})
+		}},
+		{"patch port " + PortPatch, func() error {
+			return a.db.EnsurePort(ctx, BridgeInt, ovsdb.PortSpec{Name: PortPatch, Type: "patch",
+				Options: map[string]string{"peer": PortPhyPat}, OFPortRequest: ofPatch, ExternalIDs: ids})
+		}},
+		{"patch port " + PortPhyPat, func() error {
+			return a.db.EnsurePort(ctx, BridgePhy, ovsdb.PortSpec{Name: PortPhyPat, Type: "patch",
+				Options: map[string]string{"peer": PortPatch}, OFPortRequest: ofPhyPat, ExternalIDs: ids})
+		}},
+		{"gateway port " + PortGateway, func() error {
+			return a.db.EnsurePort(ctx, BridgeInt, ovsdb.PortSpec{Name: PortGateway, Type: "internal",
+				OFPortRequest: ofGateway, MAC: gatewayPortMAC.String(), ExternalIDs: ids})
+		}},
+	}
+	for _, s := range steps {
+		if err := s.fn(); err != nil {
+			return fmt.Errorf("set up %s: %w", s.what, err)
+		}
+	}
+	for _, p := range []string{a.cfg.Uplink, PortVXLAN, PortPatch, PortPhyPat, PortGateway} {
+		if err := a.waitPort(ctx, p); err != nil {
+			return fmt.Errorf("set up port %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// waitPort waits for a port's ofport. A patch port reports "no usable peer"
+// until ovs-vswitchd has created its peer too, so errors count only if they
+// persist.
+func (a *Agent) waitPort(ctx context.Context, name string) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		wctx, cancel := context.WithDeadline(ctx, deadline)
+		_, err := a.db.WaitOFPort(wctx, name)
+		cancel()
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (a *Agent) newSwitches() {
+	opts := controller.Options{
+		Logger:      a.log,
+		OwnedCookie: flows.Owned,
+	}
+	a.phySw = controller.New("unix:"+filepath.Join(a.cfg.OVS.RunDir, BridgePhy+".mgmt"), opts)
+	if a.cfg.Mode == ModeRewrite {
+		// Handlers reach a.cache, which exists before br-int connects.
+		opts.OnPacketIn = func(p *openflow.PacketIn2) { a.cache.onPunt(p) }
+		opts.OnFlowRemoved = func(fr *openflow.FlowRemoved) { a.cache.onFlowRemoved(fr) }
+		opts.OnConnected = func(ctx context.Context, sw *controller.Switch) error {
+			return ensureMeter(ctx, sw, flows.PuntMeter, a.cfg.Cache.PuntRate)
+		}
+	}
+	a.intSw = controller.New("unix:"+filepath.Join(a.cfg.OVS.RunDir, BridgeInt+".mgmt"), opts)
+}
+
+// startSwitch runs a switch connection (for the agent's lifetime) and waits
+// for its first handshake and replay.
+func (a *Agent) startSwitch(ctx context.Context, sw *controller.Switch) error {
+	go sw.Run(ctx)
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := sw.WaitConnected(wctx); err != nil {
+		return fmt.Errorf("OpenFlow connection to %s: %w", sw.Addr(), err)
+	}
+	return nil
+}
+
+func (a *Agent) connectEtcd(ctx context.Context, hostIP netip.Addr) error {
+	a.etcdEPs = a.cfg.Etcd.Endpoints
+	if len(a.etcdEPs) == 0 {
+		clientURL := a.cfg.Etcd.EmbeddedClientURL
+		if clientURL == "" {
+			clientURL = "http://" + net.JoinHostPort(hostIP.String(), "2379")
+		}
+		e, err := registry.StartEmbedded(ctx, registry.EmbeddedConfig{
+			DataDir: filepath.Join(a.cfg.StateDir, "etcd"), ClientURL: clientURL,
+			PeerURL: a.cfg.Etcd.EmbeddedPeerURL, Name: a.cfg.Node, Logger: a.log,
+		})
+		if err != nil {
+			return fmt.Errorf("start embedded etcd: %w", err)
+		}
+		a.embedded = e
+		a.etcdEPs = e.Endpoints()
+	}
+	reg, err := registry.New(a.etcdEPs, registry.WithPrefix(a.cfg.Etcd.Prefix), registry.WithLogger(a.log),
+		registry.WithDialTimeout(a.cfg.Etcd.DialTimeout),
+		registry.WithBadRecordHandler(func(key string, err error) {
+			a.metrics.badRecords.Inc()
+			a.log.Warn("skipping bad etcd record", "key", key, "err", err)
+		}))
+	if err != nil {
+		return fmt.Errorf("connect to etcd %v: %w", a.etcdEPs, err)
+	}
+	a.reg = reg
+	return nil
+}
+
+// loadLocalEndpoints picks up containers attached before a restart.
+func (a *Agent) loadLocalEndpoints(ctx context.Context) error {
+	eps, err := a.reg.ListEndpoints(ctx, registry.EndpointFilter{Host: a.cfg.Node})
+	if err != nil {
+		return fmt.Errorf("list this host's endpoints: %w", err)
+	}
+	for _, ep := range eps {
+		info, err := a.db.Interface(ctx, ep.Port)
+		if err != nil || info.OFPort <= 0 {
+			a.log.Warn("endpoint's port is gone; keeping the record until detach", "name", ep.Name, "port", ep.Port, "err", err)
+			continue
+		}
+		a.mu.Lock()
+		a.endpoints[ep.Name] = ep
+		a.ofports[ep.Port] = uint32(info.OFPort)
+		a.mu.Unlock()
+	}
+	return nil
+}
+
+// watchHosts follows the cluster's hosts and marks the pipeline dirty on
+// every change.
+func (a *Agent) watchHosts(ctx context.Context) {
+	for ev := range a.reg.WatchHosts(ctx) {
+		a.mu.Lock()
+		switch ev.Type {
+		case registry.EventPut:
+			if ev.Value.Name != a.cfg.Node {
+				a.peers[ev.Value.Name] = ev.Value
+			}
+		case registry.EventDelete:
+			delete(a.peers, ev.Value.Name)
+		}
+		a.mu.Unlock()
+		if ev.Type == registry.EventDelete && a.cache != nil {
+			a.cache.invalidatePeer(ctx, ev.Value.Name, ev.Value.UnderlayIP)
+		}
+		if ev.Type == registry.EventPut && ev.Value.Name != a.cfg.Node {
+			a.setTunnelNeighbour(ev.Value)
+		}
+		a.markDirty()
+	}
+}
+
+func (a *Agent) markDirty() {
+	select {
+	case a.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// programLoop reprograms br-int whenever the state changed; changes that
+// arrive together are applied together.
+func (a *Agent) programLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.dirty:
+		}
+		if err := a.program(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("program br-int", "err", err)
+			time.AfterFunc(time.Second, a.markDirty)
+		}
+	}
+}
+
+// program makes br-int's flows equal to the current state.
+func (a *Agent) program(ctx context.Context) error {
+	eps, peers := a.snapshot()
+	fs := flows.IntFlows(a.host, eps, peers)
+	if a.cfg.Mode == ModeRewrite {
+		fs = append(fs, flows.RewritePipeline(a.host)...)
+		for _, p := range peers {
+			fs = append(fs, flows.RewritePeerFlows(a.host, p)...)
+		}
+		phy := append(flows.PhyPipeline(a.host), flows.PhyRewriteFlows(a.host, a.cache.rw, peers)...)
+		if err := a.phySw.SetDesired(ctx, flowOwner, phy); err != nil {
+			return fmt.Errorf("install %s flows: %w", BridgePhy, err)
+		}
+	}
+	if err := a.intSw.SetDesired(ctx, flowOwner, fs); err != nil {
+		return fmt.Errorf("install %s flows: %w", BridgeInt, err)
+	}
+	a.metrics.setCounts(len(eps), len(peers))
+	return nil
+}
+
+func (a *Agent) snapshot() ([]flows.Endpoint, []flows.Peer) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	eps := make([]flows.Endpoint, 0, len(a.endpoints))
+	for _, ep := range a.endpoints {
+		eps = append(eps, flows.Endpoint{Name: ep.Name, IP: ep.IP, MAC: ep.MAC, Port: a.ofports[ep.Port]})
+	}
+	sort.Slice(eps, func(i, j int) bool { return eps[i].IP.Less(eps[j].IP) })
+	peers := make([]flows.Peer, 0, len(a.peers))
+	for _, h := range a.peers {
+		if h.PodSubnet.IsValid() && h.UnderlayIP.IsValid() {
+			peers = append(peers, flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet})
+		}
+	}
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
+	return eps, peers
+}
+
+// refreshTunnelNeighbours re-installs OVS's native-tunnel neighbour entries
+// for every peer: OVS 3.1 ages them out, and a missing entry drops tunnel
+// packets until an ARP round trip completes.
+func (a *Agent) refreshTunnelNeighbours(ctx context.Context) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		peers := make([]registry.Host, 0, len(a.peers))
+		for _, h := range a.peers {
+			peers = append(peers, h)
+		}
+		a.mu.Unlock()
+		for _, h := range peers {
+			a.setTunnelNeighbour(h)
+		}
+	}
+}
+
+func (a *Agent) setTunnelNeighbour(h registry.Host) {
+	if !h.UnderlayIP.IsValid() || len(h.UnderlayMAC) == 0 {
+		return
+	}
+	if _, err := a.appctl("tnl/arp/set", BridgePhy, h.UnderlayIP.String(), h.UnderlayMAC.String()); err != nil {
+		a.log.Warn("set tunnel neighbour", "peer", h.Name, "err", err)
+	}
+}

@@ -1,0 +1,610 @@
+package agent
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/keyroute/keyroute/controller"
+	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/openflow"
+)
+
+// This file is rewrite mode's cache (DESIGN.md "Cache bootstrap"). The
+// agent is the sender for pairs whose source container is local and the
+// receiver for pairs whose destination is local:
+//
+//   sender:   punt → Allocate (etcd) → pending entry (keyed VXLAN) →
+//             record ready (watch) → ready entry (rewrite) → record gone
+//             (watch) → entry removed
+//   receiver: pair index appears (watch) → checked → Restore entry →
+//             MarkReady → Restore idles out (flow-removed) → Release
+//
+// Cache entries are flows the controller keeps as the "cache" owner's
+// desired set, so a reconnect or restart replays them with the pipeline.
+
+const cacheOwner = "cache"
+
+type pairKey struct{ src, dst netip.Addr }
+
+// sendEntry is one pair this host sends on.
+type sendEntry struct {
+	pair    flows.Pair
+	state   flows.CacheState
+	rec     keyalloc.Record // zero for fallback entries
+	punted  time.Time       // first punt, for time-to-fast-path
+	reason  string          // why a fallback entry has no key
+	peerTag string          // peer host name
+}
+
+// recvEntry is one key this host restores.
+type recvEntry struct {
+	rec  keyalloc.Record
+	peer netip.Addr
+}
+
+type recvKey struct {
+	peer netip.Addr
+	key  uint8
+}
+
+// cache is the rewrite-mode state of one agent.
+type cache struct {
+	a     *Agent
+	alloc *keyalloc.Allocator
+	rw    flows.Rewrite
+
+	mu      sync.Mutex
+	send    map[pairKey]*sendEntry
+	recv    map[recvKey]*recvEntry
+	allocs  chan struct{} // bounds concurrent allocations
+	applyMu sync.Mutex
+}
+
+func newCache(a *Agent, alloc *keyalloc.Allocator, rw flows.Rewrite) *cache {
+	return &cache{a: a, alloc: alloc, rw: rw, send: map[pairKey]*sendEntry{}, recv: map[recvKey]*recvEntry{},
+		allocs: make(chan struct{}, 64)}
+}
+
+// flows returns the cache owner's desired flows.
+func (c *cache) flows() []*openflow.FlowMod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.a.host
+	var fs []*openflow.FlowMod
+	// A (peer, key) cookie names one pair at a time; entries are sorted so
+	// the desired set is stable.
+	keys := make([]pairKey, 0, len(c.send))
+	for k := range c.send {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].src != keys[j].src {
+			return keys[i].src.Less(keys[j].src)
+		}
+		return keys[i].dst.Less(keys[j].dst)
+	})
+	for _, k := range keys {
+		e := c.send[k]
+		if e.state < 0 { // allocation still running
+			continue
+		}
+		fs = append(fs, flows.CacheFlow(h, c.rw, e.pair, e.state))
+	}
+	rk := make([]recvKey, 0, len(c.recv))
+	for k := range c.recv {
+		rk = append(rk, k)
+	}
+	sort.Slice(rk, func(i, j int) bool {
+		if rk[i].peer != rk[j].peer {
+			return rk[i].peer.Less(rk[j].peer)
+		}
+		return rk[i].key < rk[j].key
+	})
+	for _, k := range rk {
+		e := c.recv[k]
+		fs = append(fs, flows.RestoreFlow(h, c.rw, k.peer, k.key, e.rec.Src, e.rec.Dst))
+	}
+	return fs
+}
+
+// apply installs the current cache state. Callers change state first, then
+// apply; applyMu keeps concurrent applies from reordering.
+func (c *cache) apply(ctx context.Context) error {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	if err := c.a.intSw.SetDesired(ctx, cacheOwner, c.flows()); err != nil {
+		c.a.metrics.cacheErrors.Inc()
+		return fmt.Errorf("install cache flows: %w", err)
+	}
+	c.a.metrics.cacheEntries.WithLabelValues("egress").Set(float64(c.count(true)))
+	c.a.metrics.cacheEntries.WithLabelValues("restore").Set(float64(c.count(false)))
+	return nil
+}
+
+func (c *cache) count(send bool) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if send {
+		return len(c.send)
+	}
+	return len(c.recv)
+}
+
+// load rebuilds the cache from etcd after a (re)start, before br-int's
+// connection replays the desired flows, so live fast paths keep their
+// flows across an agent restart.
+func (c *cache) load(ctx context.Context) error {
+	me := c.a.cfg.Node
+	sent, err := c.alloc.List(ctx, keyalloc.Filter{SrcHost: me})
+	if err != nil {
+		return fmt.Errorf("list this host's keys: %w", err)
+	}
+	for _, r := range sent {
+		c.onSenderRecord(ctx, r, false)
+	}
+	recv, err := c.alloc.List(ctx, keyalloc.Filter{DstHost: me})
+	if err != nil {
+		return fmt.Errorf("list keys towards this host: %w", err)
+	}
+	for _, r := range recv {
+		c.onReceiverRecord(ctx, r, false)
+	}
+	return nil
+}
+
+// watch follows both sides' records until ctx ends.
+func (c *cache) watch(ctx context.Context) error {
+	me := c.a.cfg.Node
+	sendCh, err := c.alloc.Watch(ctx, keyalloc.Filter{SrcHost: me})
+	if err != nil {
+		return err
+	}
+	recvCh, err := c.alloc.Watch(ctx, keyalloc.Filter{DstHost: me})
+	if err != nil {
+		return err
+	}
+	go func() {
+		for ev := range sendCh {
+			switch ev.Type {
+			case keyalloc.EventPut:
+				c.onSenderRecord(ctx, ev.Value, true)
+			case keyalloc.EventDelete:
+				c.onSenderDelete(ctx, ev.Value)
+			}
+		}
+	}()
+	go func() {
+		for ev := range recvCh {
+			switch ev.Type {
+			case keyalloc.EventPut:
+				c.onReceiverRecord(ctx, ev.Value, true)
+			case keyalloc.EventDelete:
+				c.onReceiverDelete(ctx, ev.Value)
+			}
+		}
+	}()
+	return nil
+}
+
+// peerByName returns a known peer host.
+func (a *Agent) peerByName(name string) (flows.Peer, net.HardwareAddr, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h, ok := a.peers[name]
+	if !ok || !h.PodSubnet.IsValid() {
+		return flows.Peer{}, nil, false
+	}
+	return flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}, h.UnderlayMAC, true
+}
+
+// peerFor returns the peer host whose pod subnet holds ip.
+func (a *Agent) peerFor(ip netip.Addr) (flows.Peer, net.HardwareAddr, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, h := range a.peers {
+		if h.PodSubnet.Contains(ip) {
+			return flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}, h.UnderlayMAC, true
+		}
+	}
+	return flows.Peer{}, nil, false
+}
+
+// isLocal reports whether ip is a container attached here.
+func (a *Agent) isLocal(ip netip.Addr) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ep := range a.endpoints {
+		if ep.IP == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// onPunt handles a cache miss copied to the agent. It never blocks the
+// controller's delivery goroutine: allocation runs in its own goroutine,
+// bounded by c.allocs; a full set drops the punt (the next one retries).
+func (c *cache) onPunt(pin *openflow.PacketIn2) {
+	c.a.metrics.punts.WithLabelValues("received").Inc()
+	if len(pin.Userdata) == 0 || pin.Userdata[0] != flows.PuntMiss {
+		c.a.metrics.punts.WithLabelValues("bad").Inc()
+		return
+	}
+	src, dst, dscp, err := parseIPv4(pin.Packet)
+	if err != nil || dscp != 0 {
+		c.a.metrics.punts.WithLabelValues("bad").Inc()
+		return
+	}
+	peer, regMAC, ok := c.a.peerFor(dst)
+	if !ok || !c.a.isLocal(src) {
+		c.a.metrics.punts.WithLabelValues("unknown").Inc()
+		return
+	}
+	pk := pairKey{src, dst}
+	c.mu.Lock()
+	if _, ok := c.send[pk]; ok {
+		c.mu.Unlock()
+		c.a.metrics.punts.WithLabelValues("duplicate").Inc()
+		return
+	}
+	// A placeholder dedupes further punts while the allocation runs.
+	e := &sendEntry{pair: flows.Pair{Src: src, Dst: dst, Peer: peer}, state: -1, punted: time.Now(), peerTag: peer.Name}
+	c.send[pk] = e
+	c.mu.Unlock()
+	select {
+	case c.allocs <- struct{}{}:
+	default:
+		c.mu.Lock()
+		delete(c.send, pk)
+		c.mu.Unlock()
+		c.a.metrics.punts.WithLabelValues("dropped").Inc()
+		return
+	}
+	go func() {
+		defer func() { <-c.allocs }()
+		c.bootstrap(pk, e, regMAC)
+	}()
+}
+
+// bootstrap allocates the pair's key and installs its pending (or, for a
+// pair whose record is already ready, its ready) entry; without a key the
+// pair gets a fallback entry and stays on VXLAN.
+func (c *cache) bootstrap(pk pairKey, e *sendEntry, regMAC net.HardwareAddr) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c.a.metrics.bootstraps.Inc()
+	rec, err := c.alloc.Allocate(ctx, c.a.cfg.Node, e.peerTag, pk.src, pk.dst)
+	nh := c.nextHop(e.pair.Peer.IP, regMAC)
+	c.mu.Lock()
+	if c.send[pk] != e { // detached or invalidated meanwhile
+		c.mu.Unlock()
+		return
+	}
+	switch {
+	case errors.Is(err, keyalloc.ErrKeysExhausted):
+		e.state, e.reason = flows.CacheFallback, "keys_exhausted"
+	case err != nil:
+		e.state, e.reason = flows.CacheFallback, "etcd"
+	case nh == nil:
+		e.state, e.reason = flows.CacheFallback, "no_next_hop"
+		e.rec = rec
+		e.pair.Key = 0
+	default:
+		e.rec, e.pair.Key, e.pair.NextHop = rec, rec.Key, nh
+		e.state = flows.CachePending
+		if rec.State == keyalloc.StateReady {
+			e.state = flows.CacheReady
+		}
+		c.evictKeyLocked(pk, e.pair.Peer.IP, rec.Key)
+	}
+	state, reason := e.state, e.reason
+	c.mu.Unlock()
+	if state == flows.CacheFallback {
+		c.a.metrics.fallbacks.WithLabelValues(reason).Inc()
+		c.a.log.Info("cache pair stays on VXLAN", "src", pk.src, "dst", pk.dst, "reason", reason, "err", err)
+	}
+	if err := c.apply(ctx); err != nil {
+		c.a.log.Warn("install cache entry", "src", pk.src, "dst", pk.dst, "err", err)
+		c.mu.Lock()
+		delete(c.send, pk)
+		c.mu.Unlock()
+		return
+	}
+	if state == flows.CacheReady {
+		c.a.metrics.timeToFastPath.Observe(time.Since(e.punted).Seconds())
+	}
+}
+
+// evictKeyLocked removes any other entry of this host that still uses
+// (peer, key): a key is reused only once its old record is gone, and the
+// old entry's flow must go in the same bundle that adds the new one, or
+// the old pair's packets would be restored as the new pair's.
+func (c *cache) evictKeyLocked(keep pairKey, peer netip.Addr, key uint8) {
+	for k, o := range c.send {
+		if k != keep && o.pair.Key == key && o.pair.Peer.IP == peer && o.state != flows.CacheFallback {
+			delete(c.send, k)
+		}
+	}
+}
+
+// nextHop resolves the underlay MAC for a peer: the neighbour entry of the
+// route's gateway or of the peer itself, else the MAC the peer registered
+// (same L2 segment).
+func (c *cache) nextHop(peer netip.Addr, registered net.HardwareAddr) net.HardwareAddr {
+	target := peer
+	if routes, err := netlink.RouteGet(peer.AsSlice()); err == nil && len(routes) > 0 && routes[0].Gw != nil {
+		if gw, ok := netip.AddrFromSlice(routes[0].Gw.To4()); ok {
+			target = gw
+		}
+	}
+	if link, err := netlink.LinkByName(BridgePhy); err == nil {
+		if neighs, err := netlink.NeighList(link.Attrs().Index, netlink.FAMILY_V4); err == nil {
+			for _, n := range neighs {
+				if ip, ok := netip.AddrFromSlice(n.IP.To4()); ok && ip == target && len(n.HardwareAddr) == 6 &&
+					n.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_PERMANENT|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0 {
+					return n.HardwareAddr
+				}
+			}
+		}
+	}
+	if target == peer && len(registered) == 6 {
+		return registered
+	}
+	return nil
+}
+
+// onSenderRecord follows a record of a pair this host sends: ready means
+// the receiver restores the key, so the entry may rewrite.
+func (c *cache) onSenderRecord(ctx context.Context, r keyalloc.Record, apply bool) {
+	peer, regMAC, ok := c.a.peerByName(r.DstHost)
+	if !ok {
+		return
+	}
+	pk := pairKey{r.Src, r.Dst}
+	c.mu.Lock()
+	e, ok := c.send[pk]
+	switch {
+	case ok && e.rec.CreateRevision == r.CreateRevision && e.state == flows.CachePending && r.State == keyalloc.StateReady:
+		e.rec, e.state = r, flows.CacheReady
+	case !ok && r.State == keyalloc.StateReady && c.a.isLocal(r.Src):
+		// After a restart: the pair was on the fast path.
+		nh := c.nextHop(peer.IP, regMAC)
+		if nh == nil {
+			c.mu.Unlock()
+			return
+		}
+		e = &sendEntry{pair: flows.Pair{Src: r.Src, Dst: r.Dst, Peer: peer, Key: r.Key, NextHop: nh}, state: flows.CacheReady,
+			rec: r, punted: time.Now(), peerTag: peer.Name}
+		c.evictKeyLocked(pk, peer.IP, r.Key)
+		c.send[pk] = e
+	default:
+		c.mu.Unlock()
+		return
+	}
+	punted := e.punted
+	c.mu.Unlock()
+	if !apply {
+		return
+	}
+	if err := c.apply(ctx); err != nil {
+		c.a.log.Warn("install rewrite entry", "src", r.Src, "dst", r.Dst, "key", r.Key, "err", err)
+		return
+	}
+	c.a.metrics.timeToFastPath.Observe(time.Since(punted).Seconds())
+	c.a.log.Debug("pair on the fast path", "src", r.Src, "dst", r.Dst, "peer", r.DstHost, "key", r.Key)
+}
+
+// onSenderDelete drops the entry of a record that is gone: its key may be
+// handed to another pair from now on.
+func (c *cache) onSenderDelete(ctx context.Context, r keyalloc.Record) {
+	pk := pairKey{r.Src, r.Dst}
+	c.mu.Lock()
+	e, ok := c.send[pk]
+	if !ok || e.rec.CreateRevision != r.CreateRevision || e.state == flows.CacheFallback {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.send, pk)
+	c.mu.Unlock()
+	if err := c.apply(ctx); err != nil {
+		c.a.log.Warn("remove cache entry", "src", r.Src, "dst", r.Dst, "key", r.Key, "err", err)
+	}
+}
+
+// onReceiverRecord checks a new pair towards this host against what this
+// host knows (the peer, the destination container), installs its Restore
+// entry and marks the record ready.
+func (c *cache) onReceiverRecord(ctx context.Context, r keyalloc.Record, apply bool) {
+	peer, _, ok := c.a.peerByName(r.SrcHost)
+	if !ok || !peer.Subnet.Contains(r.Src) || !c.a.isLocal(r.Dst) || !c.rwKey(r.Key) {
+		c.a.log.Debug("ignoring key record", "src_host", r.SrcHost, "src", r.Src, "dst", r.Dst, "key", r.Key)
+		return
+	}
+	rk := recvKey{peer.IP, r.Key}
+	c.mu.Lock()
+	if e, ok := c.recv[rk]; ok && e.rec.CreateRevision == r.CreateRevision {
+		c.mu.Unlock()
+		return
+	}
+	c.recv[rk] = &recvEntry{rec: r, peer: peer.IP}
+	c.mu.Unlock()
+	if !apply {
+		return
+	}
+	if err := c.apply(ctx); err != nil {
+		c.a.log.Warn("install restore entry", "src_host", r.SrcHost, "key", r.Key, "err", err)
+		return
+	}
+	if err := c.alloc.MarkReady(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
+		c.a.log.Warn("mark key ready", "src_host", r.SrcHost, "key", r.Key, "err", err)
+	}
+}
+
+func (c *cache) rwKey(k uint8) bool {
+	for _, x := range c.rw.Keys {
+		if x == k {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *cache) onReceiverDelete(ctx context.Context, r keyalloc.Record) {
+	peer, _, ok := c.a.peerByName(r.SrcHost)
+	if !ok {
+		return
+	}
+	rk := recvKey{peer.IP, r.Key}
+	c.mu.Lock()
+	e, ok := c.recv[rk]
+	if !ok || e.rec.CreateRevision != r.CreateRevision {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.recv, rk)
+	c.mu.Unlock()
+	if err := c.apply(ctx); err != nil {
+		c.a.log.Warn("remove restore entry", "src_host", r.SrcHost, "key", r.Key, "err", err)
+	}
+}
+
+// onFlowRemoved handles idle expiry. A sender entry that idles out just
+// goes (the record stays until the receiver expires it); a Restore entry
+// that idles out releases its record, which frees the key on both ends.
+func (c *cache) onFlowRemoved(fr *openflow.FlowRemoved) {
+	if fr.Reason != openflow.FlowRemovedIdleTimeout && fr.Reason != openflow.FlowRemovedHardTimeout {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	switch flows.CookieCategory(fr.Cookie) {
+	case flows.CatCache:
+		src, dst := matchIPv4(fr.Match, openflow.FieldIPv4Src), matchIPv4(fr.Match, openflow.FieldIPv4Dst)
+		pk := pairKey{src, dst}
+		c.mu.Lock()
+		e, ok := c.send[pk]
+		if ok && flows.CacheCookie(e.pair.Peer.IP, e.pair.Key) == fr.Cookie {
+			delete(c.send, pk)
+		}
+		c.mu.Unlock()
+		c.a.metrics.expiries.WithLabelValues("egress").Inc()
+	case flows.CatRestore:
+		id := flows.CookieID(fr.Cookie)
+		peer := netip.AddrFrom4([4]byte{byte(id >> 32), byte(id >> 24), byte(id >> 16), byte(id >> 8)})
+		rk := recvKey{peer, uint8(id)}
+		c.mu.Lock()
+		e, ok := c.recv[rk]
+		if ok {
+			delete(c.recv, rk)
+		}
+		c.mu.Unlock()
+		c.a.metrics.expiries.WithLabelValues("restore").Inc()
+		if ok {
+			if err := c.alloc.Release(ctx, e.rec); err != nil && !errors.Is(err, keyalloc.ErrStale) {
+				c.a.log.Warn("release expired key", "peer", peer, "key", rk.key, "err", err)
+			}
+		}
+	default:
+		return
+	}
+	// The flow is gone from OVS already; dropping it from the desired set
+	// keeps a later replay from resurrecting it.
+	if err := c.apply(ctx); err != nil {
+		c.a.log.Warn("update cache after expiry", "err", err)
+	}
+}
+
+// invalidateEndpoint removes every entry involving a detached container and
+// releases their records, so peers drop theirs too.
+func (c *cache) invalidateEndpoint(ctx context.Context, ip netip.Addr) {
+	var release []keyalloc.Record
+	c.mu.Lock()
+	for k, e := range c.send {
+		if k.src == ip {
+			delete(c.send, k)
+			if e.rec.CreateRevision != 0 {
+				release = append(release, e.rec)
+			}
+		}
+	}
+	for k, e := range c.recv {
+		if e.rec.Dst == ip {
+			delete(c.recv, k)
+			release = append(release, e.rec)
+		}
+	}
+	c.mu.Unlock()
+	if err := c.apply(ctx); err != nil {
+		c.a.log.Warn("remove cache entries of detached container", "ip", ip, "err", err)
+	}
+	for _, r := range release {
+		if err := c.alloc.Release(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
+			c.a.log.Warn("release key of detached container", "ip", ip, "key", r.Key, "err", err)
+		}
+	}
+}
+
+// invalidatePeer removes every entry shared with a host that left.
+func (c *cache) invalidatePeer(ctx context.Context, name string, ip netip.Addr) {
+	c.mu.Lock()
+	for k, e := range c.send {
+		if e.peerTag == name {
+			delete(c.send, k)
+		}
+	}
+	for k := range c.recv {
+		if k.peer == ip {
+			delete(c.recv, k)
+		}
+	}
+	c.mu.Unlock()
+	if err := c.apply(ctx); err != nil {
+		c.a.log.Warn("remove cache entries of departed host", "host", name, "err", err)
+	}
+}
+
+// ensureMeter installs the punt meter, or updates it on a switch that
+// already has it (a reconnect to a running ovs-vswitchd).
+func ensureMeter(ctx context.Context, sw *controller.Switch, id uint32, pps uint32) error {
+	mm := &openflow.MeterMod{Command: openflow.MeterAdd, Flags: openflow.MeterFlagPktps | openflow.MeterFlagBurst | openflow.MeterFlagStats,
+		MeterID: id, Bands: []openflow.MeterBand{{Type: openflow.MeterBandDrop, Rate: pps, BurstSize: pps / 10}}}
+	_, err := sw.Request(ctx, mm)
+	var em *openflow.ErrorMsg
+	if errors.As(err, &em) && em.ErrType == openflow.ErrTypeMeterModFailed && em.Code == 1 { // OFPMMFC_METER_EXISTS
+		mm.Command = openflow.MeterModify
+		_, err = sw.Request(ctx, mm)
+	}
+	if err != nil {
+		return fmt.Errorf("install punt meter %d (%d pkt/s): %w", id, pps, err)
+	}
+	return nil
+}
+
+// parseIPv4 reads the addresses and DSCP of an Ethernet/IPv4 frame.
+func parseIPv4(pkt []byte) (src, dst netip.Addr, dscp uint8, err error) {
+	if len(pkt) < 14+20 || binary.BigEndian.Uint16(pkt[12:]) != 0x0800 || pkt[14]>>4 != 4 {
+		return src, dst, 0, errors.New("not an IPv4 frame")
+	}
+	ip := pkt[14:]
+	return netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20])), ip[1] >> 2, nil
+}
+
+// matchIPv4 returns an IPv4 field's value from a match, or the zero Addr.
+func matchIPv4(m openflow.Match, f *openflow.Field) netip.Addr {
+	for _, o := range m.Fields {
+		if o.Field == f && len(o.Value) == 4 {
+			return netip.AddrFrom4([4]byte(o.Value))
+		}
+	}
+	return netip.Addr{}
+}

@@ -1,0 +1,106 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the agent's Prometheus metrics. Names start keyroute_ and use
+// the same words as the docs and keyroutectl.
+type metrics struct {
+	reg        *prometheus.Registry
+	endpoints  prometheus.Gauge
+	hosts      prometheus.Gauge
+	badRecords prometheus.Counter
+
+	// rewrite mode
+	punts          *prometheus.CounterVec
+	bootstraps     prometheus.Counter
+	fallbacks      *prometheus.CounterVec
+	expiries       *prometheus.CounterVec
+	cacheEntries   *prometheus.GaugeVec
+	cacheErrors    prometheus.Counter
+	timeToFastPath prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg:        prometheus.NewRegistry(),
+		endpoints:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyroute_endpoints", Help: "Containers attached on this host."}),
+		hosts:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyroute_hosts", Help: "Cluster hosts known to this agent, itself included."}),
+		badRecords: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_etcd_bad_records_total", Help: "etcd records skipped because they failed to decode."}),
+	}
+	m.punts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_misses_total",
+		Help: "Cache-miss punts from br-int, by outcome (received, duplicate, dropped, unknown, bad)."}, []string{"outcome"})
+	m.bootstraps = prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_cache_bootstraps_total", Help: "Key allocations started for new pairs."})
+	m.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_fallbacks_total",
+		Help: "Pairs left on VXLAN, by reason (keys_exhausted, etcd, no_next_hop)."}, []string{"reason"})
+	m.expiries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_expiries_total",
+		Help: "Cache entries that idled out, by side (egress, restore)."}, []string{"side"})
+	m.cacheEntries = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keyroute_cache_entries",
+		Help: "Cache entries installed, by side (egress, restore)."}, []string{"side"})
+	m.cacheErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_cache_install_errors_total", Help: "Failed cache flow installs."})
+	m.timeToFastPath = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keyroute_cache_time_to_fast_path_seconds",
+		Help: "From a pair's first punt to its rewrite entry installed.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
+	m.reg.MustRegister(m.endpoints, m.hosts, m.badRecords, m.punts, m.bootstraps, m.fallbacks, m.expiries,
+		m.cacheEntries, m.cacheErrors, m.timeToFastPath)
+	return m
+}
+
+func (m *metrics) setCounts(endpoints, peers int) {
+	m.endpoints.Set(float64(endpoints))
+	m.hosts.Set(float64(peers + 1))
+}
+
+// registerSwitchMetrics exports the OpenFlow connections' counters and the
+// flow counts per table, read when scraped.
+func (a *Agent) registerSwitchMetrics() {
+	pin := prometheus.NewDesc("keyroute_packet_ins_total", "Packet-ins from br-int by outcome.", []string{"outcome"}, nil)
+	flowsDesc := prometheus.NewDesc("keyroute_flows", "Flows the agent keeps installed, by bridge.", []string{"bridge"}, nil)
+	reconn := prometheus.NewDesc("keyroute_openflow_reconnects_total", "OpenFlow reconnects, by bridge.", []string{"bridge"}, nil)
+	a.metrics.reg.MustRegister(collectorFunc{descs: []*prometheus.Desc{pin, flowsDesc, reconn}, collect: func(ch chan<- prometheus.Metric) {
+		st := a.intSw.Stats()
+		ch <- prometheus.MustNewConstMetric(pin, prometheus.CounterValue, float64(st.PacketIns), "received")
+		ch <- prometheus.MustNewConstMetric(pin, prometheus.CounterValue, float64(st.PacketInsDropped), "dropped")
+		ch <- prometheus.MustNewConstMetric(flowsDesc, prometheus.GaugeValue, float64(len(a.intSw.Desired(flowOwner))), BridgeInt)
+		ch <- prometheus.MustNewConstMetric(flowsDesc, prometheus.GaugeValue, float64(len(a.phySw.Desired(flowOwner))), BridgePhy)
+		ch <- prometheus.MustNewConstMetric(reconn, prometheus.CounterValue, float64(st.Reconnects), BridgeInt)
+		ch <- prometheus.MustNewConstMetric(reconn, prometheus.CounterValue, float64(a.phySw.Stats().Reconnects), BridgePhy)
+	}})
+}
+
+type collectorFunc struct {
+	descs   []*prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
+
+func (a *Agent) serveMetrics(ctx context.Context) error {
+	a.registerSwitchMetrics()
+	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics listener on %s: %w", a.cfg.MetricsAddr, err)
+	}
+	srv := &http.Server{Handler: promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics server: %w", err)
+	}
+	return nil
+}

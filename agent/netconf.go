@@ -1,0 +1,317 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// This file holds the agent's kernel networking: moving the host IP onto
+// br-phy, container veths, the gateway port's routes. It talks netlink in
+// the agent's own namespace and, for containers, in theirs.
+
+// hostAddr is the underlay address found on an interface.
+type hostAddr struct {
+	Prefix netip.Prefix
+	Link   string
+}
+
+// ipv4Addrs lists the global IPv4 addresses of a link.
+func ipv4Addrs(link netlink.Link) ([]netip.Prefix, error) {
+	addrs, err := netlink.AddrList(link, unix.AF_INET)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok || a.Scope != unix.RT_SCOPE_UNIVERSE {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip, ones))
+	}
+	return out, nil
+}
+
+// findHostAddr returns the host's underlay address: on the uplink before
+// the first start, on br-phy after it (a restart must find it there).
+func findHostAddr(uplink, bridge string, want netip.Addr) (hostAddr, error) {
+	for _, name := range []string{uplink, bridge} {
+		link, err := netlink.LinkByName(name)
+		if err != nil {
+			continue
+		}
+		addrs, err := ipv4Addrs(link)
+		if err != nil {
+			return hostAddr{}, err
+		}
+		for _, p := range addrs {
+			if !want.IsValid() || p.Addr() == want {
+				return hostAddr{Prefix: p, Link: name}, nil
+			}
+		}
+	}
+	if want.IsValid() {
+		return hostAddr{}, fmt.Errorf("host IP %s is on neither %s nor %s: set host_ip to an address of the uplink", want, uplink, bridge)
+	}
+	return hostAddr{}, fmt.Errorf("no IPv4 address on %s or %s: give the uplink an address or set host_ip", uplink, bridge)
+}
+
+// moveHostAddr moves addr (and the routes through it) from one link to
+// another. The address is added to the destination before it leaves the
+// source, so the host stays reachable; routes that used the source link are
+// re-added on the destination.
+func moveHostAddr(addr netip.Prefix, from, to string) error {
+	src, err := netlink.LinkByName(from)
+	if err != nil {
+		return fmt.Errorf("move %s from %s: %w", addr, from, err)
+	}
+	dst, err := netlink.LinkByName(to)
+	if err != nil {
+		return fmt.Errorf("move %s to %s: %w", addr, to, err)
+	}
+	routes, err := netlink.RouteList(src, unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("list routes of %s: %w", from, err)
+	}
+	if err := netlink.LinkSetUp(dst); err != nil {
+		return fmt.Errorf("bring up %s: %w", to, err)
+	}
+	nlAddr := &netlink.Addr{IPNet: prefixToIPNet(addr)}
+	if err := netlink.AddrReplace(dst, nlAddr); err != nil {
+		return fmt.Errorf("add %s to %s: %w", addr, to, err)
+	}
+	if err := netlink.AddrDel(src, nlAddr); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("remove %s from %s: %w", addr, from, err)
+	}
+	for _, r := range routes {
+		if r.Protocol == unix.RTPROT_KERNEL || r.Gw == nil {
+			continue // connected routes follow the address by themselves
+		}
+		r.LinkIndex = dst.Attrs().Index
+		r.ILinkIndex = 0
+		if err := netlink.RouteReplace(&r); err != nil {
+			return fmt.Errorf("move route %s via %s to %s: %w", r.Dst, r.Gw, to, err)
+		}
+	}
+	return nil
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// hostPortName derives a container's host-side veth name from its name:
+// stable (a re-attach finds the same port), unique enough, and within
+// IFNAMSIZ.
+func hostPortName(container string) string {
+	h := sha256.Sum256([]byte(container))
+	return "kr" + hex.EncodeToString(h[:])[:11]
+}
+
+// containerMAC derives a locally administered unicast MAC from an IP.
+func containerMAC(ip netip.Addr) net.HardwareAddr {
+	a := ip.As4()
+	return net.HardwareAddr{0x0a, 0x58, a[0], a[1], a[2], a[3]}
+}
+
+// netnsPath resolves a namespace given by name (ip netns) or path.
+func netnsPath(ns string) (string, error) {
+	p := ns
+	if !strings.Contains(ns, "/") {
+		p = filepath.Join("/run/netns", ns)
+	}
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("network namespace %q not found (%s): create it first, e.g. ip netns add %s", ns, p, ns)
+	}
+	return p, nil
+}
+
+// containerLink describes what attach puts into a container namespace.
+type containerLink struct {
+	NetNS   string // path
+	HostEnd string
+	IP      netip.Addr
+	MAC     net.HardwareAddr
+	Gateway netip.Addr
+	MTU     int
+}
+
+// createContainerLink creates the veth pair, moves one end into the
+// container as eth0 with its address and default route, and brings the host
+// end up. On error it removes whatever it created.
+func createContainerLink(c containerLink) (err error) {
+	nsh, err := netns.GetFromPath(c.NetNS)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", c.NetNS, err)
+	}
+	defer nsh.Close()
+	peerTmp := "t" + c.HostEnd[1:]
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: c.HostEnd, MTU: c.MTU}, PeerName: peerTmp}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth %s: %w", c.HostEnd, err)
+	}
+	defer func() {
+		if err != nil {
+			netlink.LinkDel(veth)
+		}
+	}()
+	peer, err := netlink.LinkByName(peerTmp)
+	if err != nil {
+		return fmt.Errorf("find veth peer %s: %w", peerTmp, err)
+	}
+	if err := netlink.LinkSetNsFd(peer, int(nsh)); err != nil {
+		return fmt.Errorf("move veth into %s: %w", c.NetNS, err)
+	}
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", c.NetNS, err)
+	}
+	defer h.Close()
+	in, err := h.LinkByName(peerTmp)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", peerTmp, c.NetNS, err)
+	}
+	if old, err := h.LinkByName("eth0"); err == nil {
+		h.LinkDel(in)
+		return fmt.Errorf("namespace %s already has an eth0 (%s): detach it or use a fresh namespace", c.NetNS, old.Type())
+	}
+	steps := []struct {
+		what string
+		fn   func() error
+	}{
+		{"rename to eth0", func() error { return h.LinkSetName(in, "eth0") }},
+		{"set MAC", func() error { return h.LinkSetHardwareAddr(in, c.MAC) }},
+		{"set MTU", func() error { return h.LinkSetMTU(in, c.MTU) }},
+		{"add address", func() error {
+			return h.AddrAdd(in, &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(c.IP, 32))})
+		}},
+		{"bring up", func() error { return h.LinkSetUp(in) }},
+		{"add default route", func() error {
+			return h.RouteAdd(&netlink.Route{LinkIndex: in.Attrs().Index, Gw: c.Gateway.AsSlice(), Flags: int(netlink.FLAG_ONLINK)})
+		}},
+		{"turn off TX checksum offload", func() error { return txChecksumOff(nsh, "eth0") }},
+	}
+	for _, s := range steps {
+		if err := s.fn(); err != nil {
+			h.LinkDel(in)
+			return fmt.Errorf("container eth0 in %s: %s: %w", c.NetNS, s.what, err)
+		}
+	}
+	host, err := netlink.LinkByName(c.HostEnd)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", c.HostEnd, err)
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return fmt.Errorf("bring up %s: %w", c.HostEnd, err)
+	}
+	cur, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("current netns: %w", err)
+	}
+	defer cur.Close()
+	if err := txChecksumOff(cur, c.HostEnd); err != nil {
+		return fmt.Errorf("%s: turn off TX checksum offload: %w", c.HostEnd, err)
+	}
+	return nil
+}
+
+// deleteLink removes a link by name; a missing link is not an error.
+func deleteLink(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("find %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
+
+// txChecksumOff turns off TX checksum offload (and with it TSO) on a link
+// in a namespace: OVS's netdev datapath reads veths through AF_PACKET and
+// does not fill in checksums left to offload, so TCP would break.
+func txChecksumOff(ns netns.NsHandle, ifname string) error {
+	fd, err := socketIn(ns)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	const ethtoolSTXCSUM = 0x17
+	val := struct{ cmd, data uint32 }{cmd: ethtoolSTXCSUM, data: 0}
+	var ifr struct {
+		name [unix.IFNAMSIZ]byte
+		data uintptr
+		_    [16]byte
+	}
+	copy(ifr.name[:], ifname)
+	ifr.data = uintptr(unsafe.Pointer(&val))
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
+	runtime.KeepAlive(&val)
+	if errno != 0 {
+		return fmt.Errorf("ethtool tx off on %s: %w", ifname, errno)
+	}
+	return nil
+}
+
+// socketIn opens a datagram socket inside ns: a socket belongs to the
+// namespace its creating thread was in.
+func socketIn(ns netns.NsHandle) (int, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return -1, err
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		return -1, fmt.Errorf("enter netns: %w", err)
+	}
+	fd, serr := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err := netns.Set(orig); err != nil {
+		// The thread is unusable in the wrong namespace; let it die with
+		// the locked goroutine instead of returning it to the pool.
+		panic(fmt.Sprintf("cannot return to the agent's netns: %v", err))
+	}
+	if serr != nil {
+		return -1, fmt.Errorf("socket: %w", serr)
+	}
+	return fd, nil
+}
+
+// ensureGatewayAddr puts the gateway IP on the gateway port and routes the
+// cluster CIDR through it, so the host reaches every container.
+func ensureGatewayAddr(port string, gw netip.Addr, subnet, cluster netip.Prefix) error {
+	link, err := netlink.LinkByName(port)
+	if err != nil {
+		return fmt.Errorf("gateway port %s: %w", port, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bring up %s: %w", port, err)
+	}
+	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(gw, subnet.Bits()))}); err != nil {
+		return fmt.Errorf("add %s to %s: %w", gw, port, err)
+	}
+	r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: prefixToIPNet(cluster), Src: gw.AsSlice()}
+	if err := netlink.RouteReplace(r); err != nil {
+		return fmt.Errorf("route %s via %s: %w", cluster, port, err)
+	}
+	return nil
+}

@@ -1,0 +1,222 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/keyroute/keyroute/api"
+	"github.com/keyroute/keyroute/controller"
+	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/openflow"
+	"github.com/keyroute/keyroute/registry"
+)
+
+// serveAPI answers keyroutectl on the local unix socket until ctx ends.
+func (a *Agent) serveAPI(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Dir(a.cfg.APISocket), 0o755); err != nil {
+		return fmt.Errorf("API socket dir: %w", err)
+	}
+	// A socket file left by a crashed agent blocks bind; one that still
+	// answers belongs to a running agent.
+	if c, err := net.DialTimeout("unix", a.cfg.APISocket, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("another agent answers on %s", a.cfg.APISocket)
+	}
+	os.Remove(a.cfg.APISocket)
+	ln, err := net.Listen("unix", a.cfg.APISocket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", a.cfg.APISocket, err)
+	}
+	os.Chmod(a.cfg.APISocket, 0o600)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.PathStatus, a.handle(func(r *http.Request) (any, error) { return a.Status(r.Context()), nil }))
+	mux.HandleFunc("GET "+api.PathHosts, a.handle(func(r *http.Request) (any, error) { return a.Hosts(r.Context()) }))
+	mux.HandleFunc("GET "+api.PathEndpoints, a.handle(func(r *http.Request) (any, error) {
+		return a.Endpoints(r.Context(), r.URL.Query().Get("all") != "")
+	}))
+	mux.HandleFunc("GET "+api.PathFlows, a.handle(func(r *http.Request) (any, error) {
+		return a.Flows(r.Context(), r.URL.Query().Get("table"))
+	}))
+	mux.HandleFunc("POST "+api.PathAttach, a.handle(func(r *http.Request) (any, error) {
+		var req api.AttachRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		ep, err := a.Attach(r.Context(), req.NetNS, req.Name, req.IP)
+		if err != nil {
+			return nil, err
+		}
+		return toAPIEndpoint(ep), nil
+	}))
+	mux.HandleFunc("POST "+api.PathDetach, a.handle(func(r *http.Request) (any, error) {
+		var req api.DetachRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return map[string]string{"detached": req.Name}, a.Detach(r.Context(), req.Name)
+	}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("API server: %w", err)
+	}
+	return nil
+}
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("request body: %v", err)
+	}
+	return nil
+}
+
+func (a *Agent) handle(fn func(*http.Request) (any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		v, err := fn(r)
+		w.Header().Set("Content-Type", "application/json")
+		if err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrBadRequest) {
+				code = http.StatusBadRequest
+				err = errors.New(strings.TrimPrefix(err.Error(), ErrBadRequest.Error()+": "))
+			}
+			a.log.Warn("API request failed", "path", r.URL.Path, "err", err)
+			w.WriteHeader(code)
+			json.NewEncoder(w).Encode(api.Error{Error: err.Error()})
+			return
+		}
+		json.NewEncoder(w).Encode(v)
+	}
+}
+
+// Status reports the agent's state for keyroutectl status.
+func (a *Agent) Status(ctx context.Context) api.Status {
+	eps, peers := a.snapshot()
+	s := api.Status{
+		Node: a.cfg.Node, Mode: a.cfg.Mode, HostIP: a.host.IP.String(), HostMAC: a.host.MAC.String(),
+		PodSubnet: a.host.Subnet.String(), Gateway: a.host.Gateway.String(),
+		Datapath: a.dp.Datapath, DatapathReason: a.dp.Reason,
+		Etcd:   api.EtcdStatus{Endpoints: a.etcdEPs, Embedded: a.embedded != nil},
+		Counts: api.StatusCounts{Hosts: len(peers) + 1, Endpoints: len(eps)},
+		Uptime: time.Since(a.started).Round(time.Second).String(),
+	}
+	for _, b := range []struct {
+		name string
+		sw   *controller.Switch
+	}{{BridgeInt, a.intSw}, {BridgePhy, a.phySw}} {
+		br := api.Bridge{Name: b.name, Connected: b.sw.Connected()}
+		ports, err := a.db.ListPorts(ctx, b.name)
+		if err == nil {
+			for _, p := range ports {
+				of := uint32(0)
+				if p.OFPort > 0 {
+					of = uint32(p.OFPort)
+				}
+				br.Ports = append(br.Ports, api.Port{Name: p.Name, OFPort: of, Type: p.Type, Error: p.Error})
+			}
+		}
+		s.Bridges = append(s.Bridges, br)
+		s.Counts.Flows += len(b.sw.Desired(flowOwner))
+	}
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := a.reg.Raw().Get(hctx, "health"); err != nil {
+		s.Etcd.Error = err.Error()
+	} else {
+		s.Etcd.Healthy = true
+	}
+	return s
+}
+
+// Hosts lists the cluster's hosts.
+func (a *Agent) Hosts(ctx context.Context) ([]api.Host, error) {
+	hs, err := a.reg.ListHosts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list hosts from etcd: %w", err)
+	}
+	out := make([]api.Host, 0, len(hs))
+	for _, h := range hs {
+		out = append(out, api.Host{Name: h.Name, IP: h.UnderlayIP.String(), MAC: h.UnderlayMAC.String(),
+			PodSubnet: h.PodSubnet.String(), Datapath: h.Datapath})
+	}
+	return out, nil
+}
+
+// Endpoints lists containers, this host's or all.
+func (a *Agent) Endpoints(ctx context.Context, all bool) ([]api.Endpoint, error) {
+	f := registry.EndpointFilter{Host: a.cfg.Node}
+	if all {
+		f = registry.EndpointFilter{}
+	}
+	eps, err := a.reg.ListEndpoints(ctx, f)
+	if err != nil {
+		return nil, fmt.Errorf("list endpoints from etcd: %w", err)
+	}
+	out := make([]api.Endpoint, 0, len(eps))
+	for _, ep := range eps {
+		out = append(out, toAPIEndpoint(ep))
+	}
+	return out, nil
+}
+
+func toAPIEndpoint(ep registry.Endpoint) api.Endpoint {
+	mac := ep.MAC
+	if len(mac) == 0 {
+		mac = containerMAC(ep.IP)
+	}
+	return api.Endpoint{Name: ep.Name, IP: ep.IP.String(), MAC: mac.String(), Host: ep.Host, Port: ep.Port, NetNS: ep.Netns}
+}
+
+// Flows dumps both bridges' flows with counters; table filters br-int's.
+func (a *Agent) Flows(ctx context.Context, table string) ([]api.Flow, error) {
+	var only *flows.Table
+	if table != "" {
+		t, err := flows.ParseTable(table)
+		if err != nil {
+			return nil, badRequest("%v", err)
+		}
+		only = &t
+	}
+	var out []api.Flow
+	for _, b := range []struct {
+		name  string
+		sw    *controller.Switch
+		names map[uint8]string
+	}{{BridgeInt, a.intSw, flows.IntTableNames()}, {BridgePhy, a.phySw, flows.PhyTableNames()}} {
+		if only != nil && b.name != BridgeInt {
+			continue
+		}
+		req := &openflow.FlowStatsRequest{Table: openflow.TableAll, OutPort: openflow.PortAny, OutGroup: openflow.GroupAny}
+		if only != nil {
+			req.Table = uint8(*only)
+		}
+		stats, err := b.sw.FlowStats(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("dump %s flows: %w", b.name, err)
+		}
+		for _, st := range stats {
+			out = append(out, api.Flow{
+				Bridge: b.name, Table: st.Table, TableName: b.names[st.Table], Priority: st.Priority,
+				Cookie: fmt.Sprintf("0x%x", st.Cookie), Category: flows.CookieCategory(st.Cookie).String(),
+				Match: st.Match.String(), Actions: openflow.InstructionsString(st.Instructions),
+				IdleTimeout: st.IdleTimeout, Packets: st.PacketCount, Bytes: st.ByteCount, DurationSec: st.DurationSec,
+			})
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,243 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/keyroute/keyroute/simhost"
+)
+
+// Host is one simulated host: a namespace with the uplink Uplink on the
+// fabric, a private OVS and (unless NoAgents) a keyroute-agent.
+type Host struct {
+	// Index is the 1-based host number; Name is "h<Index>".
+	Index int
+	Name  string
+	// NS is the host's network namespace, "<prefix>h<Index>".
+	NS *simhost.NetNS
+	// OVS is the host's private Open vSwitch.
+	OVS *simhost.OVS
+	// IP and MAC are the underlay address and the uplink's MAC.
+	IP  netip.Addr
+	MAC net.HardwareAddr
+	// Dir holds the host's files; APISocket, LogPath and ConfigPath are the
+	// agent's socket, log (stdout+stderr, appended across restarts) and
+	// YAML config.
+	Dir, APISocket, LogPath, ConfigPath string
+	// MetricsAddr is where the agent serves metrics inside NS ("" if off).
+	MetricsAddr string
+
+	cl    *Cluster
+	agent *Process
+}
+
+// config is the agent YAML the harness writes for h (agent/config.go keys).
+func (h *Host) config() map[string]any {
+	cl := h.cl
+	etcd := map[string]any{"prefix": "/keyroute/"}
+	switch {
+	case cl.opts.ExternalEtcd || h.Index != 1:
+		etcd["endpoints"] = []string{cl.EtcdEndpoint}
+	default:
+		etcd["embedded_client_url"] = cl.EtcdEndpoint
+		etcd["embedded_peer_url"] = "http://127.0.0.1:2380"
+	}
+	cfg := map[string]any{
+		"node":     h.Name,
+		"uplink":   Uplink,
+		"host_ip":  h.IP.String(),
+		"datapath": "netdev",
+		"etcd":     etcd,
+		"cluster": map[string]any{
+			"pod_cidr": "198.19.0.0/16", "subnet_bits": 24, "vni": int(cl.VNI),
+			"vxlan_port": int(cl.VXLANPort), "gateway_mac": "0a:00:00:00:00:01",
+		},
+		"ovs": map[string]any{"db_socket": h.OVS.DBSock(), "run_dir": h.OVS.RunDir()},
+		// Each host has its own loopback, so the default port never clashes.
+		"metrics_addr": "127.0.0.1:9476",
+		"api_socket":   h.APISocket,
+		"state_dir":    filepath.Join(h.Dir, "state"),
+		"log_level":    "debug",
+	}
+	if cl.opts.Mode != "" {
+		cfg["mode"] = cl.opts.Mode
+	}
+	if cl.opts.AgentConfig != nil {
+		cl.opts.AgentConfig(h.Index, cfg)
+	}
+	return cfg
+}
+
+func (h *Host) writeConfig() error {
+	b, err := yaml.Marshal(h.config())
+	if err != nil {
+		return fmt.Errorf("write %s agent config: %w", h.Name, err)
+	}
+	// Read back what the hook may have changed.
+	var c struct {
+		MetricsAddr string `yaml:"metrics_addr"`
+		Cluster     struct {
+			VNI       uint32 `yaml:"vni"`
+			VXLANPort uint16 `yaml:"vxlan_port"`
+		} `yaml:"cluster"`
+	}
+	if err := yaml.Unmarshal(b, &c); err != nil {
+		return fmt.Errorf("write %s agent config: %w", h.Name, err)
+	}
+	h.MetricsAddr = c.MetricsAddr
+	if h.Index == 1 {
+		// Captures are read with host 1's overlay settings.
+		h.cl.VNI, h.cl.VXLANPort = c.Cluster.VNI, c.Cluster.VXLANPort
+	}
+	if err := os.WriteFile(h.ConfigPath, b, 0o644); err != nil {
+		return fmt.Errorf("write %s agent config: %w", h.Name, err)
+	}
+	return nil
+}
+
+// spawnAgent starts the agent without waiting for it.
+func (h *Host) spawnAgent() error {
+	if h.agent != nil {
+		if ended, _ := h.agent.Exited(); !ended {
+			return fmt.Errorf("start %s agent: already running as pid %d", h.Name, h.agent.PID())
+		}
+	}
+	p, err := startProcess(h.Name+" agent", h.LogPath, "ip", "netns", "exec", h.NS.Name,
+		filepath.Join(h.cl.BinDir, "keyroute-agent"), "--config", h.ConfigPath)
+	if err != nil {
+		return err
+	}
+	p.daemon = true
+	h.cl.procs.add(p)
+	h.agent = p
+	// For people poking at a kept cluster.
+	os.WriteFile(filepath.Join(h.Dir, "agent.pid"), []byte(strconv.Itoa(p.PID())+"\n"), 0o644)
+	return nil
+}
+
+func (h *Host) startAgent(ctx context.Context) error {
+	if err := h.spawnAgent(); err != nil {
+		return err
+	}
+	return h.waitReady(ctx)
+}
+
+// waitReady polls `keyroutectl status` until it succeeds, the agent exits,
+// or ReadyTimeout passes.
+func (h *Host) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
+	defer cancel()
+	start := time.Now()
+	var last error
+	for {
+		if ended, err := h.agent.Exited(); ended {
+			return fmt.Errorf("%s agent exited while starting (%v); last lines of %s:\n%s", h.Name, err, h.LogPath, h.agent.LogTail(30))
+		}
+		_, last = h.ctl(ctx, 5*time.Second, "status", "-o", "json")
+		if last == nil {
+			h.cl.log.Info("agent ready", "host", h.Name, "pid", h.agent.PID(), "after", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s agent not ready after %s (last status: %v); last lines of %s:\n%s",
+				h.Name, time.Since(start).Round(time.Millisecond), last, h.LogPath, h.agent.LogTail(30))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// StopAgent stops the agent with SIGTERM (SIGKILL after 15 s). OVS and its
+// flows stay, as on a real host whose agent is restarted.
+func (h *Host) StopAgent() error {
+	if h.agent == nil {
+		return fmt.Errorf("stop %s agent: not started", h.Name)
+	}
+	return h.agent.Stop(15 * time.Second)
+}
+
+// StartAgent starts the agent again with the same config and state, and
+// waits until it is ready.
+func (h *Host) StartAgent() error {
+	return h.startAgent(context.Background())
+}
+
+// AgentPID is the running agent's PID, or 0.
+func (h *Host) AgentPID() int {
+	if h.agent == nil {
+		return 0
+	}
+	if ended, _ := h.agent.Exited(); ended {
+		return 0
+	}
+	return h.agent.PID()
+}
+
+// Agent is the agent process (nil before it first started).
+func (h *Host) Agent() *Process { return h.agent }
+
+// Ctl runs `keyroutectl --socket <APISocket> args...` and returns its
+// stdout; an error carries stderr.
+func (h *Host) Ctl(args ...string) (string, error) {
+	return h.ctl(context.Background(), 60*time.Second, args...)
+}
+
+func (h *Host) ctl(ctx context.Context, timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	argv := append([]string{"--socket", h.APISocket}, args...)
+	cmd := exec.CommandContext(ctx, filepath.Join(h.cl.BinDir, "keyroutectl"), argv...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			err = errors.Join(err, ctx.Err())
+		}
+		return out.String(), fmt.Errorf("%s: keyroutectl %s: %w: %s", h.Name, strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// Metrics fetches the agent's Prometheus metrics text from inside the
+// host's namespace.
+func (h *Host) Metrics() (string, error) {
+	if h.MetricsAddr == "" {
+		return "", fmt.Errorf("%s: metrics are off (metrics_addr empty)", h.Name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.MetricsAddr+"/metrics", nil)
+	if err != nil {
+		return "", fmt.Errorf("%s metrics: %w", h.Name, err)
+	}
+	resp, err := h.NS.HTTPClient().Do(req)
+	if err != nil {
+		return "", fmt.Errorf("%s metrics: %w", h.Name, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s", resp.Status)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s metrics: %w", h.Name, err)
+	}
+	return string(b), nil
+}
+
+// Exec runs a command in the host's namespace.
+func (h *Host) Exec(args ...string) (string, error) { return h.NS.Exec(args...) }
