@@ -578,11 +578,11 @@ func (c *cache) invalidatePeer(ctx context.Context, name string, ip netip.Addr) 
 func ensureMeter(ctx context.Context, sw *controller.Switch, id uint32, pps uint32) error {
 	mm := &openflow.MeterMod{Command: openflow.MeterAdd, Flags: openflow.MeterFlagPktps | openflow.MeterFlagBurst | openflow.MeterFlagStats,
 		MeterID: id, Bands: []openflow.MeterBand{{Type: openflow.MeterBandDrop, Rate: pps, BurstSize: pps / 10}}}
-	_, err := sw.Request(ctx, mm)
+	err := sw.Apply(ctx, mm)
 	var em *openflow.ErrorMsg
 	if errors.As(err, &em) && em.ErrType == openflow.ErrTypeMeterModFailed && em.Code == 1 { // OFPMMFC_METER_EXISTS
 		mm.Command = openflow.MeterModify
-		_, err = sw.Request(ctx, mm)
+		err = sw.Apply(ctx, mm)
 	}
 	if err != nil {
 		return fmt.Errorf("install punt meter %d (%d pkt/s): %w", id, pps, err)
