@@ -220,6 +220,9 @@ func Decode(b []byte) (Header, Message, error) {
 		return h, &Unknown{MsgType: h.Type, Body: append([]byte(nil), body...)}, nil
 	}
 	m, err := fn(body)
+	if err == nil {
+		helloFromHeader(h, m)
+	}
 	return h, m, err
 }
 

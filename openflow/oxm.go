@@ -130,6 +130,8 @@ func DecodeOXM(b []byte) (OXM, int, error) {
 		f = &Field{Name: fmt.Sprintf("oxm(0x%04x:%d)", class, id), Class: class, ID: id, Experimenter: exp, Len: vlen, Maskable: true}
 	} else if f.Len != vlen {
 		return OXM{}, 0, &DecodeError{What: "oxm " + f.Name, Offset: 3, Err: fmt.Errorf("value length %d, want %d", vlen, f.Len)}
+	} else if hasMask && !f.Maskable {
+		return OXM{}, 0, &DecodeError{What: "oxm " + f.Name, Offset: 2, Err: fmt.Errorf("field %s cannot be masked", f.Name)}
 	}
 	o := OXM{Field: f, Value: append([]byte(nil), p[:vlen]...)}
 	if hasMask {
@@ -139,7 +141,9 @@ func DecodeOXM(b []byte) (OXM, int, error) {
 }
 
 // Match is an OpenFlow 1.3 OXM match (ofp_match of type OFPMT_OXM).
-// Field order is preserved as given; OVS does not care about order.
+// Field order is preserved as given, except that encoding moves a field
+// after its prerequisite (eth_type before L3 fields, ip_proto before L4
+// fields) when it came first: OVS rejects such a match (BAD_PREREQ).
 type Match struct {
 	Fields []OXM
 }
@@ -151,7 +155,9 @@ func (m Match) AppendTo(b []byte) ([]byte, error) {
 	start := len(b)
 	b = append(b, 0, matchTypeOXM, 0, 0)
 	var err error
-	for _, o := range m.Fields {
+	var idx [64]int
+	for _, i := range prereqOrder(m.Fields, idx[:0]) {
+		o := m.Fields[i]
 		if b, err = o.AppendTo(b); err != nil {
 			return b[:start], fmt.Errorf("match: %w", err)
 		}
