@@ -73,10 +73,11 @@ type Agent struct {
 	cache        *cache // rewrite mode only
 
 	mu        sync.Mutex
-	endpoints map[string]registry.Endpoint // local containers by name
-	ofports   map[string]uint32            // container port name → ofport
-	peers     map[string]registry.Host     // other hosts by name
-	attachMu  sync.Mutex                   // serialises attach/detach
+	endpoints map[string]registry.Endpoint     // local containers by name
+	ofports   map[string]uint32                // container port name → ofport
+	peers     map[string]registry.Host         // other hosts by name
+	roaming   map[netip.Addr]registry.Endpoint // endpoints outside their host's subnet
+	attachMu  sync.Mutex                       // serialises attach/detach
 	dirty     chan struct{}
 }
 
@@ -91,6 +92,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		endpoints: map[string]registry.Endpoint{},
 		ofports:   map[string]uint32{},
 		peers:     map[string]registry.Host{},
+		roaming:   map[netip.Addr]registry.Endpoint{},
 		dirty:     make(chan struct{}, 1),
 		metrics:   newMetrics(),
 	}, nil
@@ -110,6 +112,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { errc <- a.serveMetrics(ctx) }()
 	}
 	go a.watchHosts(ctx)
+	go a.watchRoaming(ctx)
 	go a.programLoop(ctx)
 	go a.refreshTunnelNeighbours(ctx)
 	a.log.Info("agent ready", "node", a.cfg.Node, "host_ip", a.host.IP, "pod_subnet", a.host.Subnet,
@@ -434,6 +437,21 @@ func (a *Agent) watchHosts(ctx context.Context) {
 	}
 }
 
+// watchRoaming follows the cluster's roaming endpoints (/32 routes).
+func (a *Agent) watchRoaming(ctx context.Context) {
+	for ev := range a.reg.WatchRoaming(ctx) {
+		a.mu.Lock()
+		switch ev.Type {
+		case registry.EventPut:
+			a.roaming[ev.Value.IP] = ev.Value
+		case registry.EventDelete:
+			delete(a.roaming, ev.Value.IP)
+		}
+		a.mu.Unlock()
+		a.markDirty()
+	}
+}
+
 func (a *Agent) markDirty() {
 	select {
 	case a.dirty <- struct{}{}:
@@ -459,8 +477,8 @@ func (a *Agent) programLoop(ctx context.Context) {
 
 // program makes br-int's flows equal to the current state.
 func (a *Agent) program(ctx context.Context) error {
-	eps, peers := a.snapshot()
-	fs := flows.IntFlows(a.host, eps, peers)
+	eps, peers, roaming := a.snapshot()
+	fs := flows.IntFlows(a.host, eps, peers, roaming)
 	if a.cfg.Mode == ModeRewrite {
 		fs = append(fs, flows.RewritePipeline(a.host)...)
 		for _, p := range peers {
@@ -478,7 +496,7 @@ func (a *Agent) program(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) snapshot() ([]flows.Endpoint, []flows.Peer) {
+func (a *Agent) snapshot() ([]flows.Endpoint, []flows.Peer, []flows.Roaming) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	eps := make([]flows.Endpoint, 0, len(a.endpoints))
@@ -493,7 +511,20 @@ func (a *Agent) snapshot() ([]flows.Endpoint, []flows.Peer) {
 		}
 	}
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
-	return eps, peers
+	var roaming []flows.Roaming
+	for ip, ep := range a.roaming {
+		r := flows.Roaming{IP: ip}
+		if ep.Host != a.cfg.Node {
+			h, ok := a.peers[ep.Host]
+			if !ok || !h.UnderlayIP.IsValid() {
+				continue
+			}
+			r.Host = &flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}
+		}
+		roaming = append(roaming, r)
+	}
+	sort.Slice(roaming, func(i, j int) bool { return roaming[i].IP.Less(roaming[j].IP) })
+	return eps, peers, roaming
 }
 
 // refreshTunnelNeighbours re-installs OVS's native-tunnel neighbour entries

@@ -207,10 +207,18 @@ func (a *Agent) peerByName(name string) (flows.Peer, net.HardwareAddr, bool) {
 	return flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}, h.UnderlayMAC, true
 }
 
-// peerFor returns the peer host whose pod subnet holds ip.
+// peerFor returns the peer host that holds ip: a roaming endpoint's host,
+// else the host whose pod subnet holds it.
 func (a *Agent) peerFor(ip netip.Addr) (flows.Peer, net.HardwareAddr, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if ep, ok := a.roaming[ip]; ok {
+		h, ok := a.peers[ep.Host]
+		if !ok {
+			return flows.Peer{}, nil, false
+		}
+		return flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}, h.UnderlayMAC, true
+	}
 	for _, h := range a.peers {
 		if h.PodSubnet.Contains(ip) {
 			return flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}, h.UnderlayMAC, true
@@ -426,7 +434,8 @@ func (c *cache) onSenderDelete(ctx context.Context, r keyalloc.Record) {
 // entry and marks the record ready.
 func (c *cache) onReceiverRecord(ctx context.Context, r keyalloc.Record, apply bool) {
 	peer, _, ok := c.a.peerByName(r.SrcHost)
-	if !ok || !peer.Subnet.Contains(r.Src) || !c.a.isLocal(r.Dst) || !c.rwKey(r.Key) {
+	holder, _, held := c.a.peerFor(r.Src)
+	if !ok || !held || holder.Name != r.SrcHost || !c.a.isLocal(r.Dst) || !c.rwKey(r.Key) {
 		c.a.log.Debug("ignoring key record", "src_host", r.SrcHost, "src", r.Src, "dst", r.Dst, "key", r.Key)
 		return
 	}
@@ -607,4 +616,28 @@ func matchIPv4(m openflow.Match, f *openflow.Field) netip.Addr {
 		}
 	}
 	return netip.Addr{}
+}
+
+// stateOf names a sender entry's state for keyroutectl cache.
+func (c *cache) stateOf(pk pairKey) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.send[pk]; ok && e.state >= 0 {
+		if e.state == flows.CacheFallback {
+			return "fallback (" + e.reason + ")"
+		}
+		return e.state.String()
+	}
+	return "unknown"
+}
+
+// recvRecord returns the record a Restore entry serves.
+func (c *cache) recvRecord(rk recvKey) (keyalloc.Record, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.recv[rk]
+	if !ok {
+		return keyalloc.Record{}, false
+	}
+	return e.rec, true
 }

@@ -39,8 +39,11 @@ func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (regi
 		if ip, err = netip.ParseAddr(ipStr); err != nil || !ip.Is4() {
 			return registry.Endpoint{}, badRequest("--ip %q is not an IPv4 address", ipStr)
 		}
-		if !a.host.Subnet.Contains(ip) || ip == a.host.Gateway || ip == a.host.Subnet.Addr() || ip == lastAddr(a.host.Subnet) {
-			return registry.Endpoint{}, badRequest("--ip %s is not a usable address of this host's pod subnet %s (gateway %s)", ip, a.host.Subnet, a.host.Gateway)
+		if !a.host.Cluster.Contains(ip) {
+			return registry.Endpoint{}, badRequest("--ip %s is outside the cluster's pod range %s", ip, a.host.Cluster)
+		}
+		if a.host.Subnet.Contains(ip) && (ip == a.host.Gateway || ip == a.host.Subnet.Addr() || ip == lastAddr(a.host.Subnet)) {
+			return registry.Endpoint{}, badRequest("--ip %s is reserved in this host's pod subnet %s (network, gateway or broadcast)", ip, a.host.Subnet)
 		}
 	}
 	a.mu.Lock()
@@ -53,7 +56,15 @@ func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (regi
 		return registry.Endpoint{}, badRequest("container %q is already attached (netns %s, ip %s): detach it first", name, existing.Netns, existing.IP)
 	}
 	port := hostPortName(name)
-	ep, err := a.reg.AllocateEndpoint(ctx, registry.Endpoint{IP: ip, Host: a.cfg.Node, Name: name, Netns: path, Port: port}, a.host.Subnet)
+	want := registry.Endpoint{IP: ip, Host: a.cfg.Node, Name: name, Netns: path, Port: port}
+	var ep registry.Endpoint
+	if ip.IsValid() && !a.host.Subnet.Contains(ip) {
+		// An address of another host's subnet (it moved here): every host
+		// routes it with a /32.
+		ep, err = a.reg.AllocateRoaming(ctx, want, a.host.Cluster)
+	} else {
+		ep, err = a.reg.AllocateEndpoint(ctx, want, a.host.Subnet)
+	}
 	if err != nil {
 		if errors.Is(err, registry.ErrIPInUse) {
 			return registry.Endpoint{}, badRequest("%v", err)

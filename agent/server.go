@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/keyalloc"
 	"github.com/keyroute/keyroute/openflow"
 	"github.com/keyroute/keyroute/registry"
 )
@@ -45,6 +47,8 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	mux.HandleFunc("GET "+api.PathFlows, a.handle(func(r *http.Request) (any, error) {
 		return a.Flows(r.Context(), r.URL.Query().Get("table"))
 	}))
+	mux.HandleFunc("GET "+api.PathKeys, a.handle(func(r *http.Request) (any, error) { return a.Keys(r.Context()) }))
+	mux.HandleFunc("GET "+api.PathCache, a.handle(func(r *http.Request) (any, error) { return a.Cache(r.Context()) }))
 	mux.HandleFunc("POST "+api.PathAttach, a.handle(func(r *http.Request) (any, error) {
 		var req api.AttachRequest
 		if err := decodeBody(r, &req); err != nil {
@@ -106,7 +110,7 @@ func (a *Agent) handle(fn func(*http.Request) (any, error)) http.HandlerFunc {
 
 // Status reports the agent's state for keyroutectl status.
 func (a *Agent) Status(ctx context.Context) api.Status {
-	eps, peers := a.snapshot()
+	eps, peers, _ := a.snapshot()
 	s := api.Status{
 		Node: a.cfg.Node, Mode: a.cfg.Mode, HostIP: a.host.IP.String(), HostMAC: a.host.MAC.String(),
 		PodSubnet: a.host.Subnet.String(), Gateway: a.host.Gateway.String(),
@@ -216,6 +220,61 @@ func (a *Agent) Flows(ctx context.Context, table string) ([]api.Flow, error) {
 				Match: st.Match.String(), Actions: openflow.InstructionsString(st.Instructions),
 				IdleTimeout: st.IdleTimeout, Packets: st.PacketCount, Bytes: st.ByteCount, DurationSec: st.DurationSec,
 			})
+		}
+	}
+	return out, nil
+}
+
+// errNotRewrite answers cache questions in tunnel mode.
+var errNotRewrite = fmt.Errorf("%w: this agent runs in tunnel mode; keys and cache exist in rewrite mode (mode: rewrite)", ErrBadRequest)
+
+// Keys lists every cache key allocation in the cluster.
+func (a *Agent) Keys(ctx context.Context) ([]api.Key, error) {
+	if a.cache == nil {
+		return nil, errNotRewrite
+	}
+	recs, err := a.cache.alloc.List(ctx, keyalloc.Filter{})
+	if err != nil {
+		return nil, fmt.Errorf("list keys from etcd: %w", err)
+	}
+	out := make([]api.Key, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, api.Key{SrcHost: r.SrcHost, DstHost: r.DstHost, Key: r.Key, Src: r.Src.String(), Dst: r.Dst.String(),
+			State: r.State, AgeSec: int64(time.Since(r.Created).Seconds())})
+	}
+	return out, nil
+}
+
+// Cache lists this host's EgressCache and Restore entries with the
+// counters OVS keeps for their flows.
+func (a *Agent) Cache(ctx context.Context) ([]api.CacheEntry, error) {
+	if a.cache == nil {
+		return nil, errNotRewrite
+	}
+	var out []api.CacheEntry
+	for _, t := range []flows.Table{flows.EgressCache, flows.Restore} {
+		stats, err := a.intSw.FlowStats(ctx, &openflow.FlowStatsRequest{Table: uint8(t), OutPort: openflow.PortAny, OutGroup: openflow.GroupAny})
+		if err != nil {
+			return nil, fmt.Errorf("dump %s: %w", t.Name(), err)
+		}
+		for _, st := range stats {
+			id := flows.CookieID(st.Cookie)
+			peer := netip.AddrFrom4([4]byte{byte(id >> 32), byte(id >> 24), byte(id >> 16), byte(id >> 8)})
+			e := api.CacheEntry{Peer: peer.String(), Key: uint8(id), Packets: st.PacketCount, Bytes: st.ByteCount, IdleTimeout: st.IdleTimeout}
+			switch flows.CookieCategory(st.Cookie) {
+			case flows.CatCache:
+				e.Side = "egress"
+				e.Src, e.Dst = matchIPv4(st.Match, openflow.FieldIPv4Src).String(), matchIPv4(st.Match, openflow.FieldIPv4Dst).String()
+				e.State = a.cache.stateOf(pairKey{matchIPv4(st.Match, openflow.FieldIPv4Src), matchIPv4(st.Match, openflow.FieldIPv4Dst)})
+			case flows.CatRestore:
+				e.Side = "restore"
+				if r, ok := a.cache.recvRecord(recvKey{peer, uint8(id)}); ok {
+					e.Src, e.Dst, e.State = r.Src.String(), r.Dst.String(), "ready"
+				}
+			default:
+				continue
+			}
+			out = append(out, e)
 		}
 	}
 	return out, nil

@@ -25,6 +25,8 @@ const (
 	PathFlows     = "/v1/flows"
 	PathAttach    = "/v1/attach"
 	PathDetach    = "/v1/detach"
+	PathKeys      = "/v1/keys"
+	PathCache     = "/v1/cache"
 )
 
 // Status is what `keyroutectl status` shows.
@@ -106,6 +108,31 @@ type Flow struct {
 	Packets     uint64 `json:"packets"`
 	Bytes       uint64 `json:"bytes"`
 	DurationSec uint32 `json:"duration_sec"`
+}
+
+// Key is one cache key allocation (rewrite mode), cluster-wide.
+type Key struct {
+	SrcHost string `json:"src_host"`
+	DstHost string `json:"dst_host"`
+	Key     uint8  `json:"key"`
+	Src     string `json:"src"`
+	Dst     string `json:"dst"`
+	State   string `json:"state"`
+	AgeSec  int64  `json:"age_sec"`
+}
+
+// CacheEntry is one of this host's cache flows: an EgressCache entry
+// (side "egress") or a Restore entry (side "restore").
+type CacheEntry struct {
+	Side        string `json:"side"`
+	Peer        string `json:"peer"`
+	Key         uint8  `json:"key"`
+	Src         string `json:"src"`
+	Dst         string `json:"dst"`
+	State       string `json:"state"`
+	Packets     uint64 `json:"packets"`
+	Bytes       uint64 `json:"bytes"`
+	IdleTimeout uint16 `json:"idle_timeout"`
 }
 
 // AttachRequest asks the agent to connect a network namespace.
@@ -218,6 +245,18 @@ func (c *Client) Flows(ctx context.Context, table string) ([]Flow, error) {
 		q.Set("table", table)
 	}
 	return f, c.do(ctx, http.MethodGet, PathFlows, q, nil, &f)
+}
+
+// Keys lists cache key allocations, cluster-wide.
+func (c *Client) Keys(ctx context.Context) ([]Key, error) {
+	var k []Key
+	return k, c.do(ctx, http.MethodGet, PathKeys, nil, nil, &k)
+}
+
+// Cache lists this host's cache entries with their counters.
+func (c *Client) Cache(ctx context.Context) ([]CacheEntry, error) {
+	var e []CacheEntry
+	return e, c.do(ctx, http.MethodGet, PathCache, nil, nil, &e)
 }
 
 // Attach connects a network namespace as a container.

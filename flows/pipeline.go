@@ -211,13 +211,42 @@ func PhyPipeline(h Host) []*openflow.FlowMod {
 }
 
 // IntFlows is br-int's whole desired flow set for a host state.
-func IntFlows(h Host, eps []Endpoint, peers []Peer) []*openflow.FlowMod {
+func IntFlows(h Host, eps []Endpoint, peers []Peer, roaming []Roaming) []*openflow.FlowMod {
 	fs := IntPipeline(h)
 	for _, ep := range eps {
 		fs = append(fs, EndpointFlows(h, ep)...)
 	}
 	for _, p := range peers {
 		fs = append(fs, PeerFlows(h, p)...)
+	}
+	for _, r := range roaming {
+		fs = append(fs, RoamingFlows(h, r, peers)...)
+	}
+	return fs
+}
+
+// Roaming is a container address outside its host's pod subnet (an IP that
+// moved hosts). Host is nil when the container is attached here.
+type Roaming struct {
+	IP   netip.Addr
+	Host *Peer
+}
+
+// RoamingFlows routes one roaming address with a /32 that beats every
+// subnet route: through VXLAN to the host that holds it, or, when it is
+// local, into IngressRules (and accepted from every peer's tunnel).
+func RoamingFlows(h Host, r Roaming, peers []Peer) []*openflow.FlowMod {
+	c := Cookie(CatSubnet, ip4ID(r.IP))
+	if r.Host != nil {
+		return []*openflow.FlowMod{flow(Forward, prioHigh, c,
+			m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(r.IP)),
+			apply(setf(openflow.MatchTunDst(r.Host.IP)), setf(openflow.MatchTunnelID(uint64(h.VNI))), out(h.VXLANPort)))}
+	}
+	fs := []*openflow.FlowMod{flow(Forward, prioHigh, c, m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(r.IP)), gotoTable(IngressRules))}
+	for _, p := range peers {
+		fs = append(fs, flow(TunnelIn, prioNormal, Cookie(CatPeer, ip4ID(p.IP)),
+			m(openflow.MatchInPort(h.VXLANPort), openflow.MatchTunnelID(uint64(h.VNI)), openflow.MatchTunSrc(p.IP), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(r.IP)),
+			gotoTable(IngressRules)))
 	}
 	return fs
 }

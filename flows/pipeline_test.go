@@ -63,7 +63,11 @@ func TestIntFlowsGolden(t *testing.T) {
 		{Name: "a2", IP: netip.MustParseAddr("198.19.1.3"), MAC: mac("0a:58:c6:13:01:03"), Port: 5},
 	}
 	peers := []Peer{{Name: "h2", IP: netip.MustParseAddr("198.18.0.2"), Subnet: netip.MustParsePrefix("198.19.2.0/24")}}
-	golden(t, "br-int.txt", IntFlows(h, eps, peers))
+	roaming := []Roaming{
+		{IP: netip.MustParseAddr("198.19.2.9"), Host: nil},
+		{IP: netip.MustParseAddr("198.19.1.9"), Host: &peers[0]},
+	}
+	golden(t, "br-int.txt", IntFlows(h, eps, peers, roaming))
 }
 
 func TestPhyPipelineGolden(t *testing.T) {
@@ -85,7 +89,7 @@ func TestFlowsUniqueAndCategorised(t *testing.T) {
 		{Name: "h3", IP: netip.MustParseAddr("198.18.0.3"), Subnet: netip.MustParsePrefix("198.19.3.0/24")},
 	}
 	seen := map[string]bool{}
-	for _, f := range IntFlows(h, eps, peers) {
+	for _, f := range IntFlows(h, eps, peers, []Roaming{{IP: netip.MustParseAddr("198.19.3.7")}}) {
 		k := f.String()
 		k = k[:strings.Index(k, " actions=")]
 		if i := strings.Index(k, ",cookie="); i >= 0 {

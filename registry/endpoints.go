@@ -288,7 +288,7 @@ func (c *Client) DeleteEndpoint(ctx context.Context, ip netip.Addr, host string)
 		}
 		tx, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(clientv3.OpDelete(key)).
+			Then(clientv3.OpDelete(key), clientv3.OpDelete(c.roamingKey(ip))).
 			Commit()
 		if err != nil {
 			return fmt.Errorf("delete endpoint %s of %s: %w", ip, host, err)

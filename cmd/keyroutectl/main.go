@@ -53,7 +53,7 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.socket, "socket", envOr("KEYROUTE_SOCKET", defaultSocket), "agent API socket (env KEYROUTE_SOCKET)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(statusCmd(g), hostsCmd(g), endpointsCmd(g), flowsCmd(g), attachCmd(g), detachCmd(g))
+	root.AddCommand(statusCmd(g), hostsCmd(g), endpointsCmd(g), flowsCmd(g), keysCmd(g), cacheCmd(g), attachCmd(g), detachCmd(g))
 	return root
 }
 
@@ -254,4 +254,44 @@ func detachCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().StringVar(&r.Name, "name", "", "container name")
 	return c
+}
+
+func keysCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "keys",
+		Short: "List cache key allocations cluster-wide: pair, key, state, age (rewrite mode)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ks, err := g.client().Keys(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), ks, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "SRC HOST\tDST HOST\tKEY\tSRC\tDST\tSTATE\tAGE")
+				for _, k := range ks {
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%ds\n", k.SrcHost, k.DstHost, k.Key, k.Src, k.Dst, k.State, k.AgeSec)
+				}
+			})
+		},
+	}
+}
+
+func cacheCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "cache",
+		Short: "List this host's EgressCache and Restore entries with packet/byte counters (rewrite mode)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			es, err := g.client().Cache(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), es, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "SIDE\tPEER\tKEY\tSRC\tDST\tSTATE\tPACKETS\tBYTES\tIDLE")
+				for _, e := range es {
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%ds\n", e.Side, e.Peer, e.Key, e.Src, e.Dst, e.State, e.Packets, e.Bytes, e.IdleTimeout)
+				}
+			})
+		},
+	}
 }

@@ -1,0 +1,90 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/keyroute/keyroute/registry/kvwatch"
+)
+
+// A roaming endpoint holds an address outside its host's pod subnet (an IP
+// that moved to another host). Forwarding by subnet cannot find it, so it
+// is also recorded under roaming/<ip>, a prefix small enough for every
+// agent to watch: each agent adds a /32 route for every roaming endpoint.
+
+func (c *Client) roamingKey(ip netip.Addr) string { return c.prefix + "roaming/" + ip.String() }
+
+// AllocateRoaming records ep (ep.IP set, outside its host's subnet but in
+// cluster) under endpoints/ and roaming/ in one transaction, only if the
+// address is free cluster-wide; the same host and name get their existing
+// record back. Cost: 1 write.
+func (c *Client) AllocateRoaming(ctx context.Context, ep Endpoint, cluster netip.Prefix) (Endpoint, error) {
+	fail := func(err error) (Endpoint, error) {
+		return Endpoint{}, fmt.Errorf("allocate roaming %s for %s/%s: %w", ep.IP, ep.Host, ep.Name, err)
+	}
+	if !ep.IP.Is4() || !cluster.Contains(ep.IP) {
+		return fail(fmt.Errorf("%s is not in the cluster range %s", ep.IP, cluster))
+	}
+	if err := ep.Validate(); err != nil {
+		return fail(err)
+	}
+	key := c.endpointKey(ep.IP)
+	val, err := json.Marshal(ep)
+	if err != nil {
+		return fail(err)
+	}
+	tx, err := c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(val)), clientv3.OpPut(c.roamingKey(ep.IP), string(val))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return fail(err)
+	}
+	if tx.Succeeded {
+		return ep, nil
+	}
+	kvs := tx.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return fail(fmt.Errorf("etcd returned neither success nor the holder"))
+	}
+	holder, err := c.decodeEndpoint(kvs[0])
+	if err != nil {
+		return fail(fmt.Errorf("held by an unreadable record (%v): %w", err, ErrIPInUse))
+	}
+	if holder.Host == ep.Host && holder.Name == ep.Name {
+		return holder, nil
+	}
+	return fail(fmt.Errorf("%s held by %s/%s: %w", ep.IP, holder.Host, holder.Name, ErrIPInUse))
+}
+
+// WatchRoaming streams the roaming endpoints of the whole cluster.
+func (c *Client) WatchRoaming(ctx context.Context) <-chan EndpointEvent {
+	key := c.prefix + "roaming/"
+	return kvwatch.Watch(ctx, kvwatch.Config[Endpoint]{
+		Client: c.cli,
+		Key:    key,
+		End:    clientv3.GetPrefixRangeEnd(key),
+		Decode: func(kv *mvccpb.KeyValue) (Endpoint, bool, error) {
+			var e Endpoint
+			if err := json.Unmarshal(kv.Value, &e); err != nil {
+				return e, false, badRecord(string(kv.Key), err)
+			}
+			if err := e.Validate(); err != nil {
+				return e, false, badRecord(string(kv.Key), err)
+			}
+			if want := strings.TrimPrefix(string(kv.Key), key); e.IP.String() != want {
+				return e, false, badRecord(string(kv.Key), fmt.Errorf("record holds IP %s", e.IP))
+			}
+			return e, true, nil
+		},
+		OnBad:  c.badRecord,
+		Logger: c.log,
+	})
+}
