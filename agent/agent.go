@@ -260,6 +260,17 @@ func (a *Agent) setup(ctx context.Context) error {
 	if err := a.startSwitch(ctx, a.intSw); err != nil {
 		return err
 	}
+	// Every owner's desired set is in place: flows of ours that nobody
+	// desires any more (left by an earlier run) can go.
+	for _, sw := range []*controller.Switch{a.phySw, a.intSw} {
+		res, err := sw.Reconcile(ctx)
+		if err != nil {
+			return fmt.Errorf("reconcile %s: %w", sw.Addr(), err)
+		}
+		if res.Added+res.Deleted > 0 {
+			a.log.Info("reconciled flows", "switch", sw.Addr(), "added", res.Added, "deleted", res.Deleted)
+		}
+	}
 	if a.cache != nil {
 		if err := a.cache.watch(ctx); err != nil {
 			return fmt.Errorf("watch cache keys: %w", err)
