@@ -116,7 +116,7 @@ func DefaultConfig() Config {
 	return Config{
 		Node:     host,
 		Datapath: "auto",
-		Mode:     ModeTunnel,
+		Mode:     ModeRewrite,
 		Etcd: EtcdConfig{
 			Prefix:          "/keyroute/",
 			EmbeddedPeerURL: "http://127.0.0.1:2380",

@@ -66,7 +66,7 @@ func TestLoadConfig(t *testing.T) {
 	if _, err := LoadConfig(write("uplnk: eth9\n")); err == nil || !strings.Contains(err.Error(), "field uplnk not found") {
 		t.Fatalf("typo must be an error, got %v", err)
 	}
-	if c, err := LoadConfig(write("")); err != nil || c.Mode != ModeTunnel {
+	if c, err := LoadConfig(write("")); err != nil || c.Mode != ModeRewrite {
 		t.Fatalf("empty file: %+v %v", c, err)
 	}
 	if _, err := LoadConfig(filepath.Join(dir, "missing.yaml")); err == nil {

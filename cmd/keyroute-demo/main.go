@@ -32,7 +32,7 @@ const keepPrefix = "kredemo-"
 
 func main() {
 	keep := flag.Bool("keep", false, "leave the cluster up and print how to poke at it (remove it with --down)")
-	mode := flag.String("mode", "tunnel", "agent mode: tunnel or rewrite")
+	mode := flag.String("mode", "rewrite", "agent mode: rewrite (the cached fast path) or tunnel (VXLAN only)")
 	bin := flag.String("bin", "", "directory with keyroute-agent and keyroutectl (default: next to this program, else build them)")
 	down := flag.Bool("down", false, "tear down a cluster left up by --keep, then exit")
 	verbose := flag.Bool("v", false, "log the harness's progress")
