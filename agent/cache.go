@@ -303,6 +303,7 @@ func (c *cache) bootstrap(pk pairKey, e *sendEntry, regMAC net.HardwareAddr) {
 		e.state, e.reason = flows.CacheFallback, "keys_exhausted"
 	case err != nil:
 		e.state, e.reason = flows.CacheFallback, "etcd"
+		c.a.metrics.etcdErrors.WithLabelValues("allocate_key").Inc()
 	case nh == nil:
 		e.state, e.reason = flows.CacheFallback, "no_next_hop"
 		e.rec = rec
@@ -455,6 +456,7 @@ func (c *cache) onReceiverRecord(ctx context.Context, r keyalloc.Record, apply b
 		return
 	}
 	if err := c.alloc.MarkReady(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
+		c.a.metrics.etcdErrors.WithLabelValues("mark_ready").Inc()
 		c.a.log.Warn("mark key ready", "src_host", r.SrcHost, "key", r.Key, "err", err)
 	}
 }
@@ -520,6 +522,7 @@ func (c *cache) onFlowRemoved(fr *openflow.FlowRemoved) {
 		c.a.metrics.expiries.WithLabelValues("restore").Inc()
 		if ok {
 			if err := c.alloc.Release(ctx, e.rec); err != nil && !errors.Is(err, keyalloc.ErrStale) {
+				c.a.metrics.etcdErrors.WithLabelValues("release_key").Inc()
 				c.a.log.Warn("release expired key", "peer", peer, "key", rk.key, "err", err)
 			}
 		}

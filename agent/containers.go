@@ -69,6 +69,7 @@ func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (regi
 		if errors.Is(err, registry.ErrIPInUse) {
 			return registry.Endpoint{}, badRequest("%v", err)
 		}
+		a.metrics.etcdErrors.WithLabelValues("allocate_endpoint").Inc()
 		return registry.Endpoint{}, fmt.Errorf("allocate an IP for %s: %w", name, err)
 	}
 	undo := func() {

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keyroute/keyroute/controller"
+	"github.com/keyroute/keyroute/flows"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -19,6 +22,7 @@ type metrics struct {
 	endpoints  prometheus.Gauge
 	hosts      prometheus.Gauge
 	badRecords prometheus.Counter
+	etcdErrors *prometheus.CounterVec
 
 	// rewrite mode
 	punts          *prometheus.CounterVec
@@ -37,6 +41,8 @@ func newMetrics() *metrics {
 		hosts:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyroute_hosts", Help: "Cluster hosts known to this agent, itself included."}),
 		badRecords: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_etcd_bad_records_total", Help: "etcd records skipped because they failed to decode."}),
 	}
+	m.etcdErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_etcd_errors_total",
+		Help: "Failed etcd operations, by operation."}, []string{"op"})
 	m.punts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_misses_total",
 		Help: "Cache-miss punts from br-int, by outcome (received, duplicate, dropped, unknown, bad)."}, []string{"outcome"})
 	m.bootstraps = prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_cache_bootstraps_total", Help: "Key allocations started for new pairs."})
@@ -49,7 +55,7 @@ func newMetrics() *metrics {
 	m.cacheErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_cache_install_errors_total", Help: "Failed cache flow installs."})
 	m.timeToFastPath = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keyroute_cache_time_to_fast_path_seconds",
 		Help: "From a pair's first punt to its rewrite entry installed.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
-	m.reg.MustRegister(m.endpoints, m.hosts, m.badRecords, m.punts, m.bootstraps, m.fallbacks, m.expiries,
+	m.reg.MustRegister(m.endpoints, m.hosts, m.badRecords, m.etcdErrors, m.punts, m.bootstraps, m.fallbacks, m.expiries,
 		m.cacheEntries, m.cacheErrors, m.timeToFastPath)
 	return m
 }
@@ -63,14 +69,27 @@ func (m *metrics) setCounts(endpoints, peers int) {
 // flow counts per table, read when scraped.
 func (a *Agent) registerSwitchMetrics() {
 	pin := prometheus.NewDesc("keyroute_packet_ins_total", "Packet-ins from br-int by outcome.", []string{"outcome"}, nil)
-	flowsDesc := prometheus.NewDesc("keyroute_flows", "Flows the agent keeps installed, by bridge.", []string{"bridge"}, nil)
+	flowsDesc := prometheus.NewDesc("keyroute_flows", "Flows the agent keeps installed, by bridge and table.", []string{"bridge", "table"}, nil)
 	reconn := prometheus.NewDesc("keyroute_openflow_reconnects_total", "OpenFlow reconnects, by bridge.", []string{"bridge"}, nil)
 	a.metrics.reg.MustRegister(collectorFunc{descs: []*prometheus.Desc{pin, flowsDesc, reconn}, collect: func(ch chan<- prometheus.Metric) {
 		st := a.intSw.Stats()
 		ch <- prometheus.MustNewConstMetric(pin, prometheus.CounterValue, float64(st.PacketIns), "received")
 		ch <- prometheus.MustNewConstMetric(pin, prometheus.CounterValue, float64(st.PacketInsDropped), "dropped")
-		ch <- prometheus.MustNewConstMetric(flowsDesc, prometheus.GaugeValue, float64(len(a.intSw.Desired(flowOwner))), BridgeInt)
-		ch <- prometheus.MustNewConstMetric(flowsDesc, prometheus.GaugeValue, float64(len(a.phySw.Desired(flowOwner))), BridgePhy)
+		for _, b := range []struct {
+			name  string
+			sw    *controller.Switch
+			names map[uint8]string
+		}{{BridgeInt, a.intSw, flows.IntTableNames()}, {BridgePhy, a.phySw, flows.PhyTableNames()}} {
+			perTable := map[uint8]int{}
+			for _, owner := range []string{flowOwner, cacheOwner} {
+				for _, f := range b.sw.Desired(owner) {
+					perTable[f.Table]++
+				}
+			}
+			for t, name := range b.names {
+				ch <- prometheus.MustNewConstMetric(flowsDesc, prometheus.GaugeValue, float64(perTable[t]), b.name, name)
+			}
+		}
 		ch <- prometheus.MustNewConstMetric(reconn, prometheus.CounterValue, float64(st.Reconnects), BridgeInt)
 		ch <- prometheus.MustNewConstMetric(reconn, prometheus.CounterValue, float64(a.phySw.Stats().Reconnects), BridgePhy)
 	}})
