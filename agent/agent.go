@@ -5,7 +5,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -115,6 +114,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.watchRoaming(ctx)
 	go a.programLoop(ctx)
 	go a.refreshTunnelNeighbours(ctx)
+	go a.keepRegistered(ctx)
 	a.log.Info("agent ready", "node", a.cfg.Node, "host_ip", a.host.IP, "pod_subnet", a.host.Subnet,
 		"datapath", a.dp.Datapath, "mode", a.cfg.Mode)
 	select {
@@ -123,14 +123,56 @@ func (a *Agent) Run(ctx context.Context) error {
 		return nil
 	case err := <-errc:
 		return err
-	case <-a.lease.Done():
-		return errors.New("lost the host's etcd lease; restart to re-register")
+	}
+}
+
+// keepRegistered re-registers the host whenever its lease is lost (etcd
+// was unreachable for a whole TTL): the dataplane never depended on it,
+// and peers get the record back as soon as etcd answers again.
+func (a *Agent) keepRegistered(ctx context.Context) {
+	lease := a.lease
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-lease.Done():
+		}
+		a.log.Warn("lost the host's etcd lease; registering again")
+		a.metrics.etcdErrors.WithLabelValues("lease").Inc()
+		for backoff := time.Second; ; backoff = min(2*backoff, 10*time.Second) {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			l, err := a.reg.RegisterHost(rctx, a.hostRecord(), hostTTL)
+			cancel()
+			if err == nil {
+				lease = l
+				a.mu.Lock()
+				a.lease = l
+				a.mu.Unlock()
+				a.log.Info("host registered again")
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+		}
+	}
+}
+
+func (a *Agent) hostRecord() registry.Host {
+	return registry.Host{
+		Name: a.cfg.Node, UnderlayIP: a.host.IP, UnderlayMAC: a.host.MAC,
+		PodSubnet: a.host.Subnet, Datapath: a.dp.Datapath, AgentVersion: Version,
 	}
 }
 
 func (a *Agent) close() {
-	if a.lease != nil {
-		a.lease.Close()
+	a.mu.Lock()
+	lease := a.lease
+	a.mu.Unlock()
+	if lease != nil {
+		lease.Close()
 	}
 	if a.reg != nil {
 		a.reg.Close()
@@ -213,10 +255,7 @@ func (a *Agent) setup(ctx context.Context) error {
 		return fmt.Errorf("claim pod subnet: %w", err)
 	}
 	a.host.Subnet, a.host.Gateway = subnet, subnet.Addr().Next()
-	a.lease, err = a.reg.RegisterHost(ctx, registry.Host{
-		Name: a.cfg.Node, UnderlayIP: a.host.IP, UnderlayMAC: a.host.MAC,
-		PodSubnet: subnet, Datapath: a.dp.Datapath, AgentVersion: Version,
-	}, hostTTL)
+	a.lease, err = a.reg.RegisterHost(ctx, a.hostRecord(), hostTTL)
 	if err != nil {
 		return fmt.Errorf("register host in etcd: %w", err)
 	}
