@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyroute/keyroute/internal/testenv"
 	"github.com/keyroute/keyroute/openflow"
@@ -138,10 +139,40 @@ func TestParseTable(t *testing.T) {
 // line into ovs-ofctl add-flow.
 func TestGoldenParsesInOVS(t *testing.T) {
 	testenv.Require(t, "ovs-ofctl")
-	for _, name := range []string{"br-int.txt", "br-phy.txt"} {
+	for _, name := range []string{"br-int.txt", "br-phy.txt", "rewrite.txt"} {
 		out, err := exec.Command("ovs-ofctl", "-O", "OpenFlow13", "parse-flows", filepath.Join("testdata", name)).CombinedOutput()
 		if err != nil {
 			t.Errorf("ovs-ofctl parse-flows %s: %v\n%s", name, err, out)
 		}
+	}
+}
+
+func TestRewriteFlowsGolden(t *testing.T) {
+	h := testHost()
+	r := Rewrite{SendIdle: 10 * time.Second, RecvIdle: 20 * time.Second, Keys: []uint8{1, 2, 63}}
+	peer := Peer{Name: "h2", IP: netip.MustParseAddr("198.18.0.2"), Subnet: netip.MustParsePrefix("198.19.2.0/24")}
+	p := Pair{Src: netip.MustParseAddr("198.19.1.2"), Dst: netip.MustParseAddr("198.19.2.2"), Peer: peer, Key: 2, NextHop: mac("02:00:00:00:00:02")}
+	var fs []*openflow.FlowMod
+	fs = append(fs, RewritePipeline(h)...)
+	fs = append(fs, RewritePeerFlows(h, peer)...)
+	for _, st := range []CacheState{CachePending, CacheReady} {
+		fs = append(fs, CacheFlow(h, r, p, st))
+	}
+	fb := p
+	fb.Key = 0
+	fs = append(fs, CacheFlow(h, r, fb, CacheFallback))
+	fs = append(fs, RestoreFlow(h, r, peer.IP, 2, netip.MustParseAddr("198.19.2.2"), netip.MustParseAddr("198.19.1.2")))
+	fs = append(fs, PhyRewriteFlows(h, r, []Peer{peer})...)
+	golden(t, "rewrite.txt", fs)
+	// The ready entry rewrites to host addresses with the key and leaves
+	// un-encapsulated; the restore entry undoes exactly that.
+	ready := CacheFlow(h, r, p, CacheReady).String()
+	for _, want := range []string{"nw_tos=0", "set_field:198.18.0.1->ip_src", "set_field:198.18.0.2->ip_dst", "set_field:2->ip_dscp", "output:2", "idle_timeout=10", "send_flow_rem"} {
+		if !strings.Contains(ready, want) {
+			t.Errorf("ready entry lacks %q: %s", want, ready)
+		}
+	}
+	if CacheCookie(peer.IP, 2) != Cookie(CatCache, 0xc612000202) {
+		t.Errorf("cache cookie 0x%x", CacheCookie(peer.IP, 2))
 	}
 }
