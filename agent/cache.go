@@ -566,22 +566,34 @@ func (c *cache) invalidateEndpoint(ctx context.Context, ip netip.Addr) {
 	}
 }
 
-// invalidatePeer removes every entry shared with a host that left.
+// invalidatePeer removes every entry shared with a host that left and
+// releases their records: the departed host cannot release its side, and a
+// host that comes back simply bootstraps its pairs again.
 func (c *cache) invalidatePeer(ctx context.Context, name string, ip netip.Addr) {
+	var release []keyalloc.Record
 	c.mu.Lock()
 	for k, e := range c.send {
 		if e.peerTag == name {
 			delete(c.send, k)
+			if e.rec.CreateRevision != 0 {
+				release = append(release, e.rec)
+			}
 		}
 	}
-	for k := range c.recv {
+	for k, e := range c.recv {
 		if k.peer == ip {
 			delete(c.recv, k)
+			release = append(release, e.rec)
 		}
 	}
 	c.mu.Unlock()
 	if err := c.apply(ctx); err != nil {
 		c.a.log.Warn("remove cache entries of departed host", "host", name, "err", err)
+	}
+	for _, r := range release {
+		if err := c.alloc.Release(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
+			c.a.log.Warn("release key of departed host", "host", name, "key", r.Key, "err", err)
+		}
 	}
 }
 
