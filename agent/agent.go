@@ -77,6 +77,7 @@ type Agent struct {
 	peers     map[string]registry.Host         // other hosts by name
 	roaming   map[netip.Addr]registry.Endpoint // endpoints outside their host's subnet
 	attachMu  sync.Mutex                       // serialises attach/detach
+	programMu sync.Mutex                       // one snapshot-and-install at a time, so an older snapshot never lands last
 	dirty     chan struct{}
 }
 
@@ -527,6 +528,8 @@ func (a *Agent) programLoop(ctx context.Context) {
 
 // program makes br-int's flows equal to the current state.
 func (a *Agent) program(ctx context.Context) error {
+	a.programMu.Lock()
+	defer a.programMu.Unlock()
 	eps, peers, roaming := a.snapshot()
 	fs := flows.IntFlows(a.host, eps, peers, roaming)
 	if a.cfg.Mode == ModeRewrite {
