@@ -70,6 +70,7 @@ type Agent struct {
 	host         flows.Host
 	containerMTU int
 	cache        *cache // rewrite mode only
+	rules        *ruleEngine
 
 	mu        sync.Mutex
 	endpoints map[string]registry.Endpoint     // local containers by name
@@ -291,6 +292,7 @@ func (a *Agent) setup(ctx context.Context) error {
 			return err
 		}
 	}
+	a.rules = startRules(ctx, a)
 	// The whole desired br-int state is known before the connection's
 	// replay, so a restarted agent reconciles in one step and never
 	// deletes a live flow it is about to re-add.
@@ -456,6 +458,9 @@ func (a *Agent) loadLocalEndpoints(ctx context.Context) error {
 			a.log.Warn("endpoint's port is gone; keeping the record until detach", "name", ep.Name, "port", ep.Port, "err", err)
 			continue
 		}
+		if len(ep.MAC) == 0 {
+			ep.MAC = containerMAC(ep.IP)
+		}
 		a.mu.Lock()
 		a.endpoints[ep.Name] = ep
 		a.ofports[ep.Port] = uint32(info.OFPort)
@@ -530,6 +535,7 @@ func (a *Agent) programLoop(ctx context.Context) {
 func (a *Agent) program(ctx context.Context) error {
 	a.programMu.Lock()
 	defer a.programMu.Unlock()
+	a.rules.endpointsChanged(ctx)
 	eps, peers, roaming := a.snapshot()
 	fs := flows.IntFlows(a.host, eps, peers, roaming)
 	if a.cfg.Mode == ModeRewrite {

@@ -496,8 +496,6 @@ func (c *cache) onFlowRemoved(fr *openflow.FlowRemoved) {
 	if fr.Reason != openflow.FlowRemovedIdleTimeout && fr.Reason != openflow.FlowRemovedHardTimeout {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	switch flows.CookieCategory(fr.Cookie) {
 	case flows.CatCache:
 		src, dst := matchIPv4(fr.Match, openflow.FieldIPv4Src), matchIPv4(fr.Match, openflow.FieldIPv4Dst)
@@ -521,9 +519,27 @@ func (c *cache) onFlowRemoved(fr *openflow.FlowRemoved) {
 		c.mu.Unlock()
 		c.a.metrics.expiries.WithLabelValues("restore").Inc()
 		if ok {
-			if err := c.alloc.Release(ctx, e.rec); err != nil && !errors.Is(err, keyalloc.ErrStale) {
+			// Record the removal first: the controller only re-sends a
+			// flow it believes is gone.
+			actx, acancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := c.apply(actx); err != nil {
+				c.a.log.Warn("update cache after expiry", "err", err)
+			}
+			acancel()
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := c.alloc.Release(rctx, e.rec)
+			cancel()
+			if err != nil && !errors.Is(err, keyalloc.ErrStale) && !errors.Is(err, keyalloc.ErrNotFound) {
+				// The record still exists (etcd did not answer), so the
+				// sender may still use the key: its Restore entry goes
+				// back, and the release is tried again at its next expiry.
 				c.a.metrics.etcdErrors.WithLabelValues("release_key").Inc()
-				c.a.log.Warn("release expired key", "peer", peer, "key", rk.key, "err", err)
+				c.a.log.Warn("release expired key; keeping its restore entry", "peer", peer, "key", rk.key, "err", err)
+				c.mu.Lock()
+				if _, taken := c.recv[rk]; !taken {
+					c.recv[rk] = e
+				}
+				c.mu.Unlock()
 			}
 		}
 	default:
@@ -531,6 +547,8 @@ func (c *cache) onFlowRemoved(fr *openflow.FlowRemoved) {
 	}
 	// The flow is gone from OVS already; dropping it from the desired set
 	// keeps a later replay from resurrecting it.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	if err := c.apply(ctx); err != nil {
 		c.a.log.Warn("update cache after expiry", "err", err)
 	}

@@ -67,6 +67,8 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 		}
 		return map[string]string{"detached": req.Name}, a.Detach(r.Context(), req.Name)
 	}))
+	a.registerRuleRoutes(mux)
+	a.traceHandlers(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
