@@ -14,7 +14,7 @@ GOTESTFLAGS  ?=
 # staticcheck 2026.2.2; the first release line that knows Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build deps test test-unit lint bench fuzz demo clean
+.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -44,7 +44,19 @@ lint:
 	echo "staticcheck $(PKGS)"; $(BIN)/staticcheck $(PKGS) || rc=1; \
 	exit $$rc
 
-bench:
+# keyroute against the host path, kernel VXLAN and a veth, side by side on
+# simulated hosts (cmd/keyroute-bench; needs root): results, report.md and
+# charts in bench/results/<timestamp>/. BENCHFLAGS adds flags, e.g.
+# BENCHFLAGS='--reps 3 --tso=false'. bench-quick is the ≤ 2 minute CI run.
+BENCHFLAGS ?=
+bench: build
+	$(BIN)/keyroute-bench $(BENCHFLAGS)
+
+bench-quick: build
+	$(BIN)/keyroute-bench --quick $(BENCHFLAGS)
+
+# The Go benchmarks (go test -bench) of PKGS.
+bench-go:
 	$(GO) test -run='^$$' -bench=. -benchmem -timeout $(TEST_TIMEOUT) $(PKGS)
 
 # Runs every Fuzz target in PKGS for FUZZTIME each. `go test -list`

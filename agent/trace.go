@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"regexp"
 	"sort"
@@ -257,8 +258,13 @@ func (a *Agent) StartCapture(ctx context.Context, r api.CaptureRequest) (api.Cap
 		return api.CaptureResult{}, badRequest("%d captures already running or uncollected", running)
 	}
 	cctx, cancel := context.WithTimeout(context.Background(), time.Duration(r.TimeoutMs)*time.Millisecond)
-	args := append([]string{"-nn", "-v", "-l", "--immediate-mode", "-i", a.cfg.Uplink, "-c", fmt.Sprint(r.Count)}, strings.Fields(r.Filter)...)
+	// A small snap length keeps libpcap's ring at many small frames: with
+	// the default (256 KiB frames) a burst of probes overflows it.
+	args := append([]string{"-nn", "-v", "-l", "--immediate-mode", "-s", "128", "-i", a.cfg.Uplink, "-c", fmt.Sprint(r.Count)}, strings.Fields(r.Filter)...)
 	cmd := exec.CommandContext(cctx, "tcpdump", args...)
+	// SIGINT at the timeout, so tcpdump prints its counts.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 2 * time.Second
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		cancel()

@@ -69,6 +69,9 @@ type Options struct {
 	AgentConfig func(host int, cfg map[string]any)
 	// Logger receives progress messages (default: discarded).
 	Logger *slog.Logger
+	// OVSFabric, if set, replaces the fab0 Linux bridge with OVS bridges
+	// acting as the model's ToR/leaf/spine devices (e2e/fabric.go).
+	OVSFabric *OVSFabric
 	// KeepUp makes Close leave the cluster running (agents, OVS, etcd,
 	// namespaces, directory) and stop only traffic tools; remove it later
 	// with Teardown(Prefix).
@@ -238,6 +241,9 @@ func (cl *Cluster) startFabric() error {
 		return err
 	}
 	cl.Fabric = fab
+	if cl.opts.OVSFabric != nil {
+		return cl.startOVSFabric()
+	}
 	cmds := [][]string{
 		{"ip", "link", "add", FabricBridge, "type", "bridge", "stp_state", "0", "forward_delay", "0"},
 		{"ip", "link", "set", FabricBridge, "up"},

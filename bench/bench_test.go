@@ -1,0 +1,354 @@
+package bench
+
+import (
+	"encoding/json"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSummarizeIgnoresNaNAndTakesMedian(t *testing.T) {
+	s := Summarize([]float64{3, math.NaN(), 1, 2, 10})
+	if s.N != 4 || s.Median != 2.5 || s.Min != 1 || s.Max != 10 {
+		t.Fatalf("Summarize = %+v, want N 4 median 2.5 min 1 max 10", s)
+	}
+	if s := Summarize(nil); s.N != 0 || !math.IsNaN(s.Median) {
+		t.Fatalf("Summarize(nil) = %+v, want N 0 and NaN", s)
+	}
+}
+
+func TestQuantile(t *testing.T) {
+	xs := []float64{5, 1, 4, 2, 3}
+	if got := Quantile(xs, 0.5); got != 3 {
+		t.Errorf("p50 = %v, want 3", got)
+	}
+	if got := Quantile(xs, 0.99); math.Abs(got-4.96) > 1e-9 {
+		t.Errorf("p99 = %v, want 4.96", got)
+	}
+	if xs[0] != 5 {
+		t.Error("Quantile sorted its input in place")
+	}
+}
+
+func TestPairedRatiosPairByRepetition(t *testing.T) {
+	num := map[int]float64{1: 2, 2: 3, 3: 4, 4: 1}
+	den := map[int]float64{1: 1, 2: 1.5, 4: 0} // rep 3 missing, rep 4 zero
+	got := Summarize(PairedRatios(num, den))
+	if got.N != 2 || got.Median != 2 {
+		t.Fatalf("ratios = %+v, want 2 ratios of 2", got)
+	}
+}
+
+// Buckets as the agent exports them: 0.5 ms × 2^n.
+var ttfpText = `# HELP keyroute_cache_time_to_fast_path_seconds From a pair's first punt to its rewrite entry installed.
+# TYPE keyroute_cache_time_to_fast_path_seconds histogram
+keyroute_cache_time_to_fast_path_seconds_bucket{le="0.0005"} 0
+keyroute_cache_time_to_fast_path_seconds_bucket{le="0.001"} 0
+keyroute_cache_time_to_fast_path_seconds_bucket{le="0.002"} 10
+keyroute_cache_time_to_fast_path_seconds_bucket{le="0.004"} 90
+keyroute_cache_time_to_fast_path_seconds_bucket{le="0.008"} 100
+keyroute_cache_time_to_fast_path_seconds_bucket{le="+Inf"} 100
+keyroute_cache_time_to_fast_path_seconds_sum 0.3
+keyroute_cache_time_to_fast_path_seconds_count 100
+keyroute_cache_misses_total{outcome="received"} 7
+`
+
+func TestParseHistogramAndQuantile(t *testing.T) {
+	bs, err := ParseHistogram(ttfpText, ttfpMetric)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) != 6 || !math.IsInf(bs[5].LE, 1) || bs[5].Count != 100 {
+		t.Fatalf("buckets = %+v", bs)
+	}
+	// rank 50 lies in (2 ms, 4 ms] holding 10..90: 2 + 2×40/80 = 3 ms.
+	if got := HistogramQuantile(0.5, bs); math.Abs(got-0.003) > 1e-12 {
+		t.Errorf("p50 = %v, want 0.003", got)
+	}
+	// rank 99 in (4 ms, 8 ms] holding 90..100: 4 + 4×9/10 = 7.6 ms.
+	if got := HistogramQuantile(0.99, bs); math.Abs(got-0.0076) > 1e-12 {
+		t.Errorf("p99 = %v, want 0.0076", got)
+	}
+	if _, err := ParseHistogram("nothing here", ttfpMetric); err == nil {
+		t.Error("ParseHistogram of text without the metric: no error")
+	}
+}
+
+func TestBucketArithmeticAndJSON(t *testing.T) {
+	a := []Bucket{{0.001, 1}, {0.002, 3}, {math.Inf(1), 4}}
+	b := []Bucket{{0.001, 0}, {0.002, 1}, {math.Inf(1), 1}}
+	if d := SubBuckets(a, b); d[1].Count != 2 || d[2].Count != 3 {
+		t.Errorf("SubBuckets = %+v", d)
+	}
+	if s := AddBuckets(a, b); s[2].Count != 5 || a[2].Count != 4 {
+		t.Errorf("AddBuckets = %+v (input changed: %+v)", s, a)
+	}
+	raw, err := json.Marshal(a)
+	if err != nil {
+		t.Fatalf("marshal buckets with +Inf: %v", err)
+	}
+	var back []Bucket
+	if err := json.Unmarshal(raw, &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back) != 3 || !math.IsInf(back[2].LE, 1) || back[1] != a[1] {
+		t.Fatalf("round trip %s = %+v", raw, back)
+	}
+}
+
+func TestNumJSONNullForMissing(t *testing.T) {
+	raw, err := json.Marshal(struct{ A, B Num }{1.5, NaN})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(raw) != `{"A":1.5,"B":null}` {
+		t.Fatalf("got %s", raw)
+	}
+	var back struct{ A, B Num }
+	if err := json.Unmarshal(raw, &back); err != nil || back.A != 1.5 || !math.IsNaN(float64(back.B)) {
+		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+}
+
+func TestParseIperf(t *testing.T) {
+	r, err := ParseIperf([]byte(`{"end":{"sum_sent":{"retransmits":7},"sum_received":{"bytes":1000000000,"seconds":8,"bits_per_second":1e9},
+		"cpu_utilization_percent":{"host_total":50}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Gbps != 1 || r.Retransmits != 7 || r.Bytes != 1e9 || r.ClientCPUSec != 4 {
+		t.Fatalf("got %+v", r)
+	}
+	if _, err := ParseIperf([]byte(`{"error":"unable to connect to server: Connection timed out"}`)); err == nil ||
+		!strings.Contains(err.Error(), "unable to connect") {
+		t.Errorf("iperf3 error report: got %v", err)
+	}
+	if _, err := ParseIperf([]byte("iperf3: garbage")); err == nil {
+		t.Error("non-JSON: no error")
+	}
+}
+
+func TestParsePMDStats(t *testing.T) {
+	out := `main thread:
+  packets received: 120
+  packet recirculations: 60
+  avg. datapath passes per packet: 1.50
+  emc hits: 23
+  megaflow hits: 90
+pmd thread numa_id 0 core_id 1:
+  packets received: 80
+  packet recirculations: 0
+`
+	st, err := ParsePMDStats(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Packets != 200 || st.Recirculations != 60 {
+		t.Fatalf("got %+v", st)
+	}
+	if got := st.Add(st).Passes(); got != 1.3 {
+		t.Errorf("passes = %v, want 1.3", got)
+	}
+	if _, err := ParsePMDStats("ovs-appctl: no such command"); err == nil {
+		t.Error("output without counters: no error")
+	}
+}
+
+func TestParseGoBench(t *testing.T) {
+	out := "goos: linux\nBenchmarkInstall/flows=10000-2  1  81127076 ns/op  8112 ns/flow  12752 ofctl-bundle-ns/flow  80792 ofctl-ns/flow  9.959 ofctl/keyroute\nPASS\n"
+	bs := ParseGoBench(out)
+	if len(bs) != 1 || bs[0].Name != "BenchmarkInstall/flows=10000-2" || bs[0].Metrics["ns/flow"] != 8112 || bs[0].Metrics["ofctl/keyroute"] != 9.959 {
+		t.Fatalf("got %+v", bs)
+	}
+}
+
+func TestProcStat(t *testing.T) {
+	sys, err := ParseProcStat([]byte("cpu  100 5 50 1000 20 3 7 2 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sys.Busy != 167 || sys.Total != 1187 {
+		t.Fatalf("got %+v, want busy 167 total 1187", sys)
+	}
+	// A command name with spaces and parentheses must not shift fields.
+	ticks, err := ParsePIDStat([]byte("42 (ovs vswitchd (x)) S 1 2 3 4 5 6 7 8 9 10 300 45 0 0 20 0"))
+	if err != nil || ticks != 345 {
+		t.Fatalf("ParsePIDStat = %d, %v, want 345", ticks, err)
+	}
+	if _, err := ParsePIDStat([]byte("garbage")); err == nil {
+		t.Error("garbage pid stat: no error")
+	}
+}
+
+func TestParseFastPathLine(t *testing.T) {
+	tm, ok := ParseFastPathLine(`time=2026-11-23T18:26:56.006Z level=DEBUG msg="pair on the fast path" src=198.19.1.2 dst=198.19.2.3 peer=h2 key=49`)
+	if !ok || tm.Format("15:04:05.000") != "18:26:56.006" {
+		t.Fatalf("got %v %v", tm, ok)
+	}
+	if _, ok := ParseFastPathLine(`time=2026-11-23T18:26:56.006Z level=INFO msg="attached container"`); ok {
+		t.Error("another message taken for a fast-path line")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	c := DefaultConfig(false)
+	c.OutDir = "x"
+	if err := c.Validate(); err != nil {
+		t.Fatalf("default config: %v", err)
+	}
+	q := DefaultConfig(true)
+	q.OutDir = "x"
+	if err := q.Validate(); err != nil {
+		t.Fatalf("quick config: %v", err)
+	}
+	bad := c
+	bad.CPContainers = 8 // 64 pairs per host pair > 63 keys
+	if err := bad.Validate(); err == nil {
+		t.Error("8 containers per host accepted")
+	}
+	bad = c
+	bad.Reps = 0
+	if err := bad.Validate(); err == nil {
+		t.Error("0 repetitions accepted")
+	}
+}
+
+func TestRRClientAgainstServer(t *testing.T) {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go RRServe(pc)
+	t.Cleanup(func() { pc.Close() })
+	conn, err := net.Dial("udp4", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r, err := RRClient(conn, 200*time.Millisecond, 64, 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Transactions < 10 || r.Lost != 0 || r.P50us <= 0 || r.P99us < r.P50us || r.TPS <= 0 {
+		t.Fatalf("got %+v", r)
+	}
+}
+
+func TestRRClientWithoutServerFails(t *testing.T) {
+	// A bound socket that never answers: every transaction times out.
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	conn, err := net.Dial("udp4", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := RRClient(conn, 100*time.Millisecond, 64, 20*time.Millisecond); err == nil || !strings.Contains(err.Error(), "no reply") {
+		t.Fatalf("got %v, want a no-reply error", err)
+	}
+}
+
+func TestRRMainRejectsBadArguments(t *testing.T) {
+	for _, args := range [][]string{{"rr-client"}, {"rr-client", "127.0.0.1:1", "x", "64"}, {"rr-client", "127.0.0.1:1", "1", "4"}, {"rr-other", "a"}} {
+		if err := RRMain(args, nil); err == nil {
+			t.Errorf("RRMain(%q): no error", args)
+		}
+	}
+}
+
+func TestBrokenPaths(t *testing.T) {
+	samples := []Sample{
+		{Rep: 1, Path: PathA, Test: TestTCP1}, {Rep: 1, Path: PathB, Test: TestTCP1, Err: "timeout"},
+		{Rep: 2, Path: PathB, Test: TestTCP1}, {Rep: 1, Path: PathK, Test: TestTCP1, Err: "down"},
+		{Rep: 1, Path: PathB, Test: TestTCP1, Variant: "tso", Err: "drops"},
+	}
+	got := brokenPaths(samples)
+	if len(got) != 1 || got[0] != PathK {
+		t.Fatalf("broken = %v, want [K] (B worked once; TSO failures are reported, not fatal)", got)
+	}
+}
+
+// synthetic builds a result with known figures: C is 1.1× A and B on
+// every repetition, whatever the repetition's speed.
+func synthetic() *Result {
+	res := &Result{Started: time.Now(), Finished: time.Now(), Config: DefaultConfig(false), Phases: map[string]float64{},
+		Paths: []string{PathA, PathB, PathC, PathK, PathD}, OVN: "not measured: test"}
+	for rep := 1; rep <= 3; rep++ {
+		speed := float64(rep) // a noisy machine: every path slower or faster together
+		for _, p := range res.Paths {
+			g := map[string]float64{PathA: 1, PathB: 1, PathC: 1.1, PathK: 5, PathD: 10}[p] * speed
+			for _, test := range []string{TestTCP1, TestTCP4, TestRR} {
+				s := newSample(rep, p, test, "")
+				s.ForeignPct = Num(10 * rep)
+				if test == TestRR {
+					s.P50us, s.P99us, s.TPS = Num(100/g), Num(300/g), Num(1e4*g)
+				} else {
+					s.Gbps, s.GB = Num(g), Num(g)
+					if ovsPath(p) {
+						s.CPUSecPerGB = Num(10 / g)
+					}
+				}
+				res.Samples = append(res.Samples, s)
+			}
+		}
+	}
+	res.ControlPlane = &ControlPlane{Hosts: 5, ContainersPerHost: 5, Pairs: 500, Ready: 500, P50ms: 3, P99ms: 80,
+		PipelineRate: 1500, BurstRate: 900, OneAgentFirstMs: NaN, OneAgentSeconds: NaN, RSSKiBPer1000: NaN,
+		RSSMarginalKiBPer1000: NaN, SetupSeconds: NaN, EtcdFsyncP50ms: NaN, EtcdFsyncP99ms: NaN,
+		Buckets: []Bucket{{0.001, 100}, {0.004, 400}, {0.128, 500}, {math.Inf(1), 500}}}
+	return res
+}
+
+func TestReportRatiosAndTargets(t *testing.T) {
+	res := synthetic()
+	if got := ratio(res.Samples, PathC, PathA, TestTCP1, mGbps); got.N != 3 || math.Abs(got.Median-1.1) > 1e-9 || got.Max-got.Min > 1e-9 {
+		t.Fatalf("C/A paired ratio = %+v, want 1.1 on all 3 repetitions", got)
+	}
+	md := Report(res, []string{ChartThroughput})
+	for _, want := range []string{
+		"| C/A | 1.10 | 1.10 |", // paired ratios, not ratio of medians of a noisy series
+		"| C / A throughput, 1 stream | ≥ 1.00 × | 1.10 × | yes |",
+		"| C / B throughput, 1 stream | ≥ 1.03 × | 1.10 × | yes |",
+		"| time to fast path p99 (paced) | ≤ 50.0 ms | 80.0 ms | **no**, missed by 60% |",
+		"| 2 | C | 2.200 (20) |", // every repetition with its foreign load
+		"![throughput](throughput.png)",
+		"interleaved (A B C K D, A B C K D, …)",
+		"**O** (OVN Geneve) — not measured: test",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(md)
+	}
+}
+
+func TestWriteOutputs(t *testing.T) {
+	dir := t.TempDir()
+	res := synthetic()
+	if err := writeOutputs(dir, res); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"results.json", "report.md", ChartThroughput, ChartLatency, ChartCPU, ChartTTFP} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || fi.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "results.json"))
+	var back Result
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatalf("results.json does not read back: %v", err)
+	}
+	if len(back.Samples) != len(res.Samples) || !math.IsNaN(float64(back.Samples[0].P50us)) {
+		t.Errorf("results.json round trip lost samples or NaNs")
+	}
+}

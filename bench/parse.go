@@ -1,0 +1,170 @@
+package bench
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// ParseHistogram reads the cumulative buckets of histogram name from
+// Prometheus text exposition, sorted by bound.
+func ParseHistogram(text, name string) ([]Bucket, error) {
+	var bs []Bucket
+	prefix := name + `_bucket{`
+	sc := bufio.NewScanner(strings.NewReader(text))
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		i := strings.Index(line, `le="`)
+		j := strings.Index(line, `"}`)
+		if i < 0 || j < i {
+			return nil, fmt.Errorf("histogram %s: bad bucket line %q", name, line)
+		}
+		le, err := strconv.ParseFloat(line[i+4:j], 64)
+		if err != nil {
+			return nil, fmt.Errorf("histogram %s: bucket bound in %q: %w", name, line, err)
+		}
+		count, err := strconv.ParseFloat(strings.TrimSpace(line[j+2:]), 64)
+		if err != nil {
+			return nil, fmt.Errorf("histogram %s: bucket count in %q: %w", name, line, err)
+		}
+		bs = append(bs, Bucket{LE: le, Count: count})
+	}
+	if len(bs) == 0 {
+		return nil, fmt.Errorf("histogram %s not found in metrics", name)
+	}
+	sort.Slice(bs, func(i, j int) bool { return bs[i].LE < bs[j].LE })
+	if !math.IsInf(bs[len(bs)-1].LE, 1) {
+		return nil, fmt.Errorf("histogram %s: no +Inf bucket", name)
+	}
+	return bs, nil
+}
+
+// IperfRun is what one iperf3 -J client run reports.
+type IperfRun struct {
+	Gbps        float64
+	Bytes       int64
+	Seconds     float64
+	Retransmits int
+	// ClientCPUSec is the client's own CPU time (host_total × duration),
+	// for the foreign-load column.
+	ClientCPUSec float64
+}
+
+// ParseIperf reads an iperf3 -J report; an "error" field is an error.
+func ParseIperf(b []byte) (IperfRun, error) {
+	var r struct {
+		Error string `json:"error"`
+		End   struct {
+			SumSent struct {
+				Retransmits int `json:"retransmits"`
+			} `json:"sum_sent"`
+			SumReceived struct {
+				Bytes         int64   `json:"bytes"`
+				Seconds       float64 `json:"seconds"`
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+			CPU struct {
+				HostTotal float64 `json:"host_total"`
+			} `json:"cpu_utilization_percent"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return IperfRun{}, fmt.Errorf("parse iperf3 -J output (%.200q): %w", b, err)
+	}
+	if r.Error != "" {
+		return IperfRun{}, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	s := r.End.SumReceived
+	if s.Bytes == 0 {
+		return IperfRun{}, fmt.Errorf("iperf3 received nothing")
+	}
+	return IperfRun{Gbps: s.BitsPerSecond / 1e9, Bytes: s.Bytes, Seconds: s.Seconds, Retransmits: r.End.SumSent.Retransmits,
+		ClientCPUSec: r.End.CPU.HostTotal / 100 * s.Seconds}, nil
+}
+
+// PMDStats is the part of `ovs-appctl dpif-netdev/pmd-stats-show` the
+// report uses, summed over every thread of one ovs-vswitchd. (OVS 3.1
+// counts cycles only on PMD threads; the netdev datapath without DPDK
+// runs on the main thread, so cost per packet comes from CPU time.)
+type PMDStats struct {
+	Packets        float64 `json:"packets"`
+	Recirculations float64 `json:"recirculations"`
+}
+
+var pmdLineRE = regexp.MustCompile(`^\s*(packets received|packet recirculations):\s*(\d+)`)
+
+// ParsePMDStats sums the counters of every thread in the output.
+func ParsePMDStats(out string) (PMDStats, error) {
+	var st PMDStats
+	found := false
+	for _, line := range strings.Split(out, "\n") {
+		m := pmdLineRE.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		v, _ := strconv.ParseFloat(m[2], 64)
+		found = true
+		switch m[1] {
+		case "packets received":
+			st.Packets += v
+		case "packet recirculations":
+			st.Recirculations += v
+		}
+	}
+	if !found {
+		return st, fmt.Errorf("no counters in pmd-stats-show output %.200q", out)
+	}
+	return st, nil
+}
+
+// Add sums two vswitchds' counters.
+func (s PMDStats) Add(o PMDStats) PMDStats {
+	return PMDStats{Packets: s.Packets + o.Packets, Recirculations: s.Recirculations + o.Recirculations}
+}
+
+// Passes returns datapath passes per received packet (NaN without
+// packets).
+func (s PMDStats) Passes() float64 {
+	if s.Packets == 0 {
+		return math.NaN()
+	}
+	return (s.Packets + s.Recirculations) / s.Packets
+}
+
+// GoBench is one line of `go test -bench` output: name and its metrics by
+// unit ("ns/flow", "ofctl/keyroute", ...).
+type GoBench struct {
+	Name    string             `json:"name"`
+	Metrics map[string]float64 `json:"metrics"`
+}
+
+// ParseGoBench reads every Benchmark line of `go test -bench` output.
+func ParseGoBench(out string) []GoBench {
+	var res []GoBench
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		b := GoBench{Name: f[0], Metrics: map[string]float64{}}
+		// f[1] is the iteration count; then value/unit pairs.
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				break
+			}
+			b.Metrics[f[i+1]] = v
+		}
+		res = append(res, b)
+	}
+	return res
+}
