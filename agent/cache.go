@@ -557,41 +557,27 @@ func (c *cache) onFlowRemoved(fr *openflow.FlowRemoved) {
 // invalidateEndpoint removes every entry involving a detached container and
 // releases their records, so peers drop theirs too.
 func (c *cache) invalidateEndpoint(ctx context.Context, ip netip.Addr) {
-	var release []keyalloc.Record
-	c.mu.Lock()
-	for k, e := range c.send {
-		if k.src == ip {
-			delete(c.send, k)
-			if e.rec.CreateRevision != 0 {
-				release = append(release, e.rec)
-			}
-		}
-	}
-	for k, e := range c.recv {
-		if e.rec.Dst == ip {
-			delete(c.recv, k)
-			release = append(release, e.rec)
-		}
-	}
-	c.mu.Unlock()
-	if err := c.apply(ctx); err != nil {
-		c.a.log.Warn("remove cache entries of detached container", "ip", ip, "err", err)
-	}
-	for _, r := range release {
-		if err := c.alloc.Release(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
-			c.a.log.Warn("release key of detached container", "ip", ip, "key", r.Key, "err", err)
-		}
-	}
+	c.invalidate(ctx, "detached container "+ip.String(),
+		func(k pairKey, _ *sendEntry) bool { return k.src == ip },
+		func(_ recvKey, e *recvEntry) bool { return e.rec.Dst == ip })
 }
 
 // invalidatePeer removes every entry shared with a host that left and
 // releases their records: the departed host cannot release its side, and a
 // host that comes back simply bootstraps its pairs again.
 func (c *cache) invalidatePeer(ctx context.Context, name string, ip netip.Addr) {
+	c.invalidate(ctx, "departed host "+name,
+		func(_ pairKey, e *sendEntry) bool { return e.peerTag == name },
+		func(k recvKey, _ *recvEntry) bool { return k.peer == ip })
+}
+
+// invalidate removes the entries the predicates select, installs the
+// result, then releases their records.
+func (c *cache) invalidate(ctx context.Context, why string, send func(pairKey, *sendEntry) bool, recv func(recvKey, *recvEntry) bool) {
 	var release []keyalloc.Record
 	c.mu.Lock()
 	for k, e := range c.send {
-		if e.peerTag == name {
+		if send(k, e) {
 			delete(c.send, k)
 			if e.rec.CreateRevision != 0 {
 				release = append(release, e.rec)
@@ -599,18 +585,19 @@ func (c *cache) invalidatePeer(ctx context.Context, name string, ip netip.Addr) 
 		}
 	}
 	for k, e := range c.recv {
-		if k.peer == ip {
+		if recv(k, e) {
 			delete(c.recv, k)
 			release = append(release, e.rec)
 		}
 	}
 	c.mu.Unlock()
 	if err := c.apply(ctx); err != nil {
-		c.a.log.Warn("remove cache entries of departed host", "host", name, "err", err)
+		c.a.log.Warn("remove cache entries", "of", why, "err", err)
 	}
 	for _, r := range release {
 		if err := c.alloc.Release(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
-			c.a.log.Warn("release key of departed host", "host", name, "key", r.Key, "err", err)
+			c.a.metrics.etcdErrors.WithLabelValues("release_key").Inc()
+			c.a.log.Warn("release key", "of", why, "key", r.Key, "err", err)
 		}
 	}
 }

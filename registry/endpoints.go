@@ -204,14 +204,14 @@ func (c *Client) AllocateEndpoint(ctx context.Context, ep Endpoint, subnet netip
 		used[e.IP] = true
 	}
 	if ep.IP.IsValid() {
-		return c.create(ctx, ep, fail)
+		return c.create(ctx, ep, false, fail)
 	}
 	for ip := gateway.Next(); ip != last; ip = ip.Next() {
 		if used[ip] {
 			continue
 		}
 		ep.IP = ip
-		got, err := c.create(ctx, ep, fail)
+		got, err := c.create(ctx, ep, false, fail)
 		if !errors.Is(err, ErrIPInUse) {
 			return got, err
 		}
@@ -222,15 +222,22 @@ func (c *Client) AllocateEndpoint(ctx context.Context, ep Endpoint, subnet netip
 // create writes ep at its IP if the key is absent. If another endpoint
 // holds the IP the error wraps ErrIPInUse; if the holder is ep itself (a
 // concurrent call won), that record is returned.
-func (c *Client) create(ctx context.Context, ep Endpoint, fail func(error) (Endpoint, error)) (Endpoint, error) {
+// create writes ep if its address is free (and, with roaming, its
+// roaming record in the same transaction); the same host and name get
+// their existing record back.
+func (c *Client) create(ctx context.Context, ep Endpoint, roaming bool, fail func(error) (Endpoint, error)) (Endpoint, error) {
 	key := c.endpointKey(ep.IP)
 	val, err := json.Marshal(ep)
 	if err != nil {
 		return fail(err)
 	}
+	ops := []clientv3.Op{clientv3.OpPut(key, string(val))}
+	if roaming {
+		ops = append(ops, clientv3.OpPut(c.roamingKey(ep.IP), string(val)))
+	}
 	tx, err := c.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val))).
+		Then(ops...).
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {

@@ -34,34 +34,7 @@ func (c *Client) AllocateRoaming(ctx context.Context, ep Endpoint, cluster netip
 	if err := ep.Validate(); err != nil {
 		return fail(err)
 	}
-	key := c.endpointKey(ep.IP)
-	val, err := json.Marshal(ep)
-	if err != nil {
-		return fail(err)
-	}
-	tx, err := c.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val)), clientv3.OpPut(c.roamingKey(ep.IP), string(val))).
-		Else(clientv3.OpGet(key)).
-		Commit()
-	if err != nil {
-		return fail(err)
-	}
-	if tx.Succeeded {
-		return ep, nil
-	}
-	kvs := tx.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return fail(fmt.Errorf("etcd returned neither success nor the holder"))
-	}
-	holder, err := c.decodeEndpoint(kvs[0])
-	if err != nil {
-		return fail(fmt.Errorf("held by an unreadable record (%v): %w", err, ErrIPInUse))
-	}
-	if holder.Host == ep.Host && holder.Name == ep.Name {
-		return holder, nil
-	}
-	return fail(fmt.Errorf("%s held by %s/%s: %w", ep.IP, holder.Host, holder.Name, ErrIPInUse))
+	return c.create(ctx, ep, true, fail)
 }
 
 // WatchRoaming streams the roaming endpoints of the whole cluster.
