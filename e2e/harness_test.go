@@ -246,7 +246,8 @@ func TestCleanupStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sleeper.Stop(time.Second) })
-	if err := simhost.WaitFor(5*time.Second, func() error {
+	// Generous: on a loaded 2-core machine `ip netns exec` can take seconds.
+	if err := simhost.WaitFor(20*time.Second, func() error {
 		out, _ := simhost.Run("ip", "netns", "pids", stale)
 		if !strings.Contains(out, fmt.Sprint(sleeper.PID())) {
 			return fmt.Errorf("sleeper not in %s yet", stale)
