@@ -382,6 +382,20 @@ func machine() Machine {
 	return m
 }
 
+// Render rewrites report.md and the charts of dir from its results.json
+// (after a change to the report, or to look at an old run again).
+func Render(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		return fmt.Errorf("render: %w", err)
+	}
+	var res Result
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("render %s: %w", dir, err)
+	}
+	return writeOutputs(dir, &res)
+}
+
 // writeOutputs writes the charts, results.json and report.md. A chart
 // that cannot be drawn (no data) is noted in the report, not an error.
 func writeOutputs(dir string, res *Result) error {

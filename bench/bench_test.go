@@ -300,7 +300,7 @@ func synthetic() *Result {
 		}
 	}
 	res.ControlPlane = &ControlPlane{Hosts: 5, ContainersPerHost: 5, Pairs: 500, Ready: 500, P50ms: 3, P99ms: 80,
-		PipelineRate: 1500, BurstRate: 900, OneAgentFirstMs: NaN, OneAgentSeconds: NaN, RSSKiBPer1000: NaN,
+		PipelineRate: 1500, BurstRate: 900, LonePairMs: 4, BurstP50ms: NaN, BurstP99ms: NaN, OneAgentFirstMs: NaN, OneAgentSeconds: NaN, RSSKiBPer1000: NaN,
 		RSSMarginalKiBPer1000: NaN, SetupSeconds: NaN, EtcdFsyncP50ms: NaN, EtcdFsyncP99ms: NaN,
 		Buckets: []Bucket{{0.001, 100}, {0.004, 400}, {0.128, 500}, {math.Inf(1), 500}}}
 	return res
@@ -350,5 +350,14 @@ func TestWriteOutputs(t *testing.T) {
 	}
 	if len(back.Samples) != len(res.Samples) || !math.IsNaN(float64(back.Samples[0].P50us)) {
 		t.Errorf("results.json round trip lost samples or NaNs")
+	}
+	before, _ := os.ReadFile(filepath.Join(dir, "report.md"))
+	os.Remove(filepath.Join(dir, "report.md"))
+	if err := Render(dir); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadFile(filepath.Join(dir, "report.md"))
+	if string(after) != string(before) {
+		t.Error("Render from results.json gives another report than the run did")
 	}
 }

@@ -135,6 +135,16 @@ func barPlot(file, title, ylabel string, paths []string, ss []series) error {
 	if !any {
 		return fmt.Errorf("%s: no data", file)
 	}
+	// Head room for the legend above the bars.
+	top := 0.0
+	for _, s := range ss {
+		for _, sum := range s.sums {
+			if sum.N > 0 {
+				top = math.Max(top, sum.Median)
+			}
+		}
+	}
+	p.Y.Min, p.Y.Max = 0, 1.4*top
 	p.NominalX(paths...)
 	p.Add(plotter.NewGrid())
 	return p.Save(16*vg.Centimeter, 10*vg.Centimeter, file)

@@ -46,6 +46,9 @@ type ControlPlane struct {
 	BurstBuckets []Bucket `json:"burst_buckets"`
 	BurstP50ms   Num      `json:"burst_ttfp_p50_ms"`
 	BurstP99ms   Num      `json:"burst_ttfp_p99_ms"`
+	// LonePairMs: one pair alone, from its first datagram to the agent's
+	// "pair on the fast path" log line (millisecond timestamps).
+	LonePairMs Num `json:"lone_pair_ms"`
 	// One agent: host 1's containers start OneAgentPairs pairs at once.
 	// From its log ("pair on the fast path", millisecond timestamps):
 	// FirstMs is the first datagram to the first pair ready, Seconds to
@@ -88,7 +91,7 @@ const cpPort = 9999
 // (etcd outside the agents, so an agent's RSS is its own), lets host 1's
 // containers open pairs to every remote container, then every host's.
 func runControlPlane(ctx context.Context, log *slog.Logger, binDir, logDir string, hosts, perHost, pace int) (*ControlPlane, error) {
-	cp := &ControlPlane{Hosts: hosts, ContainersPerHost: perHost, PacePerSec: pace, P50ms: NaN, P99ms: NaN, BurstP50ms: NaN, BurstP99ms: NaN, OneAgentFirstMs: NaN, OneAgentSeconds: NaN,
+	cp := &ControlPlane{Hosts: hosts, ContainersPerHost: perHost, PacePerSec: pace, P50ms: NaN, P99ms: NaN, BurstP50ms: NaN, BurstP99ms: NaN, LonePairMs: NaN, OneAgentFirstMs: NaN, OneAgentSeconds: NaN,
 		BurstRate: NaN, PipelineRate: NaN, RSSKiBPer1000: NaN, RSSMarginalKiBPer1000: NaN, SetupSeconds: NaN,
 		EtcdFsyncP50ms: NaN, EtcdFsyncP99ms: NaN}
 	start := time.Now()
@@ -184,11 +187,24 @@ func runControlPlane(ctx context.Context, log *slog.Logger, binDir, logDir strin
 	}
 	// Interleave hosts and containers so the pace spreads over agents.
 	rand.New(rand.NewPCG(1, 2)).Shuffle(len(paced), func(i, j int) { paced[i], paced[j] = paced[j], paced[i] })
+	// Phase 0: one pair alone, the latency without any queueing.
+	lone := burst[:1]
+	burst = burst[1:]
+	t00 := time.Now()
+	err = sendPairs(ctx, conns, nil, lone, 0, 5*time.Millisecond, 15*time.Second, func() (bool, error) {
+		n, err := ttfpCount(h1, before[h1.Index])
+		return n >= 1, err
+	})
+	if err != nil {
+		cp.Errors = append(cp.Errors, fmt.Sprintf("lone pair: %v", err))
+	} else if n, first, _, err := fastPathLog(h1.LogPath, t00); err == nil && n > 0 {
+		cp.LonePairMs = Num(first.Sub(t00).Seconds() * 1e3)
+	}
 	cp.OneAgentPairs = len(burst)
 	t0 := time.Now()
-	err = sendPairs(ctx, conns, nil, burst, 0, 10*time.Millisecond, 30*time.Second, func() (bool, error) {
+	err = sendPairs(ctx, conns, lone, burst, 0, 10*time.Millisecond, 30*time.Second, func() (bool, error) {
 		n, err := ttfpCount(h1, before[h1.Index])
-		return n >= cp.OneAgentPairs, err
+		return n >= 1+cp.OneAgentPairs, err
 	})
 	if err != nil {
 		cp.Errors = append(cp.Errors, fmt.Sprintf("one agent: %v", err))
@@ -229,8 +245,8 @@ func runControlPlane(ctx context.Context, log *slog.Logger, binDir, logDir strin
 	// pace, as new containers and connections arrive in a running
 	// cluster; host 1's pairs keep sending so they stay cached.
 	cp.PacedPairs = len(paced)
-	cp.Pairs = len(burst) + len(paced)
-	err = sendPairs(ctx, conns, burst, paced, pace, 20*time.Millisecond, 60*time.Second, func() (bool, error) {
+	cp.Pairs = len(lone) + len(burst) + len(paced)
+	err = sendPairs(ctx, conns, append(lone, burst...), paced, pace, 20*time.Millisecond, 60*time.Second, func() (bool, error) {
 		total := 0
 		for _, h := range cl.Hosts() {
 			n, err := ttfpCount(h, mid[h.Index])

@@ -75,7 +75,7 @@ func (n Num) MarshalJSON() ([]byte, error) {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return []byte("null"), nil
 	}
-	return []byte(strconv.FormatFloat(f, 'g', 6, 64)), nil
+	return []byte(strconv.FormatFloat(f, 'g', -1, 64)), nil
 }
 
 // UnmarshalJSON reads null as NaN.

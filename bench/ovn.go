@@ -54,7 +54,11 @@ func findOVN(root string) (ovnLayout, error) {
 			return l, nil
 		}
 	}
-	return ovnLayout{}, fmt.Errorf("OVN not found (looked in %v): install ovn-host and ovn-central, or unpack them with dpkg -x and pass --ovn-root", tries)
+	var dirs []string
+	for _, l := range tries {
+		dirs = append(dirs, l.bin)
+	}
+	return ovnLayout{}, fmt.Errorf("OVN not found (looked for ovn-controller, ovn-northd and the schemas in %s)", strings.Join(dirs, ", "))
 }
 
 // ovnNet is path O's cluster.

@@ -62,7 +62,7 @@ func rangeStr(s Summary, prec int) string {
 	if s.N == 0 {
 		return "–"
 	}
-	if s.N == 1 || s.Min == s.Max {
+	if s.N == 1 || f(s.Min, prec) == f(s.Max, prec) {
 		return f(s.Median, prec)
 	}
 	return fmt.Sprintf("%s (%s–%s)", f(s.Median, prec), f(s.Min, prec), f(s.Max, prec))
@@ -91,13 +91,15 @@ func (t Target) met() (bool, bool) {
 func targets(res *Result) []Target {
 	s := res.Samples
 	med := func(x Summary) float64 { return x.Median }
+	ns := func(p string) string { return f(summarize(s, p, TestTCP1, "", mNsPkt).Median, 0) }
+	perPkt := fmt.Sprintf("vswitchd CPU per packet: A %s ns, B %s ns, C %s ns", ns(PathA), ns(PathB), ns(PathC))
 	ts := []Target{
 		{What: "C / A throughput, 1 stream", Measured: med(ratio(s, PathC, PathA, TestTCP1, mGbps)), Goal: 1.00, Higher: true, Unit: "×",
-			Limit: "every OVS path here is bound by ovs-vswitchd's single main thread moving packets through AF_PACKET/tap system calls (netdev datapath, no PMD, no kernel module); A and C cost about the same per packet"},
+			Limit: "every OVS path here is bound by ovs-vswitchd's single main thread moving packets through AF_PACKET/tap system calls (netdev datapath, no PMD, no kernel module), so throughput follows CPU per packet (" + perPkt + "); C's extra header rewrites and br-int pass cost a little more than A's plain br-phy pass"},
 		{What: "C / A throughput, 4 streams", Measured: med(ratio(s, PathC, PathA, TestTCP4, mGbps)), Goal: 1.00, Higher: true, Unit: "×",
 			Limit: "as above: one vswitchd thread per host is the bottleneck, more streams do not add capacity"},
 		{What: "C / B throughput, 1 stream", Measured: med(ratio(s, PathC, PathB, TestTCP1, mGbps)), Goal: 1.03, Higher: true, Unit: "×",
-			Limit: "encapsulation is cheap next to the per-packet system calls of the netdev datapath, so saving it moves throughput only a few per cent; B and C differ mainly in CPU per GB"},
+			Limit: "encapsulation is cheap next to the per-packet system calls of the netdev datapath, so saving it moves throughput only a few per cent, within this machine's noise (" + perPkt + ")"},
 		{What: "C / B throughput, 4 streams", Measured: med(ratio(s, PathC, PathB, TestTCP4, mGbps)), Goal: 1.03, Higher: true, Unit: "×",
 			Limit: "as above"},
 		{What: "C RR p50 / B RR p50", Measured: med(ratio(s, PathC, PathB, TestRR, mP50)), Goal: 1.00, Higher: false, Unit: "×",
@@ -201,7 +203,7 @@ func Report(res *Result, charts []string) string {
 			rangeStr(ratio(s, pr[0], pr[1], TestTCP4, mGbps), 2), rangeStr(ratio(s, pr[0], pr[1], TestRR, mP50), 2),
 			rangeStr(ratio(s, pr[0], pr[1], TestRR, mTPS), 2), cpu)
 	}
-	w("\n## Targets (reported, not asserted)\n\n| target | goal | measured | met | what limits it |\n|---|---|---|---|---|\n")
+	w("\n## Targets (reported, not asserted)\n\n| target | goal | measured | met | what limits it (our reading of the figures, not a profile) |\n|---|---|---|---|---|\n")
 	for _, t := range targets(res) {
 		op := "≤"
 		if t.Higher {
@@ -295,12 +297,13 @@ func Report(res *Result, charts []string) string {
 		if cp.Hosts > 0 {
 			w("A rewrite cluster of %d hosts × %d containers (etcd in the fabric namespace, outside the agents), set up in %s s. "+
 				"Containers send UDP datagrams to containers on other hosts (to a bound port, so no ICMP reply opens reverse pairs), "+
-				"every 10–20 ms per pair until it is on the fast path. Phase 1 (burst): host 1's %d pairs all start at once — how fast "+
+				"every 5–20 ms per pair until it is on the fast path. Phase 0: one pair alone. Phase 1 (burst): host 1's other %d pairs all start at once — how fast "+
 				"one agent sets up pairs. Phase 2 (paced): the other hosts' %d pairs open at %d new pairs per second, spread over all agents "+
 				"— time to fast path as new pairs arrive in a running cluster.\n\n",
 				cp.Hosts, cp.ContainersPerHost, fmtNum(cp.SetupSeconds, 1), cp.OneAgentPairs, cp.PacedPairs, cp.PacePerSec)
 			w("| figure | value |\n|---|---|\n")
 			w("| pairs started / reached the fast path | %d / %d |\n", cp.Pairs, cp.Ready)
+			w("| time to fast path of one pair alone (first datagram → ready, from h1's log) | %s ms |\n", fmtNum(cp.LonePairMs, 0))
 			w("| time to fast path, paced (%d pairs at %d/s): p50 / p99 | %s ms / %s ms |\n", cp.PacedPairs, cp.PacePerSec, fmtNum(cp.P50ms, 2), fmtNum(cp.P99ms, 2))
 			w("| time to fast path, burst (h1's %d pairs at once): p50 / p99 | %s ms / %s ms |\n", cp.OneAgentPairs, fmtNum(cp.BurstP50ms, 2), fmtNum(cp.BurstP99ms, 2))
 			w("| fabric etcd WAL fsyncs during the phase / p50 / p99 | %d / %s ms / %s ms |\n", cp.EtcdFsyncCount, fmtNum(cp.EtcdFsyncP50ms, 2), fmtNum(cp.EtcdFsyncP99ms, 2))

@@ -39,7 +39,7 @@ func run() int {
 	reps := flag.Int("reps", 0, "interleaved repetitions (default 5; --quick 1)")
 	dur := flag.Duration("duration", 0, "each iperf3 run (default 6s; --quick 2s)")
 	rrDur := flag.Duration("rr-duration", 0, "each request/response run (default 3s; --quick 1s)")
-	tso := flag.String("tso", "", "userspace-TSO variant: true or false (default true; --quick false)")
+	tso := flag.Bool("tso", false, "add the userspace-TSO variant of A, B and C (default on; --quick: off)")
 	cpHosts := flag.Int("cp-hosts", 0, "control-plane hosts (default 5; --quick 3)")
 	cpPer := flag.Int("cp-containers", 0, "control-plane containers per host, at most 7 (default 5; --quick 3)")
 	cpPace := flag.Int("cp-pace", 0, "new pairs per second in the paced control-plane phase (default 100)")
@@ -48,7 +48,15 @@ func run() int {
 	ovnRoot := flag.String("ovn-root", os.Getenv("KEYROUTE_OVN_ROOT"), "a `dpkg -x` tree of Debian's ovn-common, ovn-host and ovn-central for path O (env KEYROUTE_OVN_ROOT; default: installed OVN, else O is left out)")
 	bin := flag.String("bin", "", "directory with keyroute-agent and keyroutectl (default: next to this program, else build them)")
 	verbose := flag.Bool("v", true, "log progress to stderr")
+	render := flag.String("render", "", "only rewrite report.md and the charts of this results directory from its results.json")
 	flag.Parse()
+	if *render != "" {
+		if err := bench.Render(*render); err != nil {
+			fmt.Fprintln(os.Stderr, "keyroute-bench:", err)
+			return 1
+		}
+		return 0
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "keyroute-bench: needs root (network namespaces, Open vSwitch)")
 		return 2
@@ -63,14 +71,11 @@ func run() int {
 	if *rrDur > 0 {
 		cfg.RRDuration = *rrDur
 	}
-	switch *tso {
-	case "":
-	case "true", "false":
-		cfg.TSO = *tso == "true"
-	default:
-		fmt.Fprintf(os.Stderr, "keyroute-bench: --tso %q: want true or false\n", *tso)
-		return 2
-	}
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name == "tso" { // given: it overrides the default of the kind of run
+			cfg.TSO = *tso
+		}
+	})
 	if *cpHosts > 0 {
 		cfg.CPHosts = *cpHosts
 	}
