@@ -314,6 +314,7 @@ func (a *Agent) setup(ctx context.Context) error {
 		}
 	}
 	if a.cache != nil {
+		a.cache.markLoaded(ctx)
 		if err := a.cache.watch(ctx); err != nil {
 			return fmt.Errorf("watch cache keys: %w", err)
 		}

@@ -63,16 +63,22 @@ type cache struct {
 	alloc *keyalloc.Allocator
 	rw    flows.Rewrite
 
-	mu      sync.Mutex
-	send    map[pairKey]*sendEntry
-	recv    map[recvKey]*recvEntry
-	allocs  chan struct{} // bounds concurrent allocations
-	applyMu sync.Mutex
+	mu     sync.Mutex
+	send   map[pairKey]*sendEntry
+	recv   map[recvKey]*recvEntry
+	allocs chan struct{} // bounds concurrent allocations
+	loaded []func(context.Context)
+
+	flushMu sync.Mutex
+	waiters []chan error
+	kick    chan struct{}
 }
 
 func newCache(a *Agent, alloc *keyalloc.Allocator, rw flows.Rewrite) *cache {
-	return &cache{a: a, alloc: alloc, rw: rw, send: map[pairKey]*sendEntry{}, recv: map[recvKey]*recvEntry{},
-		allocs: make(chan struct{}, 64)}
+	c := &cache{a: a, alloc: alloc, rw: rw, send: map[pairKey]*sendEntry{}, recv: map[recvKey]*recvEntry{},
+		allocs: make(chan struct{}, 64), kick: make(chan struct{}, 1)}
+	go c.flushLoop() // lives as long as the agent process
+	return c
 }
 
 // flows returns the cache owner's desired flows.
@@ -117,18 +123,50 @@ func (c *cache) flows() []*openflow.FlowMod {
 	return fs
 }
 
-// apply installs the current cache state. Callers change state first, then
-// apply; applyMu keeps concurrent applies from reordering.
+// apply installs the current cache state and returns once the switch has
+// it. Callers change state first, then apply. Concurrent callers share one
+// install (a burst of new pairs costs one bundle, not one per pair): each
+// waits for a flush that started after its change.
 func (c *cache) apply(ctx context.Context) error {
-	c.applyMu.Lock()
-	defer c.applyMu.Unlock()
-	if err := c.a.intSw.SetDesired(ctx, cacheOwner, c.flows()); err != nil {
-		c.a.metrics.cacheErrors.Inc()
-		return fmt.Errorf("install cache flows: %w", err)
+	done := make(chan error, 1)
+	c.flushMu.Lock()
+	c.waiters = append(c.waiters, done)
+	c.flushMu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default: // a flush is already due; it will take this waiter
 	}
-	c.a.metrics.cacheEntries.WithLabelValues("egress").Set(float64(c.count(true)))
-	c.a.metrics.cacheEntries.WithLabelValues("restore").Set(float64(c.count(false)))
-	return nil
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// flushLoop installs the cache state for every batch of waiters.
+func (c *cache) flushLoop() {
+	for range c.kick {
+		c.flushMu.Lock()
+		ws := c.waiters
+		c.waiters = nil
+		c.flushMu.Unlock()
+		if len(ws) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := c.a.intSw.SetDesired(ctx, cacheOwner, c.flows())
+		cancel()
+		if err != nil {
+			c.a.metrics.cacheErrors.Inc()
+			err = fmt.Errorf("install cache flows: %w", err)
+		}
+		c.a.metrics.cacheEntries.WithLabelValues("egress").Set(float64(c.count(true)))
+		c.a.metrics.cacheEntries.WithLabelValues("restore").Set(float64(c.count(false)))
+		for _, w := range ws {
+			w <- err
+		}
+	}
 }
 
 func (c *cache) count(send bool) int {
@@ -150,16 +188,30 @@ func (c *cache) load(ctx context.Context) error {
 		return fmt.Errorf("list this host's keys: %w", err)
 	}
 	for _, r := range sent {
-		c.onSenderRecord(ctx, r, false)
+		c.onSenderRecord(r)
 	}
 	recv, err := c.alloc.List(ctx, keyalloc.Filter{DstHost: me})
 	if err != nil {
 		return fmt.Errorf("list keys towards this host: %w", err)
 	}
 	for _, r := range recv {
-		c.onReceiverRecord(ctx, r, false)
+		// Marking ready again is harmless (idempotent) and covers a
+		// receiver that stopped between installing and marking; it waits
+		// until br-int has the Restore entries (markLoaded).
+		if fn, _ := c.onReceiverRecord(r); fn != nil {
+			c.loaded = append(c.loaded, fn)
+		}
 	}
 	return nil
+}
+
+// markLoaded runs the follow-ups of the records load found, once br-int's
+// connection has replayed their Restore entries.
+func (c *cache) markLoaded(ctx context.Context) {
+	for _, fn := range c.loaded {
+		fn(ctx)
+	}
+	c.loaded = nil
 }
 
 // watch follows both sides' records until ctx ends.
@@ -173,27 +225,58 @@ func (c *cache) watch(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	go func() {
-		for ev := range sendCh {
-			switch ev.Type {
-			case keyalloc.EventPut:
-				c.onSenderRecord(ctx, ev.Value, true)
-			case keyalloc.EventDelete:
-				c.onSenderDelete(ctx, ev.Value)
-			}
-		}
-	}()
-	go func() {
-		for ev := range recvCh {
-			switch ev.Type {
-			case keyalloc.EventPut:
-				c.onReceiverRecord(ctx, ev.Value, true)
-			case keyalloc.EventDelete:
-				c.onReceiverDelete(ctx, ev.Value)
-			}
-		}
-	}()
+	go c.follow(ctx, sendCh, c.onSenderRecord, c.onSenderDelete)
+	go c.follow(ctx, recvCh, c.onReceiverRecord, c.onReceiverDelete)
 	return nil
+}
+
+// follow consumes a record stream in batches: every event already queued
+// updates the state, one apply installs the result, then each event's
+// follow-up work (marking a record ready, metrics) runs. Under a burst of
+// new pairs this costs one OpenFlow bundle per batch, not per pair; events
+// keep their order within the stream.
+func (c *cache) follow(ctx context.Context, ch <-chan keyalloc.Event, put func(keyalloc.Record) (func(context.Context), bool), del func(keyalloc.Record) bool) {
+	for ev := range ch {
+		batch := []keyalloc.Event{ev}
+	drain:
+		for len(batch) < 512 {
+			select {
+			case e, ok := <-ch:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, e)
+			default:
+				break drain
+			}
+		}
+		changed := false
+		var after []func(context.Context)
+		for _, e := range batch {
+			switch e.Type {
+			case keyalloc.EventPut:
+				fn, ch := put(e.Value)
+				changed = changed || ch
+				if fn != nil {
+					after = append(after, fn)
+				}
+			case keyalloc.EventDelete:
+				changed = del(e.Value) || changed
+			}
+		}
+		if !changed {
+			continue
+		}
+		if err := c.apply(ctx); err != nil {
+			c.a.log.Warn("install cache entries", "records", len(batch), "err", err)
+			continue
+		}
+		var wg sync.WaitGroup
+		for _, fn := range after {
+			wg.Go(func() { fn(ctx) })
+		}
+		wg.Wait()
+	}
 }
 
 // peerByName returns a known peer host.
@@ -373,11 +456,12 @@ func (c *cache) nextHop(peer netip.Addr, registered net.HardwareAddr) net.Hardwa
 }
 
 // onSenderRecord follows a record of a pair this host sends: ready means
-// the receiver restores the key, so the entry may rewrite.
-func (c *cache) onSenderRecord(ctx context.Context, r keyalloc.Record, apply bool) {
+// the receiver restores the key, so the entry may rewrite. It changes state
+// only; the caller installs.
+func (c *cache) onSenderRecord(r keyalloc.Record) (func(context.Context), bool) {
 	peer, regMAC, ok := c.a.peerByName(r.DstHost)
 	if !ok {
-		return
+		return nil, false
 	}
 	pk := pairKey{r.Src, r.Dst}
 	c.mu.Lock()
@@ -390,7 +474,7 @@ func (c *cache) onSenderRecord(ctx context.Context, r keyalloc.Record, apply boo
 		nh := c.nextHop(peer.IP, regMAC)
 		if nh == nil {
 			c.mu.Unlock()
-			return
+			return nil, false
 		}
 		e = &sendEntry{pair: flows.Pair{Src: r.Src, Dst: r.Dst, Peer: peer, Key: r.Key, NextHop: nh}, state: flows.CacheReady,
 			rec: r, punted: time.Now(), peerTag: peer.Name}
@@ -398,67 +482,55 @@ func (c *cache) onSenderRecord(ctx context.Context, r keyalloc.Record, apply boo
 		c.send[pk] = e
 	default:
 		c.mu.Unlock()
-		return
+		return nil, false
 	}
 	punted := e.punted
 	c.mu.Unlock()
-	if !apply {
-		return
-	}
-	if err := c.apply(ctx); err != nil {
-		c.a.log.Warn("install rewrite entry", "src", r.Src, "dst", r.Dst, "key", r.Key, "err", err)
-		return
-	}
-	c.a.metrics.timeToFastPath.Observe(time.Since(punted).Seconds())
-	c.a.log.Debug("pair on the fast path", "src", r.Src, "dst", r.Dst, "peer", r.DstHost, "key", r.Key)
+	return func(context.Context) {
+		c.a.metrics.timeToFastPath.Observe(time.Since(punted).Seconds())
+		c.a.log.Debug("pair on the fast path", "src", r.Src, "dst", r.Dst, "peer", r.DstHost, "key", r.Key)
+	}, true
 }
 
 // onSenderDelete drops the entry of a record that is gone: its key may be
 // handed to another pair from now on.
-func (c *cache) onSenderDelete(ctx context.Context, r keyalloc.Record) {
+func (c *cache) onSenderDelete(r keyalloc.Record) bool {
 	pk := pairKey{r.Src, r.Dst}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	e, ok := c.send[pk]
 	if !ok || e.rec.CreateRevision != r.CreateRevision || e.state == flows.CacheFallback {
-		c.mu.Unlock()
-		return
+		return false
 	}
 	delete(c.send, pk)
-	c.mu.Unlock()
-	if err := c.apply(ctx); err != nil {
-		c.a.log.Warn("remove cache entry", "src", r.Src, "dst", r.Dst, "key", r.Key, "err", err)
-	}
+	return true
 }
 
 // onReceiverRecord checks a new pair towards this host against what this
-// host knows (the peer, the destination container), installs its Restore
-// entry and marks the record ready.
-func (c *cache) onReceiverRecord(ctx context.Context, r keyalloc.Record, apply bool) {
+// host knows (the peer, the destination container) and adds its Restore
+// entry; once the caller has installed it, the returned func marks the
+// record ready.
+func (c *cache) onReceiverRecord(r keyalloc.Record) (func(context.Context), bool) {
 	peer, _, ok := c.a.peerByName(r.SrcHost)
 	holder, _, held := c.a.peerFor(r.Src)
 	if !ok || !held || holder.Name != r.SrcHost || !c.a.isLocal(r.Dst) || !c.rwKey(r.Key) {
 		c.a.log.Debug("ignoring key record", "src_host", r.SrcHost, "src", r.Src, "dst", r.Dst, "key", r.Key)
-		return
+		return nil, false
 	}
 	rk := recvKey{peer.IP, r.Key}
 	c.mu.Lock()
 	if e, ok := c.recv[rk]; ok && e.rec.CreateRevision == r.CreateRevision {
 		c.mu.Unlock()
-		return
+		return nil, false
 	}
 	c.recv[rk] = &recvEntry{rec: r, peer: peer.IP}
 	c.mu.Unlock()
-	if !apply {
-		return
-	}
-	if err := c.apply(ctx); err != nil {
-		c.a.log.Warn("install restore entry", "src_host", r.SrcHost, "key", r.Key, "err", err)
-		return
-	}
-	if err := c.alloc.MarkReady(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
-		c.a.metrics.etcdErrors.WithLabelValues("mark_ready").Inc()
-		c.a.log.Warn("mark key ready", "src_host", r.SrcHost, "key", r.Key, "err", err)
-	}
+	return func(ctx context.Context) {
+		if err := c.alloc.MarkReady(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
+			c.a.metrics.etcdErrors.WithLabelValues("mark_ready").Inc()
+			c.a.log.Warn("mark key ready", "src_host", r.SrcHost, "key", r.Key, "err", err)
+		}
+	}, true
 }
 
 func (c *cache) rwKey(k uint8) bool {
@@ -470,23 +542,20 @@ func (c *cache) rwKey(k uint8) bool {
 	return false
 }
 
-func (c *cache) onReceiverDelete(ctx context.Context, r keyalloc.Record) {
+func (c *cache) onReceiverDelete(r keyalloc.Record) bool {
 	peer, _, ok := c.a.peerByName(r.SrcHost)
 	if !ok {
-		return
+		return false
 	}
 	rk := recvKey{peer.IP, r.Key}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	e, ok := c.recv[rk]
 	if !ok || e.rec.CreateRevision != r.CreateRevision {
-		c.mu.Unlock()
-		return
+		return false
 	}
 	delete(c.recv, rk)
-	c.mu.Unlock()
-	if err := c.apply(ctx); err != nil {
-		c.a.log.Warn("remove restore entry", "src_host", r.SrcHost, "key", r.Key, "err", err)
-	}
+	return true
 }
 
 // onFlowRemoved handles idle expiry. A sender entry that idles out just
