@@ -97,11 +97,9 @@ func newSample(rep int, p, test, variant string) Sample {
 
 // sampler runs samples; ours lists where this benchmark's processes live.
 type sampler struct {
-	log        *slog.Logger
-	self       string
-	dir        string
-	duration   time.Duration
-	rrDuration time.Duration
+	log  *slog.Logger
+	self string
+	dir  string
 	// ourPrefixes are namespace prefixes whose processes count as ours;
 	// ourExtra are our processes outside any namespace (ovsdb-servers).
 	ourPrefixes []string

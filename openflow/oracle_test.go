@@ -488,7 +488,6 @@ func normFlowMod(fm *FlowMod) *FlowMod {
 	return &c
 }
 
-
 // fakeSwitch accepts ovs-ofctl connections on a unix socket, answers the
 // handshake and barriers, and hands over every FLOW_MOD it receives.
 func fakeSwitch(t *testing.T) (target string, flowMods <-chan []byte) {

@@ -52,13 +52,6 @@ type OXM struct {
 	Mask  []byte
 }
 
-func (o OXM) headerLen() int {
-	if o.Field.Class == OXMClassExperimenter {
-		return 8
-	}
-	return 4
-}
-
 // AppendTo appends the TLV encoding of o.
 func (o OXM) AppendTo(b []byte) ([]byte, error) {
 	f := o.Field
