@@ -72,3 +72,27 @@ func isModuleRoot(dir string) bool {
 	}
 	return false
 }
+
+// DefaultBinDir picks the directory of keyroute-agent and keyroutectl for a
+// command: the flag's value if given, else the directory of the running
+// program when both binaries sit next to it (make builds them together);
+// empty lets the harness build them.
+func DefaultBinDir(flagged string) string {
+	if flagged != "" {
+		if abs, err := filepath.Abs(flagged); err == nil {
+			return abs
+		}
+		return flagged
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	dir := filepath.Dir(exe)
+	for _, b := range []string{"keyroute-agent", "keyroutectl"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return ""
+		}
+	}
+	return dir
+}

@@ -182,7 +182,7 @@ func flowStatsRequestString(r *FlowStatsRequest) string {
 		s += fmt.Sprintf("table_id=%d ", r.Table)
 	}
 	if r.OutPort != PortAny {
-		s += "out_port=" + msgPortName(r.OutPort) + " "
+		s += "out_port=" + ovsPortString(r.OutPort) + " "
 	}
 	if r.OutGroup != GroupAny {
 		s += fmt.Sprintf("out_group=%d ", r.OutGroup)
@@ -237,7 +237,7 @@ func (r *PortStatsRequest) AppendBody(b []byte) ([]byte, error) {
 	return append(b, 0, 0, 0, 0), nil
 }
 func (r *PortStatsRequest) String() string {
-	return "MULTIPART_REQUEST port port_no=" + msgPortName(r.PortNo)
+	return "MULTIPART_REQUEST port port_no=" + ovsPortString(r.PortNo)
 }
 
 // MeterStatsRequest asks for meter counters (OFPMP_METER); MeterAll for all.

@@ -79,7 +79,7 @@ func msgActionsString(acts []Action) string {
 }
 
 func (m *PacketOut) String() string {
-	s := fmt.Sprintf("PACKET_OUT in_port=%s actions=%s data_len=%d", msgPortName(m.InPort), msgActionsString(m.Actions), len(m.Data))
+	s := fmt.Sprintf("PACKET_OUT in_port=%s actions=%s data_len=%d", ovsPortString(m.InPort), msgActionsString(m.Actions), len(m.Data))
 	if m.BufferID != NoBuffer {
 		s += fmt.Sprintf(" buffer=0x%08x", m.BufferID)
 	}

@@ -100,31 +100,7 @@ func DecodePortDesc(body []byte) ([]Port, error) {
 
 func (p *Port) String() string {
 	return fmt.Sprintf("%s(%s) addr:%s config:0x%x state:0x%x speed:%d/%d Mbps",
-		msgPortName(p.PortNo), p.Name, p.HWAddr, p.Config, p.State, p.CurrSpeed/1000, p.MaxSpeed/1000)
-}
-
-// msgPortName prints a port number the way ovs-ofctl does, with reserved
-// ports by name.
-func msgPortName(p uint32) string {
-	switch p {
-	case PortInPort:
-		return "IN_PORT"
-	case PortTable:
-		return "TABLE"
-	case PortNormal:
-		return "NORMAL"
-	case PortFlood:
-		return "FLOOD"
-	case PortAll:
-		return "ALL"
-	case PortController:
-		return "CONTROLLER"
-	case PortLocal:
-		return "LOCAL"
-	case PortAny:
-		return "ANY"
-	}
-	return fmt.Sprint(p)
+		ovsPortString(p.PortNo), p.Name, p.HWAddr, p.Config, p.State, p.CurrSpeed/1000, p.MaxSpeed/1000)
 }
 
 // Port status reasons (ofp_port_reason).

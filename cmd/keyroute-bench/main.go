@@ -86,7 +86,7 @@ func run() int {
 		cfg.CPPace = *cpPace
 	}
 	cfg.FlowInstall = cfg.FlowInstall && !*noFlows
-	cfg.BinDir = defaultBin(*bin)
+	cfg.BinDir = e2e.DefaultBinDir(*bin)
 	cfg.OVNRoot = *ovnRoot
 	cfg.OutDir = *out
 	if cfg.OutDir == "" {
@@ -119,26 +119,4 @@ func run() int {
 		return 1
 	}
 	return 0
-}
-
-// defaultBin prefers binaries installed next to this program (make builds
-// them together); empty lets the benchmark build them.
-func defaultBin(flagged string) string {
-	if flagged != "" {
-		if abs, err := filepath.Abs(flagged); err == nil {
-			return abs
-		}
-		return flagged
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return ""
-	}
-	dir := filepath.Dir(exe)
-	for _, b := range []string{"keyroute-agent", "keyroutectl"} {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			return ""
-		}
-	}
-	return dir
 }

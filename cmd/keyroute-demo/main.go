@@ -53,29 +53,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "keyroute-demo: needs root (network namespaces, Open vSwitch)")
 		os.Exit(2)
 	}
-	os.Exit(run(*mode, defaultBin(*bin), *keep, *verbose))
-}
-
-// defaultBin prefers binaries installed next to the demo (make builds them
-// together); empty lets the harness build them.
-func defaultBin(flagged string) string {
-	if flagged != "" {
-		if abs, err := filepath.Abs(flagged); err == nil {
-			return abs
-		}
-		return flagged
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return ""
-	}
-	dir := filepath.Dir(exe)
-	for _, b := range []string{"keyroute-agent", "keyroutectl"} {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			return ""
-		}
-	}
-	return dir
+	os.Exit(run(*mode, e2e.DefaultBinDir(*bin), *keep, *verbose))
 }
 
 // demo prints steps and remembers whether any failed.
