@@ -47,6 +47,10 @@ const (
 	Version = "0.1.0"
 )
 
+// flowOwners are the controller's desired-state owners on the bridges: the
+// pipeline, rewrite mode's cache entries and the network rules.
+var flowOwners = []string{flowOwner, cacheOwner, rulesOwner}
+
 // gatewayPortMAC is the gateway port's own MAC. It only ever appears between
 // br-int and this host's kernel, so every host can use the same one.
 var gatewayPortMAC = net.HardwareAddr{0x0a, 0x00, 0x00, 0x00, 0x00, 0x02}

@@ -82,7 +82,7 @@ func (a *Agent) registerSwitchMetrics() {
 			names map[uint8]string
 		}{{BridgeInt, a.intSw, flows.IntTableNames()}, {BridgePhy, a.phySw, flows.PhyTableNames()}} {
 			perTable := map[uint8]int{}
-			for _, owner := range []string{flowOwner, cacheOwner} {
+			for _, owner := range flowOwners {
 				for _, f := range b.sw.Desired(owner) {
 					perTable[f.Table]++
 				}

@@ -137,7 +137,9 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 			}
 		}
 		s.Bridges = append(s.Bridges, br)
-		s.Counts.Flows += len(b.sw.Desired(flowOwner))
+		for _, owner := range flowOwners {
+			s.Counts.Flows += len(b.sw.Desired(owner))
+		}
 	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
