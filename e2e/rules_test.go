@@ -527,8 +527,11 @@ func (e *rulesEnv) runRateLimit(dir, local string, enforcer int) {
 	if st.DroppedPackets == 0 || st.Packets == 0 {
 		t.Errorf("rule stats on h%d show no metering: %+v", enforcer, st)
 	}
-	if after.Gbps < base.Gbps/2 || after.Gbps*1000 < 30 {
-		t.Errorf("speed after deleting the rule: %.1f Mbit/s (before: %.1f)", after.Gbps*1000, base.Gbps*1000)
+	// Full speed on this userspace datapath swings by 3x from run to run
+	// with the machine's load, so "restored" means far above the limit
+	// (5x), not close to the first sample.
+	if after.Gbps*1000 < 50 {
+		t.Errorf("speed after deleting the rule: %.1f Mbit/s, want >= 50 (5x the removed limit; before: %.1f)", after.Gbps*1000, base.Gbps*1000)
 	}
 }
 
