@@ -36,11 +36,6 @@ func (c Category) String() string {
 	return fmt.Sprintf("category-0x%02x", uint8(c))
 }
 
-// Categories lists every category in cookie order.
-func Categories() []Category {
-	return []Category{CatPipeline, CatSubnet, CatEndpoint, CatARP, CatGateway, CatPeer, CatCache, CatRestore, CatRule, CatPunt, CatUnderlay}
-}
-
 // Cookie builds a cookie from a category and a 56-bit object id.
 func Cookie(c Category, id uint64) uint64 { return uint64(c)<<56 | id&(1<<56-1) }
 
