@@ -241,7 +241,8 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 	if st, err := api.NewClient(ovC.cl.Host(1).APISocket).Status(ctx); err == nil {
 		res.Machine.Datapath = st.Datapath + " (" + st.DatapathReason + ")"
 	}
-	paths := map[string]*path{PathA: ovC.hostPath(), PathB: ovB.containerPath(PathB), PathC: ovC.containerPath(PathC)}
+	paths := map[string]*path{PathA: ovC.hostPath(), PathB: ovB.containerPath(PathB, 0), PathC: ovC.containerPath(PathC, 0),
+		PathR: ovC.containerPath(PathR, RulesLoad)}
 	for _, p := range k.paths() {
 		paths[p.name] = p
 	}
@@ -263,9 +264,14 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 		s.ourExtra = func() []int { return append(ovsdbPIDs(allOVS), ovn.extraPIDs()...) }
 	}
 	defer func() { err = errors.Join(err, s.stopServers()) }()
+	serving := map[string]bool{} // C and R share c2's servers
 	for _, name := range PathOrder {
 		if p := paths[name]; p != nil {
 			res.Paths = append(res.Paths, name)
+			if serving[p.server.ns] {
+				continue
+			}
+			serving[p.server.ns] = true
 			if err := s.startServers(p); err != nil {
 				return err
 			}

@@ -256,7 +256,10 @@ func (s *sampler) measure(ctx context.Context, smp *Sample, p *path, test string
 		if err != nil {
 			return err
 		}
-		smp.Note = strings.TrimSpace(smp.Note + " " + note)
+		if smp.Note != "" && note != "" {
+			note = "; " + note
+		}
+		smp.Note += note
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ const (
 	PathA = "A" // host to host over br-phy
 	PathB = "B" // keyroute tunnel mode (VXLAN)
 	PathC = "C" // keyroute rewrite mode, cache warm
+	PathR = "R" // C with 1,000 network rules installed
 	PathK = "K" // Linux kernel VXLAN, flannel-style, no OVS
 	PathD = "D" // one veth between two namespaces
 	PathO = "O" // OVN, Geneve (when OVN is available)
@@ -25,20 +26,26 @@ const (
 
 // PathOrder is the interleaving order of one repetition (O only when OVN
 // could be brought up).
-var PathOrder = []string{PathA, PathB, PathC, PathK, PathD, PathO}
+var PathOrder = []string{PathA, PathB, PathC, PathR, PathK, PathD, PathO}
+
+// RulesLoad is how many network rules path R has installed.
+const RulesLoad = 1000
 
 // PathInfo describes a path for the report.
 var PathInfo = map[string]string{
 	PathA: "host ↔ host: the two simulated hosts' own IPs, through br-phy of each host's OVS (netdev) and the fabric bridge; no container, no overlay. Runs on the rewrite cluster's hosts.",
 	PathB: "keyroute tunnel mode: container ↔ container through br-int, userspace VXLAN (tnl_push / tnl_pop + recirculation) and br-phy.",
 	PathC: "keyroute rewrite mode after bootstrap: container ↔ container, the packet rewritten in place to host addresses with a DSCP key (one datapath pass per side); the cache is warmed and checked ready before every sample.",
+	PathR: "C with 1,000 network rules installed on both hosts (egress and ingress, none matching the measured traffic, so every packet's lookup meets all of them): the same cluster and containers as C, the rules put in etcd before R's samples and removed before C's.",
 	PathK: "the Linux kernel's own VXLAN, flannel-style: per-host vxlan device (VNI 1, port 8472, static FDB/neighbour entries), container namespaces behind a cni0 Linux bridge, routed; no OVS. Container MTU 1450.",
 	PathD: "one veth pair between two namespaces: the floor of what the kernel can do here.",
 	PathO: "OVN (Debian's ovn-host/ovn-central 23.03) on two more simulated hosts of the same harness: NB/SB ovsdb-servers and ovn-northd, an ovn-controller per host on its private OVS (netdev br-int, userspace Geneve with checksums, as OVN sets it up), the host IP on a br-phy; one logical switch, container MTU 1442.",
 }
 
 // ovsPath reports whether a path runs through ovs-vswitchd.
-func ovsPath(p string) bool { return p == PathA || p == PathB || p == PathC || p == PathO }
+func ovsPath(p string) bool {
+	return p == PathA || p == PathB || p == PathC || p == PathR || p == PathO
+}
 
 // endpoint is one side of a measured path.
 type endpoint struct {
@@ -154,6 +161,9 @@ type overlay struct {
 	mode   string
 	cl     *e2e.Cluster
 	c1, c2 *e2e.Container
+	// rules is how many network rules are installed (paths C and R share
+	// the rewrite cluster and set it before each sample).
+	rules int
 }
 
 func startOverlay(ctx context.Context, mode, binDir string, opts e2e.Options) (*overlay, error) {
@@ -179,18 +189,23 @@ func (o *overlay) vswitchds() []*simhost.OVS {
 	return []*simhost.OVS{o.cl.Host(1).OVS, o.cl.Host(2).OVS}
 }
 
-// containerPath is B or C.
-func (o *overlay) containerPath(name string) *path {
+// containerPath is B, or C and R: c1 → c2 with nRules network rules
+// installed.
+func (o *overlay) containerPath(name string, nRules int) *path {
 	p := &path{name: name, client: endpoint{o.c1.NS.Name, o.c1.IP}, server: endpoint{o.c2.NS.Name, o.c2.IP}, ovs: o.vswitchds()}
 	if o.mode == "rewrite" {
 		var before uint64
 		p.prepare = func(ctx context.Context) (string, error) {
+			note, err := o.setRules(ctx, nRules)
+			if err != nil {
+				return "", err
+			}
 			if err := o.warm(ctx); err != nil {
 				return "", err
 			}
 			n, err := o.egressPackets()
 			before = n
-			return "", err
+			return note, err
 		}
 		p.check = func() (string, error) {
 			n, err := o.egressPackets()
@@ -204,6 +219,42 @@ func (o *overlay) containerPath(name string) *path {
 		}
 	}
 	return p
+}
+
+// setRules makes n rules the installed set unless it is already (0: none):
+// rules that select c1 and c2 (names c*, c?) but match none of the
+// measured traffic. It waits until both hosts enforce them.
+func (o *overlay) setRules(ctx context.Context, n int) (string, error) {
+	if o.rules == n {
+		return "", nil
+	}
+	cli, err := o.cl.EtcdClient()
+	if err != nil {
+		return "", err
+	}
+	defer cli.Close()
+	start := time.Now()
+	if err := e2e.DeleteAllRules(ctx, cli); err != nil {
+		return "", err
+	}
+	o.rules = -1 // unknown until both hosts agree
+	if err := e2e.PutRules(ctx, cli, e2e.NonMatchingRules(n, "c*", "c?")); err != nil {
+		return "", err
+	}
+	for _, h := range []*e2e.Host{o.c1.Host, o.c2.Host} {
+		if err := h.WaitRulesEnforced(n, 60*time.Second); err != nil {
+			return "", fmt.Errorf("%d rules: %w", n, err)
+		}
+	}
+	// The datapath flows made before the change are revalidated against
+	// the new tables before the sample.
+	for _, o := range o.vswitchds() {
+		if _, err := o.Appctl("revalidator/wait"); err != nil {
+			return "", err
+		}
+	}
+	o.rules = n
+	return fmt.Sprintf("%d rules enforced on both hosts after %s", n, time.Since(start).Round(time.Millisecond)), nil
 }
 
 // hostPath is A on this cluster's hosts.

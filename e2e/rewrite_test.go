@@ -23,9 +23,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
 
 	"github.com/keyroute/keyroute/keyalloc"
 	"github.com/keyroute/keyroute/simhost"
@@ -70,20 +68,9 @@ type rwStore struct {
 
 func rwEtcd(t *testing.T, cl *Cluster) *rwStore {
 	t.Helper()
-	ns := cl.Host(1).NS // embedded etcd lives in h1's agent
-	if strings.Contains(cl.EtcdEndpoint, ExternalEtcdIP) {
-		ns = cl.Fabric
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{cl.EtcdEndpoint},
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return ns.DialContext(ctx, "tcp", addr)
-		})},
-	})
+	cli, err := cl.EtcdClient()
 	if err != nil {
-		t.Fatalf("etcd client for %s: %v", cl.EtcdEndpoint, err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
 	return &rwStore{alloc: keyalloc.New(cli, "/keyroute/", keyalloc.KeySet{}), cli: cli}

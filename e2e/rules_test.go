@@ -5,12 +5,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,7 +16,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/rules"
@@ -595,16 +592,10 @@ func (e *rulesEnv) runChurn() {
 	s.mu.Unlock()
 }
 
-// etcdClient talks to the cluster's etcd from inside host 1's namespace.
+// etcdClient talks to the cluster's etcd.
 func (e *rulesEnv) etcdClient() *clientv3.Client {
 	e.t.Helper()
-	ns := e.cl.Host(1).NS
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: []string{e.cl.EtcdEndpoint}, DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return ns.DialContext(ctx, "tcp", addr)
-		})},
-	})
+	cli, err := e.cl.EtcdClient()
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -722,149 +713,4 @@ func hostSubnet(e *rulesEnv, i int) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-// TestRulesThroughput measures the rewrite fast path's TCP throughput with
-// no rules and with 1,000 installed rules (none matching the measured
-// pair, so each of its packets is looked up against all of them); the
-// drop must stay within 5%. Rounds alternate so that machine noise hits
-// both sides alike. It takes about a minute: set KEYROUTE_RULES_BENCH=1.
-func TestRulesThroughput(t *testing.T) {
-	if os.Getenv("KEYROUTE_RULES_BENCH") == "" {
-		t.Skip("set KEYROUTE_RULES_BENCH=1 to measure fast-path throughput with 0 and 1,000 rules")
-	}
-	e := newRulesEnv(t, "rewrite")
-	src, dst := e.c["cli-1"], e.c["web-2"]
-	srv, err := dst.StartIperfServer(5201)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Stop(5 * time.Second)
-	e.waitFastPathTCP(src, dst)
-	cli := e.etcdClient()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	thousand := benchRules(1000)
-	install := func() time.Duration {
-		start := time.Now()
-		for i := 0; i < len(thousand); i += 100 {
-			var ops []clientv3.Op
-			for _, r := range thousand[i:min(i+100, len(thousand))] {
-				b, _ := json.Marshal(r)
-				ops = append(ops, clientv3.OpPut("/keyroute/rules/"+r.ID, string(b)))
-			}
-			if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		// Installed: both hosts enforce every rule that selects one of
-		// their containers.
-		if err := simhost.WaitFor(30*time.Second, func() error {
-			for _, h := range []int{1, 2} {
-				n := 0
-				var stats []api.RuleStats
-				if err := json.Unmarshal([]byte(e.ctl(h, "rule", "stats", "-o", "json")), &stats); err != nil {
-					return err
-				}
-				for _, s := range stats {
-					if s.Flows > 0 {
-						n++
-					}
-				}
-				if n < 500 {
-					return fmt.Errorf("h%d enforces %d rules", h, n)
-				}
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return time.Since(start)
-	}
-	remove := func() {
-		if _, err := cli.Delete(ctx, "/keyroute/rules/", clientv3.WithPrefix()); err != nil {
-			t.Fatal(err)
-		}
-		if err := simhost.WaitFor(30*time.Second, func() error {
-			out, err := src.Host.OVS.Ofctl("dump-flows", "br-int", "table=3")
-			if err != nil {
-				return err
-			}
-			if n := strings.Count(out, "cookie=0x9"); n > 0 {
-				return fmt.Errorf("%d rule flows left on h1", n)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	measure := func() float64 {
-		r, err := src.Iperf(dst.IP.String(), 5201, 4*time.Second, "-O", "1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.Gbps * 1000
-	}
-	var without, with []float64
-	for round := range 5 {
-		without = append(without, measure())
-		took := install()
-		// Let OVS finish with the new flows (revalidation) first.
-		time.Sleep(2 * time.Second)
-		with = append(with, measure())
-		out, _ := src.Host.OVS.Ofctl("dump-flows", "br-int")
-		t.Logf("round %d: 1,000 rules programmed on both hosts in %s (%d rule flows on h1); %.0f Mbit/s without, %.0f with",
-			round, took.Round(time.Millisecond), strings.Count(out, "cookie=0x9"), without[round], with[round])
-		remove()
-		time.Sleep(2 * time.Second)
-	}
-	for _, h := range e.cl.Hosts() {
-		out, _ := h.OVS.Appctl("dpif-netdev/pmd-stats-show")
-		t.Logf("%s datapath: %s", h.Name, out)
-	}
-	mw, mo := median(with), median(without)
-	t.Logf("fast-path TCP throughput (median of 5): 0 rules %.0f Mbit/s, 1,000 rules %.0f Mbit/s (%+.1f%%)", mo, mw, (mw/mo-1)*100)
-	if mw < mo*0.95 {
-		t.Errorf("throughput with 1,000 rules dropped more than 5%%: %.0f vs %.0f Mbit/s", mw, mo)
-	}
-}
-
-func median(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
-
-// benchRules returns n rules of mixed shapes that select the benchmark's
-// containers (so they are installed) but never match its TCP pair
-// cli-1 → web-2:5201.
-func benchRules(n int) []rules.Rule {
-	out := make([]rules.Rule, 0, n)
-	for i := range n {
-		r := rules.Rule{ID: fmt.Sprintf("bench-%04d", i), Priority: 1 + i%500, Protocol: rules.ProtoAny}
-		if i%2 == 0 {
-			r.Direction, r.Local = rules.Egress, rules.Selector{Name: "cli-*"}
-		} else {
-			r.Direction, r.Local = rules.Ingress, rules.Selector{Name: "web-?"}
-		}
-		switch i % 4 {
-		case 0: // a remote /24 outside the cluster's used subnets
-			r.Remote = rules.Selector{CIDR: fmt.Sprintf("198.19.%d.0/24", 100+i%150)}
-			r.Action = rules.Deny
-		case 1: // UDP port ranges
-			r.Protocol, r.Ports = rules.ProtoUDP, fmt.Sprintf("%d-%d", 10000+i, 10000+i+37)
-			r.Action = rules.Deny
-		case 2: // TCP ports other than iperf3's
-			r.Protocol, r.Ports = rules.ProtoTCP, strconv.Itoa(6000+i)
-			r.Action = rules.Deny
-		case 3: // ICMP types
-			t := uint8(i % 40)
-			if t == 0 || t == 8 {
-				t = 13
-			}
-			r.Protocol, r.ICMPType, r.Action = rules.ProtoICMP, &t, rules.Allow
-		}
-		out = append(out, r)
-	}
-	return out
 }
