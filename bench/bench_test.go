@@ -139,16 +139,28 @@ func TestParsePMDStats(t *testing.T) {
   avg. datapath passes per packet: 1.50
   emc hits: 23
   megaflow hits: 90
+  avg. subtable lookups per megaflow hit: 2.00
+  miss with success upcall: 6
+  miss with failed upcall: 1
 pmd thread numa_id 0 core_id 1:
   packets received: 80
   packet recirculations: 0
+  megaflow hits: 10
+  avg. subtable lookups per megaflow hit: 1.50
+  miss with success upcall: 3
 `
 	st, err := ParsePMDStats(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Packets != 200 || st.Recirculations != 60 {
+	if st.Packets != 200 || st.Recirculations != 60 || st.MegaflowHits != 100 || st.SubtableLookups != 195 || st.Upcalls != 10 {
 		t.Fatalf("got %+v", st)
+	}
+	if got := st.UpcallsPer10k(); got != 1e4*10/260 {
+		t.Errorf("upcalls per 10k passes = %v", got)
+	}
+	if got := st.LookupsPerPass(); got != 0.75 {
+		t.Errorf("subtable lookups per pass = %v, want 0.75", got)
 	}
 	if got := st.Add(st).Passes(); got != 1.3 {
 		t.Errorf("passes = %v, want 1.3", got)

@@ -54,6 +54,10 @@ type Sample struct {
 	// NsPerPkt is vswitchd CPU time per packet its datapath received.
 	NsPerPkt     Num `json:"vswitchd_cpu_ns_per_packet"`
 	PassesPerPkt Num `json:"dp_passes_per_packet"`
+	// UpcallsPer10k and LookupsPerPass say what the flow tables cost each
+	// datapath pass (see PMDStats).
+	UpcallsPer10k  Num `json:"dp_upcalls_per_10k_passes"`
+	LookupsPerPass Num `json:"dp_subtable_lookups_per_pass"`
 
 	BusyPct     Num `json:"busy_pct"`
 	ForeignPct  Num `json:"foreign_pct"`
@@ -92,7 +96,7 @@ func (n *Num) UnmarshalJSON(b []byte) error {
 func newSample(rep int, p, test, variant string) Sample {
 	return Sample{Rep: rep, Path: p, Test: test, Variant: variant, Start: time.Now(),
 		Gbps: NaN, GB: NaN, Retransmits: NaN, P50us: NaN, P99us: NaN, TPS: NaN, Lost: NaN,
-		VswitchdSec: NaN, CPUSecPerGB: NaN, NsPerPkt: NaN, PassesPerPkt: NaN, BusyPct: NaN, ForeignPct: NaN, SoftirqdPct: NaN}
+		VswitchdSec: NaN, CPUSecPerGB: NaN, NsPerPkt: NaN, PassesPerPkt: NaN, UpcallsPer10k: NaN, LookupsPerPass: NaN, BusyPct: NaN, ForeignPct: NaN, SoftirqdPct: NaN}
 }
 
 // sampler runs samples; ours lists where this benchmark's processes live.
@@ -247,6 +251,7 @@ func (s *sampler) measure(ctx context.Context, smp *Sample, p *path, test string
 			st = st.Add(one)
 		}
 		smp.PassesPerPkt = Num(st.Passes())
+		smp.UpcallsPer10k, smp.LookupsPerPass = Num(st.UpcallsPer10k()), Num(st.LookupsPerPass())
 		if st.Packets > 0 {
 			smp.NsPerPkt = Num(res.VswitchdSec * 1e9 / st.Packets)
 		}

@@ -95,31 +95,57 @@ func ParseIperf(b []byte) (IperfRun, error) {
 // report uses, summed over every thread of one ovs-vswitchd. (OVS 3.1
 // counts cycles only on PMD threads; the netdev datapath without DPDK
 // runs on the main thread, so cost per packet comes from CPU time.)
+//
+// Where a packet's flow is found tells what the flow tables cost it: an
+// exact-match cache hit never looks at them, a megaflow hit searches the
+// datapath classifier's subtables (one per distinct wildcard mask, so
+// more and narrower masks mean more lookups), and an upcall runs the whole
+// OpenFlow pipeline in ovs-vswitchd.
 type PMDStats struct {
 	Packets        float64 `json:"packets"`
 	Recirculations float64 `json:"recirculations"`
+	MegaflowHits   float64 `json:"megaflow_hits"`
+	// SubtableLookups is avg. subtable lookups per megaflow hit × hits.
+	SubtableLookups float64 `json:"subtable_lookups"`
+	// Upcalls counts misses with a successful or a failed upcall.
+	Upcalls float64 `json:"upcalls"`
 }
 
-var pmdLineRE = regexp.MustCompile(`^\s*(packets received|packet recirculations):\s*(\d+)`)
+var pmdLineRE = regexp.MustCompile(`^\s*(packets received|packet recirculations|megaflow hits|avg\. subtable lookups per megaflow hit|miss with success upcall|miss with failed upcall):\s*([0-9.]+)`)
 
 // ParsePMDStats sums the counters of every thread in the output.
 func ParsePMDStats(out string) (PMDStats, error) {
 	var st PMDStats
 	found := false
+	// One thread's average and hit count, summed when its block ends.
+	var lookupsPerHit, hits float64
 	for _, line := range strings.Split(out, "\n") {
+		if strings.HasSuffix(strings.TrimSpace(line), ":") && !strings.HasPrefix(line, " ") {
+			st.SubtableLookups += lookupsPerHit * hits
+			lookupsPerHit, hits = 0, 0
+			continue
+		}
 		m := pmdLineRE.FindStringSubmatch(line)
 		if m == nil {
 			continue
 		}
 		v, _ := strconv.ParseFloat(m[2], 64)
-		found = true
 		switch m[1] {
 		case "packets received":
+			found = true
 			st.Packets += v
 		case "packet recirculations":
 			st.Recirculations += v
+		case "megaflow hits":
+			st.MegaflowHits += v
+			hits = v
+		case "avg. subtable lookups per megaflow hit":
+			lookupsPerHit = v
+		default: // upcalls
+			st.Upcalls += v
 		}
 	}
+	st.SubtableLookups += lookupsPerHit * hits
 	if !found {
 		return st, fmt.Errorf("no counters in pmd-stats-show output %.200q", out)
 	}
@@ -128,7 +154,8 @@ func ParsePMDStats(out string) (PMDStats, error) {
 
 // Add sums two vswitchds' counters.
 func (s PMDStats) Add(o PMDStats) PMDStats {
-	return PMDStats{Packets: s.Packets + o.Packets, Recirculations: s.Recirculations + o.Recirculations}
+	return PMDStats{Packets: s.Packets + o.Packets, Recirculations: s.Recirculations + o.Recirculations,
+		MegaflowHits: s.MegaflowHits + o.MegaflowHits, SubtableLookups: s.SubtableLookups + o.SubtableLookups, Upcalls: s.Upcalls + o.Upcalls}
 }
 
 // Passes returns datapath passes per received packet (NaN without
@@ -139,6 +166,21 @@ func (s PMDStats) Passes() float64 {
 	}
 	return (s.Packets + s.Recirculations) / s.Packets
 }
+
+// perPass divides n by the datapath passes (NaN without packets): every
+// pass, a recirculated one too, looks its flow up.
+func (s PMDStats) perPass(n float64) float64 {
+	if s.Packets == 0 {
+		return math.NaN()
+	}
+	return n / (s.Packets + s.Recirculations)
+}
+
+// UpcallsPer10k is upcalls per 10,000 datapath passes.
+func (s PMDStats) UpcallsPer10k() float64 { return 1e4 * s.perPass(s.Upcalls) }
+
+// LookupsPerPass is classifier subtable lookups per datapath pass.
+func (s PMDStats) LookupsPerPass() float64 { return s.perPass(s.SubtableLookups) }
 
 // GoBench is one line of `go test -bench` output: name and its metrics by
 // unit ("ns/flow", "ofctl/keyroute", ...).
