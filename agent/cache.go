@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -72,6 +73,10 @@ type cache struct {
 	flushMu sync.Mutex
 	waiters []chan error
 	kick    chan struct{}
+
+	// retired counts the packets of entries that are gone, from their
+	// FLOW_REMOVED: [0] egress, [1] restore (keyroute_cache_hit_packets_total).
+	retired [2]atomic.Uint64
 }
 
 func newCache(a *Agent, alloc *keyalloc.Allocator, rw flows.Rewrite) *cache {
@@ -352,6 +357,7 @@ func (c *cache) onPunt(pin *openflow.PacketIn2) {
 	e := &sendEntry{pair: flows.Pair{Src: src, Dst: dst, Peer: peer}, state: -1, punted: time.Now(), peerTag: peer.Name}
 	c.send[pk] = e
 	c.mu.Unlock()
+	c.a.log.Debug("pair punted", "src", src, "dst", dst, "peer", peer.Name)
 	select {
 	case c.allocs <- struct{}{}:
 	default:
@@ -375,6 +381,7 @@ func (c *cache) bootstrap(pk pairKey, e *sendEntry, regMAC net.HardwareAddr) {
 	defer cancel()
 	c.a.metrics.bootstraps.Inc()
 	rec, err := c.alloc.Allocate(ctx, c.a.cfg.Node, e.peerTag, pk.src, pk.dst)
+	c.a.log.Debug("pair key allocated", "src", pk.src, "dst", pk.dst, "key", rec.Key, "err", err, "since_punt", time.Since(e.punted))
 	nh := c.nextHop(e.pair.Peer.IP, regMAC)
 	c.mu.Lock()
 	if c.send[pk] != e { // detached or invalidated meanwhile
@@ -488,7 +495,7 @@ func (c *cache) onSenderRecord(r keyalloc.Record) (func(context.Context), bool) 
 	c.mu.Unlock()
 	return func(context.Context) {
 		c.a.metrics.timeToFastPath.Observe(time.Since(punted).Seconds())
-		c.a.log.Debug("pair on the fast path", "src", r.Src, "dst", r.Dst, "peer", r.DstHost, "key", r.Key)
+		c.a.log.Debug("pair on the fast path", "src", r.Src, "dst", r.Dst, "peer", r.DstHost, "key", r.Key, "since_punt", time.Since(punted))
 	}, true
 }
 
@@ -526,10 +533,13 @@ func (c *cache) onReceiverRecord(r keyalloc.Record) (func(context.Context), bool
 	c.recv[rk] = &recvEntry{rec: r, peer: peer.IP}
 	c.mu.Unlock()
 	return func(ctx context.Context) {
+		c.a.log.Debug("pair restore installed", "src", r.Src, "dst", r.Dst, "peer", r.SrcHost, "key", r.Key)
 		if err := c.alloc.MarkReady(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
 			c.a.metrics.etcdErrors.WithLabelValues("mark_ready").Inc()
 			c.a.log.Warn("mark key ready", "src_host", r.SrcHost, "key", r.Key, "err", err)
+			return
 		}
+		c.a.log.Debug("pair marked ready", "src", r.Src, "dst", r.Dst, "peer", r.SrcHost, "key", r.Key)
 	}, true
 }
 
@@ -562,6 +572,12 @@ func (c *cache) onReceiverDelete(r keyalloc.Record) bool {
 // goes (the record stays until the receiver expires it); a Restore entry
 // that idles out releases its record, which frees the key on both ends.
 func (c *cache) onFlowRemoved(fr *openflow.FlowRemoved) {
+	switch flows.CookieCategory(fr.Cookie) {
+	case flows.CatCache:
+		c.retired[0].Add(fr.PacketCount)
+	case flows.CatRestore:
+		c.retired[1].Add(fr.PacketCount)
+	}
 	if fr.Reason != openflow.FlowRemovedIdleTimeout && fr.Reason != openflow.FlowRemovedHardTimeout {
 		return
 	}

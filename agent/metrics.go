@@ -13,6 +13,7 @@ import (
 
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/openflow"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -94,6 +95,45 @@ func (a *Agent) registerSwitchMetrics() {
 		ch <- prometheus.MustNewConstMetric(reconn, prometheus.CounterValue, float64(st.Reconnects), BridgeInt)
 		ch <- prometheus.MustNewConstMetric(reconn, prometheus.CounterValue, float64(a.phySw.Stats().Reconnects), BridgePhy)
 	}})
+	if a.cache != nil {
+		a.metrics.reg.MustRegister(a.cache.collector())
+	}
+}
+
+// collector exports cache hits and keys in use, read when scraped.
+func (c *cache) collector() prometheus.Collector {
+	hits := prometheus.NewDesc("keyroute_cache_hit_packets_total",
+		"Packets that matched a cache entry, by side: egress (EgressCache entries in any state; pending and fallback ones send through VXLAN) "+
+			"and restore. Flow counters of the entries installed now plus the final counts of the removed ones.", []string{"side"}, nil)
+	keys := prometheus.NewDesc("keyroute_cache_keys_in_use", "Keys this host's pairs hold as sender (pending or ready entries), by peer host.", []string{"peer"}, nil)
+	return collectorFunc{descs: []*prometheus.Desc{hits, keys}, collect: func(ch chan<- prometheus.Metric) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for i, t := range []flows.Table{flows.EgressCache, flows.Restore} {
+			stats, err := c.a.intSw.FlowStats(ctx, &openflow.FlowStatsRequest{Table: uint8(t), OutPort: openflow.PortAny, OutGroup: openflow.GroupAny})
+			if err != nil {
+				continue // no figure rather than a wrong one
+			}
+			n := c.retired[i].Load()
+			for _, st := range stats {
+				if cat := flows.CookieCategory(st.Cookie); cat == flows.CatCache || cat == flows.CatRestore {
+					n += st.PacketCount
+				}
+			}
+			ch <- prometheus.MustNewConstMetric(hits, prometheus.CounterValue, float64(n), [2]string{"egress", "restore"}[i])
+		}
+		perPeer := map[string]int{}
+		c.mu.Lock()
+		for _, e := range c.send {
+			if e.state == flows.CachePending || e.state == flows.CacheReady {
+				perPeer[e.peerTag]++
+			}
+		}
+		c.mu.Unlock()
+		for peer, n := range perPeer {
+			ch <- prometheus.MustNewConstMetric(keys, prometheus.GaugeValue, float64(n), peer)
+		}
+	}}
 }
 
 type collectorFunc struct {

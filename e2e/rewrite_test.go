@@ -684,6 +684,19 @@ func TestRewriteFastPath(t *testing.T) {
 		t.Errorf("iperf3 c1->c2 on the wire: %s; want every packet rewritten, c1->c2 with key %d", pc, key)
 	}
 	t.Logf("iperf3 c1->c2 over the fast path: %.2f Gbit/s, %d retransmits; wire: %s", res.Gbps, res.Retransmits, pc)
+
+	// The metrics count the iperf3 run as cache hits on both sides, and
+	// h1's one key towards h2.
+	m1, m2 := rwMetrics(t, h1), rwMetrics(t, h2)
+	if hits := rwMetric(m1, "keyroute_cache_hit_packets_total", `side="egress"`); hits < float64(len(tcpPkts)) {
+		t.Errorf("h1 egress cache hits %v, want at least the %d iperf3 packets captured", hits, len(tcpPkts))
+	}
+	if hits := rwMetric(m2, "keyroute_cache_hit_packets_total", `side="restore"`); hits < float64(len(tcpPkts)) {
+		t.Errorf("h2 restore cache hits %v, want at least the %d iperf3 packets captured", hits, len(tcpPkts))
+	}
+	if n := rwMetric(m1, "keyroute_cache_keys_in_use", `peer="`+h2.Name+`"`); n != 1 {
+		t.Errorf("h1 keys in use towards %s: %v, want 1", h2.Name, n)
+	}
 }
 
 // ===================================================================
