@@ -373,3 +373,38 @@ func TestWriteOutputs(t *testing.T) {
 		t.Error("Render from results.json gives another report than the run did")
 	}
 }
+
+func TestStageTimes(t *testing.T) {
+	h1 := `time=2026-12-03T13:32:21.703Z level=DEBUG msg="pair punted" src=198.19.0.2 dst=198.19.2.2 peer=h2
+time=2026-12-03T13:32:21.707Z level=DEBUG msg="pair key allocated" src=198.19.0.2 dst=198.19.2.2 key=47 err=<nil> since_punt=3.8ms
+time=2026-12-03T13:32:21.713Z level=DEBUG msg="pair on the fast path" src=198.19.0.2 dst=198.19.2.2 peer=h2 key=47 since_punt=10ms
+time=2026-12-03T13:32:22.000Z level=DEBUG msg="pair punted" src=198.19.0.3 dst=198.19.2.2 peer=h2
+time=2026-12-03T13:32:22.001Z level=INFO msg="pairs punted" src=198.19.0.9 dst=198.19.2.9
+not a log line msg="pair punted" src=198.19.0.9 dst=198.19.2.9`
+	h2 := `time=2026-12-03T13:32:21.708Z level=DEBUG msg="pair restore installed" src=198.19.0.2 dst=198.19.2.2 peer=h1 key=47
+time=2026-12-03T13:32:21.711Z level=DEBUG msg="pair marked ready" src=198.19.0.2 dst=198.19.2.2 peer=h1 key=47`
+	got := StageTimes([]string{h1, h2})
+	want := []struct {
+		stage string
+		pairs int
+		ms    float64
+	}{
+		{"punted → key allocated", 1, 4}, {"key allocated → restore installed", 1, 1}, {"restore installed → marked ready", 1, 3},
+		{"marked ready → on the fast path", 1, 2}, {"whole: punted → on the fast path", 1, 10},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d stages: %+v", len(got), got)
+	}
+	for i, w := range want {
+		g := got[i]
+		if g.Stage != w.stage || g.Pairs != w.pairs || math.Abs(float64(g.P50ms)-w.ms) > 1e-9 || g.MaxMs != g.P50ms {
+			t.Errorf("stage %d = %+v, want %s over %d pair(s), %v ms", i, g, w.stage, w.pairs, w.ms)
+		}
+		if _, ok := stageWhat[g.Stage]; !ok {
+			t.Errorf("stage %q has no description", g.Stage)
+		}
+	}
+	if st := StageTimes(nil); st[0].Pairs != 0 || !math.IsNaN(float64(st[0].P50ms)) {
+		t.Errorf("no logs: %+v", st[0])
+	}
+}

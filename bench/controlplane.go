@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,13 +77,16 @@ type ControlPlane struct {
 	// EtcdFsync*: the fabric etcd's WAL fsync latency over the phase
 	// (etcd_disk_wal_fsync_duration_seconds), every pair costs at least
 	// two etcd writes.
-	EtcdFsyncCount int       `json:"etcd_wal_fsyncs"`
-	EtcdFsyncP50ms Num       `json:"etcd_wal_fsync_p50_ms"`
-	EtcdFsyncP99ms Num       `json:"etcd_wal_fsync_p99_ms"`
-	SetupSeconds   Num       `json:"setup_seconds"`
-	Errors         []string  `json:"errors,omitempty"`
-	FlowInstall    []GoBench `json:"flow_install,omitempty"`
-	FlowInstallErr string    `json:"flow_install_error,omitempty"`
+	// Stages times each bootstrap step over every pair, from the agents'
+	// logs.
+	Stages         []StageTime `json:"stages,omitempty"`
+	EtcdFsyncCount int         `json:"etcd_wal_fsyncs"`
+	EtcdFsyncP50ms Num         `json:"etcd_wal_fsync_p50_ms"`
+	EtcdFsyncP99ms Num         `json:"etcd_wal_fsync_p99_ms"`
+	SetupSeconds   Num         `json:"setup_seconds"`
+	Errors         []string    `json:"errors,omitempty"`
+	FlowInstall    []GoBench   `json:"flow_install,omitempty"`
+	FlowInstallErr string      `json:"flow_install_error,omitempty"`
 }
 
 const cpPort = 9999
@@ -101,12 +105,16 @@ func runControlPlane(ctx context.Context, log *slog.Logger, binDir, logDir strin
 	}
 	defer cl.Close()
 	defer func() {
-		// The agents' logs hold every pair's bootstrap, for a closer look.
+		// The agents' logs hold every pair's bootstrap: kept for a closer
+		// look, and timed stage by stage.
+		var logs []string
 		for _, h := range cl.Hosts() {
 			if b, err := os.ReadFile(h.LogPath); err == nil {
 				os.WriteFile(filepath.Join(logDir, "cp-"+h.Name+"-agent.log"), b, 0o644)
+				logs = append(logs, string(b))
 			}
 		}
+		cp.Stages = StageTimes(logs)
 	}()
 	var cs []*e2e.Container
 	for h := 1; h <= hosts; h++ {
@@ -381,6 +389,83 @@ func ttfpCount(h *e2e.Host, before []Bucket) (int, error) {
 	}
 	d := SubBuckets(now, before)
 	return int(d[len(d)-1].Count), nil
+}
+
+// Bootstrap stages, as the agents log them (debug level): the sender's
+// punt and allocation, the receiver's Restore install and ready mark, the
+// sender's rewrite entry.
+var bootstrapSteps = []string{"punted", "key allocated", "restore installed", "marked ready", "on the fast path"}
+
+// StageTime is one bootstrap stage's duration over every pair that logged
+// both its ends.
+type StageTime struct {
+	Stage string `json:"stage"`
+	Pairs int    `json:"pairs"`
+	P50ms Num    `json:"p50_ms"`
+	P90ms Num    `json:"p90_ms"`
+	MaxMs Num    `json:"max_ms"`
+}
+
+// StageTimes times each bootstrap stage, and the whole, from the agents'
+// logs (slog text, millisecond times; a pair's steps span two agents on
+// one clock). A pair bootstrapped more than once counts its last time.
+func StageTimes(logs []string) []StageTime {
+	type pairKey struct{ src, dst string }
+	at := map[pairKey]map[string]time.Time{}
+	for _, l := range logs {
+		for _, line := range strings.Split(l, "\n") {
+			if !strings.HasPrefix(line, "time=") {
+				continue
+			}
+			_, rest, ok := strings.Cut(line, ` msg="pair `)
+			if !ok {
+				continue
+			}
+			step, attrs, ok := strings.Cut(rest, `"`)
+			if !ok || !slices.Contains(bootstrapSteps, step) {
+				continue
+			}
+			ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+			t, err := time.Parse(time.RFC3339Nano, ts)
+			if err != nil {
+				continue
+			}
+			var k pairKey
+			for _, f := range strings.Fields(attrs) {
+				if v, ok := strings.CutPrefix(f, "src="); ok {
+					k.src = v
+				} else if v, ok := strings.CutPrefix(f, "dst="); ok {
+					k.dst = v
+				}
+			}
+			if at[k] == nil {
+				at[k] = map[string]time.Time{}
+			}
+			at[k][step] = t
+		}
+	}
+	var out []StageTime
+	span := func(name, from, to string) {
+		var ms []float64
+		for _, steps := range at {
+			a, okA := steps[from]
+			b, okB := steps[to]
+			if okA && okB && !b.Before(a) {
+				ms = append(ms, float64(b.Sub(a))/float64(time.Millisecond))
+			}
+		}
+		st := StageTime{Stage: name, Pairs: len(ms), P50ms: NaN, P90ms: NaN, MaxMs: NaN}
+		if len(ms) > 0 {
+			slices.Sort(ms)
+			st.P50ms, st.P90ms, st.MaxMs = Num(ms[len(ms)/2]), Num(ms[len(ms)*9/10]), Num(ms[len(ms)-1])
+		}
+		out = append(out, st)
+	}
+	for i := 1; i < len(bootstrapSteps); i++ {
+		span(bootstrapSteps[i-1]+" → "+bootstrapSteps[i], bootstrapSteps[i-1], bootstrapSteps[i])
+	}
+	span("whole: punted → on the fast path", bootstrapSteps[0], bootstrapSteps[len(bootstrapSteps)-1])
+	return out
 }
 
 // fastPathLog counts the agent's "pair on the fast path" lines logged at

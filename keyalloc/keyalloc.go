@@ -23,7 +23,10 @@
 // MarkReady 1 (compare-and-swap on the record's revision), Release 1 (a
 // transaction deleting both keys). Re-allocating an existing pair writes
 // nothing. A transaction lost to a racing allocator changes nothing and is
-// retried with another key.
+// retried with another key. Reads: an allocator remembers each host pair's
+// keys from its last read and its own writes, so a pair new to it is
+// created without reading first; the transaction's conditions keep that
+// safe, and a lost one falls back to reading.
 package keyalloc
 
 import (
@@ -37,6 +40,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -107,6 +111,23 @@ type Allocator struct {
 	prefix string
 	keys   KeySet
 	bad    atomic.Uint64
+
+	// views remembers, per host pair, what this allocator last read or
+	// wrote there, so a new pair's allocation can skip the read (see
+	// Allocate); busy counts its own allocations trying each key now.
+	mu    sync.Mutex
+	views map[string]*dirView
+	busy  map[string]*[64]uint16
+}
+
+// dirView is one host pair's keys and pairs as this allocator last saw
+// them. Only the source host allocates in its keys/<src>/... directory, so
+// the view goes stale only by releases (keys look taken that are free) —
+// never the other way round in a sound cluster, and a lost transaction
+// corrects it anyway.
+type dirView struct {
+	used  KeySet
+	pairs map[[2]netip.Addr]bool
 }
 
 // New returns an allocator storing under prefix (registry.DefaultPrefix if
@@ -121,7 +142,7 @@ func New(cli *clientv3.Client, prefix string, keys KeySet) *Allocator {
 	if keys.Len() == 0 {
 		keys = DefaultKeySet()
 	}
-	return &Allocator{cli: cli, prefix: prefix, keys: keys}
+	return &Allocator{cli: cli, prefix: prefix, keys: keys, views: map[string]*dirView{}, busy: map[string]*[64]uint16{}}
 }
 
 // BadRecords counts records skipped by Allocate, List and Watch because
@@ -166,7 +187,9 @@ func checkPair(srcHost, dstHost string, src, dst netip.Addr) error {
 // existing record (no write), else a new pending record with a free key
 // chosen at random, so racing allocators rarely collide and a just freed
 // key is not the next one reused. If every key of the set is in use the
-// error wraps ErrKeysExhausted. Cost: 1 read, then 1 write for a new pair.
+// error wraps ErrKeysExhausted. Cost: 1 write for a pair new to this
+// allocator's view of the host pair; else 1 read, then 1 write for a new
+// pair.
 func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, dst netip.Addr) (Record, error) {
 	fail := func(err error) (Record, error) {
 		return Record{}, fmt.Errorf("allocate key for %s@%s -> %s@%s: %w", src, srcHost, dst, dstHost, err)
@@ -175,6 +198,22 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 		return fail(err)
 	}
 	dir := a.prefix + "keys/" + srcHost + "/" + dstHost + "/"
+	r := Record{SrcHost: srcHost, DstHost: dstHost, Src: src, Dst: dst, State: StatePending,
+		Created: time.Now().UTC().Truncate(time.Millisecond)}
+	// A pair this allocator has not seen in the host pair is new unless
+	// another allocator made it: try a key the view says is free straight
+	// away. The transaction tells if the pair exists after all.
+	if free, ok := a.viewFree(dir, src, dst); ok {
+		won, _, err := a.tryKeys(ctx, dir, &r, free)
+		if err != nil {
+			return fail(err)
+		}
+		if won {
+			return r, nil
+		}
+		// Lost: the read below finds the pair's record, or what took
+		// the keys.
+	}
 	// Each round re-reads the host pair. A round ends when a racing
 	// allocator created this very pair or took every key tried; the
 	// re-read then finds the pair's record or the keys exhausted.
@@ -183,44 +222,97 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 		if err != nil {
 			return fail(err)
 		}
-		var used KeySet
+		view := &dirView{pairs: map[[2]netip.Addr]bool{}}
+		var existing *Record
 		for _, kv := range resp.Kvs {
-			r, err := a.decodeRecord(kv)
+			rec, err := a.decodeRecord(kv)
 			if err != nil {
 				a.badRecord(string(kv.Key), err)
 				// The key is taken whatever its value says.
 				if k, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), dir), 10, 8); err == nil {
-					used.bits |= 1 << k
+					view.used.bits |= 1 << k
 				}
 				continue
 			}
-			if r.Src == src && r.Dst == dst {
-				return r, nil
+			if rec.Src == src && rec.Dst == dst {
+				existing = &rec
 			}
-			used.bits |= 1 << r.Key
+			view.used.bits |= 1 << rec.Key
+			view.pairs[[2]netip.Addr{rec.Src, rec.Dst}] = true
 		}
-		free := KeySet{a.keys.bits &^ used.bits}.Keys()
+		a.mu.Lock()
+		a.views[dir] = view
+		a.mu.Unlock()
+		if existing != nil {
+			return *existing, nil
+		}
+		free := KeySet{a.keys.bits &^ view.used.bits}.Keys()
 		if len(free) == 0 {
 			return fail(fmt.Errorf("%d keys (%s): %w", a.keys.Len(), a.keys, ErrKeysExhausted))
 		}
-		rand.Shuffle(len(free), func(i, j int) { free[i], free[j] = free[j], free[i] })
-		r := Record{SrcHost: srcHost, DstHost: dstHost, Src: src, Dst: dst, State: StatePending,
-			Created: time.Now().UTC().Truncate(time.Millisecond)}
-		for _, k := range free {
-			r.Key = k
-			won, pairTaken, err := a.create(ctx, &r)
-			if err != nil {
-				return fail(err)
-			}
-			if won {
-				return r, nil
-			}
-			if pairTaken {
-				break // re-read to return the racing allocator's record
-			}
+		won, _, err := a.tryKeys(ctx, dir, &r, free)
+		if err != nil {
+			return fail(err)
+		}
+		if won {
+			return r, nil
 		}
 	}
 	return fail(errors.New("gave up after 8 rounds of contention"))
+}
+
+// viewFree returns the keys free in dir by this allocator's view, if it
+// has one and it does not know the pair (which must then be read).
+func (a *Allocator) viewFree(dir string, src, dst netip.Addr) ([]uint8, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v, ok := a.views[dir]
+	if !ok || v.pairs[[2]netip.Addr{src, dst}] {
+		return nil, false
+	}
+	free := KeySet{a.keys.bits &^ v.used.bits}.Keys()
+	return free, len(free) > 0
+}
+
+// tryKeys creates r with one of keys, in random order but those no other
+// allocation of this allocator is trying first, skipping keys the view
+// learns are taken, until one wins or the pair turns out to be taken. The
+// view learns every key found taken and the key won.
+func (a *Allocator) tryKeys(ctx context.Context, dir string, r *Record, keys []uint8) (won, pairTaken bool, err error) {
+	rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+	a.mu.Lock()
+	busy := a.busy[dir]
+	if busy == nil {
+		busy = &[64]uint16{}
+		a.busy[dir] = busy
+	}
+	sort.SliceStable(keys, func(i, j int) bool { return busy[keys[i]] < busy[keys[j]] })
+	a.mu.Unlock()
+	for _, k := range keys {
+		a.mu.Lock()
+		v := a.views[dir]
+		if v != nil && v.used.bits&(1<<k) != 0 {
+			a.mu.Unlock()
+			continue
+		}
+		busy[k]++
+		a.mu.Unlock()
+		r.Key = k
+		won, pairTaken, err = a.create(ctx, r)
+		a.mu.Lock()
+		busy[k]--
+		if v != nil && err == nil && !pairTaken {
+			v.used.bits |= 1 << k // ours now, or another allocator's
+			if won {
+				v.pairs[[2]netip.Addr{r.Src, r.Dst}] = true
+			}
+		}
+		a.mu.Unlock()
+		if err != nil || won || pairTaken {
+			return won, pairTaken, err
+		}
+	}
+	return false, false, nil
 }
 
 // create writes r and its pair index if both are absent, setting r's

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -453,4 +454,80 @@ func BenchmarkAllocateParallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
+}
+
+// countingKV counts the reads an allocator makes.
+type countingKV struct {
+	clientv3.KV
+	gets atomic.Int64
+}
+
+func (c *countingKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	c.gets.Add(1)
+	return c.KV.Get(ctx, key, opts...)
+}
+
+// An allocator remembers what it read and wrote in a host pair: a pair new
+// to it costs one write and no read. What another allocator did meanwhile
+// (the same pair allocated, a key taken or freed) is still honoured.
+func TestAllocateFromView(t *testing.T) {
+	ctx := ctxT(t)
+	prefix := etcdtest.Prefix(t)
+	cli := client(t)
+	kv := &countingKV{KV: cli.KV}
+	cli.KV = kv
+	al := keyalloc.New(cli, prefix, keys(t, "1-4"))
+	other := keyalloc.New(client(t), prefix, keys(t, "1-4"))
+	p := func(i int) (netip.Addr, netip.Addr) {
+		return netip.AddrFrom4([4]byte{198, 19, 1, byte(i)}), ip("198.19.2.1")
+	}
+
+	first, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"))
+	if err != nil || kv.gets.Load() != 1 {
+		t.Fatalf("first Allocate = %+v, %v after %d reads; want 1 read", first, err, kv.gets.Load())
+	}
+	rev0 := revision(t, cli)
+	kv.gets.Store(0)
+	src, dst := p(2)
+	second, err := al.Allocate(ctx, "h1", "h2", src, dst)
+	if err != nil || second.Key == first.Key {
+		t.Fatalf("second pair = %+v, %v (first has key %d)", second, err, first.Key)
+	}
+	if g, w := kv.gets.Load(), revision(t, cli)-rev0; g != 0 || w != 1 {
+		t.Errorf("a pair new to the allocator's view cost %d reads and %d writes, want 0 and 1", g, w)
+	}
+
+	// Another allocator allocates pair 3; asked for it, al returns that
+	// record and writes nothing.
+	src, dst = p(3)
+	theirs, err := other.Allocate(ctx, "h1", "h2", src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev0 = revision(t, cli)
+	ours, err := al.Allocate(ctx, "h1", "h2", src, dst)
+	if err != nil || ours.Key != theirs.Key || ours.CreateRevision != theirs.CreateRevision {
+		t.Fatalf("pair allocated by another allocator: got %+v, %v; want %+v", ours, err, theirs)
+	}
+	if w := revision(t, cli) - rev0; w != 0 {
+		t.Errorf("returning another allocator's record wrote %d times", w)
+	}
+
+	// Pair 4 takes the last key; the view now has every key used. Freed
+	// by another allocator, a key is found again by a read.
+	src, dst = p(4)
+	last, err := al.Allocate(ctx, "h1", "h2", src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, dst = p(5)
+	if _, err := al.Allocate(ctx, "h1", "h2", src, dst); !errors.Is(err, keyalloc.ErrKeysExhausted) {
+		t.Fatalf("fifth pair with 4 keys: %v, want ErrKeysExhausted", err)
+	}
+	if err := other.Release(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := al.Allocate(ctx, "h1", "h2", src, dst); err != nil || r.Key != last.Key {
+		t.Fatalf("after another allocator released key %d: %+v, %v", last.Key, r, err)
+	}
 }
