@@ -9,6 +9,7 @@ import (
 
 	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/registry"
 )
 
 func TestHostPortName(t *testing.T) {
@@ -110,5 +111,48 @@ func TestCacheFlowsSkipPlaceholders(t *testing.T) {
 	}
 	if got := fs[1].String(); !strings.Contains(got, "nw_tos=36") || !strings.Contains(got, "set_field:198.19.1.3->ip_src") {
 		t.Errorf("restore entry: %s", got)
+	}
+}
+
+// The receiver can mark a new pair's record ready before the allocating
+// transaction's answer reaches the sender. The ready event, seen while the
+// allocation still runs, must not be lost: the entry goes straight to
+// ready, not to a pending state that waits for an event already past.
+func TestReadyBeforeAllocationReturns(t *testing.T) {
+	c := testCache()
+	peer := flows.Peer{Name: "h2", IP: netip.MustParseAddr("198.18.0.2"), Subnet: netip.MustParsePrefix("198.19.1.0/24")}
+	c.a.peers = map[string]registry.Host{"h2": {Name: "h2", UnderlayIP: peer.IP, PodSubnet: peer.Subnet}}
+	pk := pairKey{netip.MustParseAddr("198.19.0.2"), netip.MustParseAddr("198.19.1.2")}
+	nh := net.HardwareAddr{2, 0, 0, 0, 0, 2}
+	rec := keyalloc.Record{SrcHost: "h1", DstHost: "h2", Key: 5, Src: pk.src, Dst: pk.dst, State: keyalloc.StatePending, CreateRevision: 42, ModRevision: 42}
+	ready := rec
+	ready.State, ready.ModRevision = keyalloc.StateReady, 43
+
+	for _, tc := range []struct {
+		name  string
+		early keyalloc.Record // the ready event seen during the allocation
+		want  flows.CacheState
+	}{
+		{"ready first", ready, flows.CacheReady},
+		{"an older record of the pair ready", func() keyalloc.Record { r := ready; r.CreateRevision = 7; return r }(), flows.CachePending},
+		{"no event yet", keyalloc.Record{}, flows.CachePending},
+	} {
+		e := &sendEntry{pair: flows.Pair{Src: pk.src, Dst: pk.dst, Peer: peer}, state: -1, peerTag: "h2"}
+		c.send[pk] = e
+		if tc.early.CreateRevision != 0 {
+			if fn, changed := c.onSenderRecord(tc.early); fn != nil || changed {
+				t.Errorf("%s: a ready event during the allocation changed the flows", tc.name)
+			}
+		}
+		c.mu.Lock()
+		c.allocatedLocked(pk, e, rec, nil, nh)
+		c.mu.Unlock()
+		if e.state != tc.want || e.pair.Key != 5 {
+			t.Errorf("%s: state %v key %d, want state %v key 5", tc.name, e.state, e.pair.Key, tc.want)
+		}
+		if tc.want == flows.CacheReady && e.rec.ModRevision != 43 {
+			t.Errorf("%s: entry keeps record revision %d, want the ready one (43)", tc.name, e.rec.ModRevision)
+		}
+		delete(c.send, pk)
 	}
 }

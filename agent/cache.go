@@ -45,6 +45,10 @@ type sendEntry struct {
 	punted  time.Time       // first punt, for time-to-fast-path
 	reason  string          // why a fallback entry has no key
 	peerTag string          // peer host name
+	// early is a ready record seen while the allocation was still
+	// running: the receiver can mark the record ready before the
+	// allocating transaction's answer reaches this agent.
+	early keyalloc.Record
 }
 
 // recvEntry is one key this host restores.
@@ -388,24 +392,7 @@ func (c *cache) bootstrap(pk pairKey, e *sendEntry, regMAC net.HardwareAddr) {
 		c.mu.Unlock()
 		return
 	}
-	switch {
-	case errors.Is(err, keyalloc.ErrKeysExhausted):
-		e.state, e.reason = flows.CacheFallback, "keys_exhausted"
-	case err != nil:
-		e.state, e.reason = flows.CacheFallback, "etcd"
-		c.a.metrics.etcdErrors.WithLabelValues("allocate_key").Inc()
-	case nh == nil:
-		e.state, e.reason = flows.CacheFallback, "no_next_hop"
-		e.rec = rec
-		e.pair.Key = 0
-	default:
-		e.rec, e.pair.Key, e.pair.NextHop = rec, rec.Key, nh
-		e.state = flows.CachePending
-		if rec.State == keyalloc.StateReady {
-			e.state = flows.CacheReady
-		}
-		c.evictKeyLocked(pk, e.pair.Peer.IP, rec.Key)
-	}
+	c.allocatedLocked(pk, e, rec, err, nh)
 	state, reason := e.state, e.reason
 	c.mu.Unlock()
 	if state == flows.CacheFallback {
@@ -421,7 +408,37 @@ func (c *cache) bootstrap(pk pairKey, e *sendEntry, regMAC net.HardwareAddr) {
 	}
 	if state == flows.CacheReady {
 		c.a.metrics.timeToFastPath.Observe(time.Since(e.punted).Seconds())
+		c.a.log.Debug("pair on the fast path", "src", pk.src, "dst", pk.dst, "peer", e.peerTag, "key", rec.Key, "since_punt", time.Since(e.punted))
 	}
+}
+
+// allocatedLocked records an allocation's outcome in the pair's entry: a
+// fallback without a key, else the key in state pending — or ready, if the
+// record is ready already (an existing pair, or one the receiver marked
+// before the allocation's answer came back).
+func (c *cache) allocatedLocked(pk pairKey, e *sendEntry, rec keyalloc.Record, err error, nh net.HardwareAddr) {
+	switch {
+	case errors.Is(err, keyalloc.ErrKeysExhausted):
+		e.state, e.reason = flows.CacheFallback, "keys_exhausted"
+	case err != nil:
+		e.state, e.reason = flows.CacheFallback, "etcd"
+		c.a.metrics.etcdErrors.WithLabelValues("allocate_key").Inc()
+	case nh == nil:
+		e.state, e.reason = flows.CacheFallback, "no_next_hop"
+		e.rec = rec
+		e.pair.Key = 0
+	default:
+		if e.early.CreateRevision == rec.CreateRevision && e.early.State == keyalloc.StateReady {
+			rec = e.early
+		}
+		e.rec, e.pair.Key, e.pair.NextHop = rec, rec.Key, nh
+		e.state = flows.CachePending
+		if rec.State == keyalloc.StateReady {
+			e.state = flows.CacheReady
+		}
+		c.evictKeyLocked(pk, e.pair.Peer.IP, rec.Key)
+	}
+	e.early = keyalloc.Record{}
 }
 
 // evictKeyLocked removes any other entry of this host that still uses
@@ -474,6 +491,11 @@ func (c *cache) onSenderRecord(r keyalloc.Record) (func(context.Context), bool) 
 	c.mu.Lock()
 	e, ok := c.send[pk]
 	switch {
+	case ok && e.state < 0 && r.State == keyalloc.StateReady:
+		// The allocation has not returned yet; it takes this from here.
+		e.early = r
+		c.mu.Unlock()
+		return nil, false
 	case ok && e.rec.CreateRevision == r.CreateRevision && e.state == flows.CachePending && r.State == keyalloc.StateReady:
 		e.rec, e.state = r, flows.CacheReady
 	case !ok && r.State == keyalloc.StateReady && c.a.isLocal(r.Src):

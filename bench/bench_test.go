@@ -389,8 +389,8 @@ time=2026-12-03T13:32:21.711Z level=DEBUG msg="pair marked ready" src=198.19.0.2
 		pairs int
 		ms    float64
 	}{
-		{"punted → key allocated", 1, 4}, {"key allocated → restore installed", 1, 1}, {"restore installed → marked ready", 1, 3},
-		{"marked ready → on the fast path", 1, 2}, {"whole: punted → on the fast path", 1, 10},
+		{"punted → key allocated", 1, 4}, {"punted → restore installed", 1, 5}, {"punted → marked ready", 1, 8},
+		{"punted → on the fast path", 1, 10},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d stages: %+v", len(got), got)

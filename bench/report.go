@@ -129,11 +129,10 @@ func targets(res *Result) []Target {
 
 // stageWhat says what each bootstrap stage waits for.
 var stageWhat = map[string]string{
-	"punted → key allocated":            "the sender's etcd transaction (1 write)",
-	"key allocated → restore installed": "the receiver's watch delivery, then one cache install on its br-int (a bundle: two switch round trips)",
-	"restore installed → marked ready":  "the receiver's etcd compare-and-swap (1 write)",
-	"marked ready → on the fast path":   "the sender's watch delivery, then one cache install on its br-int",
-	"whole: punted → on the fast path":  "",
+	"punted → key allocated":     "the sender's allocation: one etcd transaction (1 write)",
+	"punted → restore installed": "and the receiver's watch delivery, then a cache install on its br-int (a bundle: two switch round trips)",
+	"punted → marked ready":      "and the receiver's compare-and-swap in etcd (1 write)",
+	"punted → on the fast path":  "and the sender's watch delivery, then a cache install on its br-int: the whole bootstrap",
 }
 
 // Report renders report.md.
@@ -346,7 +345,7 @@ func Report(res *Result, charts []string) string {
 			if len(cp.Stages) > 0 {
 				w("\n**Where a pair's time goes** (every pair of all phases, from the agents' debug lines; the sender logs punted, key allocated " +
 					"and on the fast path, the receiver restore installed and marked ready; one clock, millisecond times):\n\n" +
-					"| stage | what it waits for | pairs | p50 ms | p90 ms | max ms |\n|---|---|---|---|---|---|\n")
+					"| from → to | what it waits for | pairs | p50 ms | p90 ms | max ms |\n|---|---|---|---|---|---|\n")
 				for _, st := range cp.Stages {
 					w("| %s | %s | %d | %s | %s | %s |\n", st.Stage, stageWhat[st.Stage], st.Pairs, fmtNum(st.P50ms, 0), fmtNum(st.P90ms, 0), fmtNum(st.MaxMs, 0))
 				}
