@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,12 @@ type Config struct {
 	RRDuration time.Duration `json:"rr_duration"`
 	// TSO adds the userspace-TSO variant of A, B and C at the end.
 	TSO bool `json:"tso"`
+	// Paths selects the data-plane paths to measure (empty: all; O only
+	// where OVN is found). A clusters that no selected path needs are not
+	// built.
+	Paths []string `json:"paths,omitempty"`
+	// NoControlPlane skips the control-plane phase.
+	NoControlPlane bool `json:"no_control_plane,omitempty"`
 	// CPHosts × CPContainers containers for the control-plane phase.
 	CPHosts      int `json:"cp_hosts"`
 	CPContainers int `json:"cp_containers_per_host"`
@@ -92,8 +99,16 @@ func (c Config) Validate() error {
 	case c.OutDir == "":
 		return errors.New("no output directory")
 	}
+	for _, p := range c.Paths {
+		if !slices.Contains(PathOrder, p) {
+			return fmt.Errorf("path %q: want one of %s", p, strings.Join(PathOrder, ", "))
+		}
+	}
 	return nil
 }
+
+// measures reports whether the run measures path p.
+func (c Config) measures(p string) bool { return len(c.Paths) == 0 || slices.Contains(c.Paths, p) }
 
 // Machine describes where the run happened.
 type Machine struct {
@@ -173,7 +188,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	phase("data_plane", t0)
 
-	if ctx.Err() == nil {
+	if !cfg.NoControlPlane && ctx.Err() == nil {
 		t0 = time.Now()
 		log.Info("control plane", "hosts", cfg.CPHosts, "containers_per_host", cfg.CPContainers)
 		cp, err := runControlPlane(ctx, log, cfg.BinDir, filepath.Join(cfg.OutDir, "logs"), cfg.CPHosts, cfg.CPContainers, cfg.CPPace)
@@ -206,7 +221,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if len(res.Broken) > 0 {
 		errs = append(errs, fmt.Errorf("paths that did not work at all: %s", strings.Join(res.Broken, ", ")))
 	}
-	if res.ControlPlane == nil || res.ControlPlane.Ready == 0 {
+	if !cfg.NoControlPlane && (res.ControlPlane == nil || res.ControlPlane.Ready == 0) {
 		errs = append(errs, fmt.Errorf("control plane: no pair reached the fast path (%s)", res.CPError))
 	}
 	if ctx.Err() != nil {
@@ -215,47 +230,68 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	return res, errors.Join(errs...)
 }
 
-// runDataPlane builds A, B, C, K and D, measures them interleaved, then
-// (with TSO) the TSO variant, and removes everything.
+// runDataPlane builds what the selected paths need, measures them
+// interleaved, then (with TSO) the TSO variant, and removes everything.
 func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result) (err error) {
 	t0 := time.Now()
-	kprefix := fmt.Sprintf("krbench-%d-", os.Getpid())
-	cleanupStaleKernelNets()
-	k := &kernelNet{prefix: kprefix}
-	defer func() { err = errors.Join(err, k.teardown()) }()
-	log.Info("kernel paths K and D", "prefix", kprefix)
-	if err := k.setup(); err != nil {
-		return err
+	want := func(ps ...string) bool {
+		for _, p := range ps {
+			if cfg.measures(p) {
+				return true
+			}
+		}
+		return false
 	}
-	log.Info("keyroute clusters: tunnel (B) and rewrite (A, C)")
-	ovB, err := startOverlay(ctx, "tunnel", cfg.BinDir, e2e.Options{Logger: log})
-	if err != nil {
-		return err
+	paths := map[string]*path{}
+	var prefixes []string
+	var allOVS []*simhost.OVS
+	if want(PathK, PathD) {
+		kprefix := fmt.Sprintf("krbench-%d-", os.Getpid())
+		cleanupStaleKernelNets()
+		k := &kernelNet{prefix: kprefix}
+		defer func() { err = errors.Join(err, k.teardown()) }()
+		log.Info("kernel paths K and D", "prefix", kprefix)
+		if err := k.setup(); err != nil {
+			return err
+		}
+		for _, p := range k.paths() {
+			paths[p.name] = p
+		}
+		prefixes = append(prefixes, kprefix)
 	}
-	defer func() { err = errors.Join(err, ovB.cl.Close()) }()
-	ovC, err := startOverlay(ctx, "rewrite", cfg.BinDir, e2e.Options{Logger: log})
-	if err != nil {
-		return err
+	var ovB, ovC *overlay
+	if want(PathB) {
+		log.Info("keyroute cluster: tunnel (B)")
+		if ovB, err = startOverlay(ctx, "tunnel", cfg.BinDir, e2e.Options{Logger: log}); err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, ovB.cl.Close()) }()
+		paths[PathB] = ovB.containerPath(PathB, 0)
+		prefixes, allOVS = append(prefixes, ovB.cl.Prefix), append(allOVS, ovB.vswitchds()...)
 	}
-	defer func() { err = errors.Join(err, ovC.cl.Close()) }()
-	if st, err := api.NewClient(ovC.cl.Host(1).APISocket).Status(ctx); err == nil {
-		res.Machine.Datapath = st.Datapath + " (" + st.DatapathReason + ")"
+	if want(PathA, PathC, PathR) {
+		log.Info("keyroute cluster: rewrite (A, C, R)")
+		if ovC, err = startOverlay(ctx, "rewrite", cfg.BinDir, e2e.Options{Logger: log}); err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, ovC.cl.Close()) }()
+		if st, err := api.NewClient(ovC.cl.Host(1).APISocket).Status(ctx); err == nil {
+			res.Machine.Datapath = st.Datapath + " (" + st.DatapathReason + ")"
+		}
+		paths[PathA], paths[PathC], paths[PathR] = ovC.hostPath(), ovC.containerPath(PathC, 0), ovC.containerPath(PathR, RulesLoad)
+		prefixes, allOVS = append(prefixes, ovC.cl.Prefix), append(allOVS, ovC.vswitchds()...)
 	}
-	paths := map[string]*path{PathA: ovC.hostPath(), PathB: ovB.containerPath(PathB, 0), PathC: ovC.containerPath(PathC, 0),
-		PathR: ovC.containerPath(PathR, RulesLoad)}
-	for _, p := range k.paths() {
-		paths[p.name] = p
-	}
-	allOVS := append(ovB.vswitchds(), ovC.vswitchds()...)
-	s := &sampler{log: log, self: cfg.Self, dir: filepath.Join(cfg.OutDir, "logs"), ourPrefixes: []string{ovB.cl.Prefix, ovC.cl.Prefix, kprefix},
+	s := &sampler{log: log, self: cfg.Self, dir: filepath.Join(cfg.OutDir, "logs"), ourPrefixes: prefixes,
 		ourExtra: func() []int { return ovsdbPIDs(allOVS) }}
-	log.Info("OVN (path O)")
-	if l, err := findOVN(cfg.OVNRoot); err != nil {
+	if !want(PathO) {
+		res.OVN = "not measured: not selected (--paths)"
+	} else if l, err := findOVN(cfg.OVNRoot); err != nil {
 		res.OVN = "not measured: " + err.Error() + ". " + ovnHowTo
 	} else if ovn, err := startOVN(ctx, cfg.OVNRoot, e2e.Options{Logger: log}); err != nil {
 		res.OVN = "not measured: " + err.Error()
 		log.Warn("OVN", "err", err)
 	} else {
+		log.Info("OVN (path O)")
 		defer func() { err = errors.Join(err, ovn.close()) }()
 		res.Machine.OVN = ovnVersion(l)
 		res.OVN = "measured: " + res.Machine.OVN
@@ -266,7 +302,7 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 	defer func() { err = errors.Join(err, s.stopServers()) }()
 	serving := map[string]bool{} // C and R share c2's servers
 	for _, name := range PathOrder {
-		if p := paths[name]; p != nil {
+		if p := paths[name]; p != nil && cfg.measures(name) {
 			res.Paths = append(res.Paths, name)
 			if serving[p.server.ns] {
 				continue
@@ -300,6 +336,9 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 	defer func() { res.Phases["tso"] = time.Since(t0).Round(time.Millisecond).Seconds() }()
 	log.Info("userspace TSO variant: restarting the vswitchds, offloads on")
 	for _, ov := range []*overlay{ovB, ovC} {
+		if ov == nil {
+			continue
+		}
 		note, err := enableTSO(ctx, ov)
 		if err != nil {
 			res.TSOError = fmt.Sprintf("%s cluster: %v", ov.mode, err)
@@ -310,6 +349,9 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 	}
 	for _, name := range []string{PathA, PathB, PathC} {
 		p := paths[name]
+		if p == nil || !cfg.measures(name) {
+			continue
+		}
 		ov := ovC
 		if name == PathB {
 			ov = ovB

@@ -227,6 +227,15 @@ func TestValidate(t *testing.T) {
 	if err := bad.Validate(); err == nil {
 		t.Error("0 repetitions accepted")
 	}
+	sel := c
+	sel.Paths = []string{PathC, PathR}
+	if err := sel.Validate(); err != nil || !sel.measures(PathR) || sel.measures(PathB) || !c.measures(PathB) {
+		t.Errorf("paths C,R: %v; measures R %v, B %v; default measures B %v", err, sel.measures(PathR), sel.measures(PathB), c.measures(PathB))
+	}
+	sel.Paths = []string{PathC, "X"}
+	if err := sel.Validate(); err == nil || !strings.Contains(err.Error(), `"X"`) {
+		t.Errorf("unknown path: %v", err)
+	}
 }
 
 func TestRRClientAgainstServer(t *testing.T) {

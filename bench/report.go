@@ -237,7 +237,12 @@ func Report(res *Result, charts []string) string {
 		if known {
 			verdict = "yes"
 			if !met {
-				verdict = fmt.Sprintf("**no**, missed by %.0f%%", 100*math.Abs(t.Measured-t.Goal)/t.Goal)
+				by := 100 * math.Abs(t.Measured-t.Goal) / t.Goal
+				prec := 0
+				if by < 1 {
+					prec = 1
+				}
+				verdict = fmt.Sprintf("**no**, missed by %.*f%%", prec, by)
 				limit = t.Limit
 			}
 		}
