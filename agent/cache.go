@@ -407,9 +407,16 @@ func (c *cache) bootstrap(pk pairKey, e *sendEntry, regMAC net.HardwareAddr) {
 		return
 	}
 	if state == flows.CacheReady {
-		c.a.metrics.timeToFastPath.Observe(time.Since(e.punted).Seconds())
-		c.a.log.Debug("pair on the fast path", "src", pk.src, "dst", pk.dst, "peer", e.peerTag, "key", rec.Key, "since_punt", time.Since(e.punted))
+		c.onFastPath(pk.src, pk.dst, e.peerTag, rec.Key, e.punted)
 	}
+}
+
+// onFastPath records a pair's arrival on the fast path: the
+// time-to-fast-path histogram and the debug line the bench times.
+func (c *cache) onFastPath(src, dst netip.Addr, peer string, key uint8, punted time.Time) {
+	d := time.Since(punted)
+	c.a.metrics.timeToFastPath.Observe(d.Seconds())
+	c.a.log.Debug("pair on the fast path", "src", src, "dst", dst, "peer", peer, "key", key, "since_punt", d)
 }
 
 // allocatedLocked records an allocation's outcome in the pair's entry: a
@@ -515,10 +522,7 @@ func (c *cache) onSenderRecord(r keyalloc.Record) (func(context.Context), bool) 
 	}
 	punted := e.punted
 	c.mu.Unlock()
-	return func(context.Context) {
-		c.a.metrics.timeToFastPath.Observe(time.Since(punted).Seconds())
-		c.a.log.Debug("pair on the fast path", "src", r.Src, "dst", r.Dst, "peer", r.DstHost, "key", r.Key, "since_punt", time.Since(punted))
-	}, true
+	return func(context.Context) { c.onFastPath(r.Src, r.Dst, r.DstHost, r.Key, punted) }, true
 }
 
 // onSenderDelete drops the entry of a record that is gone: its key may be
