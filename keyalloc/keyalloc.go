@@ -130,6 +130,9 @@ type dirView struct {
 	pairs map[[2]netip.Addr]bool
 }
 
+// free lists the keys of set the view does not have taken.
+func (v *dirView) free(set KeySet) []uint8 { return KeySet{set.bits &^ v.used.bits}.Keys() }
+
 // New returns an allocator storing under prefix (registry.DefaultPrefix if
 // empty) and handing out keys (DefaultKeySet if empty).
 func New(cli *clientv3.Client, prefix string, keys KeySet) *Allocator {
@@ -204,7 +207,7 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 	// another allocator made it: try a key the view says is free straight
 	// away. The transaction tells if the pair exists after all.
 	if free, ok := a.viewFree(dir, src, dst); ok {
-		won, _, err := a.tryKeys(ctx, dir, &r, free)
+		won, err := a.tryKeys(ctx, dir, &r, free)
 		if err != nil {
 			return fail(err)
 		}
@@ -246,11 +249,11 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 		if existing != nil {
 			return *existing, nil
 		}
-		free := KeySet{a.keys.bits &^ view.used.bits}.Keys()
+		free := view.free(a.keys)
 		if len(free) == 0 {
 			return fail(fmt.Errorf("%d keys (%s): %w", a.keys.Len(), a.keys, ErrKeysExhausted))
 		}
-		won, _, err := a.tryKeys(ctx, dir, &r, free)
+		won, err := a.tryKeys(ctx, dir, &r, free)
 		if err != nil {
 			return fail(err)
 		}
@@ -270,7 +273,7 @@ func (a *Allocator) viewFree(dir string, src, dst netip.Addr) ([]uint8, bool) {
 	if !ok || v.pairs[[2]netip.Addr{src, dst}] {
 		return nil, false
 	}
-	free := KeySet{a.keys.bits &^ v.used.bits}.Keys()
+	free := v.free(a.keys)
 	return free, len(free) > 0
 }
 
@@ -278,7 +281,7 @@ func (a *Allocator) viewFree(dir string, src, dst netip.Addr) ([]uint8, bool) {
 // allocation of this allocator is trying first, skipping keys the view
 // learns are taken, until one wins or the pair turns out to be taken. The
 // view learns every key found taken and the key won.
-func (a *Allocator) tryKeys(ctx context.Context, dir string, r *Record, keys []uint8) (won, pairTaken bool, err error) {
+func (a *Allocator) tryKeys(ctx context.Context, dir string, r *Record, keys []uint8) (won bool, err error) {
 	rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
 	a.mu.Lock()
 	busy := a.busy[dir]
@@ -291,14 +294,14 @@ func (a *Allocator) tryKeys(ctx context.Context, dir string, r *Record, keys []u
 	for _, k := range keys {
 		a.mu.Lock()
 		v := a.views[dir]
-		if v != nil && v.used.bits&(1<<k) != 0 {
+		if v != nil && v.used.Contains(k) {
 			a.mu.Unlock()
 			continue
 		}
 		busy[k]++
 		a.mu.Unlock()
 		r.Key = k
-		won, pairTaken, err = a.create(ctx, r)
+		won, pairTaken, err := a.create(ctx, r)
 		a.mu.Lock()
 		busy[k]--
 		if v != nil && err == nil && !pairTaken {
@@ -309,10 +312,10 @@ func (a *Allocator) tryKeys(ctx context.Context, dir string, r *Record, keys []u
 		}
 		a.mu.Unlock()
 		if err != nil || won || pairTaken {
-			return won, pairTaken, err
+			return won, err
 		}
 	}
-	return false, false, nil
+	return false, nil
 }
 
 // create writes r and its pair index if both are absent, setting r's
