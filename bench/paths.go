@@ -248,8 +248,8 @@ func (o *overlay) setRules(ctx context.Context, n int) (string, error) {
 	}
 	// The datapath flows made before the change are revalidated against
 	// the new tables before the sample.
-	for _, o := range o.vswitchds() {
-		if _, err := o.Appctl("revalidator/wait"); err != nil {
+	for _, vs := range o.vswitchds() {
+		if _, err := vs.Appctl("revalidator/wait"); err != nil {
 			return "", err
 		}
 	}
