@@ -66,13 +66,20 @@ type rwStore struct {
 	cli   *clientv3.Client
 }
 
-func rwEtcd(t *testing.T, cl *Cluster) *rwStore {
+// etcdClientT is cl.EtcdClient for a test: closed when the test ends.
+func etcdClientT(t testing.TB, cl *Cluster) *clientv3.Client {
 	t.Helper()
 	cli, err := cl.EtcdClient()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func rwEtcd(t *testing.T, cl *Cluster) *rwStore {
+	t.Helper()
+	cli := etcdClientT(t, cl)
 	return &rwStore{alloc: keyalloc.New(cli, "/keyroute/", keyalloc.KeySet{}), cli: cli}
 }
 

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/rules"
 	"github.com/keyroute/keyroute/simhost"
@@ -592,17 +590,6 @@ func (e *rulesEnv) runChurn() {
 	s.mu.Unlock()
 }
 
-// etcdClient talks to the cluster's etcd.
-func (e *rulesEnv) etcdClient() *clientv3.Client {
-	e.t.Helper()
-	cli, err := e.cl.EtcdClient()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { cli.Close() })
-	return cli
-}
-
 var badRecordsRE = regexp.MustCompile(`(?m)^keyroute_rules_bad_records_total (\d+)`)
 
 // runBadRules: invalid rules from the CLI are refused with a clear error
@@ -647,7 +634,7 @@ func (e *rulesEnv) runBadRules() {
 	}
 
 	// Raw bad records, as a buggy tool or a hand edit would leave them.
-	cli := e.etcdClient()
+	cli := etcdClientT(e.t, e.cl)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	raw := map[string]string{
