@@ -74,19 +74,19 @@ type ControlPlane struct {
 	// figure uses phase 2 only, when the agent's code paths are warm.
 	RSSKiBPer1000         Num `json:"rss_kib_per_1000_pairs"`
 	RSSMarginalKiBPer1000 Num `json:"rss_marginal_kib_per_1000_pairs"`
+	// Stages times each bootstrap step over every pair, from the agents'
+	// logs.
+	Stages []StageTime `json:"stages,omitempty"`
 	// EtcdFsync*: the fabric etcd's WAL fsync latency over the phase
 	// (etcd_disk_wal_fsync_duration_seconds), every pair costs at least
 	// two etcd writes.
-	// Stages times each bootstrap step over every pair, from the agents'
-	// logs.
-	Stages         []StageTime `json:"stages,omitempty"`
-	EtcdFsyncCount int         `json:"etcd_wal_fsyncs"`
-	EtcdFsyncP50ms Num         `json:"etcd_wal_fsync_p50_ms"`
-	EtcdFsyncP99ms Num         `json:"etcd_wal_fsync_p99_ms"`
-	SetupSeconds   Num         `json:"setup_seconds"`
-	Errors         []string    `json:"errors,omitempty"`
-	FlowInstall    []GoBench   `json:"flow_install,omitempty"`
-	FlowInstallErr string      `json:"flow_install_error,omitempty"`
+	EtcdFsyncCount int       `json:"etcd_wal_fsyncs"`
+	EtcdFsyncP50ms Num       `json:"etcd_wal_fsync_p50_ms"`
+	EtcdFsyncP99ms Num       `json:"etcd_wal_fsync_p99_ms"`
+	SetupSeconds   Num       `json:"setup_seconds"`
+	Errors         []string  `json:"errors,omitempty"`
+	FlowInstall    []GoBench `json:"flow_install,omitempty"`
+	FlowInstallErr string    `json:"flow_install_error,omitempty"`
 }
 
 const cpPort = 9999
