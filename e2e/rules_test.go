@@ -643,10 +643,10 @@ func (e *rulesEnv) runBadRules() {
 		"raw-badport": `{"id":"raw-badport","direction":"egress","local":{},"remote":{},"protocol":"udp","ports":"0-5","action":"deny"}`,
 	}
 	for k, v := range raw {
-		if _, err := cli.Put(ctx, "/keyroute/rules/"+k, v); err != nil {
+		if _, err := cli.Put(ctx, ruleKeys.Key(k), v); err != nil {
 			t.Fatal(err)
 		}
-		defer cli.Delete(context.Background(), "/keyroute/rules/"+k)
+		defer cli.Delete(context.Background(), ruleKeys.Key(k))
 	}
 	for _, h := range e.cl.Hosts() {
 		err := simhost.WaitFor(5*time.Second, func() error {

@@ -14,12 +14,15 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/keyroute/keyroute/api"
+	"github.com/keyroute/keyroute/registry"
 	"github.com/keyroute/keyroute/rules"
+	"github.com/keyroute/keyroute/rules/store"
 	"github.com/keyroute/keyroute/simhost"
 )
 
-// rulesPrefix is where rules live in etcd (registry layout).
-const rulesPrefix = "/keyroute/rules/"
+// ruleKeys names rules' etcd keys as the agents read them: rules/store
+// owns the layout (used here for Key only; it has no client).
+var ruleKeys = store.New(nil, registry.DefaultPrefix, nil)
 
 // EtcdClient is a client for the cluster's etcd, dialled from a namespace
 // that reaches it (h1 for the embedded etcd, the fabric for ExternalEtcd).
@@ -53,7 +56,7 @@ func PutRules(ctx context.Context, cli *clientv3.Client, rs []rules.Rule) error 
 			if err != nil {
 				return fmt.Errorf("encode rule %s: %w", r.ID, err)
 			}
-			ops = append(ops, clientv3.OpPut(rulesPrefix+r.ID, string(b)))
+			ops = append(ops, clientv3.OpPut(ruleKeys.Key(r.ID), string(b)))
 		}
 		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
 			return fmt.Errorf("put rules %d-%d: %w", i, i+len(ops)-1, err)
@@ -62,9 +65,10 @@ func PutRules(ctx context.Context, cli *clientv3.Client, rs []rules.Rule) error 
 	return nil
 }
 
-// DeleteAllRules removes every rule from etcd.
+// DeleteAllRules removes every rule from etcd: every key under the rules
+// directory, which is the key of the empty id.
 func DeleteAllRules(ctx context.Context, cli *clientv3.Client) error {
-	if _, err := cli.Delete(ctx, rulesPrefix, clientv3.WithPrefix()); err != nil {
+	if _, err := cli.Delete(ctx, ruleKeys.Key(""), clientv3.WithPrefix()); err != nil {
 		return fmt.Errorf("delete rules: %w", err)
 	}
 	return nil
