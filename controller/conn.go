@@ -123,6 +123,16 @@ func (c *conn) close(err error) {
 	})
 }
 
+// dead reports whether the connection has died.
+func (c *conn) dead() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // lost is the error for a request cut short by the connection dying.
 func (c *conn) lost() error {
 	if errors.Is(c.err, ErrConnectionLost) {
@@ -535,10 +545,13 @@ func (s *Switch) attach(ctx context.Context, nc net.Conn, r *openflow.Reader, fe
 	go c.keepalive()
 
 	s.dpid.Store(feat.DatapathID)
+	// Nothing is known to be applied on c until its replay succeeds.
+	s.forgetReplay()
 	s.setState(c, false)
 	if err := s.setup(cctx, c); err != nil {
 		c.close(err)
 		<-c.readDone
+		s.forgetReplay()
 		s.setState(nil, false)
 		s.cnt.connectFailures.Add(1)
 		return false, fmt.Errorf("set up switch %s (dpid %016x): %w", s.addr, feat.DatapathID, err)
@@ -550,6 +563,7 @@ func (s *Switch) attach(ctx context.Context, nc net.Conn, r *openflow.Reader, fe
 	s.log.Info("switch connected", "dpid", fmt.Sprintf("%016x", feat.DatapathID), "tables", feat.NTables)
 	<-c.done
 	<-c.readDone
+	s.forgetReplay()
 	s.setState(nil, false)
 	s.cnt.disconnects.Add(1)
 	return true, fmt.Errorf("switch %s: %w", s.addr, c.err)
@@ -575,7 +589,7 @@ func (s *Switch) setup(ctx context.Context, c *conn) error {
 			return fmt.Errorf("OnConnected: %w", err)
 		}
 	}
-	return s.replay(ctx)
+	return s.replay(ctx, c)
 }
 
 func (s *Switch) callOnConnected(ctx context.Context) (err error) {

@@ -143,7 +143,40 @@ func deleteStrict(table uint8, priority uint16, m openflow.Match, cookie uint64)
 // the switch is not connected the set is recorded and applied by the
 // replay on the next connect, and SetDesired returns nil; if the
 // connection fails midway, the set is recorded and the error returned.
+// So nil does not mean the flows are on the switch: a caller that needs
+// that uses SetDesiredConfirmed.
 func (s *Switch) SetDesired(ctx context.Context, owner string, flows []*openflow.FlowMod) error {
+	return s.setDesired(ctx, owner, flows, false)
+}
+
+// SetDesiredConfirmed is SetDesired (same validation, same recording, same
+// bundle) for a caller that acts on "installed": one that tells a peer a
+// flow is in place, or caches that it need not be sent again, must not act
+// on a set that only sits in memory waiting for a replay. It returns nil
+// only if, when it returns, the whole set is known to be on the switch:
+// the switch is connected, the replay of all owners' desired flows after
+// its latest connect has succeeded, and either the difference was
+// committed in a bundle on that connection or there was no difference.
+//
+// Otherwise the error wraps ErrNotConfirmed, and the set is recorded all
+// the same (the replay on the next connect applies it): the switch is not
+// connected (the error wraps ErrNotConnected too), the connection is still
+// being set up (OnConnected or the replay have not finished; retry after
+// WaitConnected), the connection dropped or the bundle's outcome is
+// unknown (timeout, ctx ended; the cause is wrapped too). As with
+// SetDesired, a bundle the switch rejects returns the *BundleError and the
+// set is not recorded.
+//
+// Unlike SetDesired it also resends flows of the set that are recorded
+// but not known to be on the switch (rejected one by one by the replay,
+// or sent in a bundle whose outcome is unknown), so a retry with the same
+// set can be confirmed.
+func (s *Switch) SetDesiredConfirmed(ctx context.Context, owner string, flows []*openflow.FlowMod) error {
+	return s.setDesired(ctx, owner, flows, true)
+}
+
+// setDesired is SetDesired, and SetDesiredConfirmed with confirm.
+func (s *Switch) setDesired(ctx context.Context, owner string, flows []*openflow.FlowMod, confirm bool) error {
 	next, err := prepare(owner, flows)
 	if err != nil {
 		return err
@@ -165,32 +198,69 @@ func (s *Switch) SetDesired(ctx context.Context, owner string, flows []*openflow
 			msgs = append(msgs, deleteStrict(p.fm.Table, p.fm.Priority, p.fm.Match, p.fm.Cookie))
 		}
 	}
+	var added []flowKey
 	for _, d := range next.flows {
-		if p, ok := prev.byKey[d.key]; !ok || p.content != d.content {
+		_, unsure := s.unsure[d.key]
+		if p, ok := prev.byKey[d.key]; !ok || p.content != d.content || (confirm && unsure) {
 			msgs = append(msgs, d.fm)
+			added = append(added, d.key)
 		}
 	}
-	if len(msgs) > 0 {
-		if c, err := s.conn(); err == nil {
-			if err := c.bundle(ctx, msgs); err != nil {
-				err = fmt.Errorf("apply desired flows of %s: %w", owner, err)
-				var be *BundleError
-				var ee *encodeError
-				if errors.As(err, &be) || errors.As(err, &ee) {
-					return err
-				}
-				s.record(owner, prev, next)
+	c, cerr := s.conn()
+	if len(msgs) > 0 && cerr == nil {
+		if err := c.bundle(ctx, msgs); err != nil {
+			err = fmt.Errorf("apply desired flows of %s: %w", owner, err)
+			var be *BundleError
+			var ee *encodeError
+			if errors.As(err, &be) || errors.As(err, &ee) {
 				return err
 			}
+			// The bundle may or may not have been committed.
+			s.record(owner, prev, next)
+			for _, k := range added {
+				s.unsure[k] = struct{}{}
+			}
+			if confirm {
+				return fmt.Errorf("%w: %w", ErrNotConfirmed, err)
+			}
+			return err
+		}
+		for _, k := range added {
+			delete(s.unsure, k)
 		}
 	}
 	s.record(owner, prev, next)
+	if !confirm {
+		return nil
+	}
+	switch {
+	case cerr != nil:
+		return fmt.Errorf("desired flows of %s: %w: %w", owner, ErrNotConfirmed, cerr)
+	case s.replayedOn != c:
+		// The replay on c has yet to run (it waits for desiredMu), or
+		// it failed and c is being dropped.
+		return fmt.Errorf("desired flows of %s: %w: the replay on the current connection has not completed", owner, ErrNotConfirmed)
+	case len(msgs) == 0 && c.dead():
+		return fmt.Errorf("desired flows of %s: %w: %w", owner, ErrNotConfirmed, c.lost())
+	}
 	return nil
+}
+
+// forgetReplay: the current connection is new or gone, so no recorded
+// set counts as applied until the next replay succeeds.
+func (s *Switch) forgetReplay() {
+	s.desiredMu.Lock()
+	defer s.desiredMu.Unlock()
+	s.replayedOn = nil
+	clear(s.unsure)
 }
 
 func (s *Switch) record(owner string, prev, next *ownerFlows) {
 	for k := range prev.byKey {
 		delete(s.keyOwner, k)
+		if _, ok := next.byKey[k]; !ok {
+			delete(s.unsure, k)
+		}
 	}
 	for k := range next.byKey {
 		s.keyOwner[k] = owner
@@ -235,7 +305,11 @@ type ReconcileResult struct {
 func (s *Switch) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	s.desiredMu.Lock()
 	defer s.desiredMu.Unlock()
-	res, err := s.reconcileLocked(ctx, true, false)
+	c, err := s.conn()
+	if err != nil {
+		return ReconcileResult{}, fmt.Errorf("reconcile switch %s: %w", s.addr, err)
+	}
+	res, err := s.reconcileLocked(ctx, c, true, false)
 	if err != nil {
 		return res, fmt.Errorf("reconcile switch %s: %w", s.addr, err)
 	}
@@ -243,19 +317,24 @@ func (s *Switch) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	return res, nil
 }
 
-// replay runs on every connect, after OnConnected. A vswitchd that
+// replay runs on every connect c, after OnConnected. A vswitchd that
 // restarted has lost every flow and gets them all back; one that kept
 // running only gets the differences, so live traffic is never dropped.
-func (s *Switch) replay(ctx context.Context) error {
+// Only its success marks c as the connection the recorded sets are
+// applied on (replayedOn); a failure drops c.
+func (s *Switch) replay(ctx context.Context, c *conn) error {
 	s.desiredMu.Lock()
 	defer s.desiredMu.Unlock()
 	if len(s.desired) == 0 && !(s.desiredComplete && s.opts.OwnedCookie != nil) {
+		clear(s.unsure)
+		s.replayedOn = c
 		return nil
 	}
-	res, err := s.reconcileLocked(ctx, s.desiredComplete, true)
+	res, err := s.reconcileLocked(ctx, c, s.desiredComplete, true)
 	if err != nil {
 		return fmt.Errorf("replay desired flows: %w", err)
 	}
+	s.replayedOn = c
 	s.cnt.replayedFlows.Add(uint64(res.Added + res.Deleted))
 	if res.Added+res.Deleted > 0 {
 		s.log.Info("replayed desired flows", "added", res.Added, "deleted", res.Deleted)
@@ -264,14 +343,12 @@ func (s *Switch) replay(ctx context.Context) error {
 }
 
 // reconcileLocked diffs the switch against the desired state and applies
-// the difference. With fallback, a rejected bundle is retried flow by flow
-// so that one bad flow does not keep all the others off the switch.
-func (s *Switch) reconcileLocked(ctx context.Context, deleteUndesired, fallback bool) (ReconcileResult, error) {
+// the difference on c. With fallback, a rejected bundle is retried flow by
+// flow so that one bad flow does not keep all the others off the switch.
+// It keeps s.unsure: empty when every desired flow is known to be on the
+// switch, else the keys of the flows that may not be.
+func (s *Switch) reconcileLocked(ctx context.Context, c *conn, deleteUndesired, fallback bool) (ReconcileResult, error) {
 	var res ReconcileResult
-	c, err := s.conn()
-	if err != nil {
-		return res, err
-	}
 	have, err := s.FlowStats(ctx, &openflow.FlowStatsRequest{Table: openflow.TableAll, OutPort: openflow.PortAny, OutGroup: openflow.GroupAny})
 	if err != nil {
 		return res, err
@@ -290,6 +367,7 @@ func (s *Switch) reconcileLocked(ctx context.Context, deleteUndesired, fallback 
 		}
 	}
 	var adds []*openflow.FlowMod
+	var addKeys []flowKey
 	owners := make([]string, 0, len(s.desired))
 	for o := range s.desired {
 		owners = append(owners, o)
@@ -299,8 +377,15 @@ func (s *Switch) reconcileLocked(ctx context.Context, deleteUndesired, fallback 
 		for _, d := range s.desired[o].flows {
 			if cur, ok := onSwitch[d.key]; !ok || cur != d.content {
 				adds = append(adds, d.fm)
+				addKeys = append(addKeys, d.key)
 			}
 		}
+	}
+	// Flows that already match are on the switch; those about to be
+	// added are not until the switch has taken them.
+	clear(s.unsure)
+	for _, k := range addKeys {
+		s.unsure[k] = struct{}{}
 	}
 	res = ReconcileResult{Added: len(adds), Deleted: len(dels)}
 	if len(adds)+len(dels) == 0 {
@@ -314,6 +399,9 @@ func (s *Switch) reconcileLocked(ctx context.Context, deleteUndesired, fallback 
 		msgs = append(msgs, f)
 	}
 	err = c.bundle(ctx, msgs)
+	if err == nil {
+		clear(s.unsure)
+	}
 	if err == nil || !fallback {
 		return res, err
 	}
@@ -332,8 +420,12 @@ func (s *Switch) reconcileLocked(ctx context.Context, deleteUndesired, fallback 
 	if err != nil {
 		return res, err
 	}
+	clear(s.unsure)
 	for i, e := range rejected {
 		s.log.Error("replayed flow rejected", "err", &FlowModError{Index: i, Flow: flows[i], Err: e})
+		if i >= len(dels) {
+			s.unsure[addKeys[i-len(dels)]] = struct{}{}
+		}
 	}
 	return res, nil
 }

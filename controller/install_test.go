@@ -11,7 +11,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keyroute/keyroute/openflow"
 )
@@ -408,5 +410,259 @@ func TestHandleSurvivesGarbage(t *testing.T) {
 	t.Logf("after 20000 mutated messages: %d decode errors, %d unknown", st.DecodeErrors, st.Unknown)
 	if st.DecodeErrors == 0 {
 		t.Error("no mutated message failed to decode: the mutation did nothing")
+	}
+}
+
+// holdHandshake makes fakes hold the controller's HELLO until the returned
+// release is called (also when the test ends), so the switch stays
+// disconnected; extra, if set, handles messages first.
+func holdHandshake(t *testing.T, extra func(f *fakeSwitch, hd openflow.Header, m openflow.Message) bool) (cfg func(*fakeSwitch), release func()) {
+	held := make(chan struct{})
+	release = sync.OnceFunc(func() { close(held) })
+	t.Cleanup(release) // runs before the harness stops Run
+	return func(f *fakeSwitch) {
+		f.handle = func(f *fakeSwitch, hd openflow.Header, m openflow.Message) bool {
+			if _, ok := m.(*openflow.Hello); ok {
+				<-held
+			}
+			return extra != nil && extra(f, hd, m)
+		}
+	}, release
+}
+
+func TestSetDesiredConfirmedWhileDisconnected(t *testing.T) {
+	cfg, release := holdHandshake(t, nil)
+	h := startHarness(t, testOptions(), cfg)
+	f := h.nextFake()
+	ctx := context.Background()
+	fl := testFlow(0, 10, 1, "198.19.0.1", 1)
+	set := []*openflow.FlowMod{fl}
+	err := h.sw.SetDesiredConfirmed(ctx, "x", set)
+	if !errors.Is(err, ErrNotConfirmed) || !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("SetDesiredConfirmed while disconnected = %v, want ErrNotConfirmed and ErrNotConnected", err)
+	}
+	if d := h.sw.Desired("x"); len(d) != 1 {
+		t.Fatalf("set not recorded: %v", d)
+	}
+	// The same set again: no difference, but nothing is on the switch.
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", set); !errors.Is(err, ErrNotConfirmed) {
+		t.Fatalf("unchanged set while disconnected = %v, want ErrNotConfirmed", err)
+	}
+	release()
+	h.waitConnected()
+	b := bundleContents(f)
+	if len(b) != 1 || !slices.Equal(describeAll(b[0]), []string{"ADD " + fl.String()}) {
+		t.Fatalf("replay sent %v, want the recorded flow", b)
+	}
+	// Connected and replayed: the unchanged set is on the switch.
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", set); err != nil {
+		t.Fatalf("SetDesiredConfirmed after the replay = %v", err)
+	}
+	if n := len(bundleContents(f)); n != 1 {
+		t.Errorf("unchanged set sent a bundle (%d bundles)", n)
+	}
+}
+
+// conn() hands out a connection before its replay has run: a set whose
+// difference goes out then, or that has none, is not confirmed yet.
+func TestSetDesiredConfirmedWaitsForTheReplay(t *testing.T) {
+	opts := testOptions()
+	entered, held := make(chan struct{}), make(chan struct{})
+	release := sync.OnceFunc(func() { close(held) })
+	var once sync.Once
+	opts.OnConnected = func(ctx context.Context, s *Switch) error {
+		once.Do(func() { close(entered) })
+		<-held
+		return nil
+	}
+	h := startHarness(t, opts, nil)
+	t.Cleanup(release)
+	f := h.nextFake()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnConnected not called")
+	}
+	ctx := context.Background()
+	fl := testFlow(0, 10, 1, "198.19.0.1", 1)
+	set := []*openflow.FlowMod{fl}
+	// The difference goes out in a bundle on the new connection, as with
+	// SetDesired...
+	err := h.sw.SetDesiredConfirmed(ctx, "x", set)
+	if !errors.Is(err, ErrNotConfirmed) || !strings.Contains(err.Error(), "replay") {
+		t.Fatalf("SetDesiredConfirmed before the replay = %v, want ErrNotConfirmed naming the replay", err)
+	}
+	if b := bundleContents(f); len(b) != 1 || !slices.Equal(describeAll(b[0]), []string{"ADD " + fl.String()}) {
+		t.Fatalf("bundles before the replay: %v", b)
+	}
+	// ...and without a difference there is nothing to confirm it by.
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", set); !errors.Is(err, ErrNotConfirmed) {
+		t.Fatalf("unchanged set before the replay = %v, want ErrNotConfirmed", err)
+	}
+	if err := h.sw.SetDesired(ctx, "x", set); err != nil {
+		t.Fatalf("SetDesired before the replay = %v", err)
+	}
+	release()
+	h.waitConnected()
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", set); err != nil {
+		t.Fatalf("SetDesiredConfirmed after the replay = %v", err)
+	}
+}
+
+func TestSetDesiredConfirmedConnectionLost(t *testing.T) {
+	var first atomic.Bool
+	h := startHarness(t, testOptions(), func(f *fakeSwitch) {
+		if !first.CompareAndSwap(false, true) {
+			return
+		}
+		// The first switch goes away when asked to commit.
+		f.handle = func(f *fakeSwitch, hd openflow.Header, m openflow.Message) bool {
+			if bc, ok := m.(*openflow.BundleControl); ok && bc.CtrlType == openflow.BundleCommitRequest {
+				f.nc.Close()
+				return true
+			}
+			return false
+		}
+	})
+	h.nextFake()
+	h.waitConnected()
+	ctx := context.Background()
+	fl := testFlow(0, 10, 1, "198.19.0.1", 1)
+	set := []*openflow.FlowMod{fl}
+	err := h.sw.SetDesiredConfirmed(ctx, "x", set)
+	if !errors.Is(err, ErrNotConfirmed) || !errors.Is(err, ErrConnectionLost) {
+		t.Fatalf("SetDesiredConfirmed with the connection lost = %v, want ErrNotConfirmed and ErrConnectionLost", err)
+	}
+	if d := h.sw.Desired("x"); len(d) != 1 {
+		t.Fatalf("set not recorded: %v", d)
+	}
+	f2 := h.nextFake()
+	poll(t, "reconnect", func() bool { return h.sw.Stats().Reconnects == 1 && h.sw.Connected() })
+	if b := bundleContents(f2); len(b) != 1 || !slices.Equal(describeAll(b[0]), []string{"ADD " + fl.String()}) {
+		t.Fatalf("replay sent %v, want the recorded flow", b)
+	}
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", set); err != nil {
+		t.Fatalf("SetDesiredConfirmed after the replay = %v", err)
+	}
+	// A connection that is dead (torn down or not yet) confirms nothing.
+	c, err := h.sw.conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.close(errors.New("test: drop the connection"))
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", set); !errors.Is(err, ErrNotConfirmed) {
+		t.Fatalf("unchanged set on a dead connection = %v, want ErrNotConfirmed", err)
+	}
+	h.nextFake()
+	poll(t, "second reconnect", func() bool { return h.sw.Stats().Reconnects == 2 && h.sw.Connected() })
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", set); err != nil {
+		t.Fatalf("SetDesiredConfirmed after the second replay = %v", err)
+	}
+}
+
+// A bundle whose outcome is unknown leaves its flows unconfirmed:
+// SetDesiredConfirmed sends them again, SetDesired does not.
+func TestSetDesiredConfirmedResendsAfterUnknownOutcome(t *testing.T) {
+	var swallow atomic.Bool
+	h := startHarness(t, testOptions(), func(f *fakeSwitch) {
+		f.handle = func(f *fakeSwitch, hd openflow.Header, m openflow.Message) bool {
+			bc, ok := m.(*openflow.BundleControl)
+			return ok && bc.CtrlType == openflow.BundleCommitRequest && swallow.Load()
+		}
+	})
+	f := h.nextFake()
+	h.waitConnected()
+	ctx := context.Background()
+	f1, f2 := testFlow(0, 10, 1, "198.19.0.1", 1), testFlow(0, 10, 2, "198.19.0.2", 1)
+	// Connected and replayed: the difference is committed, confirmed.
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", []*openflow.FlowMod{f1}); err != nil {
+		t.Fatal(err)
+	}
+	if b := bundleContents(f); len(b) != 1 || !slices.Equal(describeAll(b[0]), []string{"ADD " + f1.String()}) {
+		t.Fatalf("bundles %v", b)
+	}
+	swallow.Store(true)
+	sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	set := []*openflow.FlowMod{f1, f2}
+	err := h.sw.SetDesiredConfirmed(sctx, "x", set)
+	if !errors.Is(err, ErrNotConfirmed) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("SetDesiredConfirmed with an unanswered commit = %v, want ErrNotConfirmed and the deadline", err)
+	}
+	if d := h.sw.Desired("x"); len(d) != 2 {
+		t.Fatalf("set not recorded: %v", d)
+	}
+	swallow.Store(false)
+	if err := h.sw.SetDesired(ctx, "x", set); err != nil || len(bundleContents(f)) != 1 {
+		t.Fatalf("SetDesired of the recorded set = %v, %d bundles; want nil and no bundle", err, len(bundleContents(f)))
+	}
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", set); err != nil {
+		t.Fatalf("SetDesiredConfirmed retry = %v", err)
+	}
+	if b := bundleContents(f); len(b) != 2 || !slices.Equal(describeAll(b[1]), []string{"ADD " + f2.String()}) {
+		t.Fatalf("retry sent %v, want f2 again", b)
+	}
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", set); err != nil || len(bundleContents(f)) != 2 {
+		t.Fatalf("confirmed set again = %v, %d bundles; want nil and no bundle", err, len(bundleContents(f)))
+	}
+}
+
+// A flow the replay could not install (its bundle was rejected, and then
+// the flow itself) is not confirmed by the replay.
+func TestSetDesiredConfirmedAfterReplayRejectedAFlow(t *testing.T) {
+	// Reject adds (not deletes) of cookie 0xbad, in bundles and alone.
+	isBad := func(m openflow.Message) bool {
+		fm, ok := m.(*openflow.FlowMod)
+		return ok && fm.Command == openflow.FlowAdd && fm.Cookie == 0xbad
+	}
+	cfg, release := holdHandshake(t, func(f *fakeSwitch, hd openflow.Header, m openflow.Message) bool {
+		if ba, ok := m.(*openflow.BundleAdd); ok && isBad(ba.Message) {
+			f.reject(ba.Message, hd.Xid)
+			return true
+		}
+		if isBad(m) {
+			f.reject(m, hd.Xid)
+			return true
+		}
+		return false
+	})
+	h := startHarness(t, testOptions(), cfg)
+	f := h.nextFake()
+	ctx := context.Background()
+	good, bad := testFlow(0, 10, 1, "198.19.0.1", 1), testFlow(0, 10, 0xbad, "198.19.0.2", 1)
+	set := []*openflow.FlowMod{good, bad}
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", set); !errors.Is(err, ErrNotConfirmed) {
+		t.Fatalf("SetDesiredConfirmed while disconnected = %v", err)
+	}
+	release()
+	h.waitConnected()
+	if st := h.sw.Stats(); st.ReplayFailures != 1 {
+		t.Fatalf("ReplayFailures = %d, want 1", st.ReplayFailures)
+	}
+	f.mu.Lock()
+	installed := slices.Clone(f.flows)
+	f.mu.Unlock()
+	if len(installed) != 1 || installed[0].Cookie != 1 {
+		t.Fatalf("flow by flow the replay installed %v, want the good flow", installed)
+	}
+	bundles := len(bundleContents(f))
+	// SetDesired sees no difference, as before.
+	if err := h.sw.SetDesired(ctx, "x", set); err != nil || len(bundleContents(f)) != bundles {
+		t.Fatalf("SetDesired of the recorded set = %v", err)
+	}
+	// SetDesiredConfirmed sends the missing flow again; the switch
+	// rejects it, and the error says which.
+	err := h.sw.SetDesiredConfirmed(ctx, "x", set)
+	var be *BundleError
+	if !errors.As(err, &be) || be.Msg.(*openflow.FlowMod).Cookie != 0xbad || errors.Is(err, ErrNotConfirmed) {
+		t.Fatalf("SetDesiredConfirmed with the rejected flow = %v, want its *BundleError", err)
+	}
+	// Without it the set is confirmed.
+	if err := h.sw.SetDesiredConfirmed(ctx, "x", []*openflow.FlowMod{good}); err != nil {
+		t.Fatalf("SetDesiredConfirmed without the rejected flow = %v", err)
+	}
+	b := bundleContents(f)
+	if got := describeAll(b[len(b)-1]); len(b) != bundles+1 || len(got) != 1 || !strings.HasPrefix(got[0], "DEL_STRICT") {
+		t.Errorf("dropping the rejected flow sent %q", got)
 	}
 }

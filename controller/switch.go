@@ -102,6 +102,9 @@ var (
 	ErrEchoTimeout = errors.New("switch did not answer ECHO_REQUEST in time")
 	// ErrConnectionLost: the connection closed while a request was pending.
 	ErrConnectionLost = errors.New("connection to the switch lost")
+	// ErrNotConfirmed: SetDesiredConfirmed recorded the set but cannot
+	// say that all of it is on the switch.
+	ErrNotConfirmed = errors.New("desired flows not confirmed on the switch")
 )
 
 // Stats are the Switch's counters since New. All counts are cumulative.
@@ -179,6 +182,16 @@ type Switch struct {
 	keyOwner  map[flowKey]string
 	// desiredComplete: Reconcile has run, so the replay may delete.
 	desiredComplete bool
+	// replayedOn is the connection on which the replay of all owners'
+	// desired flows has succeeded; nil from the moment a connection is
+	// attached (or goes away) until its replay succeeds. Only on it does
+	// a recorded set count as applied (SetDesiredConfirmed).
+	replayedOn *conn
+	// unsure holds keys of recorded flows that are not known to be on the
+	// switch although replayedOn is set: rejected by the replay's
+	// flow-by-flow fallback, or sent in a bundle whose outcome is unknown
+	// (timeout, cancelled). SetDesiredConfirmed sends them again.
+	unsure map[flowKey]struct{}
 
 	logUnknown, logDecode, logUnmatched sometimes
 }
@@ -194,6 +207,7 @@ func New(addr string, opts Options) *Switch {
 		stateCh:  make(chan struct{}),
 		desired:  map[string]*ownerFlows{},
 		keyOwner: map[flowKey]string{},
+		unsure:   map[flowKey]struct{}{},
 	}
 	s.packetIns = newQueue(opts.QueueLen, opts.OnPacketIn, &s.cnt.packetIns, &s.cnt.packetInsDropped)
 	s.flowRemoved = newQueue(opts.QueueLen, opts.OnFlowRemoved, &s.cnt.flowRemoved, &s.cnt.flowRemovedDropped)
