@@ -618,3 +618,66 @@ func TestOVSListenForSetController(t *testing.T) {
 	default:
 	}
 }
+
+func TestOVSSetDesiredConfirmed(t *testing.T) {
+	opts := testOptions()
+	opts.EchoInterval, opts.EchoTimeout = 200*time.Millisecond, time.Second
+	e := newOVSEnv(t, opts)
+	ctx := ctx10s(t)
+	f1 := &openflow.FlowMod{Table: 1, Priority: 10, Cookie: 0x4b01, Match: match(openflow.MatchInPort(1)), Instructions: actions(openflow.OutputPort(2))}
+	f2 := &openflow.FlowMod{Table: 1, Priority: 10, Cookie: 0x4b02, Match: match(openflow.MatchInPort(2)), Instructions: actions(openflow.OutputPort(1))}
+	onSwitch := func(flows ...*openflow.FlowMod) error {
+		var want, got []string
+		for _, f := range flows {
+			want = append(want, f.FlowText())
+		}
+		for _, l := range e.dumpFlows() {
+			got = append(got, openflow.StripDumpFlowsStats(l))
+		}
+		slices.Sort(want)
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("flows %q, want %q", got, want)
+		}
+		return nil
+	}
+	// Connected and replayed: nil means the flow is there.
+	if err := e.sw.SetDesiredConfirmed(ctx, "t", []*openflow.FlowMod{f1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := onSwitch(f1); err != nil {
+		t.Fatal(err)
+	}
+	// vswitchd is gone: the new set is only recorded.
+	if err := e.o.StopVswitchd(); err != nil {
+		t.Fatal(err)
+	}
+	if err := simhost.WaitFor(10*time.Second, func() error {
+		if e.sw.Connected() {
+			return errors.New("still connected")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	set := []*openflow.FlowMod{f1, f2}
+	if err := e.sw.SetDesiredConfirmed(ctx, "t", set); !errors.Is(err, ErrNotConfirmed) {
+		t.Fatalf("SetDesiredConfirmed without vswitchd = %v, want ErrNotConfirmed", err)
+	}
+	// It comes back with no flows; once the replay has put the recorded
+	// set back, the unchanged set is confirmed.
+	if err := e.o.StartVswitchd(); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := e.sw.WaitConnected(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.sw.SetDesiredConfirmed(ctx10s(t), "t", set); err != nil {
+		t.Fatalf("SetDesiredConfirmed after the replay = %v", err)
+	}
+	if err := onSwitch(f1, f2); err != nil {
+		t.Fatal(err)
+	}
+}
