@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -21,7 +23,7 @@ const hostAgentOutageWait = 30 * time.Second
 // agent killed for longer than its lease, h1 keeps h2's flows and the keys
 // they share, and c1->c2 stays on the fast path. `keyroutectl hosts
 // remove` ends the membership and the flows and keys go; a restarted agent
-// joins again.
+// joins again, and its host's uninstall ends the membership too.
 func TestHostAgentOutage(t *testing.T) {
 	cl := rwCluster(t, Options{ExternalEtcd: true})
 	st := rwEtcd(t, cl)
@@ -131,6 +133,20 @@ func TestHostAgentOutage(t *testing.T) {
 	if err := c1.PingUntil(c2.IP.String(), 10*time.Second); err != nil {
 		t.Errorf("c1->c2 after h2 rejoined: %v", err)
 	}
+
+	// Uninstalling h2 takes its membership with it.
+	if err := h2.StopAgent(); err != nil {
+		t.Fatal(err)
+	}
+	un, err := exec.Command("ip", "netns", "exec", h2.NS.Name, filepath.Join(cl.BinDir, "keyroute-agent"),
+		"--config", h2.ConfigPath, "--uninstall").CombinedOutput()
+	if err != nil || !strings.Contains(string(un), "removed this host from the cluster") {
+		t.Fatalf("h2 keyroute-agent --uninstall: %v\n%s", err, un)
+	}
+	waitHosts(t, h1, 10*time.Second, "h2 gone after its uninstall", func(agents map[string]string) bool {
+		_, ok := agents["h2"]
+		return !ok
+	})
 }
 
 // hostsAgents returns `keyroutectl hosts` on h as host name -> agent state.
