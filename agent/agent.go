@@ -41,7 +41,9 @@ const (
 	ofPhyPat  = 2
 	// flowOwner names the agent's desired flow set in the controller.
 	flowOwner = "agent"
-	// hostTTL is the etcd lease of this host's record.
+	// hostTTL is the etcd lease of this agent's alive/ record: how long
+	// after a crash peers show its agent as down. Membership (hosts/) has
+	// no lease; see registry.RegisterHost.
 	hostTTL = 15 * time.Second
 	// Version is reported in the host record.
 	Version = "0.1.0"
@@ -133,8 +135,9 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // keepRegistered re-registers the host whenever its lease is lost (etcd
-// was unreachable for a whole TTL): the dataplane never depended on it,
-// and peers get the record back as soon as etcd answers again.
+// was unreachable for a whole TTL): only the agent's liveness (alive/)
+// went with it, the dataplane and peers' flows never depended on it, and
+// peers see the agent up again as soon as etcd answers.
 func (a *Agent) keepRegistered(ctx context.Context) {
 	lease := a.lease
 	for {
@@ -143,7 +146,7 @@ func (a *Agent) keepRegistered(ctx context.Context) {
 			return
 		case <-lease.Done():
 		}
-		a.log.Warn("lost the host's etcd lease; registering again")
+		a.log.Warn("lost the agent's etcd lease (liveness); registering again")
 		a.metrics.etcdErrors.WithLabelValues("lease").Inc()
 		for backoff := time.Second; ; backoff = min(2*backoff, 10*time.Second) {
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -178,7 +181,13 @@ func (a *Agent) close() {
 	lease := a.lease
 	a.mu.Unlock()
 	if lease != nil {
-		lease.Close()
+		// Revoking takes only alive/: peers show the agent down at once
+		// instead of after the TTL, and keep the host's flows and keys.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := lease.Revoke(ctx); err != nil {
+			a.log.Warn("agent liveness stays in etcd until its lease expires", "err", err)
+		}
+		cancel()
 	}
 	if a.reg != nil {
 		a.reg.Close()
@@ -474,16 +483,23 @@ func (a *Agent) loadLocalEndpoints(ctx context.Context) error {
 	return nil
 }
 
-// watchHosts follows the cluster's hosts and marks the pipeline dirty on
-// every change.
+// watchHosts follows the cluster's members and marks the pipeline dirty on
+// every change. Peers are members, whether their agents run or not: an
+// agent outage leaves its host's OVS forwarding, so flows and keys shared
+// with it stay until its host record is deleted (keyroutectl hosts remove,
+// or that host's uninstall).
 func (a *Agent) watchHosts(ctx context.Context) {
 	for ev := range a.reg.WatchHosts(ctx) {
+		if ev.Value.Name == a.cfg.Node {
+			if ev.Type == registry.EventDelete {
+				a.log.Warn("this host's membership record left etcd (removed with --force, or no longer valid); peers drop its flows; restart the agent to rejoin")
+			}
+			continue
+		}
 		a.mu.Lock()
 		switch ev.Type {
 		case registry.EventPut:
-			if ev.Value.Name != a.cfg.Node {
-				a.peers[ev.Value.Name] = ev.Value
-			}
+			a.peers[ev.Value.Name] = ev.Value
 		case registry.EventDelete:
 			delete(a.peers, ev.Value.Name)
 		}
@@ -491,7 +507,7 @@ func (a *Agent) watchHosts(ctx context.Context) {
 		if ev.Type == registry.EventDelete && a.cache != nil {
 			a.cache.invalidatePeer(ctx, ev.Value.Name, ev.Value.UnderlayIP)
 		}
-		if ev.Type == registry.EventPut && ev.Value.Name != a.cfg.Node {
+		if ev.Type == registry.EventPut {
 			a.setTunnelNeighbour(ev.Value)
 		}
 		a.markDirty()

@@ -41,6 +41,13 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.PathStatus, a.handle(func(r *http.Request) (any, error) { return a.Status(r.Context()), nil }))
 	mux.HandleFunc("GET "+api.PathHosts, a.handle(func(r *http.Request) (any, error) { return a.Hosts(r.Context()) }))
+	mux.HandleFunc("DELETE "+api.PathHost, a.handle(func(r *http.Request) (any, error) {
+		name := r.PathValue("name")
+		if err := a.RemoveHost(r.Context(), name, r.URL.Query().Get("force") != ""); err != nil {
+			return nil, err
+		}
+		return map[string]string{"removed": name}, nil
+	}))
 	mux.HandleFunc("GET "+api.PathEndpoints, a.handle(func(r *http.Request) (any, error) {
 		return a.Endpoints(r.Context(), r.URL.Query().Get("all") != "")
 	}))
@@ -151,18 +158,49 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	return s
 }
 
-// Hosts lists the cluster's hosts.
+// Hosts lists the cluster's hosts with their agents' state.
 func (a *Agent) Hosts(ctx context.Context) ([]api.Host, error) {
 	hs, err := a.reg.ListHosts(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list hosts from etcd: %w", err)
 	}
+	alive, err := a.reg.ListAlive(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list running agents from etcd: %w", err)
+	}
 	out := make([]api.Host, 0, len(hs))
 	for _, h := range hs {
-		out = append(out, api.Host{Name: h.Name, IP: h.UnderlayIP.String(), MAC: h.UnderlayMAC.String(),
-			PodSubnet: h.PodSubnet.String(), Datapath: h.Datapath})
+		ah := api.Host{Name: h.Name, IP: h.UnderlayIP.String(), MAC: h.UnderlayMAC.String(),
+			PodSubnet: h.PodSubnet.String(), Datapath: h.Datapath, Agent: api.AgentDown}
+		if al, ok := alive[h.Name]; ok {
+			ah.Agent, ah.AgentSince = api.AgentUp, al.Since.Format(time.RFC3339)
+		}
+		out = append(out, ah)
 	}
 	return out, nil
+}
+
+// RemoveHost ends another host's membership, so every agent drops its
+// flows and the keys shared with it. Unless force, it is refused while
+// that host's agent runs: an agent outage is not a host leaving.
+func (a *Agent) RemoveHost(ctx context.Context, name string, force bool) error {
+	if err := registry.ValidateName(name); err != nil {
+		return badRequest("host: %v", err)
+	}
+	if name == a.cfg.Node {
+		return badRequest("%s is this agent's own host; to take it out of the cluster, stop its agent and run keyroute-agent --uninstall there", name)
+	}
+	err := a.reg.RemoveHost(ctx, name, force)
+	switch {
+	case errors.Is(err, registry.ErrHostAlive):
+		return badRequest("%v; stop host %s's agent first, or remove it anyway with --force", err, name)
+	case errors.Is(err, registry.ErrNotFound):
+		return badRequest("no host %s in the cluster", name)
+	case err != nil:
+		return err
+	}
+	a.log.Info("host removed from the cluster", "host", name, "force", force)
+	return nil
 }
 
 // Endpoints lists containers, this host's or all.

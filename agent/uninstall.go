@@ -6,19 +6,34 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/keyroute/keyroute/ovsdb"
+	"github.com/keyroute/keyroute/registry"
 )
 
 // Uninstall undoes what the agent set up on this host, for a host leaving
 // keyroute: the host IP (and its routes) move back from br-phy to the
 // uplink, the masquerade table goes, and the bridges and ports keyroute
 // created are deleted. Containers' veths go with br-int's ports. The agent
-// must be stopped first. It does not touch etcd: records of this host
-// expire with its lease, and its endpoints are released by detach.
+// must be stopped first.
+//
+// Last, if it can reach etcd, it removes this host's membership record
+// (hosts/<node>, with its alive/ key), so peers drop their flows to it and
+// release the keys they share with it. That step is best effort: with etcd
+// unreachable (or embedded in the stopped agent) it logs a warning saying
+// to run `keyroutectl hosts remove <node>` from another host, and the
+// uninstall still succeeds. The pod subnet claim and endpoint records are
+// left as they are.
 func Uninstall(ctx context.Context, cfg Config, log *slog.Logger) error {
+	err := uninstallHost(ctx, cfg, log)
+	leaveCluster(ctx, cfg, log)
+	return err
+}
+
+func uninstallHost(ctx context.Context, cfg Config, log *slog.Logger) error {
 	var errs []error
 	// The uplink's ingress drop goes first, or the address moved back
 	// onto it would be unreachable.
@@ -52,6 +67,36 @@ func Uninstall(ctx context.Context, cfg Config, log *slog.Logger) error {
 		errs = append(errs, fmt.Errorf("delete keyroute's bridges: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// leaveCluster removes this host's record from etcd, best effort. It runs
+// after the host IP is back on the uplink, the path to etcd that needs no
+// OVS.
+func leaveCluster(ctx context.Context, cfg Config, log *slog.Logger) {
+	hint := "remove it from another host with: keyroutectl hosts remove " + cfg.Node
+	if len(cfg.Etcd.Endpoints) == 0 {
+		log.Warn("this host's record stays in etcd: its etcd was embedded in the stopped agent; "+hint, "host", cfg.Node)
+		return
+	}
+	reg, err := registry.New(cfg.Etcd.Endpoints, registry.WithPrefix(cfg.Etcd.Prefix), registry.WithLogger(log),
+		registry.WithDialTimeout(cfg.Etcd.DialTimeout))
+	if err != nil {
+		log.Warn("this host's record stays in etcd: "+hint, "host", cfg.Node, "err", err)
+		return
+	}
+	defer reg.Close()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	// Forced: the agent is stopped, and a liveness key it left behind
+	// (killed within the last lease TTL) must not keep the host a member.
+	switch err := reg.RemoveHost(rctx, cfg.Node, true); {
+	case errors.Is(err, registry.ErrNotFound):
+		log.Info("no record of this host in etcd", "host", cfg.Node)
+	case err != nil:
+		log.Warn("could not remove this host's record from etcd; "+hint, "host", cfg.Node, "etcd", cfg.Etcd.Endpoints, "err", err)
+	default:
+		log.Info("removed this host from the cluster in etcd", "host", cfg.Node)
+	}
 }
 
 func linkAddrs(name string) ([]netip.Prefix, error) {

@@ -21,6 +21,7 @@ import (
 const (
 	PathStatus    = "/v1/status"
 	PathHosts     = "/v1/hosts"
+	PathHost      = "/v1/hosts/{name}" // DELETE: end the host's membership (?force=1: even while its agent runs)
 	PathEndpoints = "/v1/endpoints"
 	PathFlows     = "/v1/flows"
 	PathAttach    = "/v1/attach"
@@ -82,7 +83,18 @@ type Host struct {
 	MAC       string `json:"mac"`
 	PodSubnet string `json:"pod_subnet"`
 	Datapath  string `json:"datapath"`
+	// Agent is AgentUp while the host's agent runs (its etcd lease lives),
+	// else AgentDown; the host stays a member either way.
+	Agent string `json:"agent"`
+	// AgentSince is when the running agent registered (RFC 3339).
+	AgentSince string `json:"agent_since,omitempty"`
 }
+
+// Host.Agent values.
+const (
+	AgentUp   = "up"
+	AgentDown = "down"
+)
 
 // Endpoint is an attached container.
 type Endpoint struct {
@@ -225,6 +237,16 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 func (c *Client) Hosts(ctx context.Context) ([]Host, error) {
 	var h []Host
 	return h, c.do(ctx, http.MethodGet, PathHosts, nil, nil, &h)
+}
+
+// RemoveHost ends a host's cluster membership. The agent refuses while
+// the host's agent runs, unless force.
+func (c *Client) RemoveHost(ctx context.Context, name string, force bool) error {
+	q := url.Values{}
+	if force {
+		q.Set("force", "1")
+	}
+	return c.do(ctx, http.MethodDelete, PathHosts+"/"+url.PathEscape(name), q, nil, nil)
 }
 
 // Endpoints lists containers; all=false limits them to this host.

@@ -170,6 +170,15 @@ func (h *Host) StopAgent() error {
 	return h.agent.Stop(15 * time.Second)
 }
 
+// KillAgent stops the agent with SIGKILL, as a crash: its etcd lease is
+// left to expire. OVS and its flows stay.
+func (h *Host) KillAgent() error {
+	if h.agent == nil {
+		return fmt.Errorf("kill %s agent: not started", h.Name)
+	}
+	return h.agent.Kill()
+}
+
 // StartAgent starts the agent again with the same config and state, and
 // waits until it is ready.
 func (h *Host) StartAgent() error {

@@ -110,6 +110,23 @@ func (p *Process) Stop(grace time.Duration) error {
 	return p.serr
 }
 
+// Kill sends SIGKILL at once, as in a crash (nothing of the process's own
+// clean-up runs), and waits for it to end. After Kill, Stop is a no-op.
+func (p *Process) Kill() error {
+	p.stop.Do(func() {
+		if ended, _ := p.Exited(); ended {
+			return
+		}
+		p.cmd.Process.Kill()
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			p.serr = fmt.Errorf("kill %s: pid %d did not exit after SIGKILL", p.Name, p.PID())
+		}
+	})
+	return p.serr
+}
+
 // LogTail returns the last n lines of the process's log.
 func (p *Process) LogTail(n int) string { return logTail(p.LogPath, n) }
 

@@ -15,7 +15,7 @@ import (
 
 // 5. etcd outage.
 
-// The outage stays well below the agents' host lease (15 s, renewed every
+// The outage stays well below the agents' liveness lease (15 s, renewed every
 // 5 s), so this test is about the cache alone, not re-registration.
 const rwEtcdOutage = 5 * time.Second
 

@@ -81,8 +81,36 @@ func (h Host) Validate() error {
 // HostEvent is one change seen by WatchHosts; Value is the host.
 type HostEvent = kvwatch.Event[Host]
 
-// Lease keeps a host record alive. Its keep-alive runs until Revoke or
-// Close, independent of the context RegisterHost was called with.
+// Alive is alive/<name>: the host's agent is running. It lives under the
+// agent's lease, so it goes when the agent stops renewing (crash, stop,
+// etcd unreachable for a TTL), while the host record stays.
+type Alive struct {
+	Host         string
+	AgentVersion string
+	// Since is when the agent registered this liveness; it restarts when a
+	// lost lease is re-registered.
+	Since time.Time
+}
+
+type aliveJSON struct {
+	Host         string    `json:"host"`
+	AgentVersion string    `json:"agentVersion,omitempty"`
+	Since        time.Time `json:"since"`
+}
+
+// Validate checks that a is complete.
+func (a Alive) Validate() error {
+	if err := ValidateName(a.Host); err != nil {
+		return fmt.Errorf("alive host name: %w", err)
+	}
+	if a.Since.IsZero() {
+		return fmt.Errorf("alive %s: no start time", a.Host)
+	}
+	return nil
+}
+
+// Lease keeps a host's alive/ record alive. Its keep-alive runs until
+// Revoke or Close, independent of the context RegisterHost was called with.
 type Lease struct {
 	cli    *clientv3.Client
 	id     clientv3.LeaseID
@@ -92,10 +120,12 @@ type Lease struct {
 	once   sync.Once
 }
 
-// RegisterHost writes hosts/<name> under a new lease of ttl (rounded up to
-// whole seconds; etcd may raise very short TTLs to its minimum) and keeps
-// the lease alive. A previous record of the same name is replaced. Cost:
-// 2 etcd writes (lease grant, put); keep-alives are not writes.
+// RegisterHost writes h as a cluster member and its agent as running:
+// hosts/<name> without a lease, so membership survives agent outages, and
+// alive/<name> under a new lease of ttl (rounded up to whole seconds; etcd
+// may raise very short TTLs to its minimum), which it keeps alive. Previous
+// records of the same name are replaced. Cost: 2 etcd writes (lease grant,
+// one transaction of two puts); keep-alives are not writes.
 func (c *Client) RegisterHost(ctx context.Context, h Host, ttl time.Duration) (*Lease, error) {
 	if err := h.Validate(); err != nil {
 		return nil, fmt.Errorf("register host: %w", err)
@@ -107,11 +137,20 @@ func (c *Client) RegisterHost(ctx context.Context, h Host, ttl time.Duration) (*
 	if err != nil {
 		return nil, fmt.Errorf("register host %s: %w", h.Name, err)
 	}
+	alive, err := json.Marshal(aliveJSON{Host: h.Name, AgentVersion: h.AgentVersion, Since: time.Now().UTC()})
+	if err != nil {
+		return nil, fmt.Errorf("register host %s: %w", h.Name, err)
+	}
 	grant, err := c.cli.Grant(ctx, int64(math.Ceil(ttl.Seconds())))
 	if err != nil {
 		return nil, fmt.Errorf("register host %s: grant lease: %w", h.Name, err)
 	}
-	if _, err := c.cli.Put(ctx, c.hostKey(h.Name), string(val), clientv3.WithLease(grant.ID)); err != nil {
+	// A put without a lease also detaches a hosts/ record that an older
+	// agent wrote under its lease.
+	if _, err := c.cli.Txn(ctx).Then(
+		clientv3.OpPut(c.hostKey(h.Name), string(val)),
+		clientv3.OpPut(c.aliveKey(h.Name), string(alive), clientv3.WithLease(grant.ID)),
+	).Commit(); err != nil {
 		_, _ = c.cli.Revoke(context.WithoutCancel(ctx), grant.ID)
 		return nil, fmt.Errorf("register host %s: %w", h.Name, err)
 	}
@@ -138,18 +177,19 @@ func (l *Lease) TTL() time.Duration { return l.ttl }
 
 // Done is closed when the lease is no longer kept alive: it expired or was
 // revoked in etcd, renewals failed for a whole TTL, or Close/Revoke was
-// called. The host record is then gone or about to go; re-register.
+// called. The alive/ record is then gone or about to go; re-register.
 func (l *Lease) Done() <-chan struct{} { return l.done }
 
-// Close stops renewing; the host record disappears when the TTL runs out.
+// Close stops renewing; the alive/ record disappears when the TTL runs
+// out. The host record stays.
 func (l *Lease) Close() error {
 	l.cancel()
 	<-l.done
 	return nil
 }
 
-// Revoke stops renewing and deletes the host record now (1 write).
-// Revoking a lease that already expired is not an error.
+// Revoke stops renewing and deletes the alive/ record now (1 write); the
+// host record stays. Revoking a lease that already expired is not an error.
 func (l *Lease) Revoke(ctx context.Context) error {
 	l.cancel()
 	<-l.done
@@ -166,7 +206,42 @@ func (l *Lease) Revoke(ctx context.Context) error {
 	return nil
 }
 
-func (c *Client) hostKey(name string) string { return c.prefix + "hosts/" + name }
+// RemoveHost ends a host's membership: it deletes hosts/<name> and
+// alive/<name> in one transaction, so peers drop the host's flows and the
+// keys they share with it. Unless force, it refuses with ErrHostAlive while
+// the host's agent is running (alive/<name> exists), checked in the same
+// transaction. ErrNotFound if there was no host record. Cost: 1 write.
+func (c *Client) RemoveHost(ctx context.Context, name string, force bool) error {
+	if err := ValidateName(name); err != nil {
+		return fmt.Errorf("remove host: %w", err)
+	}
+	txn := c.cli.Txn(ctx)
+	if !force {
+		txn = txn.If(clientv3.Compare(clientv3.CreateRevision(c.aliveKey(name)), "=", 0))
+	}
+	resp, err := txn.Then(clientv3.OpDelete(c.hostKey(name)), clientv3.OpDelete(c.aliveKey(name))).
+		Else(clientv3.OpGet(c.aliveKey(name))).Commit()
+	if err != nil {
+		return fmt.Errorf("remove host %s: %w", name, err)
+	}
+	if !resp.Succeeded {
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) > 0 {
+			if a, err := c.decodeAlive(kvs[0]); err == nil {
+				return fmt.Errorf("remove host %s: %w (agent %s alive since %s)", name, ErrHostAlive,
+					a.AgentVersion, a.Since.Format(time.RFC3339))
+			}
+		}
+		return fmt.Errorf("remove host %s: %w", name, ErrHostAlive)
+	}
+	if resp.Responses[0].GetResponseDeleteRange().Deleted == 0 {
+		return fmt.Errorf("remove host %s: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+func (c *Client) hostKey(name string) string  { return c.prefix + "hosts/" + name }
+func (c *Client) aliveKey(name string) string { return c.prefix + "alive/" + name }
 
 func (c *Client) decodeHost(kv *mvccpb.KeyValue) (Host, error) {
 	key := string(kv.Key)
@@ -181,6 +256,41 @@ func (c *Client) decodeHost(kv *mvccpb.KeyValue) (Host, error) {
 		return Host{}, badRecord(key, fmt.Errorf("record names host %q", h.Name))
 	}
 	return h, nil
+}
+
+func (c *Client) decodeAlive(kv *mvccpb.KeyValue) (Alive, error) {
+	key := string(kv.Key)
+	var j aliveJSON
+	if err := json.Unmarshal(kv.Value, &j); err != nil {
+		return Alive{}, badRecord(key, err)
+	}
+	a := Alive{Host: j.Host, AgentVersion: j.AgentVersion, Since: j.Since}
+	if err := a.Validate(); err != nil {
+		return Alive{}, badRecord(key, err)
+	}
+	if want := strings.TrimPrefix(key, c.prefix+"alive/"); a.Host != want {
+		return Alive{}, badRecord(key, fmt.Errorf("record names host %q", a.Host))
+	}
+	return a, nil
+}
+
+// ListAlive returns the hosts whose agent is running, by name, skipping
+// bad records.
+func (c *Client) ListAlive(ctx context.Context) (map[string]Alive, error) {
+	resp, err := c.cli.Get(ctx, c.prefix+"alive/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list alive hosts: %w", err)
+	}
+	out := make(map[string]Alive, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		a, err := c.decodeAlive(kv)
+		if err != nil {
+			c.badRecord(string(kv.Key), err)
+			continue
+		}
+		out[a.Host] = a
+	}
+	return out, nil
 }
 
 // GetHost returns one host; ErrNotFound if it is not registered.
@@ -198,8 +308,8 @@ func (c *Client) GetHost(ctx context.Context, name string) (Host, error) {
 	return c.decodeHost(resp.Kvs[0])
 }
 
-// ListHosts returns all registered hosts sorted by name, skipping bad
-// records.
+// ListHosts returns all member hosts sorted by name, whether their agent
+// runs or not, skipping bad records.
 func (c *Client) ListHosts(ctx context.Context) ([]Host, error) {
 	resp, err := c.cli.Get(ctx, c.prefix+"hosts/", clientv3.WithPrefix())
 	if err != nil {
@@ -218,8 +328,10 @@ func (c *Client) ListHosts(ctx context.Context) ([]Host, error) {
 	return hosts, nil
 }
 
-// WatchHosts streams all hosts: a Put per registered host, Synced, then
-// every change, until ctx ends. After etcd compacted the history under the
+// WatchHosts streams all member hosts: a Put per host record, Synced, then
+// every change, until ctx ends. A Delete means the membership ended
+// (RemoveHost, or a record that no longer validates), never that an agent
+// stopped. After etcd compacted the history under the
 // watch it re-lists and reports only the difference, then Synced again.
 func (c *Client) WatchHosts(ctx context.Context) <-chan HostEvent {
 	key := c.prefix + "hosts/"

@@ -4,7 +4,9 @@
 //
 // Layout under the root prefix (default /keyroute/):
 //
-//	hosts/<name>      JSON Host, attached to the registering agent's lease
+//	hosts/<name>      JSON Host: the host is a cluster member; no lease, it
+//	                  outlives agent outages and goes only by RemoveHost
+//	alive/<name>      JSON Alive: the host's agent runs; under the agent's lease
 //	subnets/<cidr>    the name of the host holding the pod subnet
 //	endpoints/<ip>    JSON Endpoint; the key's existence is the IP allocation
 //
@@ -39,6 +41,7 @@ var (
 	ErrSubnetsExhausted = errors.New("no free pod subnet")            // ClaimSubnet
 	ErrAddrsExhausted   = errors.New("no free address in pod subnet") // AllocateEndpoint
 	ErrBadRecord        = errors.New("bad record in etcd")            // invalid JSON or field
+	ErrHostAlive        = errors.New("host's agent is running")       // RemoveHost without force
 )
 
 // EventType and its values classify watch events; see kvwatch.

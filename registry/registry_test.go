@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/keyroute/keyroute/registry"
 	"github.com/keyroute/keyroute/registry/etcdtest"
@@ -377,47 +380,83 @@ func TestWatchHosts(t *testing.T) {
 	if ev := next(t, ch); ev.Type != registry.EventPut || ev.Value.Name != "h3" {
 		t.Fatalf("got %v %q, want put h3", ev.Type, ev.Value.Name)
 	}
+	// An agent that stops (its lease revoked) leaves the host a member.
 	if err := leases["h1"].Revoke(ctx); err != nil {
 		t.Fatal(err)
-	}
-	ev := next(t, ch)
-	if ev.Type != registry.EventDelete || ev.Value.Name != "h1" || ev.Value.UnderlayIP != host(1).UnderlayIP {
-		t.Fatalf("got %v %+v, want delete h1 carrying its last record", ev.Type, ev.Value)
 	}
 	select {
 	case <-leases["h1"].Done():
 	default:
 		t.Error("revoked lease not done")
 	}
+	if err := c.RemoveHost(ctx, "h3", false); !errors.Is(err, registry.ErrHostAlive) || !strings.Contains(err.Error(), "h3") {
+		t.Errorf("RemoveHost of h3 with its agent running: %v, want ErrHostAlive naming h3", err)
+	}
+	// Events arrive in revision order: a delete for the revoked lease would
+	// come before this put.
+	l4, err := c.RegisterHost(ctx, host(4), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l4.Close()
+	if ev := next(t, ch); ev.Type != registry.EventPut || ev.Value.Name != "h4" {
+		t.Fatalf("after revoking h1's lease: %v %q, want put h4 (h1 stays a member)", ev.Type, ev.Value.Name)
+	}
+	// Membership ends by RemoveHost only.
+	if err := c.RemoveHost(ctx, "h1", false); err != nil {
+		t.Fatal(err)
+	}
+	ev := next(t, ch)
+	if ev.Type != registry.EventDelete || ev.Value.Name != "h1" || ev.Value.UnderlayIP != host(1).UnderlayIP {
+		t.Fatalf("got %v %+v, want delete h1 carrying its last record", ev.Type, ev.Value)
+	}
 	hosts, err := c.ListHosts(ctx)
-	if err != nil || len(hosts) != 2 || hosts[0].Name != "h2" || hosts[1].Name != "h3" {
-		t.Errorf("ListHosts = %v, %v; want h2, h3", hosts, err)
+	if err != nil || len(hosts) != 3 || hosts[0].Name != "h2" || hosts[1].Name != "h3" || hosts[2].Name != "h4" {
+		t.Errorf("ListHosts = %v, %v; want h2, h3, h4", hosts, err)
 	}
 	cancel()
 	for range ch { // the channel closes once ctx ends
 	}
 }
 
-func TestLeaseExpiry(t *testing.T) {
+// The host record is membership and outlives the agent's lease; alive/
+// is liveness and goes with it.
+func TestHostOutlivesLease(t *testing.T) {
 	ctx := ctxT(t)
 	c := newClient(t)
-	l, err := c.RegisterHost(ctx, host(1), time.Second)
+	isAlive := func(name string) bool {
+		t.Helper()
+		alive, err := c.ListAlive(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, ok := alive[name]
+		return ok
+	}
+	h1 := host(1)
+	h1.AgentVersion = "9.9.9"
+	before := time.Now().Add(-time.Second)
+	l, err := c.RegisterHost(ctx, h1, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Renewals keep the record beyond its TTL.
-	time.Sleep(l.TTL() + time.Second)
-	if _, err := c.GetHost(ctx, "h1"); err != nil {
-		t.Fatalf("host gone while its lease was kept alive: %v", err)
+	alive, err := c.ListAlive(ctx)
+	if a, ok := alive["h1"]; err != nil || !ok || a.AgentVersion != "9.9.9" || a.Since.Before(before) || a.Since.After(time.Now()) {
+		t.Fatalf("ListAlive = %+v, %v; want h1 with version 9.9.9 alive since about now", alive, err)
 	}
-	// Stop renewing (agent crash): the record expires on its own.
+	// Renewals keep alive/ beyond its TTL.
+	time.Sleep(l.TTL() + time.Second)
+	if !isAlive("h1") {
+		t.Fatal("h1 not alive while its lease was kept alive")
+	}
+	// Stop renewing (agent crash): alive/ expires, the host stays.
 	l.Close()
-	eventually(t, "h1 to expire", func() bool {
-		_, err := c.GetHost(ctx, "h1")
-		return errors.Is(err, registry.ErrNotFound)
-	})
+	eventually(t, "h1's alive record to expire", func() bool { return !isAlive("h1") })
+	if got, err := c.GetHost(ctx, "h1"); err != nil || got.Name != "h1" || got.AgentVersion != "9.9.9" {
+		t.Fatalf("host record after the lease expired: %+v, %v; want h1 kept", got, err)
+	}
 
-	// A lease lost in etcd closes Done.
+	// A lease lost in etcd closes Done and takes alive/, not the host.
 	l2, err := c.RegisterHost(ctx, host(2), 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -434,8 +473,102 @@ func TestLeaseExpiry(t *testing.T) {
 	if err := l2.Revoke(ctx); err != nil {
 		t.Errorf("revoking an already revoked lease: %v", err)
 	}
+	if isAlive("h2") {
+		t.Error("h2 alive after its lease was revoked")
+	}
+	if _, err := c.GetHost(ctx, "h2"); err != nil {
+		t.Errorf("h2's host record gone with its lease: %v", err)
+	}
+	// Re-registering (keepRegistered after a lost lease) brings alive/ back.
+	l3, err := c.RegisterHost(ctx, host(2), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l3.Close()
+	if !isAlive("h2") {
+		t.Error("h2 not alive after registering again")
+	}
 	if _, err := c.RegisterHost(ctx, registry.Host{Name: "h9"}, time.Second); err == nil {
 		t.Error("registered a host without underlay IP, MAC or subnet")
+	}
+}
+
+// A host record written under a lease (by an agent from before alive/)
+// becomes persistent when the host registers again.
+func TestRegisterDetachesOldLease(t *testing.T) {
+	ctx := ctxT(t)
+	c := newClient(t)
+	grant, err := c.Raw().Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(host(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Raw().Put(ctx, c.Prefix()+"hosts/h1", string(b), clientv3.WithLease(grant.ID)); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.RegisterHost(ctx, host(1), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := c.Raw().Revoke(ctx, grant.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetHost(ctx, "h1"); err != nil {
+		t.Errorf("host record gone with the old agent's lease: %v", err)
+	}
+}
+
+func TestRemoveHost(t *testing.T) {
+	ctx := ctxT(t)
+	c := newClient(t)
+	l, err := c.RegisterHost(ctx, host(1), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	err = c.RemoveHost(ctx, "h1", false)
+	if !errors.Is(err, registry.ErrHostAlive) || !strings.Contains(err.Error(), "h1") {
+		t.Fatalf("RemoveHost with the agent alive: %v, want ErrHostAlive naming h1", err)
+	}
+	if _, err := c.GetHost(ctx, "h1"); err != nil {
+		t.Fatalf("refused RemoveHost removed the host: %v", err)
+	}
+	// force removes a member whose agent still runs, liveness included.
+	if err := c.RemoveHost(ctx, "h1", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetHost(ctx, "h1"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("GetHost after RemoveHost: %v, want ErrNotFound", err)
+	}
+	if alive, err := c.ListAlive(ctx); err != nil || len(alive) != 0 {
+		t.Errorf("ListAlive after forced RemoveHost = %v, %v; want none", alive, err)
+	}
+	if err := c.RemoveHost(ctx, "h1", false); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("RemoveHost of a removed host: %v, want ErrNotFound", err)
+	}
+
+	// A host whose agent is down goes without force.
+	l2, err := c.RegisterHost(ctx, host(2), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l2.Revoke(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RemoveHost(ctx, "h2", false); err != nil {
+		t.Fatalf("RemoveHost with the agent down: %v", err)
+	}
+	if hosts, err := c.ListHosts(ctx); err != nil || len(hosts) != 0 {
+		t.Errorf("ListHosts = %v, %v; want none", hosts, err)
+	}
+	for _, bad := range []string{"", "a/b"} {
+		if err := c.RemoveHost(ctx, bad, true); err == nil {
+			t.Errorf("RemoveHost(%q) succeeded", bad)
+		}
 	}
 }
 
@@ -521,6 +654,21 @@ func TestBadRecordsSkipped(t *testing.T) {
 	if _, err := c.GetHost(ctx, "junk"); !errors.Is(err, registry.ErrBadRecord) {
 		t.Errorf("GetHost of invalid JSON: got %v, want ErrBadRecord", err)
 	}
+	put("alive/junk", "{not json")
+	put("alive/other", `{"host":"h1","since":"2024-01-02T03:04:05Z"}`)
+	put("alive/nosince", `{"host":"nosince"}`)
+	alive, err := c.ListAlive(ctx)
+	if _, ok := alive["h1"]; err != nil || len(alive) != 1 || !ok {
+		t.Errorf("ListAlive = %v, %v; want only h1", alive, err)
+	}
+	if n := c.BadRecords(); n != 8 {
+		t.Errorf("BadRecords after listing alive hosts = %d, want 8", n)
+	}
+	for _, k := range []string{"alive/junk", "alive/other", "alive/nosince"} {
+		if _, err := raw.Delete(ctx, p+k); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	ch := c.WatchHosts(ctx)
 	if ev := next(t, ch); ev.Type != registry.EventPut || ev.Value.Name != "h1" {
@@ -529,8 +677,8 @@ func TestBadRecordsSkipped(t *testing.T) {
 	if ev := next(t, ch); ev.Type != registry.EventSynced {
 		t.Fatalf("got %v, want synced", ev.Type)
 	}
-	if n := c.BadRecords(); n != 8 {
-		t.Errorf("BadRecords after the watch snapshot = %d, want 8", n)
+	if n := c.BadRecords(); n != 11 {
+		t.Errorf("BadRecords after the watch snapshot = %d, want 11", n)
 	}
 	put("hosts/junk2", "[]")
 	// A good host overwritten with garbage is reported gone.
@@ -538,12 +686,12 @@ func TestBadRecordsSkipped(t *testing.T) {
 	if ev := next(t, ch); ev.Type != registry.EventDelete || ev.Value.Name != "h1" {
 		t.Fatalf("got %v %q, want delete h1", ev.Type, ev.Value.Name)
 	}
-	if n := c.BadRecords(); n != 10 {
-		t.Errorf("BadRecords after two bad puts under watch = %d, want 10", n)
+	if n := c.BadRecords(); n != 13 {
+		t.Errorf("BadRecords after two bad puts under watch = %d, want 13", n)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(reported) != 10 || reported[len(reported)-1] != p+"hosts/h1" {
-		t.Errorf("handler saw %d keys ending %q, want 10 ending %q", len(reported), reported[len(reported)-1], p+"hosts/h1")
+	if len(reported) != 13 || reported[len(reported)-1] != p+"hosts/h1" {
+		t.Errorf("handler saw %d keys ending %q, want 13 ending %q", len(reported), reported[len(reported)-1], p+"hosts/h1")
 	}
 }

@@ -305,12 +305,16 @@ func lastOn(steps []api.TraceStep, bridge string) api.TraceStep {
 	return steps[len(steps)-1]
 }
 
-// hostHealth lists a host's problems: agent down, lease gone, OpenFlow or
-// OVSDB disconnected, uplink down or dropping.
+// hostHealth lists a host's problems: not a member, agent down, OpenFlow
+// or OVSDB disconnected, uplink down or dropping.
 func (e Env) hostHealth(ctx context.Context, cl cluster, node string) []string {
 	var out []string
-	if _, ok := cl.host(node); !ok {
-		out = append(out, "agent lease gone: no host record in etcd")
+	switch h, ok := cl.host(node); {
+	case !ok:
+		out = append(out, "agent's host is not a cluster member: no host record in etcd (removed with keyroutectl hosts remove?)")
+	case h.Agent == api.AgentDown:
+		// Peers keep its flows; its OVS forwards without the agent.
+		out = append(out, "agent down: no liveness record in etcd (stopped, crashed, or cut off from etcd for a lease TTL)")
 	}
 	c, err := e.agent(node)
 	if err != nil {
@@ -318,9 +322,6 @@ func (e Env) hostHealth(ctx context.Context, cl cluster, node string) []string {
 	}
 	st, err := c.Status(ctx)
 	if err != nil {
-		if _, ok := cl.host(node); ok {
-			return append(out, "agent not answering ("+err.Error()+"); its host record is still in etcd until the lease expires")
-		}
 		return append(out, "agent not answering: "+err.Error())
 	}
 	for _, b := range st.Bridges {

@@ -26,7 +26,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("keyroute-agent", flag.ContinueOnError)
 	configPath := fs.String("config", "", "YAML config file (configs/agent.yaml documents every field)")
 	check := fs.Bool("check-config", false, "validate the config, print it, and exit")
-	uninstall := fs.Bool("uninstall", false, "undo this host's setup (host IP back to the uplink, bridges and NAT removed) and exit; stop the agent first")
+	uninstall := fs.Bool("uninstall", false, "undo this host's setup (host IP back to the uplink, bridges and NAT removed, host record removed from etcd if reachable) and exit; stop the agent first")
 	// Overrides: each flag, when given, replaces the config file's value.
 	var o struct{ node, uplink, hostIP, etcd, mode, datapath, dbSocket, runDir, apiSocket, metrics, stateDir, logLevel, podCIDR string }
 	fs.StringVar(&o.node, "node", "", "override node")

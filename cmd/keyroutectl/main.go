@@ -127,9 +127,9 @@ func statusCmd(g *globals) *cobra.Command {
 }
 
 func hostsCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	c := &cobra.Command{
 		Use:   "hosts",
-		Short: "List cluster hosts",
+		Short: "List cluster hosts with their agents' state (up/down); hosts remove NAME ends a membership",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			hs, err := g.client().Hosts(cmd.Context())
@@ -137,13 +137,42 @@ func hostsCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.print(cmd.OutOrStdout(), hs, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "NAME\tIP\tMAC\tPOD SUBNET\tDATAPATH")
+				fmt.Fprintln(w, "NAME\tIP\tMAC\tPOD SUBNET\tDATAPATH\tAGENT")
 				for _, h := range hs {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", h.Name, h.IP, h.MAC, h.PodSubnet, h.Datapath)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.IP, h.MAC, h.PodSubnet, h.Datapath, h.Agent)
 				}
 			})
 		},
 	}
+	c.AddCommand(hostsRemoveCmd(g))
+	return c
+}
+
+func hostsRemoveCmd(g *globals) *cobra.Command {
+	var force bool
+	c := &cobra.Command{
+		Use:   "remove NAME [--force]",
+		Short: "End a host's cluster membership: every agent drops its flows and the keys shared with it",
+		Long: `Remove a host from the cluster. A host stays a member while its agent is
+down (its OVS keeps forwarding), so peers keep its flows and keys through an
+agent outage; this command is how a host that is gone for good leaves.
+It is refused while the host's agent runs, unless --force. On the host
+itself, keyroute-agent --uninstall does this too.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.client().RemoveHost(cmd.Context(), args[0], force); err != nil {
+				return err
+			}
+			if g.output == "json" {
+				fmt.Fprintf(cmd.OutOrStdout(), "{\"removed\":%q}\n", args[0])
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed host %s\n", args[0])
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&force, "force", false, "remove the host even while its agent runs")
+	return c
 }
 
 func endpointsCmd(g *globals) *cobra.Command {

@@ -213,8 +213,8 @@ func diagnoseCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "diagnose SRC DST [tcp|udp|icmp[/PORT]]",
 		Short: "Find which hop of a flow's path is at fault: counters under bounded probes, health, verdict (kept in etcd)",
-		Long: `diagnose traces the flow (see trace), checks each host's health (agent and
-its lease, OpenFlow/OVSDB connections, ports, errors), sends --probes test
+		Long: `diagnose traces the flow (see trace), checks each host's health (membership,
+agent liveness, OpenFlow/OVSDB connections, ports, errors), sends --probes test
 packets into the source container's pipeline (packet-out, DSCP 0) and reads
 the counters of the flow each node uses: the first node whose count stops
 rising is the suspect. Fabric devices are counted when the fabric model says
