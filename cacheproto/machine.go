@@ -1,0 +1,861 @@
+// Package cacheproto is rewrite mode's key protocol as a pure state
+// machine: one Machine per agent, fed events (punts, etcd record changes,
+// install results, flow removals, timers), answering with effects
+// (allocate, install, mark ready, release). It does no I/O; agent/cache.go
+// wires effects to etcd and OVS, and the simulator in this package's tests
+// drives it through random schedules of faults.
+//
+// The invariant (docs/DESIGN.md "Cache protocol v2"):
+//
+//	If receiver R restores key k from peer P to pair X, then P's OVS has no
+//	flow that sends any pair other than X with key k.
+//
+// Packets already on the fabric are covered by a quarantine: a sender
+// frees a key only Quarantine after the removal of its last flow that
+// carried it was confirmed, so every packet sent with the old key has
+// arrived before any receiver can learn a new pair for it.
+//
+// The argument, in four rules the code below keeps:
+//
+//  1. Only the sender frees a key (deletes its record), and only from
+//     StateReleasing, reached through a confirmed removal of the pair's
+//     flow (StateDraining) and the quarantine (StateQuarantined).
+//  2. The sender never allocates a key it still holds in any state for
+//     the same peer (Allocate.Exclude), so its OVS never has two pairs'
+//     flows for one (peer, key), even if a record vanished behind its back.
+//  3. A receiver restores the record with the highest create revision per
+//     (peer, key), never one older than a deletion it has seen, and marks a
+//     record ready only after the install of its Restore entry was
+//     confirmed on a connected switch (Installed).
+//  4. The sender rewrites with a key only after its record turned ready,
+//     which by 3 means the receiver's Restore names the same pair.
+package cacheproto
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/keyroute/keyroute/keyalloc"
+)
+
+// Pair is a container pair: Src on the sending host, Dst on the receiving one.
+type Pair struct{ Src, Dst netip.Addr }
+
+// RecvKey names a Restore entry: the sending peer host and the key.
+type RecvKey struct {
+	Peer string
+	Key  uint8
+}
+
+// State is a sender entry's place in the key lifecycle.
+type State int
+
+// Sender states. Allocating, Pending, Ready and Fallback are a pair's
+// current entry; Draining, Quarantined and Releasing are keys the sender
+// still holds after the pair left them ("holds").
+const (
+	StateAllocating  State = iota // Allocate in flight; no flow
+	StatePending                  // record created; keyed VXLAN while the receiver installs
+	StateReady                    // record ready; the pair is rewritten with its key
+	StateFallback                 // no key: plain VXLAN without punting, until the flow idles out
+	StateDraining                 // flow removed from the desired set; waiting for confirmation
+	StateQuarantined              // removal confirmed; waiting for in-flight packets
+	StateReleasing                // deleting the record (or waiting to retry)
+)
+
+var stateNames = [...]string{"allocating", "pending", "ready", "fallback", "draining", "quarantined", "releasing"}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "unknown"
+}
+
+// Config holds the protocol's timing. None of it carries safety except
+// Quarantine, which must exceed the longest a packet can spend between
+// the sender's OVS and the receiver's (queues, fabric).
+type Config struct {
+	Quarantine     time.Duration // after a confirmed removal, before the record goes
+	PendingTimeout time.Duration // a record not ready by then is released; the pair falls back
+	Retry          time.Duration // after a failed install, mark or release
+	PuntGrace      time.Duration // a punt for an entry installed longer ago means its flow is gone
+}
+
+// DefaultConfig is what agents run with.
+func DefaultConfig() Config {
+	return Config{Quarantine: time.Second, PendingTimeout: 5 * time.Second, Retry: 500 * time.Millisecond, PuntGrace: time.Second}
+}
+
+// Send is a sender entry: a pair's current entry or a key it still holds.
+type Send struct {
+	Pair    Pair
+	Peer    string
+	State   State
+	Key     uint8           // 0 while allocating, for fallback, or for a hold of a flow without record
+	Rec     keyalloc.Record // the allocation; zero CreateRevision if none
+	NextHop net.HardwareAddr
+	Reason  string    // why a fallback has no key, or why a hold was taken
+	Punted  time.Time // first punt, for time to fast path
+	Since   time.Time // entered State
+	gen     uint64    // desired generation that added (Pending/Ready) or removed (Draining) its flow
+	afterRC bool      // Draining: removed only by the start-up reconcile
+	retryAt time.Time // Releasing: when to try again; zero while a release is in flight
+}
+
+// Recv is a receiver entry: the record a Restore entry serves.
+type Recv struct {
+	Rec     keyalloc.Record
+	gen     uint64 // desired generation that installs it
+	marked  bool   // marked ready (or found ready)
+	marking bool   // MarkReady in flight
+	retryAt time.Time
+}
+
+// Counters are what the machine counted since it started.
+type Counters struct {
+	PuntsUnsynced, PuntsBusy, PuntsStale uint64 // dropped punts: before sync; pair holding a key; flow known gone
+	Fallbacks                            map[string]uint64
+	Repairs                              map[string]uint64 // anti-entropy and start-up repairs, by kind
+	Released, ReleaseErrors              uint64
+	StaleFlowRemoved                     uint64
+}
+
+// Machine is one agent's protocol state. Not safe for concurrent use: the
+// caller serialises events.
+type Machine struct {
+	cfg    Config
+	now    time.Time
+	synced bool
+
+	send  map[Pair]*Send // a pair's current entry
+	holds []*Send        // keys held after their pair left them
+	recv  map[RecvKey]*Recv
+	tomb  map[RecvKey]int64 // highest create revision seen deleted per (peer, key)
+	early map[Pair]int64    // ready record seen while its allocation was in flight
+	// released remembers the create revisions of records released lately,
+	// so that AntiEntropy does not take one read before its release for
+	// an orphan.
+	released    map[int64]bool
+	releasedLog []int64
+
+	gen        uint64 // bumped on every change of the desired flows
+	confirmed  uint64 // highest generation confirmed installed
+	installing bool
+	installAt  time.Time // retry after a failed install
+
+	Count Counters
+}
+
+// New returns a machine that serves no punt before Start and Reconciled.
+func New(cfg Config, now time.Time) *Machine {
+	return &Machine{cfg: cfg, now: now, send: map[Pair]*Send{}, recv: map[RecvKey]*Recv{}, tomb: map[RecvKey]int64{},
+		early: map[Pair]int64{}, released: map[int64]bool{}, Count: Counters{Fallbacks: map[string]uint64{}, Repairs: map[string]uint64{}}}
+}
+
+// Effects. The caller runs each and feeds its result back as an event.
+type (
+	Effect interface{ isEffect() }
+	// Allocate asks etcd for a key for Pair towards Peer, never one of
+	// Exclude. Result: Allocated.
+	Allocate struct {
+		Pair    Pair
+		Peer    string
+		Exclude []uint8
+	}
+	// Install puts the desired flows of generation Gen on the switch and
+	// confirms them (controller.SetDesiredConfirmed). Result: Installed.
+	Install struct {
+		Gen     uint64
+		Send    []FlowSend
+		Restore []FlowRestore
+	}
+	// MarkReady marks Rec ready. Result: Marked.
+	MarkReady struct{ Rec keyalloc.Record }
+	// Release deletes Rec (compare-and-delete on its create revision).
+	// Result: Released.
+	Release struct{ Rec keyalloc.Record }
+)
+
+func (Allocate) isEffect()  {}
+func (Install) isEffect()   {}
+func (MarkReady) isEffect() {}
+func (Release) isEffect()   {}
+
+// FlowSend is one desired EgressCache entry.
+type FlowSend struct {
+	Pair    Pair
+	Peer    string
+	State   State // StatePending, StateReady or StateFallback
+	Key     uint8
+	NextHop net.HardwareAddr
+}
+
+// FlowRestore is one desired Restore entry.
+type FlowRestore struct {
+	Peer     string
+	Key      uint8
+	Src, Dst netip.Addr
+}
+
+// Flows returns the desired cache flows now, sorted.
+func (m *Machine) Flows() ([]FlowSend, []FlowRestore) {
+	var fs []FlowSend
+	for _, e := range m.send {
+		if e.State == StatePending || e.State == StateReady || e.State == StateFallback {
+			fs = append(fs, FlowSend{Pair: e.Pair, Peer: e.Peer, State: e.State, Key: e.Key, NextHop: e.NextHop})
+		}
+	}
+	slices.SortFunc(fs, func(a, b FlowSend) int { return comparePair(a.Pair, b.Pair) })
+	rs := make([]FlowRestore, 0, len(m.recv))
+	for k, e := range m.recv {
+		rs = append(rs, FlowRestore{Peer: k.Peer, Key: k.Key, Src: e.Rec.Src, Dst: e.Rec.Dst})
+	}
+	slices.SortFunc(rs, func(a, b FlowRestore) int { return compareRecvKey(RecvKey{a.Peer, a.Key}, RecvKey{b.Peer, b.Key}) })
+	return fs, rs
+}
+
+func isExhausted(err error) bool { return errors.Is(err, keyalloc.ErrKeysExhausted) }
+
+func comparePair(a, b Pair) int {
+	if c := a.Src.Compare(b.Src); c != 0 {
+		return c
+	}
+	return a.Dst.Compare(b.Dst)
+}
+
+// changed records a change of the desired flows and returns its generation.
+func (m *Machine) changed() uint64 {
+	m.gen++
+	return m.gen
+}
+
+// Synced reports whether the machine serves punts.
+func (m *Machine) Synced() bool { return m.synced }
+
+// Entries returns copies of the sender entries and holds, and of the
+// receiver entries, for status output.
+func (m *Machine) Entries() (send []Send, recv []Recv) {
+	for _, e := range m.send {
+		send = append(send, *e)
+	}
+	for _, h := range m.holds {
+		send = append(send, *h)
+	}
+	for _, r := range m.recv {
+		recv = append(recv, *r)
+	}
+	return send, recv
+}
+
+// Entry returns a pair's current sender entry.
+func (m *Machine) Entry(p Pair) (Send, bool) {
+	e, ok := m.send[p]
+	if !ok {
+		return Send{}, false
+	}
+	return *e, true
+}
+
+// Restoring returns the record the Restore entry for k serves.
+func (m *Machine) Restoring(k RecvKey) (keyalloc.Record, bool) {
+	e, ok := m.recv[k]
+	if !ok {
+		return keyalloc.Record{}, false
+	}
+	return e.Rec, true
+}
+
+// Ready reports whether a receiver entry's record has been marked ready.
+func (r Recv) Ready() bool { return r.marked }
+
+// ----------------------------------------------------------------------
+// Start-up.
+
+// EgressFlow is a sender entry found on the switch at start-up.
+type EgressFlow struct {
+	Peer  string // "" if the flow's peer is unknown
+	State State  // StatePending, StateReady or StateFallback
+	Key   uint8
+}
+
+// Start loads what survived a restart: this host's records as sender
+// (sent) and towards it (recv, already checked by the caller), and the
+// EgressCache entries on the switch. A record whose entry is on the switch
+// in the matching state is adopted; any other record is released through
+// the quarantine; a flow without its record is removed by the start-up
+// reconcile and its key held until the quarantine after that. Punts are
+// served from Reconciled on.
+func (m *Machine) Start(now time.Time, sent, recv []keyalloc.Record, egress map[Pair]EgressFlow, local func(netip.Addr) bool) []Effect {
+	m.now = now
+	gen := m.changed()
+	adopted := map[Pair]bool{}
+	for _, r := range sent {
+		p := Pair{r.Src, r.Dst}
+		f, onSwitch := egress[p]
+		st := StatePending
+		if r.State == keyalloc.StateReady {
+			st = StateReady
+		}
+		if onSwitch && f.Key == r.Key && f.State == st && f.Peer == r.DstHost && local(r.Src) && m.send[p] == nil {
+			m.send[p] = &Send{Pair: p, Peer: r.DstHost, State: st, Key: r.Key, Rec: r, Punted: now, Since: now, gen: gen}
+			adopted[p] = true
+			m.Count.Repairs["adopted"]++
+			continue
+		}
+		// Its flow, if any, is deleted by the reconcile after Start.
+		m.holds = append(m.holds, &Send{Pair: p, Peer: r.DstHost, State: StateDraining, Key: r.Key, Rec: r, Since: now, afterRC: true, Reason: "restart"})
+		m.Count.Repairs["record_without_flow"]++
+	}
+	ps := make([]Pair, 0, len(egress))
+	for p := range egress {
+		ps = append(ps, p)
+	}
+	slices.SortFunc(ps, comparePair)
+	for _, p := range ps {
+		f := egress[p]
+		if adopted[p] {
+			continue
+		}
+		// Not desired: the reconcile after Start deletes it.
+		if f.State != StateFallback && f.Key != 0 {
+			m.holds = append(m.holds, &Send{Pair: p, Peer: f.Peer, State: StateDraining, Key: f.Key, Since: now, afterRC: true, Reason: "restart"})
+			m.Count.Repairs["flow_without_record"]++
+		}
+	}
+	for _, r := range recv {
+		m.recvPut(r)
+	}
+	return m.flush()
+}
+
+// Reconciled says the start-up reconcile has deleted every flow of the
+// cache owner that the machine does not desire: held keys of such flows
+// start their quarantine, and punts are served from now on.
+func (m *Machine) Reconciled(now time.Time) []Effect {
+	m.now = now
+	for _, h := range m.holds {
+		if h.State == StateDraining && h.afterRC {
+			h.State, h.Since, h.afterRC = StateQuarantined, now, false
+		}
+	}
+	m.synced = true
+	return m.flush()
+}
+
+// ----------------------------------------------------------------------
+// Sender events.
+
+// Punt is a cache miss of Pair towards Peer's container. NextHop is the
+// underlay MAC for the rewritten packets (nil: none known, the pair falls
+// back).
+func (m *Machine) Punt(now time.Time, p Pair, peer string, nextHop net.HardwareAddr) []Effect {
+	m.now = now
+	if !m.synced {
+		m.Count.PuntsUnsynced++
+		return nil
+	}
+	if e, ok := m.send[p]; ok {
+		switch {
+		case e.State == StateAllocating:
+			m.Count.PuntsBusy++
+			return nil
+		case e.gen <= m.confirmed && now.Sub(e.Since) >= m.cfg.PuntGrace:
+			// The entry was installed a while ago, yet the pair misses:
+			// its flow is gone (a FLOW_REMOVED lost or not yet read).
+			m.Count.Repairs["punt_after_install"]++
+			m.flowGone(e)
+		default:
+			m.Count.PuntsStale++
+			return nil
+		}
+	}
+	if m.holding(p) {
+		m.Count.PuntsBusy++
+		return m.flush()
+	}
+	if nextHop == nil {
+		m.fallback(p, peer, "no_next_hop", now)
+		return m.flush()
+	}
+	m.send[p] = &Send{Pair: p, Peer: peer, State: StateAllocating, NextHop: nextHop, Punted: now, Since: now}
+	return append(m.flush(), Allocate{Pair: p, Peer: peer, Exclude: m.heldKeys(peer)})
+}
+
+// holding reports whether a hold of the pair still waits to be released:
+// a new entry for the pair waits until it is gone, so that the pair's
+// records are one at a time.
+func (m *Machine) holding(p Pair) bool {
+	for _, h := range m.holds {
+		if h.Pair == p && h.Rec.CreateRevision != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// heldKeys lists the keys towards peer that the sender holds in any state.
+func (m *Machine) heldKeys(peer string) []uint8 {
+	var ks []uint8
+	add := func(e *Send) {
+		if e.Peer == peer && e.Key != 0 && !slices.Contains(ks, e.Key) {
+			ks = append(ks, e.Key)
+		}
+	}
+	for _, e := range m.send {
+		add(e)
+	}
+	for _, h := range m.holds {
+		add(h)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+func (m *Machine) fallback(p Pair, peer, reason string, now time.Time) {
+	m.send[p] = &Send{Pair: p, Peer: peer, State: StateFallback, Reason: reason, Punted: now, Since: now, gen: m.changed()}
+	m.Count.Fallbacks[reason]++
+}
+
+// Allocated is the result of Allocate: the record, or err (ErrKeysExhausted
+// or an etcd failure). A record allocated for a pair that no longer waits
+// for it (detached meanwhile) is released.
+func (m *Machine) Allocated(now time.Time, p Pair, rec keyalloc.Record, err error) []Effect {
+	m.now = now
+	e, ok := m.send[p]
+	if !ok || e.State != StateAllocating {
+		if err == nil {
+			m.holds = append(m.holds, &Send{Pair: p, Peer: rec.DstHost, State: StateQuarantined, Key: rec.Key, Rec: rec, Since: now, Reason: "abandoned"})
+		}
+		return m.flush()
+	}
+	if err != nil {
+		reason := "etcd"
+		if isExhausted(err) {
+			reason = "keys_exhausted"
+		}
+		delete(m.send, p)
+		m.fallback(p, e.Peer, reason, now)
+		return m.flush()
+	}
+	if slices.Contains(m.heldKeys(e.Peer), rec.Key) {
+		// Exclude was not honoured (a record read back for the pair may
+		// carry any key): never let two entries share a key.
+		m.holds = append(m.holds, &Send{Pair: p, Peer: e.Peer, State: StateQuarantined, Key: rec.Key, Rec: rec, Since: now, Reason: "key_conflict"})
+		delete(m.send, p)
+		m.fallback(p, e.Peer, "key_conflict", now)
+		return m.flush()
+	}
+	e.Rec, e.Key, e.Since = rec, rec.Key, now
+	e.State = StatePending
+	if rec.State == keyalloc.StateReady || m.early[p] == rec.CreateRevision {
+		e.State = StateReady
+	}
+	delete(m.early, p)
+	e.gen = m.changed()
+	return m.flush()
+}
+
+// SentRecord is a change of one of this host's records as sender (the
+// keys/<me>/ watch, or a re-read): ready lets the pending entry rewrite.
+func (m *Machine) SentRecord(now time.Time, rec keyalloc.Record) []Effect {
+	m.now = now
+	p := Pair{rec.Src, rec.Dst}
+	e, ok := m.send[p]
+	switch {
+	case ok && e.State == StateAllocating && rec.State == keyalloc.StateReady:
+		m.early[p] = rec.CreateRevision
+	case ok && e.State == StatePending && e.Rec.CreateRevision == rec.CreateRevision && rec.State == keyalloc.StateReady:
+		e.Rec, e.State, e.Since, e.gen = rec, StateReady, now, m.changed()
+	}
+	return m.flush()
+}
+
+// SentRecordDeleted is the deletion of one of this host's records. The
+// sender's own release ends there; a record deleted by anyone else takes
+// the pair off its key at once (the receiver no longer restores it).
+func (m *Machine) SentRecordDeleted(now time.Time, rec keyalloc.Record) []Effect {
+	m.now = now
+	for i, h := range m.holds {
+		if h.Rec.CreateRevision == rec.CreateRevision && h.Rec.CreateRevision != 0 {
+			if h.State == StateReleasing {
+				m.holds = slices.Delete(m.holds, i, i+1)
+				m.releasedRec(rec.CreateRevision)
+			} else {
+				// Still draining or quarantined: keep the key until then,
+				// with no record left to release.
+				h.Rec = keyalloc.Record{}
+			}
+			return m.flush()
+		}
+	}
+	p := Pair{rec.Src, rec.Dst}
+	if e, ok := m.send[p]; ok && e.Rec.CreateRevision == rec.CreateRevision && (e.State == StatePending || e.State == StateReady) {
+		m.Count.Repairs["record_deleted_elsewhere"]++
+		m.drain(e, "record_deleted")
+		m.holds[len(m.holds)-1].Rec = keyalloc.Record{}
+	}
+	return m.flush()
+}
+
+// FlowRemoved is an EgressCache entry of Pair with Key that OVS removed
+// (idle timeout). One for an entry the machine no longer has in that form
+// is stale and ignored.
+func (m *Machine) FlowRemoved(now time.Time, p Pair, key uint8) []Effect {
+	m.now = now
+	e, ok := m.send[p]
+	if !ok || e.Key != key || e.State == StateAllocating {
+		m.Count.StaleFlowRemoved++
+		return nil
+	}
+	m.flowGone(e)
+	return m.flush()
+}
+
+// flowGone handles a pair whose flow left OVS by itself.
+func (m *Machine) flowGone(e *Send) {
+	if e.State == StateFallback {
+		delete(m.send, e.Pair)
+		m.changed()
+		return
+	}
+	m.drain(e, "idle")
+}
+
+// drain takes a keyed entry off the switch: its flow leaves the desired
+// set now, its key is held until that removal is confirmed, the
+// quarantine has passed and the record is released.
+func (m *Machine) drain(e *Send, reason string) {
+	delete(m.send, e.Pair)
+	h := *e
+	h.State, h.Since, h.Reason, h.gen, h.NextHop = StateDraining, m.now, reason, m.changed(), nil
+	m.holds = append(m.holds, &h)
+}
+
+// Detach is a local container that left: its pairs as sender drain.
+// Restore entries towards it stay until their senders release them (they
+// only deliver to an address that has no port now).
+func (m *Machine) Detach(now time.Time, ip netip.Addr) []Effect {
+	m.now = now
+	return m.dropSend(func(e *Send) bool { return e.Pair.Src == ip }, "detached")
+}
+
+// Moved is a remote address now held by another host: pairs towards it
+// through any other peer drain.
+func (m *Machine) Moved(now time.Time, ip netip.Addr, peer string) []Effect {
+	m.now = now
+	return m.dropSend(func(e *Send) bool { return e.Pair.Dst == ip && e.Peer != peer }, "moved")
+}
+
+func (m *Machine) dropSend(sel func(*Send) bool, reason string) []Effect {
+	for _, e := range m.sortedSend() {
+		if !sel(e) {
+			continue
+		}
+		switch e.State {
+		case StateAllocating:
+			delete(m.send, e.Pair) // Allocated releases what it gets
+		case StateFallback:
+			delete(m.send, e.Pair)
+			m.changed()
+		default:
+			m.drain(e, reason)
+		}
+	}
+	return m.flush()
+}
+
+// PeerGone is a host that left the cluster (its membership ended): its
+// pairs drain on this side, and its records towards this host are
+// released here, since their sender cannot.
+func (m *Machine) PeerGone(now time.Time, peer string) []Effect {
+	m.now = now
+	effs := m.dropSend(func(e *Send) bool { return e.Peer == peer }, "peer_gone")
+	for _, k := range m.recvKeys() {
+		if r := m.recv[k]; k.Peer == peer {
+			delete(m.recv, k)
+			m.tombstone(k, r.Rec.CreateRevision)
+			m.changed()
+			effs = append(effs, Release{Rec: r.Rec})
+		}
+	}
+	return append(effs, m.flush()...)
+}
+
+// Released is the result of Release. Success (or a record already gone)
+// ends the hold; a failure is retried after cfg.Retry.
+func (m *Machine) Released(now time.Time, rec keyalloc.Record, err error) []Effect {
+	m.now = now
+	for i, h := range m.holds {
+		if h.Rec.CreateRevision != rec.CreateRevision || h.State != StateReleasing {
+			continue
+		}
+		if err != nil {
+			m.Count.ReleaseErrors++
+			h.retryAt = now.Add(m.cfg.Retry)
+			break
+		}
+		m.holds = slices.Delete(m.holds, i, i+1)
+		m.releasedRec(rec.CreateRevision)
+		break
+	}
+	return m.flush()
+}
+
+// releasedRec counts a release and remembers it for AntiEntropy (the last
+// 4096).
+func (m *Machine) releasedRec(rev int64) {
+	m.Count.Released++
+	m.released[rev] = true
+	m.releasedLog = append(m.releasedLog, rev)
+	if len(m.releasedLog) > 4096 {
+		delete(m.released, m.releasedLog[0])
+		m.releasedLog = m.releasedLog[1:]
+	}
+}
+
+// ----------------------------------------------------------------------
+// Receiver events.
+
+// RecvRecord is a record towards this host (the pairs/<me>/ watch, or a
+// re-read), already checked by the caller against its peers and local
+// containers.
+func (m *Machine) RecvRecord(now time.Time, rec keyalloc.Record) []Effect {
+	m.now = now
+	m.recvPut(rec)
+	return m.flush()
+}
+
+func (m *Machine) recvPut(rec keyalloc.Record) {
+	k := RecvKey{rec.SrcHost, rec.Key}
+	if rec.CreateRevision <= m.tomb[k] {
+		return
+	}
+	if e, ok := m.recv[k]; ok && e.Rec.CreateRevision >= rec.CreateRevision {
+		return
+	}
+	m.recv[k] = &Recv{Rec: rec, gen: m.changed()}
+}
+
+// RecvRecordDeleted is a record towards this host that its sender released.
+func (m *Machine) RecvRecordDeleted(now time.Time, rec keyalloc.Record) []Effect {
+	m.now = now
+	k := RecvKey{rec.SrcHost, rec.Key}
+	m.tombstone(k, rec.CreateRevision)
+	if e, ok := m.recv[k]; ok && e.Rec.CreateRevision <= rec.CreateRevision {
+		delete(m.recv, k)
+		m.changed()
+	}
+	return m.flush()
+}
+
+func (m *Machine) tombstone(k RecvKey, rev int64) {
+	if rev > m.tomb[k] {
+		m.tomb[k] = rev
+	}
+}
+
+// Marked is the result of MarkReady: stale means the record is gone or was
+// re-allocated (nothing to do); another failure is retried.
+func (m *Machine) Marked(now time.Time, rec keyalloc.Record, stale bool, err error) []Effect {
+	m.now = now
+	e, ok := m.recv[RecvKey{rec.SrcHost, rec.Key}]
+	if !ok || e.Rec.CreateRevision != rec.CreateRevision {
+		return m.flush()
+	}
+	e.marking = false
+	switch {
+	case err == nil || stale:
+		e.marked = true
+	default:
+		e.retryAt = now.Add(m.cfg.Retry)
+	}
+	return m.flush()
+}
+
+// ----------------------------------------------------------------------
+// Switch events.
+
+// Installed is the result of Install{Gen}: ok means the desired flows of
+// generation gen are confirmed on a connected switch.
+func (m *Machine) Installed(now time.Time, gen uint64, ok bool) []Effect {
+	m.now = now
+	m.installing = false
+	if ok {
+		m.confirmed = max(m.confirmed, gen)
+	} else {
+		m.installAt = now.Add(m.cfg.Retry)
+	}
+	return m.flush()
+}
+
+// Tick advances time: quarantines end, pending entries time out, failed
+// work is retried.
+func (m *Machine) Tick(now time.Time) []Effect {
+	m.now = now
+	due := false
+	for _, e := range m.send {
+		due = due || e.State == StatePending && now.Sub(e.Since) >= m.cfg.PendingTimeout
+	}
+	if !due { // the common case, cheaply: ticks are frequent
+		return m.flush()
+	}
+	for _, e := range m.sortedSend() {
+		if e.State == StatePending && now.Sub(e.Since) >= m.cfg.PendingTimeout {
+			m.drain(e, "not_ready")
+			m.fallback(e.Pair, e.Peer, "not_ready", now)
+		}
+	}
+	return m.flush()
+}
+
+// AntiEntropy compares the machine with a fresh read of both sides, taken
+// after generation confirmedGen was confirmed: egress is the switch's
+// EgressCache entries (pair → key, 0 for fallback), sent this host's
+// records as sender and recv the checked records towards it, both read at
+// etcd revision rev. Each difference is repaired and counted.
+func (m *Machine) AntiEntropy(now time.Time, confirmedGen uint64, egress map[Pair]uint8, sent, recv []keyalloc.Record, rev int64) []Effect {
+	m.now = now
+	if !m.synced {
+		return nil
+	}
+	sentBy := map[int64]keyalloc.Record{}
+	for _, r := range sent {
+		sentBy[r.CreateRevision] = r
+	}
+	for _, e := range m.sortedSend() {
+		if e.State != StatePending && e.State != StateReady && e.State != StateFallback {
+			continue
+		}
+		if k, on := egress[e.Pair]; e.gen <= confirmedGen && (!on || k != e.Key) {
+			m.Count.Repairs["egress_flow_lost"]++
+			m.flowGone(e)
+			continue
+		}
+		if e.State != StateFallback && e.Rec.CreateRevision <= rev {
+			if _, ok := sentBy[e.Rec.CreateRevision]; !ok {
+				m.Count.Repairs["record_lost"]++
+				m.drain(e, "record_lost")
+				m.holds[len(m.holds)-1].Rec = keyalloc.Record{}
+			}
+		}
+	}
+	// A record of ours that nothing here holds (an allocation whose answer
+	// was lost) is released through the quarantine.
+	known := map[int64]bool{}
+	for _, e := range m.send {
+		known[e.Rec.CreateRevision] = true
+	}
+	for _, h := range m.holds {
+		known[h.Rec.CreateRevision] = true
+	}
+	for _, r := range sent {
+		p := Pair{r.Src, r.Dst}
+		if e, ok := m.send[p]; ok && e.State == StateAllocating {
+			continue
+		}
+		if !known[r.CreateRevision] && !m.released[r.CreateRevision] {
+			m.Count.Repairs["orphan_record"]++
+			m.holds = append(m.holds, &Send{Pair: p, Peer: r.DstHost, State: StateQuarantined, Key: r.Key, Rec: r, Since: now, Reason: "orphan"})
+		}
+	}
+	// Receiver: records missed by the watch are added, entries whose record
+	// is gone are removed.
+	recvBy := map[RecvKey]keyalloc.Record{}
+	for _, r := range recv {
+		recvBy[RecvKey{r.SrcHost, r.Key}] = r
+		k := RecvKey{r.SrcHost, r.Key}
+		if e, ok := m.recv[k]; (!ok || e.Rec.CreateRevision < r.CreateRevision) && r.CreateRevision > m.tomb[k] {
+			m.Count.Repairs["restore_missing"]++
+			m.recvPut(r)
+		}
+	}
+	for _, k := range m.recvKeys() {
+		e := m.recv[k]
+		if r, ok := recvBy[k]; e.Rec.CreateRevision <= rev && (!ok || r.CreateRevision != e.Rec.CreateRevision) {
+			// No tombstone: a record left out because it does not check
+			// now (its container detached) comes back when it does.
+			m.Count.Repairs["restore_stale"]++
+			delete(m.recv, k)
+			m.changed()
+		}
+	}
+	return m.flush()
+}
+
+// ----------------------------------------------------------------------
+
+func (m *Machine) recvKeys() []RecvKey {
+	ks := make([]RecvKey, 0, len(m.recv))
+	for k := range m.recv {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, compareRecvKey)
+	return ks
+}
+
+func compareRecvKey(a, b RecvKey) int {
+	if c := strings.Compare(a.Peer, b.Peer); c != 0 {
+		return c
+	}
+	return int(a.Key) - int(b.Key)
+}
+
+func (m *Machine) sortedSend() []*Send {
+	es := make([]*Send, 0, len(m.send))
+	for _, e := range m.send {
+		es = append(es, e)
+	}
+	slices.SortFunc(es, func(a, b *Send) int { return comparePair(a.Pair, b.Pair) })
+	return es
+}
+
+// flush moves holds along and returns the effects now due: an install of
+// a changed desired set, marks of confirmed Restore entries, releases of
+// quarantined keys.
+func (m *Machine) flush() []Effect {
+	var effs []Effect
+	now := m.now
+	kept := m.holds[:0]
+	for _, h := range m.holds {
+		if h.State == StateDraining && !h.afterRC && h.gen <= m.confirmed {
+			h.State, h.Since = StateQuarantined, now
+		}
+		if h.State == StateQuarantined && now.Sub(h.Since) >= m.cfg.Quarantine {
+			if h.Rec.CreateRevision == 0 {
+				continue // no record to release: the key is free now
+			}
+			h.State, h.Since, h.retryAt = StateReleasing, now, now
+		}
+		if h.State == StateReleasing && !h.retryAt.IsZero() && !now.Before(h.retryAt) {
+			h.retryAt = time.Time{}
+			effs = append(effs, Release{Rec: h.Rec})
+		}
+		kept = append(kept, h)
+	}
+	clear(m.holds[len(kept):])
+	m.holds = kept
+	markDue := func(e *Recv) bool { return !e.marked && !e.marking && e.gen <= m.confirmed && !now.Before(e.retryAt) }
+	due := false
+	for _, e := range m.recv {
+		due = due || markDue(e)
+	}
+	if due {
+		for _, k := range m.recvKeys() {
+			if e := m.recv[k]; markDue(e) {
+				e.marking = true
+				effs = append(effs, MarkReady{Rec: e.Rec})
+			}
+		}
+	}
+	if !m.installing && m.gen > m.confirmed && !now.Before(m.installAt) {
+		m.installing = true
+		s, r := m.Flows()
+		effs = append(effs, Install{Gen: m.gen, Send: s, Restore: r})
+	}
+	return effs
+}
