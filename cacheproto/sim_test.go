@@ -66,8 +66,8 @@ func TestSimulate(t *testing.T) {
 	workers := max(1, runtime.GOMAXPROCS(0))
 	type result struct {
 		steps, packets, drops int
-		seed              uint64
-		err               error
+		seed                  uint64
+		err                   error
 	}
 	results := make(chan result, workers)
 	var next atomic.Int64
@@ -387,7 +387,9 @@ func (s *sim) list(h *simHost) (sent, recv []keyalloc.Record) {
 			recv = append(recv, idx)
 		}
 	}
-	order := func(a, b keyalloc.Record) int { return strings.Compare(recKey(a.SrcHost, a.DstHost, a.Key), recKey(b.SrcHost, b.DstHost, b.Key)) }
+	order := func(a, b keyalloc.Record) int {
+		return strings.Compare(recKey(a.SrcHost, a.DstHost, a.Key), recKey(b.SrcHost, b.DstHost, b.Key))
+	}
 	slices.SortFunc(sent, order)
 	slices.SortFunc(recv, order)
 	return sent, recv
