@@ -29,9 +29,14 @@ deps:
 # The full suite as root. KEYROUTE_REQUIRE_INTEGRATION=1 turns a missing
 # binary or a missing root into a failure instead of a skip (internal/testenv).
 # -count=1: integration results depend on the host, never reuse cached ones.
+# The key protocol's simulator (100,000 schedules by default, SCHEDULES to
+# change) runs first and alone: it takes both cores for about a minute and
+# would slow the timing-sensitive end-to-end tests beside it.
+SCHEDULES    ?= 100000
 test: deps
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test runs the integration tests and needs root; without root use make test-unit" >&2; exit 1; fi
-	KEYROUTE_REQUIRE_INTEGRATION=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS) $(GOTESTFLAGS)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^TestSimulate$$' ./cacheproto/ -schedules $(SCHEDULES) -v | grep -E '^(--- |ok|FAIL|PASS)|schedules|seed'
+	KEYROUTE_REQUIRE_INTEGRATION=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -skip '^TestSimulate$$' $(PKGS) $(GOTESTFLAGS)
 
 # Unit tests only: -short makes tests that need root or OVS daemons skip.
 test-unit:

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyroute/keyroute/cacheproto"
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/keyalloc"
@@ -296,14 +297,10 @@ func (a *Agent) setup(ctx context.Context) error {
 	a.mu.Unlock()
 	if a.cfg.Mode == ModeRewrite {
 		keys := a.cfg.KeySet()
+		pc := cacheproto.DefaultConfig()
+		pc.Quarantine, pc.PendingTimeout = a.cfg.Cache.Quarantine, a.cfg.Cache.PendingTimeout
 		a.cache = newCache(a, keyalloc.New(a.reg.Raw(), a.cfg.Etcd.Prefix, keys),
-			flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, RecvIdle: a.cfg.Cache.RecvIdle, Keys: keys.Keys()})
-		if err := a.cache.load(ctx); err != nil {
-			return err
-		}
-		if err := a.cache.apply(ctx); err != nil {
-			return err
-		}
+			flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, Keys: keys.Keys()}, pc)
 	}
 	a.rules = startRules(ctx, a)
 	// The whole desired br-int state is known before the connection's
@@ -314,6 +311,12 @@ func (a *Agent) setup(ctx context.Context) error {
 	}
 	if err := a.startSwitch(ctx, a.intSw); err != nil {
 		return err
+	}
+	var sent, recv *cacheWatch
+	if a.cache != nil {
+		if sent, recv, err = a.cache.start(ctx); err != nil {
+			return fmt.Errorf("load the cache: %w", err)
+		}
 	}
 	// Every owner's desired set is in place: flows of ours that nobody
 	// desires any more (left by an earlier run) can go.
@@ -327,10 +330,7 @@ func (a *Agent) setup(ctx context.Context) error {
 		}
 	}
 	if a.cache != nil {
-		a.cache.markLoaded(ctx)
-		if err := a.cache.watch(ctx); err != nil {
-			return fmt.Errorf("watch cache keys: %w", err)
-		}
+		a.cache.reconciled(ctx, sent, recv)
 	}
 	return nil
 }
@@ -525,6 +525,13 @@ func (a *Agent) watchRoaming(ctx context.Context) {
 			delete(a.roaming, ev.Value.IP)
 		}
 		a.mu.Unlock()
+		if a.cache != nil {
+			// Pairs towards the address through another host go off
+			// their keys; the next punt finds the new host.
+			if peer, _, ok := a.peerFor(ev.Value.IP); ok {
+				a.cache.moved(ev.Value.IP, peer.Name)
+			}
+		}
 		a.markDirty()
 	}
 }

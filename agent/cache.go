@@ -7,60 +7,33 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/keyroute/keyroute/cacheproto"
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/keyalloc"
 	"github.com/keyroute/keyroute/openflow"
 )
 
-// This file is rewrite mode's cache (DESIGN.md "Cache bootstrap"). The
-// agent is the sender for pairs whose source container is local and the
-// receiver for pairs whose destination is local:
-//
-//   sender:   punt → Allocate (etcd) → pending entry (keyed VXLAN) →
-//             record ready (watch) → ready entry (rewrite) → record gone
-//             (watch) → entry removed
-//   receiver: pair index appears (watch) → checked → Restore entry →
-//             MarkReady → Restore idles out (flow-removed) → Release
-//
-// Cache entries are flows the controller keeps as the "cache" owner's
-// desired set, so a reconnect or restart replays them with the pipeline.
+// This file wires rewrite mode's key protocol (cacheproto, DESIGN.md
+// "Cache protocol v2") to etcd and OVS. The protocol's decisions are all
+// in cacheproto.Machine; here events from br-int (punts, FLOW_REMOVED),
+// from etcd (the keys/<me>/ and pairs/<me>/ watches) and from timers are
+// fed to it under one lock, and its effects run: allocations, releases and
+// marks against etcd, installs of the cache owner's flows with
+// controller.SetDesiredConfirmed.
 
 const cacheOwner = "cache"
 
-type pairKey struct{ src, dst netip.Addr }
-
-// sendEntry is one pair this host sends on.
-type sendEntry struct {
-	pair    flows.Pair
-	state   flows.CacheState
-	rec     keyalloc.Record // zero for fallback entries
-	punted  time.Time       // first punt, for time-to-fast-path
-	reason  string          // why a fallback entry has no key
-	peerTag string          // peer host name
-	// early is a ready record seen while the allocation was still
-	// running: the receiver can mark the record ready before the
-	// allocating transaction's answer reaches this agent.
-	early keyalloc.Record
-}
-
-// recvEntry is one key this host restores.
-type recvEntry struct {
-	rec  keyalloc.Record
-	peer netip.Addr
-}
-
-type recvKey struct {
-	peer netip.Addr
-	key  uint8
-}
+// antiEntropyEvery is how often records and flows are compared both ways
+// (also after every reconnect of br-int).
+const antiEntropyEvery = 10 * time.Second
 
 // cache is the rewrite-mode state of one agent.
 type cache struct {
@@ -68,183 +41,308 @@ type cache struct {
 	alloc *keyalloc.Allocator
 	rw    flows.Rewrite
 
-	mu     sync.Mutex
-	send   map[pairKey]*sendEntry
-	recv   map[recvKey]*recvEntry
-	allocs chan struct{} // bounds concurrent allocations
-	loaded []func(context.Context)
+	mu sync.Mutex
+	m  *cacheproto.Machine
 
-	flushMu sync.Mutex
-	waiters []chan error
-	kick    chan struct{}
+	allocs chan struct{} // bounds concurrent allocations
 
 	// retired counts the packets of entries that are gone, from their
 	// FLOW_REMOVED: [0] egress, [1] restore (keyroute_cache_hit_packets_total).
 	retired [2]atomic.Uint64
 }
 
-func newCache(a *Agent, alloc *keyalloc.Allocator, rw flows.Rewrite) *cache {
-	c := &cache{a: a, alloc: alloc, rw: rw, send: map[pairKey]*sendEntry{}, recv: map[recvKey]*recvEntry{},
-		allocs: make(chan struct{}, 64), kick: make(chan struct{}, 1)}
-	go c.flushLoop() // lives as long as the agent process
-	return c
+func newCache(a *Agent, alloc *keyalloc.Allocator, rw flows.Rewrite, cfg cacheproto.Config) *cache {
+	return &cache{a: a, alloc: alloc, rw: rw, m: cacheproto.New(cfg, time.Now()), allocs: make(chan struct{}, 64)}
 }
 
-// flows returns the cache owner's desired flows.
-func (c *cache) flows() []*openflow.FlowMod {
+// do feeds one event to the machine and runs the effects it answers.
+func (c *cache) do(event func(now time.Time) []cacheproto.Effect) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	h := c.a.host
-	var fs []*openflow.FlowMod
-	// A (peer, key) cookie names one pair at a time; entries are sorted so
-	// the desired set is stable.
-	keys := make([]pairKey, 0, len(c.send))
-	for k := range c.send {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].src != keys[j].src {
-			return keys[i].src.Less(keys[j].src)
+	effs := event(time.Now())
+	c.mu.Unlock()
+	c.run(effs)
+}
+
+// run starts each effect; results come back through do.
+func (c *cache) run(effs []cacheproto.Effect) {
+	for _, e := range effs {
+		switch e := e.(type) {
+		case cacheproto.Install:
+			go c.install(e)
+		case cacheproto.Allocate:
+			go c.allocate(e)
+		case cacheproto.MarkReady:
+			go c.markReady(e.Rec)
+		case cacheproto.Release:
+			go c.release(e.Rec)
+		case cacheproto.FastPath:
+			d := time.Since(e.Punted)
+			c.a.metrics.timeToFastPath.Observe(d.Seconds())
+			c.a.log.Debug("pair on the fast path", "src", e.Pair.Src, "dst", e.Pair.Dst, "peer", e.Peer, "key", e.Key, "since_punt", d)
 		}
-		return keys[i].dst.Less(keys[j].dst)
-	})
-	for _, k := range keys {
-		e := c.send[k]
-		if e.state < 0 { // allocation still running
+	}
+}
+
+// install puts one generation of desired cache flows on br-int and
+// reports whether the switch confirmed it.
+func (c *cache) install(in cacheproto.Install) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fs := c.flowMods(in)
+	err := c.a.intSw.SetDesiredConfirmed(ctx, cacheOwner, fs)
+	if err != nil && !errors.Is(err, controller.ErrNotConfirmed) {
+		c.a.metrics.cacheErrors.Inc()
+		c.a.log.Warn("install cache flows", "generation", in.Gen, "err", err)
+	}
+	c.a.metrics.cacheEntries.WithLabelValues("egress").Set(float64(len(in.Send)))
+	c.a.metrics.cacheEntries.WithLabelValues("restore").Set(float64(len(in.Restore)))
+	c.do(func(now time.Time) []cacheproto.Effect { return c.m.Installed(now, in.Gen, err == nil) })
+}
+
+// flowMods builds the flows of one generation. An entry whose peer is no
+// longer known gets no flow: without it the pair takes VXLAN (sender) or
+// its keyed packets are dropped (receiver), never misdelivered.
+func (c *cache) flowMods(in cacheproto.Install) []*openflow.FlowMod {
+	h := c.a.host
+	fs := make([]*openflow.FlowMod, 0, len(in.Send)+len(in.Restore))
+	for _, f := range in.Send {
+		peer, _, ok := c.a.peerByName(f.Peer)
+		if !ok {
 			continue
 		}
-		fs = append(fs, flows.CacheFlow(h, c.rw, e.pair, e.state))
-	}
-	rk := make([]recvKey, 0, len(c.recv))
-	for k := range c.recv {
-		rk = append(rk, k)
-	}
-	sort.Slice(rk, func(i, j int) bool {
-		if rk[i].peer != rk[j].peer {
-			return rk[i].peer.Less(rk[j].peer)
+		st := flows.CachePending
+		switch f.State {
+		case cacheproto.StateReady:
+			st = flows.CacheReady
+		case cacheproto.StateFallback:
+			st = flows.CacheFallback
 		}
-		return rk[i].key < rk[j].key
-	})
-	for _, k := range rk {
-		e := c.recv[k]
-		fs = append(fs, flows.RestoreFlow(h, c.rw, k.peer, k.key, e.rec.Src, e.rec.Dst))
+		fs = append(fs, flows.CacheFlow(h, c.rw, flows.Pair{Src: f.Pair.Src, Dst: f.Pair.Dst, Peer: peer, Key: f.Key, NextHop: f.NextHop}, st))
+	}
+	for _, f := range in.Restore {
+		peer, _, ok := c.a.peerByName(f.Peer)
+		if !ok {
+			continue
+		}
+		fs = append(fs, flows.RestoreFlow(h, peer.IP, f.Key, f.Src, f.Dst))
 	}
 	return fs
 }
 
-// apply installs the current cache state and returns once the switch has
-// it. Callers change state first, then apply. Concurrent callers share one
-// install (a burst of new pairs costs one bundle, not one per pair): each
-// waits for a flush that started after its change.
-func (c *cache) apply(ctx context.Context) error {
-	done := make(chan error, 1)
-	c.flushMu.Lock()
-	c.waiters = append(c.waiters, done)
-	c.flushMu.Unlock()
-	select {
-	case c.kick <- struct{}{}:
-	default: // a flush is already due; it will take this waiter
+func (c *cache) allocate(e cacheproto.Allocate) {
+	c.allocs <- struct{}{}
+	defer func() { <-c.allocs }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c.a.metrics.bootstraps.Inc()
+	rec, err := c.alloc.Allocate(ctx, c.a.cfg.Node, e.Peer, e.Pair.Src, e.Pair.Dst, e.Exclude...)
+	if err != nil && !errors.Is(err, keyalloc.ErrKeysExhausted) {
+		c.a.metrics.etcdErrors.WithLabelValues("allocate_key").Inc()
 	}
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
+	if err != nil {
+		c.a.log.Info("cache pair stays on VXLAN", "src", e.Pair.Src, "dst", e.Pair.Dst, "err", err)
+	} else {
+		c.a.log.Debug("pair key allocated", "src", e.Pair.Src, "dst", e.Pair.Dst, "key", rec.Key)
+	}
+	c.do(func(now time.Time) []cacheproto.Effect { return c.m.Allocated(now, e.Pair, rec, err) })
+}
+
+func (c *cache) markReady(r keyalloc.Record) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := c.alloc.MarkReady(ctx, r)
+	stale := errors.Is(err, keyalloc.ErrStale)
+	if err != nil && !stale {
+		c.a.metrics.etcdErrors.WithLabelValues("mark_ready").Inc()
+		c.a.log.Warn("mark key ready", "src_host", r.SrcHost, "key", r.Key, "err", err)
+	} else if err == nil {
+		c.a.log.Debug("pair marked ready", "src", r.Src, "dst", r.Dst, "peer", r.SrcHost, "key", r.Key)
+	}
+	c.do(func(now time.Time) []cacheproto.Effect { return c.m.Marked(now, r, stale, err) })
+}
+
+func (c *cache) release(r keyalloc.Record) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := c.alloc.Release(ctx, r)
+	if errors.Is(err, keyalloc.ErrStale) || errors.Is(err, keyalloc.ErrNotFound) {
+		err = nil // gone already: released
+	}
+	if err != nil {
+		c.a.metrics.etcdErrors.WithLabelValues("release_key").Inc()
+		c.a.log.Warn("release key; retrying", "dst_host", r.DstHost, "key", r.Key, "err", err)
+	}
+	c.do(func(now time.Time) []cacheproto.Effect { return c.m.Released(now, r, err) })
+}
+
+// ----------------------------------------------------------------------
+// Start-up.
+
+// cacheWatch is one of the two record streams, read up to its first
+// Synced at start-up and followed afterwards.
+type cacheWatch struct {
+	ch   <-chan keyalloc.Event
+	recs []keyalloc.Record
+}
+
+func (c *cache) openWatch(ctx context.Context, f keyalloc.Filter) (*cacheWatch, error) {
+	ch, err := c.alloc.Watch(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	w := &cacheWatch{ch: ch}
+	byKey := map[string]keyalloc.Record{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case ev, ok := <-ch:
+			if !ok {
+				return nil, fmt.Errorf("watch of %+v ended", f)
+			}
+			switch ev.Type {
+			case keyalloc.EventPut:
+				byKey[ev.Key] = ev.Value
+			case keyalloc.EventDelete:
+				delete(byKey, ev.Key)
+			case keyalloc.EventSynced:
+				for _, r := range byKey {
+					w.recs = append(w.recs, r)
+				}
+				return w, nil
+			}
+		}
 	}
 }
 
-// flushLoop installs the cache state for every batch of waiters.
-func (c *cache) flushLoop() {
-	for range c.kick {
-		c.flushMu.Lock()
-		ws := c.waiters
-		c.waiters = nil
-		c.flushMu.Unlock()
-		if len(ws) == 0 {
+// start loads the protocol after a (re)start. br-int is connected and has
+// replayed the other owners' flows, adding only, so cache flows left by
+// an earlier run are still there: entries whose record agrees are
+// adopted, and the reconcile that follows start deletes the rest. The
+// watches are opened first and followed from their snapshots, so no
+// record change between the read and the follow is missed.
+func (c *cache) start(ctx context.Context) (sent, recv *cacheWatch, err error) {
+	me := c.a.cfg.Node
+	if sent, err = c.openWatch(ctx, keyalloc.Filter{SrcHost: me}); err != nil {
+		return nil, nil, fmt.Errorf("watch this host's keys: %w", err)
+	}
+	if recv, err = c.openWatch(ctx, keyalloc.Filter{DstHost: me}); err != nil {
+		return nil, nil, fmt.Errorf("watch keys towards this host: %w", err)
+	}
+	egress, err := c.dumpEgress(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	start := map[cacheproto.Pair]cacheproto.EgressFlow{}
+	for p, f := range egress {
+		start[p] = f
+	}
+	var valid []keyalloc.Record
+	for _, r := range recv.recs {
+		if c.validRecv(r) {
+			valid = append(valid, r)
+		}
+	}
+	c.mu.Lock()
+	effs := c.m.Start(time.Now(), sent.recs, valid, start, c.a.isLocal)
+	c.mu.Unlock()
+	// The first install runs here, before the reconcile, so that the
+	// adopted entries are desired when it looks for flows to delete.
+	for _, e := range effs {
+		if in, ok := e.(cacheproto.Install); ok {
+			c.install(in)
+		}
+	}
+	c.run(withoutInstalls(effs))
+	return sent, recv, nil
+}
+
+func withoutInstalls(effs []cacheproto.Effect) []cacheproto.Effect {
+	out := effs[:0:0]
+	for _, e := range effs {
+		if _, ok := e.(cacheproto.Install); !ok {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// reconciled follows start once br-int's reconcile has deleted the cache
+// flows nobody desires: punts are served from now on, the watches are
+// followed, and timers and anti-entropy run until ctx ends.
+func (c *cache) reconciled(ctx context.Context, sent, recv *cacheWatch) {
+	c.do(c.m.Reconciled)
+	go c.follow(ctx, sent.ch, c.onSent)
+	go c.follow(ctx, recv.ch, c.onRecv)
+	go c.tick(ctx)
+	go c.antiEntropyLoop(ctx)
+}
+
+// dumpEgress reads br-int's EgressCache entries.
+func (c *cache) dumpEgress(ctx context.Context) (map[cacheproto.Pair]cacheproto.EgressFlow, error) {
+	stats, err := c.a.intSw.FlowStats(ctx, &openflow.FlowStatsRequest{Table: uint8(flows.EgressCache), OutPort: openflow.PortAny, OutGroup: openflow.GroupAny})
+	if err != nil {
+		return nil, fmt.Errorf("dump %s: %w", flows.EgressCache.Name(), err)
+	}
+	out := map[cacheproto.Pair]cacheproto.EgressFlow{}
+	for _, st := range stats {
+		if flows.CookieCategory(st.Cookie) != flows.CatCache {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := c.a.intSw.SetDesired(ctx, cacheOwner, c.flows())
-		cancel()
-		if err != nil {
-			c.a.metrics.cacheErrors.Inc()
-			err = fmt.Errorf("install cache flows: %w", err)
+		peerIP, key := cookiePeer(st.Cookie)
+		f := cacheproto.EgressFlow{Key: key, State: cacheproto.StatePending}
+		if name, ok := c.a.peerNameByIP(peerIP); ok {
+			f.Peer = name
 		}
-		c.a.metrics.cacheEntries.WithLabelValues("egress").Set(float64(c.count(true)))
-		c.a.metrics.cacheEntries.WithLabelValues("restore").Set(float64(c.count(false)))
-		for _, w := range ws {
-			w <- err
+		tunnel, ethDst := setFields(st.Instructions)
+		switch {
+		case key == 0:
+			f.State = cacheproto.StateFallback
+		case !tunnel:
+			f.State, f.NextHop = cacheproto.StateReady, ethDst
 		}
+		out[cacheproto.Pair{Src: matchIPv4(st.Match, openflow.FieldIPv4Src), Dst: matchIPv4(st.Match, openflow.FieldIPv4Dst)}] = f
 	}
+	return out, nil
 }
 
-func (c *cache) count(send bool) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if send {
-		return len(c.send)
-	}
-	return len(c.recv)
-}
-
-// load rebuilds the cache from etcd after a (re)start, before br-int's
-// connection replays the desired flows, so live fast paths keep their
-// flows across an agent restart.
-func (c *cache) load(ctx context.Context) error {
-	me := c.a.cfg.Node
-	sent, err := c.alloc.List(ctx, keyalloc.Filter{SrcHost: me})
-	if err != nil {
-		return fmt.Errorf("list this host's keys: %w", err)
-	}
-	for _, r := range sent {
-		c.onSenderRecord(r)
-	}
-	recv, err := c.alloc.List(ctx, keyalloc.Filter{DstHost: me})
-	if err != nil {
-		return fmt.Errorf("list keys towards this host: %w", err)
-	}
-	for _, r := range recv {
-		// Marking ready again is harmless (idempotent) and covers a
-		// receiver that stopped between installing and marking; it waits
-		// until br-int has the Restore entries (markLoaded).
-		if fn, _ := c.onReceiverRecord(r); fn != nil {
-			c.loaded = append(c.loaded, fn)
+// setFields reads an EgressCache entry's actions: whether it sets tun_dst
+// (keyed or plain VXLAN, not a rewrite) and the eth_dst a rewrite sets
+// (its next hop).
+func setFields(ins []openflow.Instruction) (tunnel bool, ethDst net.HardwareAddr) {
+	for _, in := range ins {
+		aa, ok := in.(*openflow.ApplyActionsInst)
+		if !ok {
+			continue
+		}
+		for _, a := range aa.Actions {
+			sf, ok := a.(*openflow.SetField)
+			if !ok {
+				continue
+			}
+			switch sf.Field {
+			case openflow.FieldTunDst:
+				tunnel = true
+			case openflow.FieldEthDst:
+				ethDst = net.HardwareAddr(slices.Clone(sf.Value))
+			}
 		}
 	}
-	return nil
+	return tunnel, ethDst
 }
 
-// markLoaded runs the follow-ups of the records load found, once br-int's
-// connection has replayed their Restore entries.
-func (c *cache) markLoaded(ctx context.Context) {
-	for _, fn := range c.loaded {
-		fn(ctx)
-	}
-	c.loaded = nil
+// cookiePeer splits a cache cookie's id into the peer's IPv4 and the key.
+func cookiePeer(cookie uint64) (netip.Addr, uint8) {
+	id := flows.CookieID(cookie)
+	return netip.AddrFrom4([4]byte{byte(id >> 32), byte(id >> 24), byte(id >> 16), byte(id >> 8)}), uint8(id)
 }
 
-// watch follows both sides' records until ctx ends.
-func (c *cache) watch(ctx context.Context) error {
-	me := c.a.cfg.Node
-	sendCh, err := c.alloc.Watch(ctx, keyalloc.Filter{SrcHost: me})
-	if err != nil {
-		return err
-	}
-	recvCh, err := c.alloc.Watch(ctx, keyalloc.Filter{DstHost: me})
-	if err != nil {
-		return err
-	}
-	go c.follow(ctx, sendCh, c.onSenderRecord, c.onSenderDelete)
-	go c.follow(ctx, recvCh, c.onReceiverRecord, c.onReceiverDelete)
-	return nil
-}
+// ----------------------------------------------------------------------
+// Following etcd.
 
-// follow consumes a record stream in batches: every event already queued
-// updates the state, one apply installs the result, then each event's
-// follow-up work (marking a record ready, metrics) runs. Under a burst of
-// new pairs this costs one OpenFlow bundle per batch, not per pair; events
-// keep their order within the stream.
-func (c *cache) follow(ctx context.Context, ch <-chan keyalloc.Event, put func(keyalloc.Record) (func(context.Context), bool), del func(keyalloc.Record) bool) {
+// follow feeds a record stream to the machine: every event already queued
+// goes in under one lock, so a burst costs one install.
+func (c *cache) follow(ctx context.Context, ch <-chan keyalloc.Event, feed func(time.Time, keyalloc.Event) []cacheproto.Effect) {
 	for ev := range ch {
 		batch := []keyalloc.Event{ev}
 	drain:
@@ -259,34 +357,219 @@ func (c *cache) follow(ctx context.Context, ch <-chan keyalloc.Event, put func(k
 				break drain
 			}
 		}
-		changed := false
-		var after []func(context.Context)
-		for _, e := range batch {
-			switch e.Type {
-			case keyalloc.EventPut:
-				fn, ch := put(e.Value)
-				changed = changed || ch
-				if fn != nil {
-					after = append(after, fn)
-				}
-			case keyalloc.EventDelete:
-				changed = del(e.Value) || changed
+		c.do(func(now time.Time) []cacheproto.Effect {
+			var effs []cacheproto.Effect
+			for _, e := range batch {
+				effs = append(effs, feed(now, e)...)
 			}
-		}
-		if !changed {
-			continue
-		}
-		if err := c.apply(ctx); err != nil {
-			c.a.log.Warn("install cache entries", "records", len(batch), "err", err)
-			continue
-		}
-		var wg sync.WaitGroup
-		for _, fn := range after {
-			wg.Go(func() { fn(ctx) })
-		}
-		wg.Wait()
+			return effs
+		})
 	}
 }
+
+func (c *cache) onSent(now time.Time, ev keyalloc.Event) []cacheproto.Effect {
+	switch ev.Type {
+	case keyalloc.EventPut:
+		return c.m.SentRecord(now, ev.Value)
+	case keyalloc.EventDelete:
+		return c.m.SentRecordDeleted(now, ev.Value)
+	}
+	return nil
+}
+
+func (c *cache) onRecv(now time.Time, ev keyalloc.Event) []cacheproto.Effect {
+	switch ev.Type {
+	case keyalloc.EventPut:
+		if !c.validRecv(ev.Value) {
+			c.a.log.Debug("ignoring key record", "src_host", ev.Value.SrcHost, "src", ev.Value.Src, "dst", ev.Value.Dst, "key", ev.Value.Key)
+			return nil
+		}
+		return c.m.RecvRecord(now, ev.Value)
+	case keyalloc.EventDelete:
+		return c.m.RecvRecordDeleted(now, ev.Value)
+	}
+	return nil
+}
+
+// validRecv checks a record towards this host against what this host
+// knows: the sending peer, that the source address is that peer's, the
+// destination container here, and the key in the set. A record that
+// fails gets no Restore entry; its sender's pending timeout collects it.
+func (c *cache) validRecv(r keyalloc.Record) bool {
+	_, _, ok := c.a.peerByName(r.SrcHost)
+	holder, _, held := c.a.peerFor(r.Src)
+	return ok && held && holder.Name == r.SrcHost && c.a.isLocal(r.Dst) && c.rwKey(r.Key)
+}
+
+func (c *cache) rwKey(k uint8) bool {
+	for _, x := range c.rw.Keys {
+		if x == k {
+			return true
+		}
+	}
+	return false
+}
+
+// ----------------------------------------------------------------------
+// Timers and anti-entropy.
+
+func (c *cache) tick(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.do(c.m.Tick)
+		}
+	}
+}
+
+// antiEntropyLoop compares records and flows both ways every
+// antiEntropyEvery and after every reconnect of br-int.
+func (c *cache) antiEntropyLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	last, connects := time.Now(), c.a.intSw.Stats().Connects
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n := c.a.intSw.Stats().Connects
+		if n == connects && time.Since(last) < antiEntropyEvery {
+			continue
+		}
+		if err := c.antiEntropy(ctx); err != nil {
+			c.a.log.Debug("cache anti-entropy skipped", "err", err)
+			continue
+		}
+		last, connects = time.Now(), n
+	}
+}
+
+// antiEntropy reads both sides and lets the machine repair differences.
+func (c *cache) antiEntropy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c.mu.Lock()
+	gen := c.m.Confirmed()
+	c.mu.Unlock()
+	flowsOn, err := c.dumpEgress(ctx)
+	if err != nil {
+		return err
+	}
+	egress := make(map[cacheproto.Pair]uint8, len(flowsOn))
+	for p, f := range flowsOn {
+		egress[p] = f.Key
+	}
+	me := c.a.cfg.Node
+	sent, rev1, err := c.alloc.ListAt(ctx, keyalloc.Filter{SrcHost: me})
+	if err != nil {
+		return err
+	}
+	recvAll, rev2, err := c.alloc.ListAt(ctx, keyalloc.Filter{DstHost: me})
+	if err != nil {
+		return err
+	}
+	var recv []keyalloc.Record
+	for _, r := range recvAll {
+		if c.validRecv(r) {
+			recv = append(recv, r)
+		}
+	}
+	c.do(func(now time.Time) []cacheproto.Effect {
+		before := total(c.m.Count.Repairs)
+		effs := c.m.AntiEntropy(now, gen, egress, sent, recv, min(rev1, rev2))
+		if after := total(c.m.Count.Repairs); after != before {
+			c.a.log.Info("cache anti-entropy repaired entries", "repairs", after-before, "totals", fmt.Sprint(c.m.Count.Repairs))
+		}
+		return effs
+	})
+	return nil
+}
+
+func total(m map[string]uint64) (n uint64) {
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// ----------------------------------------------------------------------
+// Events from br-int and the agent.
+
+// onPunt handles a cache miss copied to the agent. It never blocks the
+// controller's delivery goroutine for long: etcd work runs in effects.
+func (c *cache) onPunt(pin *openflow.PacketIn2) {
+	c.a.metrics.punts.WithLabelValues("received").Inc()
+	if len(pin.Userdata) == 0 || pin.Userdata[0] != flows.PuntMiss {
+		c.a.metrics.punts.WithLabelValues("bad").Inc()
+		return
+	}
+	src, dst, dscp, err := parseIPv4(pin.Packet)
+	if err != nil || dscp != 0 {
+		c.a.metrics.punts.WithLabelValues("bad").Inc()
+		return
+	}
+	peer, regMAC, ok := c.a.peerFor(dst)
+	if !ok || !c.a.isLocal(src) {
+		c.a.metrics.punts.WithLabelValues("unknown").Inc()
+		return
+	}
+	p := cacheproto.Pair{Src: src, Dst: dst}
+	nh := c.nextHop(peer.IP, regMAC)
+	c.do(func(now time.Time) []cacheproto.Effect {
+		effs := c.m.Punt(now, p, peer.Name, nh)
+		if len(effs) > 0 {
+			c.a.log.Debug("pair punted", "src", src, "dst", dst, "peer", peer.Name)
+		}
+		return effs
+	})
+}
+
+// onFlowRemoved handles FLOW_REMOVED: packet counts of gone entries, and
+// an EgressCache entry that idled out.
+func (c *cache) onFlowRemoved(fr *openflow.FlowRemoved) {
+	switch flows.CookieCategory(fr.Cookie) {
+	case flows.CatCache:
+		c.retired[0].Add(fr.PacketCount)
+	case flows.CatRestore:
+		c.retired[1].Add(fr.PacketCount)
+		return
+	default:
+		return
+	}
+	if fr.Reason != openflow.FlowRemovedIdleTimeout && fr.Reason != openflow.FlowRemovedHardTimeout {
+		return
+	}
+	c.a.metrics.expiries.WithLabelValues("egress").Inc()
+	_, key := cookiePeer(fr.Cookie)
+	p := cacheproto.Pair{Src: matchIPv4(fr.Match, openflow.FieldIPv4Src), Dst: matchIPv4(fr.Match, openflow.FieldIPv4Dst)}
+	c.do(func(now time.Time) []cacheproto.Effect { return c.m.FlowRemoved(now, p, key) })
+}
+
+// invalidateEndpoint takes a detached container's pairs off their keys.
+func (c *cache) invalidateEndpoint(_ context.Context, ip netip.Addr) {
+	c.do(func(now time.Time) []cacheproto.Effect { return c.m.Detach(now, ip) })
+}
+
+// invalidatePeer ends every entry shared with a host that left the
+// cluster; its records towards this host are released here.
+func (c *cache) invalidatePeer(_ context.Context, name string, _ netip.Addr) {
+	c.do(func(now time.Time) []cacheproto.Effect { return c.m.PeerGone(now, name) })
+}
+
+// moved takes pairs towards ip off their keys when ip is now another
+// host's (a roaming address).
+func (c *cache) moved(ip netip.Addr, host string) {
+	c.do(func(now time.Time) []cacheproto.Effect { return c.m.Moved(now, ip, host) })
+}
+
+// ----------------------------------------------------------------------
+// Helpers.
 
 // peerByName returns a known peer host.
 func (a *Agent) peerByName(name string) (flows.Peer, net.HardwareAddr, bool) {
@@ -297,6 +580,18 @@ func (a *Agent) peerByName(name string) (flows.Peer, net.HardwareAddr, bool) {
 		return flows.Peer{}, nil, false
 	}
 	return flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}, h.UnderlayMAC, true
+}
+
+// peerNameByIP returns the name of the peer host with underlay IP ip.
+func (a *Agent) peerNameByIP(ip netip.Addr) (string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, h := range a.peers {
+		if h.UnderlayIP == ip {
+			return h.Name, true
+		}
+	}
+	return "", false
 }
 
 // peerFor returns the peer host that holds ip: a roaming endpoint's host,
@@ -331,135 +626,6 @@ func (a *Agent) isLocal(ip netip.Addr) bool {
 	return false
 }
 
-// onPunt handles a cache miss copied to the agent. It never blocks the
-// controller's delivery goroutine: allocation runs in its own goroutine,
-// bounded by c.allocs; a full set drops the punt (the next one retries).
-func (c *cache) onPunt(pin *openflow.PacketIn2) {
-	c.a.metrics.punts.WithLabelValues("received").Inc()
-	if len(pin.Userdata) == 0 || pin.Userdata[0] != flows.PuntMiss {
-		c.a.metrics.punts.WithLabelValues("bad").Inc()
-		return
-	}
-	src, dst, dscp, err := parseIPv4(pin.Packet)
-	if err != nil || dscp != 0 {
-		c.a.metrics.punts.WithLabelValues("bad").Inc()
-		return
-	}
-	peer, regMAC, ok := c.a.peerFor(dst)
-	if !ok || !c.a.isLocal(src) {
-		c.a.metrics.punts.WithLabelValues("unknown").Inc()
-		return
-	}
-	pk := pairKey{src, dst}
-	c.mu.Lock()
-	if _, ok := c.send[pk]; ok {
-		c.mu.Unlock()
-		c.a.metrics.punts.WithLabelValues("duplicate").Inc()
-		return
-	}
-	// A placeholder dedupes further punts while the allocation runs.
-	e := &sendEntry{pair: flows.Pair{Src: src, Dst: dst, Peer: peer}, state: -1, punted: time.Now(), peerTag: peer.Name}
-	c.send[pk] = e
-	c.mu.Unlock()
-	c.a.log.Debug("pair punted", "src", src, "dst", dst, "peer", peer.Name)
-	select {
-	case c.allocs <- struct{}{}:
-	default:
-		c.mu.Lock()
-		delete(c.send, pk)
-		c.mu.Unlock()
-		c.a.metrics.punts.WithLabelValues("dropped").Inc()
-		return
-	}
-	go func() {
-		defer func() { <-c.allocs }()
-		c.bootstrap(pk, e, regMAC)
-	}()
-}
-
-// bootstrap allocates the pair's key and installs its pending (or, for a
-// pair whose record is already ready, its ready) entry; without a key the
-// pair gets a fallback entry and stays on VXLAN.
-func (c *cache) bootstrap(pk pairKey, e *sendEntry, regMAC net.HardwareAddr) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c.a.metrics.bootstraps.Inc()
-	rec, err := c.alloc.Allocate(ctx, c.a.cfg.Node, e.peerTag, pk.src, pk.dst)
-	c.a.log.Debug("pair key allocated", "src", pk.src, "dst", pk.dst, "key", rec.Key, "err", err, "since_punt", time.Since(e.punted))
-	nh := c.nextHop(e.pair.Peer.IP, regMAC)
-	c.mu.Lock()
-	if c.send[pk] != e { // detached or invalidated meanwhile
-		c.mu.Unlock()
-		return
-	}
-	c.allocatedLocked(pk, e, rec, err, nh)
-	state, reason := e.state, e.reason
-	c.mu.Unlock()
-	if state == flows.CacheFallback {
-		c.a.metrics.fallbacks.WithLabelValues(reason).Inc()
-		c.a.log.Info("cache pair stays on VXLAN", "src", pk.src, "dst", pk.dst, "reason", reason, "err", err)
-	}
-	if err := c.apply(ctx); err != nil {
-		c.a.log.Warn("install cache entry", "src", pk.src, "dst", pk.dst, "err", err)
-		c.mu.Lock()
-		delete(c.send, pk)
-		c.mu.Unlock()
-		return
-	}
-	if state == flows.CacheReady {
-		c.onFastPath(pk.src, pk.dst, e.peerTag, rec.Key, e.punted)
-	}
-}
-
-// onFastPath records a pair's arrival on the fast path: the
-// time-to-fast-path histogram and the debug line the bench times.
-func (c *cache) onFastPath(src, dst netip.Addr, peer string, key uint8, punted time.Time) {
-	d := time.Since(punted)
-	c.a.metrics.timeToFastPath.Observe(d.Seconds())
-	c.a.log.Debug("pair on the fast path", "src", src, "dst", dst, "peer", peer, "key", key, "since_punt", d)
-}
-
-// allocatedLocked records an allocation's outcome in the pair's entry: a
-// fallback without a key, else the key in state pending — or ready, if the
-// record is ready already (an existing pair, or one the receiver marked
-// before the allocation's answer came back).
-func (c *cache) allocatedLocked(pk pairKey, e *sendEntry, rec keyalloc.Record, err error, nh net.HardwareAddr) {
-	switch {
-	case errors.Is(err, keyalloc.ErrKeysExhausted):
-		e.state, e.reason = flows.CacheFallback, "keys_exhausted"
-	case err != nil:
-		e.state, e.reason = flows.CacheFallback, "etcd"
-		c.a.metrics.etcdErrors.WithLabelValues("allocate_key").Inc()
-	case nh == nil:
-		e.state, e.reason = flows.CacheFallback, "no_next_hop"
-		e.rec = rec
-		e.pair.Key = 0
-	default:
-		if e.early.CreateRevision == rec.CreateRevision && e.early.State == keyalloc.StateReady {
-			rec = e.early
-		}
-		e.rec, e.pair.Key, e.pair.NextHop = rec, rec.Key, nh
-		e.state = flows.CachePending
-		if rec.State == keyalloc.StateReady {
-			e.state = flows.CacheReady
-		}
-		c.evictKeyLocked(pk, e.pair.Peer.IP, rec.Key)
-	}
-	e.early = keyalloc.Record{}
-}
-
-// evictKeyLocked removes any other entry of this host that still uses
-// (peer, key): a key is reused only once its old record is gone, and the
-// old entry's flow must go in the same bundle that adds the new one, or
-// the old pair's packets would be restored as the new pair's.
-func (c *cache) evictKeyLocked(keep pairKey, peer netip.Addr, key uint8) {
-	for k, o := range c.send {
-		if k != keep && o.pair.Key == key && o.pair.Peer.IP == peer && o.state != flows.CacheFallback {
-			delete(c.send, k)
-		}
-	}
-}
-
 // nextHop resolves the underlay MAC for a peer: the neighbour entry of the
 // route's gateway or of the peer itself, else the MAC the peer registered
 // (same L2 segment).
@@ -484,233 +650,6 @@ func (c *cache) nextHop(peer netip.Addr, registered net.HardwareAddr) net.Hardwa
 		return registered
 	}
 	return nil
-}
-
-// onSenderRecord follows a record of a pair this host sends: ready means
-// the receiver restores the key, so the entry may rewrite. It changes state
-// only; the caller installs.
-func (c *cache) onSenderRecord(r keyalloc.Record) (func(context.Context), bool) {
-	peer, regMAC, ok := c.a.peerByName(r.DstHost)
-	if !ok {
-		return nil, false
-	}
-	pk := pairKey{r.Src, r.Dst}
-	c.mu.Lock()
-	e, ok := c.send[pk]
-	switch {
-	case ok && e.state < 0 && r.State == keyalloc.StateReady:
-		// The allocation has not returned yet; it takes this from here.
-		e.early = r
-		c.mu.Unlock()
-		return nil, false
-	case ok && e.rec.CreateRevision == r.CreateRevision && e.state == flows.CachePending && r.State == keyalloc.StateReady:
-		e.rec, e.state = r, flows.CacheReady
-	case !ok && r.State == keyalloc.StateReady && c.a.isLocal(r.Src):
-		// After a restart: the pair was on the fast path.
-		nh := c.nextHop(peer.IP, regMAC)
-		if nh == nil {
-			c.mu.Unlock()
-			return nil, false
-		}
-		e = &sendEntry{pair: flows.Pair{Src: r.Src, Dst: r.Dst, Peer: peer, Key: r.Key, NextHop: nh}, state: flows.CacheReady,
-			rec: r, punted: time.Now(), peerTag: peer.Name}
-		c.evictKeyLocked(pk, peer.IP, r.Key)
-		c.send[pk] = e
-	default:
-		c.mu.Unlock()
-		return nil, false
-	}
-	punted := e.punted
-	c.mu.Unlock()
-	return func(context.Context) { c.onFastPath(r.Src, r.Dst, r.DstHost, r.Key, punted) }, true
-}
-
-// onSenderDelete drops the entry of a record that is gone: its key may be
-// handed to another pair from now on.
-func (c *cache) onSenderDelete(r keyalloc.Record) bool {
-	pk := pairKey{r.Src, r.Dst}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.send[pk]
-	if !ok || e.rec.CreateRevision != r.CreateRevision || e.state == flows.CacheFallback {
-		return false
-	}
-	delete(c.send, pk)
-	return true
-}
-
-// onReceiverRecord checks a new pair towards this host against what this
-// host knows (the peer, the destination container) and adds its Restore
-// entry; once the caller has installed it, the returned func marks the
-// record ready.
-func (c *cache) onReceiverRecord(r keyalloc.Record) (func(context.Context), bool) {
-	peer, _, ok := c.a.peerByName(r.SrcHost)
-	holder, _, held := c.a.peerFor(r.Src)
-	if !ok || !held || holder.Name != r.SrcHost || !c.a.isLocal(r.Dst) || !c.rwKey(r.Key) {
-		c.a.log.Debug("ignoring key record", "src_host", r.SrcHost, "src", r.Src, "dst", r.Dst, "key", r.Key)
-		return nil, false
-	}
-	rk := recvKey{peer.IP, r.Key}
-	c.mu.Lock()
-	if e, ok := c.recv[rk]; ok && e.rec.CreateRevision == r.CreateRevision {
-		c.mu.Unlock()
-		return nil, false
-	}
-	c.recv[rk] = &recvEntry{rec: r, peer: peer.IP}
-	c.mu.Unlock()
-	return func(ctx context.Context) {
-		c.a.log.Debug("pair restore installed", "src", r.Src, "dst", r.Dst, "peer", r.SrcHost, "key", r.Key)
-		if err := c.alloc.MarkReady(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
-			c.a.metrics.etcdErrors.WithLabelValues("mark_ready").Inc()
-			c.a.log.Warn("mark key ready", "src_host", r.SrcHost, "key", r.Key, "err", err)
-			return
-		}
-		c.a.log.Debug("pair marked ready", "src", r.Src, "dst", r.Dst, "peer", r.SrcHost, "key", r.Key)
-	}, true
-}
-
-func (c *cache) rwKey(k uint8) bool {
-	for _, x := range c.rw.Keys {
-		if x == k {
-			return true
-		}
-	}
-	return false
-}
-
-func (c *cache) onReceiverDelete(r keyalloc.Record) bool {
-	peer, _, ok := c.a.peerByName(r.SrcHost)
-	if !ok {
-		return false
-	}
-	rk := recvKey{peer.IP, r.Key}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.recv[rk]
-	if !ok || e.rec.CreateRevision != r.CreateRevision {
-		return false
-	}
-	delete(c.recv, rk)
-	return true
-}
-
-// onFlowRemoved handles idle expiry. A sender entry that idles out just
-// goes (the record stays until the receiver expires it); a Restore entry
-// that idles out releases its record, which frees the key on both ends.
-func (c *cache) onFlowRemoved(fr *openflow.FlowRemoved) {
-	switch flows.CookieCategory(fr.Cookie) {
-	case flows.CatCache:
-		c.retired[0].Add(fr.PacketCount)
-	case flows.CatRestore:
-		c.retired[1].Add(fr.PacketCount)
-	}
-	if fr.Reason != openflow.FlowRemovedIdleTimeout && fr.Reason != openflow.FlowRemovedHardTimeout {
-		return
-	}
-	switch flows.CookieCategory(fr.Cookie) {
-	case flows.CatCache:
-		src, dst := matchIPv4(fr.Match, openflow.FieldIPv4Src), matchIPv4(fr.Match, openflow.FieldIPv4Dst)
-		pk := pairKey{src, dst}
-		c.mu.Lock()
-		e, ok := c.send[pk]
-		if ok && flows.CacheCookie(e.pair.Peer.IP, e.pair.Key) == fr.Cookie {
-			delete(c.send, pk)
-		}
-		c.mu.Unlock()
-		c.a.metrics.expiries.WithLabelValues("egress").Inc()
-	case flows.CatRestore:
-		id := flows.CookieID(fr.Cookie)
-		peer := netip.AddrFrom4([4]byte{byte(id >> 32), byte(id >> 24), byte(id >> 16), byte(id >> 8)})
-		rk := recvKey{peer, uint8(id)}
-		c.mu.Lock()
-		e, ok := c.recv[rk]
-		if ok {
-			delete(c.recv, rk)
-		}
-		c.mu.Unlock()
-		c.a.metrics.expiries.WithLabelValues("restore").Inc()
-		if ok {
-			// Record the removal first: the controller only re-sends a
-			// flow it believes is gone.
-			actx, acancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if err := c.apply(actx); err != nil {
-				c.a.log.Warn("update cache after expiry", "err", err)
-			}
-			acancel()
-			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err := c.alloc.Release(rctx, e.rec)
-			cancel()
-			if err != nil && !errors.Is(err, keyalloc.ErrStale) && !errors.Is(err, keyalloc.ErrNotFound) {
-				// The record still exists (etcd did not answer), so the
-				// sender may still use the key: its Restore entry goes
-				// back, and the release is tried again at its next expiry.
-				c.a.metrics.etcdErrors.WithLabelValues("release_key").Inc()
-				c.a.log.Warn("release expired key; keeping its restore entry", "peer", peer, "key", rk.key, "err", err)
-				c.mu.Lock()
-				if _, taken := c.recv[rk]; !taken {
-					c.recv[rk] = e
-				}
-				c.mu.Unlock()
-			}
-		}
-	default:
-		return
-	}
-	// The flow is gone from OVS already; dropping it from the desired set
-	// keeps a later replay from resurrecting it.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := c.apply(ctx); err != nil {
-		c.a.log.Warn("update cache after expiry", "err", err)
-	}
-}
-
-// invalidateEndpoint removes every entry involving a detached container and
-// releases their records, so peers drop theirs too.
-func (c *cache) invalidateEndpoint(ctx context.Context, ip netip.Addr) {
-	c.invalidate(ctx, "detached container "+ip.String(),
-		func(k pairKey, _ *sendEntry) bool { return k.src == ip },
-		func(_ recvKey, e *recvEntry) bool { return e.rec.Dst == ip })
-}
-
-// invalidatePeer removes every entry shared with a host that left and
-// releases their records: the departed host cannot release its side, and a
-// host that comes back simply bootstraps its pairs again.
-func (c *cache) invalidatePeer(ctx context.Context, name string, ip netip.Addr) {
-	c.invalidate(ctx, "departed host "+name,
-		func(_ pairKey, e *sendEntry) bool { return e.peerTag == name },
-		func(k recvKey, _ *recvEntry) bool { return k.peer == ip })
-}
-
-// invalidate removes the entries the predicates select, installs the
-// result, then releases their records.
-func (c *cache) invalidate(ctx context.Context, why string, send func(pairKey, *sendEntry) bool, recv func(recvKey, *recvEntry) bool) {
-	var release []keyalloc.Record
-	c.mu.Lock()
-	for k, e := range c.send {
-		if send(k, e) {
-			delete(c.send, k)
-			if e.rec.CreateRevision != 0 {
-				release = append(release, e.rec)
-			}
-		}
-	}
-	for k, e := range c.recv {
-		if recv(k, e) {
-			delete(c.recv, k)
-			release = append(release, e.rec)
-		}
-	}
-	c.mu.Unlock()
-	if err := c.apply(ctx); err != nil {
-		c.a.log.Warn("remove cache entries", "of", why, "err", err)
-	}
-	for _, r := range release {
-		if err := c.alloc.Release(ctx, r); err != nil && !errors.Is(err, keyalloc.ErrStale) {
-			c.a.metrics.etcdErrors.WithLabelValues("release_key").Inc()
-			c.a.log.Warn("release key", "of", why, "key", r.Key, "err", err)
-		}
-	}
 }
 
 // ensureMeter installs the punt meter, or updates it on a switch that
@@ -749,26 +688,42 @@ func matchIPv4(m openflow.Match, f *openflow.Field) netip.Addr {
 	return netip.Addr{}
 }
 
-// stateOf names a sender entry's state for keyroutectl cache.
-func (c *cache) stateOf(pk pairKey) string {
+// stateOf names a pair's sender entry state for keyroutectl cache.
+func (c *cache) stateOf(p cacheproto.Pair) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.send[pk]; ok && e.state >= 0 {
-		if e.state == flows.CacheFallback {
-			return "fallback (" + e.reason + ")"
-		}
-		return e.state.String()
+	e, ok := c.m.Entry(p)
+	if !ok {
+		return "unknown"
 	}
-	return "unknown"
+	if e.State == cacheproto.StateFallback {
+		return "fallback (" + e.Reason + ")"
+	}
+	return e.State.String()
 }
 
-// recvRecord returns the record a Restore entry serves.
-func (c *cache) recvRecord(rk recvKey) (keyalloc.Record, bool) {
+// recvState returns the pair a Restore entry serves and its state.
+func (c *cache) recvState(k cacheproto.RecvKey) (keyalloc.Record, string, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.recv[rk]
-	if !ok {
-		return keyalloc.Record{}, false
+	r, ready, ok := c.m.Restoring(k)
+	if ready {
+		return r, "ready", ok
 	}
-	return e.rec, true
+	return r, "pending", ok
+}
+
+// holds returns the keys this host holds as sender for pairs that left
+// them (draining, quarantined, releasing): they have no flow.
+func (c *cache) holds() []cacheproto.Send {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	send, _ := c.m.Entries()
+	var out []cacheproto.Send
+	for _, e := range send {
+		if e.State >= cacheproto.StateDraining {
+			out = append(out, e)
+		}
+	}
+	return out
 }

@@ -92,12 +92,20 @@ type OVSConfig struct {
 	RunDir string `yaml:"run_dir"`
 }
 
-// CacheConfig sets the cache entries' idle timeouts (rewrite mode).
+// CacheConfig sets rewrite mode's cache (DESIGN.md "Cache protocol v2").
 type CacheConfig struct {
 	// SendIdle is the EgressCache idle_timeout.
 	SendIdle time.Duration `yaml:"send_idle"`
-	// RecvIdle is the Restore idle_timeout; must exceed SendIdle.
+	// RecvIdle is no longer used: a Restore entry lives as long as its key
+	// record. Kept only to name the fix when an old config sets it.
 	RecvIdle time.Duration `yaml:"recv_idle"`
+	// Quarantine is how long a sender keeps a key after the confirmed
+	// removal of its last flow, before it frees the key: longer than any
+	// packet spends between two hosts' OVS.
+	Quarantine time.Duration `yaml:"quarantine"`
+	// PendingTimeout ends a key the receiver has not marked ready by then;
+	// the pair stays on VXLAN until its entry idles out.
+	PendingTimeout time.Duration `yaml:"pending_timeout"`
 	// Keys is the usable DSCP key set, e.g. "1-63,!46,!48-63".
 	Keys string `yaml:"keys"`
 	// PuntRate limits cache-miss copies to the agent, packets per second.
@@ -134,10 +142,11 @@ func DefaultConfig() Config {
 			RunDir:   "/var/run/openvswitch",
 		},
 		Cache: CacheConfig{
-			SendIdle: 10 * time.Second,
-			RecvIdle: 20 * time.Second,
-			Keys:     "1-63",
-			PuntRate: 1000,
+			SendIdle:       10 * time.Second,
+			Quarantine:     time.Second,
+			PendingTimeout: 5 * time.Second,
+			Keys:           "1-63",
+			PuntRate:       1000,
 		},
 		MetricsAddr: "127.0.0.1:9476",
 		APISocket:   "/run/keyroute/agent.sock",
@@ -228,8 +237,14 @@ func (c *Config) Validate() error {
 	if c.Cache.SendIdle <= 0 || c.Cache.SendIdle > 65535*time.Second || c.Cache.SendIdle%time.Second != 0 {
 		bad("cache.send_idle", c.Cache.SendIdle, "must be whole seconds between 1s and 65535s")
 	}
-	if c.Cache.RecvIdle <= c.Cache.SendIdle || c.Cache.RecvIdle > 65535*time.Second || c.Cache.RecvIdle%time.Second != 0 {
-		bad("cache.recv_idle", c.Cache.RecvIdle, "must be whole seconds, longer than cache.send_idle (%s), so the receiver never forgets a key the sender still uses", c.Cache.SendIdle)
+	if c.Cache.RecvIdle != 0 {
+		bad("cache.recv_idle", c.Cache.RecvIdle, "is no longer used: a Restore entry now lives as long as its key record, which only the sender ends (docs/DESIGN.md \"Cache protocol v2\"); remove the setting")
+	}
+	if c.Cache.Quarantine < 100*time.Millisecond || c.Cache.Quarantine > time.Minute {
+		bad("cache.quarantine", c.Cache.Quarantine, "must be between 100ms and 1m: longer than a packet can take between two hosts' OVS (1s is ample on a data-centre fabric)")
+	}
+	if c.Cache.PendingTimeout < time.Second || c.Cache.PendingTimeout > 10*time.Minute {
+		bad("cache.pending_timeout", c.Cache.PendingTimeout, "must be between 1s and 10m")
 	}
 	if _, err := keyalloc.ParseKeySet(c.Cache.Keys); err != nil {
 		bad("cache.keys", c.Cache.Keys, "%v", err)

@@ -29,7 +29,9 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{func(c *Config) { c.Cluster.PodCIDR = "198.19.1.0/16" }, "config field cluster.pod_cidr=198.19.1.0/16: use the network address: 198.19.0.0/16"},
 		{func(c *Config) { c.Cluster.PodCIDR = "nonsense" }, "cluster.pod_cidr=nonsense: give an IPv4 CIDR"},
 		{func(c *Config) { c.Cluster.SubnetBits = 16 }, "cluster.subnet_bits=16: must be longer than the pod CIDR's /16"},
-		{func(c *Config) { c.Cache.RecvIdle = c.Cache.SendIdle }, "cache.recv_idle=10s: must be whole seconds, longer than cache.send_idle"},
+		{func(c *Config) { c.Cache.RecvIdle = 20 * time.Second }, "cache.recv_idle=20s: is no longer used"},
+		{func(c *Config) { c.Cache.Quarantine = 0 }, "cache.quarantine=0s: must be between 100ms and 1m"},
+		{func(c *Config) { c.Cache.PendingTimeout = time.Hour }, "cache.pending_timeout=1h0m0s: must be between 1s and 10m"},
 		{func(c *Config) { c.Cache.SendIdle = 1500 * time.Millisecond }, "cache.send_idle=1.5s"},
 		{func(c *Config) { c.Mode = "fast" }, "mode=fast: must be tunnel or rewrite"},
 		{func(c *Config) { c.Datapath = "kernel" }, "datapath=kernel: must be auto, system or netdev"},
@@ -60,7 +62,7 @@ func TestLoadConfig(t *testing.T) {
 		return p
 	}
 	c, err := LoadConfig(write("uplink: eth9\ncache:\n  send_idle: 5s\n"))
-	if err != nil || c.Uplink != "eth9" || c.Cache.SendIdle != 5*time.Second || c.Cache.RecvIdle != 20*time.Second {
+	if err != nil || c.Uplink != "eth9" || c.Cache.SendIdle != 5*time.Second || c.Cache.Quarantine != time.Second {
 		t.Fatalf("got %+v, %v", c, err)
 	}
 	if _, err := LoadConfig(write("uplnk: eth9\n")); err == nil || !strings.Contains(err.Error(), "field uplnk not found") {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keyroute/keyroute/cacheproto"
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/openflow"
@@ -29,7 +31,6 @@ type metrics struct {
 	// rewrite mode
 	punts          *prometheus.CounterVec
 	bootstraps     prometheus.Counter
-	fallbacks      *prometheus.CounterVec
 	expiries       *prometheus.CounterVec
 	cacheEntries   *prometheus.GaugeVec
 	cacheErrors    prometheus.Counter
@@ -46,10 +47,8 @@ func newMetrics() *metrics {
 	m.etcdErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_etcd_errors_total",
 		Help: "Failed etcd operations, by operation."}, []string{"op"})
 	m.punts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_misses_total",
-		Help: "Cache-miss punts from br-int, by outcome (received, duplicate, dropped, unknown, bad)."}, []string{"outcome"})
+		Help: "Cache-miss punts from br-int, by outcome (received, unknown, bad); see keyroute_cache_punts_ignored_total for those the key protocol ignored."}, []string{"outcome"})
 	m.bootstraps = prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_cache_bootstraps_total", Help: "Key allocations started for new pairs."})
-	m.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_fallbacks_total",
-		Help: "Pairs left on VXLAN, by reason (keys_exhausted, etcd, no_next_hop)."}, []string{"reason"})
 	m.expiries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_expiries_total",
 		Help: "Cache entries that idled out, by side (egress, restore)."}, []string{"side"})
 	m.cacheEntries = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keyroute_cache_entries",
@@ -57,7 +56,7 @@ func newMetrics() *metrics {
 	m.cacheErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_cache_install_errors_total", Help: "Failed cache flow installs."})
 	m.timeToFastPath = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keyroute_cache_time_to_fast_path_seconds",
 		Help: "From a pair's first punt to its rewrite entry installed.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
-	m.reg.MustRegister(m.endpoints, m.hosts, m.badRecords, m.etcdErrors, m.punts, m.bootstraps, m.fallbacks, m.expiries,
+	m.reg.MustRegister(m.endpoints, m.hosts, m.badRecords, m.etcdErrors, m.punts, m.bootstraps, m.expiries,
 		m.cacheEntries, m.cacheErrors, m.timeToFastPath)
 	return m
 }
@@ -105,8 +104,14 @@ func (c *cache) collector() prometheus.Collector {
 	hits := prometheus.NewDesc("keyroute_cache_hit_packets_total",
 		"Packets that matched a cache entry, by side: egress (EgressCache entries in any state; pending and fallback ones send through VXLAN) "+
 			"and restore. Flow counters of the entries installed now plus the final counts of the removed ones.", []string{"side"}, nil)
-	keys := prometheus.NewDesc("keyroute_cache_keys_in_use", "Keys this host's pairs hold as sender (pending or ready entries), by peer host.", []string{"peer"}, nil)
-	return collectorFunc{descs: []*prometheus.Desc{hits, keys}, collect: func(ch chan<- prometheus.Metric) {
+	keys := prometheus.NewDesc("keyroute_cache_keys_in_use", "Keys this host holds as sender, by peer host: pending and ready entries, and keys draining, quarantined or being released.", []string{"peer"}, nil)
+	fallbackDesc := prometheus.NewDesc("keyroute_cache_fallbacks_total", "Pairs left on VXLAN without a key, by reason (keys_exhausted, etcd, no_next_hop, not_ready, key_conflict).", []string{"reason"}, nil)
+	repairDesc := prometheus.NewDesc("keyroute_cache_repairs_total",
+		"Differences between key records and flows found and repaired, by kind: at start-up (adopted, record_without_flow, flow_without_record), "+
+			"by anti-entropy (egress_flow_lost, record_lost, orphan_record, restore_missing, restore_stale), and from punts (punt_after_install) and watches (record_deleted_elsewhere).", []string{"kind"}, nil)
+	puntDropDesc := prometheus.NewDesc("keyroute_cache_punts_ignored_total", "Punts the key protocol ignored: before start-up finished (unsynced), while the pair's previous key is still held (busy), for an entry just installed (stale).", []string{"outcome"}, nil)
+	releasedDesc := prometheus.NewDesc("keyroute_cache_keys_released_total", "Keys this host freed as sender, each after the confirmed removal of its flow and the quarantine.", nil, nil)
+	return collectorFunc{descs: []*prometheus.Desc{hits, keys, fallbackDesc, repairDesc, puntDropDesc, releasedDesc}, collect: func(ch chan<- prometheus.Metric) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		for i, t := range []flows.Table{flows.EgressCache, flows.Restore} {
@@ -124,12 +129,25 @@ func (c *cache) collector() prometheus.Collector {
 		}
 		perPeer := map[string]int{}
 		c.mu.Lock()
-		for _, e := range c.send {
-			if e.state == flows.CachePending || e.state == flows.CacheReady {
-				perPeer[e.peerTag]++
+		send, _ := c.m.Entries()
+		count := c.m.Count
+		fallbacks, repairs := maps.Clone(count.Fallbacks), maps.Clone(count.Repairs)
+		c.mu.Unlock()
+		for _, e := range send {
+			if e.Key != 0 && e.State != cacheproto.StateFallback {
+				perPeer[e.Peer]++
 			}
 		}
-		c.mu.Unlock()
+		for reason, n := range fallbacks {
+			ch <- prometheus.MustNewConstMetric(fallbackDesc, prometheus.CounterValue, float64(n), reason)
+		}
+		for kind, n := range repairs {
+			ch <- prometheus.MustNewConstMetric(repairDesc, prometheus.CounterValue, float64(n), kind)
+		}
+		for outcome, n := range map[string]uint64{"unsynced": count.PuntsUnsynced, "busy": count.PuntsBusy, "stale": count.PuntsStale} {
+			ch <- prometheus.MustNewConstMetric(puntDropDesc, prometheus.CounterValue, float64(n), outcome)
+		}
+		ch <- prometheus.MustNewConstMetric(releasedDesc, prometheus.CounterValue, float64(count.Released))
 		for peer, n := range perPeer {
 			ch <- prometheus.MustNewConstMetric(keys, prometheus.GaugeValue, float64(n), peer)
 		}

@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/keyroute/keyroute/api"
+	"github.com/keyroute/keyroute/cacheproto"
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/keyalloc"
@@ -300,24 +300,34 @@ func (a *Agent) Cache(ctx context.Context) ([]api.CacheEntry, error) {
 			return nil, fmt.Errorf("dump %s: %w", t.Name(), err)
 		}
 		for _, st := range stats {
-			id := flows.CookieID(st.Cookie)
-			peer := netip.AddrFrom4([4]byte{byte(id >> 32), byte(id >> 24), byte(id >> 16), byte(id >> 8)})
-			e := api.CacheEntry{Peer: peer.String(), Key: uint8(id), Packets: st.PacketCount, Bytes: st.ByteCount, IdleTimeout: st.IdleTimeout}
+			peer, key := cookiePeer(st.Cookie)
+			e := api.CacheEntry{Peer: peer.String(), Key: key, Packets: st.PacketCount, Bytes: st.ByteCount, IdleTimeout: st.IdleTimeout}
 			switch flows.CookieCategory(st.Cookie) {
 			case flows.CatCache:
 				e.Side = "egress"
 				e.Src, e.Dst = matchIPv4(st.Match, openflow.FieldIPv4Src).String(), matchIPv4(st.Match, openflow.FieldIPv4Dst).String()
-				e.State = a.cache.stateOf(pairKey{matchIPv4(st.Match, openflow.FieldIPv4Src), matchIPv4(st.Match, openflow.FieldIPv4Dst)})
+				e.State = a.cache.stateOf(cacheproto.Pair{Src: matchIPv4(st.Match, openflow.FieldIPv4Src), Dst: matchIPv4(st.Match, openflow.FieldIPv4Dst)})
 			case flows.CatRestore:
 				e.Side = "restore"
-				if r, ok := a.cache.recvRecord(recvKey{peer, uint8(id)}); ok {
-					e.Src, e.Dst, e.State = r.Src.String(), r.Dst.String(), "ready"
+				if name, ok := a.peerNameByIP(peer); ok {
+					if r, st, ok := a.cache.recvState(cacheproto.RecvKey{Peer: name, Key: key}); ok {
+						e.Src, e.Dst, e.State = r.Src.String(), r.Dst.String(), st
+					}
 				}
 			default:
 				continue
 			}
 			out = append(out, e)
 		}
+	}
+	// Keys still held for pairs that left them have no flow; they show
+	// with their state and no counters.
+	for _, h := range a.cache.holds() {
+		peer := ""
+		if p, _, ok := a.peerByName(h.Peer); ok {
+			peer = p.IP.String()
+		}
+		out = append(out, api.CacheEntry{Side: "egress", Peer: peer, Key: h.Key, Src: h.Pair.Src.String(), Dst: h.Pair.Dst.String(), State: h.State.String()})
 	}
 	return out, nil
 }

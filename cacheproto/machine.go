@@ -179,8 +179,17 @@ type (
 	// Release deletes Rec (compare-and-delete on its create revision).
 	// Result: Released.
 	Release struct{ Rec keyalloc.Record }
+	// FastPath tells that Pair's entry turned ready (metrics, logs); it
+	// asks for no result.
+	FastPath struct {
+		Pair   Pair
+		Peer   string
+		Key    uint8
+		Punted time.Time
+	}
 )
 
+func (FastPath) isEffect()  {}
 func (Allocate) isEffect()  {}
 func (Install) isEffect()   {}
 func (MarkReady) isEffect() {}
@@ -234,6 +243,10 @@ func (m *Machine) changed() uint64 {
 	return m.gen
 }
 
+// Confirmed returns the highest generation of desired flows confirmed on
+// the switch (for AntiEntropy).
+func (m *Machine) Confirmed() uint64 { return m.confirmed }
+
 // Synced reports whether the machine serves punts.
 func (m *Machine) Synced() bool { return m.synced }
 
@@ -261,26 +274,25 @@ func (m *Machine) Entry(p Pair) (Send, bool) {
 	return *e, true
 }
 
-// Restoring returns the record the Restore entry for k serves.
-func (m *Machine) Restoring(k RecvKey) (keyalloc.Record, bool) {
+// Restoring returns the record the Restore entry for k serves, and
+// whether it has been marked ready.
+func (m *Machine) Restoring(k RecvKey) (rec keyalloc.Record, ready, ok bool) {
 	e, ok := m.recv[k]
 	if !ok {
-		return keyalloc.Record{}, false
+		return keyalloc.Record{}, false, false
 	}
-	return e.Rec, true
+	return e.Rec, e.marked, true
 }
-
-// Ready reports whether a receiver entry's record has been marked ready.
-func (r Recv) Ready() bool { return r.marked }
 
 // ----------------------------------------------------------------------
 // Start-up.
 
 // EgressFlow is a sender entry found on the switch at start-up.
 type EgressFlow struct {
-	Peer  string // "" if the flow's peer is unknown
-	State State  // StatePending, StateReady or StateFallback
-	Key   uint8
+	Peer    string // "" if the flow's peer is unknown
+	State   State  // StatePending, StateReady or StateFallback
+	Key     uint8
+	NextHop net.HardwareAddr // a ready entry's
 }
 
 // Start loads what survived a restart: this host's records as sender
@@ -301,8 +313,9 @@ func (m *Machine) Start(now time.Time, sent, recv []keyalloc.Record, egress map[
 		if r.State == keyalloc.StateReady {
 			st = StateReady
 		}
-		if onSwitch && f.Key == r.Key && f.State == st && f.Peer == r.DstHost && local(r.Src) && m.send[p] == nil {
-			m.send[p] = &Send{Pair: p, Peer: r.DstHost, State: st, Key: r.Key, Rec: r, Punted: now, Since: now, gen: gen}
+		if onSwitch && f.Key == r.Key && f.State == st && f.Peer == r.DstHost && (st != StateReady || len(f.NextHop) == 6) &&
+			local(r.Src) && m.send[p] == nil {
+			m.send[p] = &Send{Pair: p, Peer: r.DstHost, State: st, Key: r.Key, Rec: r, NextHop: f.NextHop, Punted: now, Since: now, gen: gen}
 			adopted[p] = true
 			m.Count.Repairs["adopted"]++
 			continue
@@ -457,7 +470,11 @@ func (m *Machine) Allocated(now time.Time, p Pair, rec keyalloc.Record, err erro
 	}
 	delete(m.early, p)
 	e.gen = m.changed()
-	return m.flush()
+	effs := m.flush()
+	if e.State == StateReady {
+		effs = append(effs, FastPath{Pair: p, Peer: e.Peer, Key: e.Key, Punted: e.Punted})
+	}
+	return effs
 }
 
 // SentRecord is a change of one of this host's records as sender (the
@@ -471,6 +488,7 @@ func (m *Machine) SentRecord(now time.Time, rec keyalloc.Record) []Effect {
 		m.early[p] = rec.CreateRevision
 	case ok && e.State == StatePending && e.Rec.CreateRevision == rec.CreateRevision && rec.State == keyalloc.StateReady:
 		e.Rec, e.State, e.Since, e.gen = rec, StateReady, now, m.changed()
+		return append(m.flush(), FastPath{Pair: p, Peer: e.Peer, Key: e.Key, Punted: e.Punted})
 	}
 	return m.flush()
 }

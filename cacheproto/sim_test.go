@@ -139,6 +139,7 @@ type simEtcd struct {
 func recKey(src, dst string, k uint8) string { return fmt.Sprintf("%s/%s/%d", src, dst, k) }
 
 type ovsEgress struct {
+	nextHop  net.HardwareAddr
 	peer     string
 	state    State
 	key      uint8
@@ -562,7 +563,7 @@ func (s *sim) putEgress(h *simHost, f FlowSend) {
 	if ok && cur.state == f.State && cur.key == f.Key && cur.peer == f.Peer {
 		return // identical: OVS keeps it, idle timer included
 	}
-	h.egress[f.Pair] = &ovsEgress{peer: f.Peer, state: f.State, key: f.Key, lastUsed: s.now}
+	h.egress[f.Pair] = &ovsEgress{peer: f.Peer, state: f.State, key: f.Key, nextHop: f.NextHop, lastUsed: s.now}
 	s.flowsChanged = true
 }
 
@@ -599,7 +600,7 @@ func (s *sim) startAgent(h *simHost, restarted bool) {
 	sent, recv := s.list(h)
 	egress := map[Pair]EgressFlow{}
 	for p, f := range h.egress {
-		egress[p] = EgressFlow{Peer: f.peer, State: f.state, Key: f.key}
+		egress[p] = EgressFlow{Peer: f.peer, State: f.state, Key: f.key, NextHop: f.nextHop}
 	}
 	s.apply(h, h.m.Start(s.wall(), sent, recv, egress, func(ip netip.Addr) bool { return h.local[ip] }))
 	s.replay(h)

@@ -222,7 +222,7 @@ func rwKeyMap(recs []keyalloc.Record, src, dst string) map[[2]netip.Addr]uint8 {
 // traffic runs: every receiver gets only the packets meant for it, and the
 // pairs without a key keep working over VXLAN.
 func TestRewriteChurn(t *testing.T) {
-	cl := rwCluster(t, Options{AgentConfig: rwIdle("2s", "4s")})
+	cl := rwCluster(t, Options{AgentConfig: rwIdle("2s")})
 	st := rwEtcd(t, cl)
 	h1, h2 := cl.Host(1), cl.Host(2)
 	var sendNames, recvNames []string

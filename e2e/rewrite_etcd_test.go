@@ -136,12 +136,13 @@ func TestRewriteEtcdOutage(t *testing.T) {
 }
 
 // A pair that goes idle while etcd is down longer than the agents' etcd
-// deadline for releasing a key (10 s) must work again once etcd is back:
-// its Restore entry idles out during the outage, and whatever became of
-// the record, no sender may keep rewriting towards a key that nobody
+// deadline for releasing a key (5 s) must work again once etcd is back:
+// its egress entries idle out during the outage, the senders keep their
+// keys (and the receivers their Restore entries) until a release goes
+// through, and no sender may keep rewriting towards a key that nobody
 // restores.
 func TestRewriteEtcdOutageIdlePair(t *testing.T) {
-	cl := rwCluster(t, Options{ExternalEtcd: true, AgentConfig: rwIdle("1s", "2s")})
+	cl := rwCluster(t, Options{ExternalEtcd: true, AgentConfig: rwIdle("1s")})
 	st := rwEtcd(t, cl)
 	h1, h2 := cl.Host(1), cl.Host(2)
 	c1 := rwAttach(t, cl, 1, "c1")[0]
@@ -157,7 +158,7 @@ func TestRewriteEtcdOutageIdlePair(t *testing.T) {
 	if err := c1.Ping(c2.IP.String(), 1); err != nil {
 		t.Fatal(err)
 	}
-	// etcd goes before the Restore entries idle out (recv_idle 2 s).
+	// etcd goes before the egress entries idle out (send_idle 1 s).
 	if err := cl.StopEtcd(); err != nil {
 		t.Fatal(err)
 	}
@@ -168,8 +169,14 @@ func TestRewriteEtcdOutageIdlePair(t *testing.T) {
 		}
 	})
 	err := simhost.WaitFor(10*time.Second, func() error {
-		if fs := append(rwFlows(t, h1, false), rwFlows(t, h2, false)...); len(fs) > 0 {
-			return fmt.Errorf("cache entries left: %v", fs)
+		var egress []rwFlow
+		for _, f := range append(rwFlows(t, h1, false), rwFlows(t, h2, false)...) {
+			if f.Side == "egress" {
+				egress = append(egress, f)
+			}
+		}
+		if len(egress) > 0 {
+			return fmt.Errorf("egress entries left: %v", egress)
 		}
 		return nil
 	})
@@ -177,13 +184,24 @@ func TestRewriteEtcdOutageIdlePair(t *testing.T) {
 		t.Fatal(err)
 	}
 	idle := time.Since(down)
-	// The agents give up releasing the records after 10 s; etcd stays
-	// away a little longer than that.
-	time.Sleep(11 * time.Second)
+	// Releases fail and are retried while etcd is away (a little longer
+	// than one release's deadline); the Restore entries stay meanwhile.
+	time.Sleep(6 * time.Second)
+	for _, h := range []*Host{h1, h2} {
+		n := 0
+		for _, f := range rwFlows(t, h, false) {
+			if f.Side == "restore" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%s has %d Restore entries while etcd is down and its peer still holds the key, want 1", h.Name, n)
+		}
+	}
 	if err := cl.StartEtcd(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("etcd was down for %s; the idle pair's entries were gone after %s of it", time.Since(down).Round(100*time.Millisecond), idle.Round(100*time.Millisecond))
+	t.Logf("etcd was down for %s; the idle pair's egress entries were gone after %s of it", time.Since(down).Round(100*time.Millisecond), idle.Round(100*time.Millisecond))
 	// Until the agents' clients reconnect, a new punt waits for etcd and
 	// the pair rides VXLAN; the question is what happens after.
 	for _, h := range []*Host{h1, h2} {

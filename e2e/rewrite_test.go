@@ -29,10 +29,10 @@ import (
 	"github.com/keyroute/keyroute/simhost"
 )
 
-// rwIdle sets every agent's cache idle timeouts (agent/config.go "cache").
-func rwIdle(send, recv string) func(int, map[string]any) {
+// rwIdle sets every agent's EgressCache idle timeout (agent/config.go "cache").
+func rwIdle(send string) func(int, map[string]any) {
 	return func(_ int, cfg map[string]any) {
-		cfg["cache"] = map[string]any{"send_idle": send, "recv_idle": recv}
+		cfg["cache"] = map[string]any{"send_idle": send}
 	}
 }
 
@@ -709,12 +709,13 @@ func TestRewriteFastPath(t *testing.T) {
 // ===================================================================
 // 2. Expiry and a fresh bootstrap.
 
-// An idle pair loses its sender entry after send_idle, its Restore entry
-// after recv_idle (never the other way round), and its key record with the
-// Restore entry; new traffic bootstraps it again from VXLAN.
+// An idle pair loses its sender entry after send_idle; the sender frees
+// its key (deletes the record) only a quarantine after that, and the
+// receiver's Restore entry goes with the record, never before it (cache
+// protocol v2); new traffic bootstraps the pair again from VXLAN.
 func TestRewriteExpiry(t *testing.T) {
-	const sendIdle, recvIdle = 2 * time.Second, 4 * time.Second
-	cl := rwCluster(t, Options{AgentConfig: rwIdle("2s", "4s")})
+	const sendIdle, quarantine = 2 * time.Second, time.Second
+	cl := rwCluster(t, Options{AgentConfig: rwIdle("2s")})
 	st := rwEtcd(t, cl)
 	h1, h2 := cl.Host(1), cl.Host(2)
 	c1 := rwAttach(t, cl, 1, "c1")[0]
@@ -736,25 +737,25 @@ func TestRewriteExpiry(t *testing.T) {
 	idleFrom := time.Now()
 
 	var egressGone, restoreGone, recordGone time.Duration
-	err := simhost.WaitFor(recvIdle+10*time.Second, func() error {
+	err := simhost.WaitFor(sendIdle+15*time.Second, func() error {
 		since := time.Since(idleFrom)
 		_, egress := rwFind(rwFlows(t, h1, false), "egress", c1.IP, c2.IP)
 		_, restore := rwFind(rwFlows(t, h2, false), "restore", c1.IP, c2.IP)
 		_, record := st.record(t, c1, c2)
-		if !egress && egressGone == 0 {
-			egressGone = since
-			if !restore {
-				t.Errorf("h2's Restore entry for c1->c2 went no later than h1's egress entry (%s): the receiver must forget later than the sender", since)
+		if !record && recordGone == 0 {
+			recordGone = since
+			if egress {
+				t.Errorf("the key record of c1->c2 went while h1 still had its egress entry (%s)", since)
 			}
 		}
 		if !restore && restoreGone == 0 {
 			restoreGone = since
-		}
-		if !record && recordGone == 0 {
-			recordGone = since
-			if restore {
-				t.Errorf("the key record of c1->c2 went before h2's Restore entry (%s)", since)
+			if record {
+				t.Errorf("h2's Restore entry for c1->c2 went while its key record still existed (%s): the receiver must not forget a key the sender holds", since)
 			}
+		}
+		if !egress && egressGone == 0 {
+			egressGone = since
 		}
 		if egressGone == 0 || restoreGone == 0 || recordGone == 0 {
 			return fmt.Errorf("after %s idle: egress entry %v, restore entry %v, record %v", since.Round(time.Millisecond), egress, restore, record)
@@ -764,10 +765,15 @@ func TestRewriteExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("idle c1->c2: egress entry gone after %s, restore after %s, record after %s (send_idle %s, recv_idle %s)",
-		egressGone.Round(10*time.Millisecond), restoreGone.Round(10*time.Millisecond), recordGone.Round(10*time.Millisecond), sendIdle, recvIdle)
-	if egressGone < sendIdle-500*time.Millisecond || restoreGone < recvIdle-500*time.Millisecond {
-		t.Errorf("entries expired early: egress after %s (send_idle %s), restore after %s (recv_idle %s)", egressGone, sendIdle, restoreGone, recvIdle)
+	t.Logf("idle c1->c2: egress entry gone after %s, record after %s, restore after %s (send_idle %s, quarantine %s)",
+		egressGone.Round(10*time.Millisecond), recordGone.Round(10*time.Millisecond), restoreGone.Round(10*time.Millisecond), sendIdle, quarantine)
+	if egressGone < sendIdle-500*time.Millisecond {
+		t.Errorf("egress entry expired early: after %s (send_idle %s)", egressGone, sendIdle)
+	}
+	// The poll samples every few hundred ms, so the gap it sees may be
+	// up to one poll short of the quarantine.
+	if gap := recordGone - egressGone; gap < quarantine-500*time.Millisecond {
+		t.Errorf("key freed %s after its egress entry went, want the quarantine (%s) at least", gap, quarantine)
 	}
 
 	// Everything of both pairs is gone: flows, records, the pair index,
@@ -793,20 +799,28 @@ func TestRewriteExpiry(t *testing.T) {
 	if err != nil {
 		t.Error(err)
 	}
+	// The agents' views follow: a key being released shows until its
+	// release returns.
 	for _, h := range []*Host{h1, h2} {
-		var keys []rwKey
-		var cache []rwCacheEntry
-		if rwCtl(t, h, "keys", &keys) && len(keys) != 0 {
-			t.Errorf("keyroutectl keys on %s after expiry: %+v, want none", h.Name, keys)
-		}
-		if rwCtl(t, h, "cache", &cache) && len(cache) != 0 {
-			t.Errorf("keyroutectl cache on %s after expiry: %+v, want none", h.Name, cache)
+		err := simhost.WaitFor(5*time.Second, func() error {
+			var keys []rwKey
+			var cache []rwCacheEntry
+			if rwCtl(t, h, "keys", &keys) && len(keys) != 0 {
+				return fmt.Errorf("keyroutectl keys on %s after expiry: %+v, want none", h.Name, keys)
+			}
+			if rwCtl(t, h, "cache", &cache) && len(cache) != 0 {
+				return fmt.Errorf("keyroutectl cache on %s after expiry: %+v, want none", h.Name, cache)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
 		}
 	}
-	m1, m2 := rwMetrics(t, h1), rwMetrics(t, h2)
-	if rwMetric(m1, "keyroute_cache_expiries_total", `side="egress"`) < 1 || rwMetric(m2, "keyroute_cache_expiries_total", `side="restore"`) < 1 {
-		t.Errorf("expiry metrics: h1 egress %v, h2 restore %v; want >= 1 each",
-			rwMetric(m1, "keyroute_cache_expiries_total", `side="egress"`), rwMetric(m2, "keyroute_cache_expiries_total", `side="restore"`))
+	m1 := rwMetrics(t, h1)
+	if rwMetric(m1, "keyroute_cache_expiries_total", `side="egress"`) < 1 || rwMetric(m1, "keyroute_cache_keys_released_total") < 1 {
+		t.Errorf("h1 metrics: egress expiries %v, keys released %v; want >= 1 each",
+			rwMetric(m1, "keyroute_cache_expiries_total", `side="egress"`), rwMetric(m1, "keyroute_cache_keys_released_total"))
 	}
 
 	// Traffic again: VXLAN first, then the fast path with a new record.

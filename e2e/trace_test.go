@@ -62,7 +62,7 @@ func newTraceEnv(t *testing.T) *traceEnv {
 	cl := testCluster(t, Options{Mode: "rewrite", OVSFabric: fab, AgentConfig: func(_ int, cfg map[string]any) {
 		// Long idle timeouts: the warm fast path must outlive the test's
 		// pauses.
-		cfg["cache"] = map[string]any{"send_idle": "60s", "recv_idle": "120s"}
+		cfg["cache"] = map[string]any{"send_idle": "60s"}
 	}})
 	e := &traceEnv{t: t, cl: cl, fab: fab}
 	var err error

@@ -574,7 +574,7 @@ func TestTunnelAgentBadConfig(t *testing.T) {
 			"node": "cfgtest", "uplink": "kr-nosuch0", "datapath": "netdev", "mode": "tunnel",
 			"etcd":         map[string]any{"endpoints": []string{"http://127.0.0.1:1"}},
 			"cluster":      map[string]any{"pod_cidr": "198.19.0.0/16", "subnet_bits": 24},
-			"cache":        map[string]any{"send_idle": "10s", "recv_idle": "20s"},
+			"cache":        map[string]any{"send_idle": "10s"},
 			"ovs":          map[string]any{"db_socket": filepath.Join(dir, "db.sock"), "run_dir": dir},
 			"api_socket":   filepath.Join(dir, "agent.sock"),
 			"state_dir":    filepath.Join(dir, "state"),
@@ -606,8 +606,8 @@ func TestTunnelAgentBadConfig(t *testing.T) {
 	}{
 		{"pod_cidr not a CIDR", func(c map[string]any) { c["cluster"].(map[string]any)["pod_cidr"] = "198.19.0.0/33" }, []string{"cluster.pod_cidr", "198.19.0.0/33"}},
 		{"pod_cidr not the network", func(c map[string]any) { c["cluster"].(map[string]any)["pod_cidr"] = "198.19.1.0/16" }, []string{"cluster.pod_cidr", "198.19.0.0/16"}},
-		{"recv_idle below send_idle", func(c map[string]any) { c["cache"] = map[string]any{"send_idle": "10s", "recv_idle": "5s"} }, []string{"cache.recv_idle", "send_idle"}},
-		{"recv_idle equal to send_idle", func(c map[string]any) { c["cache"] = map[string]any{"send_idle": "10s", "recv_idle": "10s"} }, []string{"cache.recv_idle"}},
+		{"recv_idle from an old config", func(c map[string]any) { c["cache"] = map[string]any{"send_idle": "10s", "recv_idle": "20s"} }, []string{"cache.recv_idle", "no longer used", "remove the setting"}},
+		{"quarantine too short", func(c map[string]any) { c["cache"] = map[string]any{"quarantine": "10ms"} }, []string{"cache.quarantine", "100ms"}},
 		{"unknown field", func(c map[string]any) { c["bogus_field"] = 1 }, []string{"bogus_field"}},
 		{"unknown nested field", func(c map[string]any) { c["cluster"].(map[string]any)["vnii"] = 7 }, []string{"vnii"}},
 	} {

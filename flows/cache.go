@@ -31,8 +31,8 @@ func KeyedVNI(k uint8) uint32 { return KeyedVNIFlag | uint32(k) }
 
 // Rewrite is the configuration shared by all cache entries.
 type Rewrite struct {
-	SendIdle, RecvIdle time.Duration
-	Keys               []uint8 // the usable key set
+	SendIdle time.Duration
+	Keys     []uint8 // the usable key set
 }
 
 // Pair is one cache entry's subject: container Src on this host sending to
@@ -123,13 +123,15 @@ func CacheFlow(h Host, r Rewrite, p Pair, st CacheState) *openflow.FlowMod {
 
 // RestoreFlow builds the receiver's entry for key k from peer: the keyed
 // packet gets its container addresses back and continues to IngressRules
-// and Deliver as if it had arrived through the tunnel.
-func RestoreFlow(h Host, r Rewrite, peer netip.Addr, key uint8, src, dst netip.Addr) *openflow.FlowMod {
+// and Deliver as if it had arrived through the tunnel. It has no idle
+// timeout: it lives exactly as long as its key record, which only the
+// sender ends (DESIGN.md "Cache protocol v2"). send_flow_rem reports its
+// final packet count.
+func RestoreFlow(h Host, peer netip.Addr, key uint8, src, dst netip.Addr) *openflow.FlowMod {
 	f := flow(Restore, prioNormal, RestoreCookie(peer, key),
 		m(openflow.MatchInPort(h.PatchPort), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Src(peer), openflow.MatchIPv4Dst(h.IP), openflow.MatchIPDSCP(key)),
 		apply(setf(openflow.MatchIPv4Src(src)), setf(openflow.MatchIPv4Dst(dst)), setf(openflow.MatchIPDSCP(0))),
 		gotoTable(IngressRules))
-	f.IdleTimeout = seconds(r.RecvIdle)
 	f.Flags = openflow.SendFlowRem
 	return f
 }

@@ -193,7 +193,11 @@ func checkPair(srcHost, dstHost string, src, dst netip.Addr) error {
 // error wraps ErrKeysExhausted. Cost: 1 write for a pair new to this
 // allocator's view of the host pair; else 1 read, then 1 write for a new
 // pair.
-func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, dst netip.Addr) (Record, error) {
+//
+// exclude lists keys the caller must not get for a new record (keys its
+// switch may still carry for another pair, see cacheproto); a pair's
+// existing record is returned whatever its key.
+func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, dst netip.Addr, exclude ...uint8) (Record, error) {
 	fail := func(err error) (Record, error) {
 		return Record{}, fmt.Errorf("allocate key for %s@%s -> %s@%s: %w", src, srcHost, dst, dstHost, err)
 	}
@@ -206,7 +210,11 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 	// A pair this allocator has not seen in the host pair is new unless
 	// another allocator made it: try a key the view says is free straight
 	// away. The transaction tells if the pair exists after all.
-	if free, ok := a.viewFree(dir, src, dst); ok {
+	allowed := a.keys
+	for _, k := range exclude {
+		allowed.bits &^= 1 << k
+	}
+	if free, ok := a.viewFree(dir, src, dst, allowed); ok {
 		won, err := a.tryKeys(ctx, dir, &r, free)
 		if err != nil {
 			return fail(err)
@@ -249,9 +257,9 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 		if existing != nil {
 			return *existing, nil
 		}
-		free := view.free(a.keys)
+		free := view.free(allowed)
 		if len(free) == 0 {
-			return fail(fmt.Errorf("%d keys (%s): %w", a.keys.Len(), a.keys, ErrKeysExhausted))
+			return fail(fmt.Errorf("%d keys (%s), %d held back: %w", a.keys.Len(), a.keys, len(exclude), ErrKeysExhausted))
 		}
 		won, err := a.tryKeys(ctx, dir, &r, free)
 		if err != nil {
@@ -266,14 +274,14 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 
 // viewFree returns the keys free in dir by this allocator's view, if it
 // has one and it does not know the pair (which must then be read).
-func (a *Allocator) viewFree(dir string, src, dst netip.Addr) ([]uint8, bool) {
+func (a *Allocator) viewFree(dir string, src, dst netip.Addr, allowed KeySet) ([]uint8, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	v, ok := a.views[dir]
 	if !ok || v.pairs[[2]netip.Addr{src, dst}] {
 		return nil, false
 	}
-	free := v.free(a.keys)
+	free := v.free(allowed)
 	return free, len(free) > 0
 }
 
@@ -481,13 +489,19 @@ func checkFilter(f Filter) error {
 // List returns the records matching f, sorted by source host, destination
 // host and key, skipping bad records.
 func (a *Allocator) List(ctx context.Context, f Filter) ([]Record, error) {
+	recs, _, err := a.ListAt(ctx, f)
+	return recs, err
+}
+
+// ListAt is List that also returns the etcd revision the records were read at.
+func (a *Allocator) ListAt(ctx context.Context, f Filter) ([]Record, int64, error) {
 	if err := checkFilter(f); err != nil {
-		return nil, fmt.Errorf("list keys: %w", err)
+		return nil, 0, fmt.Errorf("list keys: %w", err)
 	}
 	key, decode := a.source(f)
 	resp, err := a.cli.Get(ctx, key, clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", key, err)
+		return nil, 0, fmt.Errorf("list %s: %w", key, err)
 	}
 	recs := make([]Record, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
@@ -508,7 +522,7 @@ func (a *Allocator) List(ctx context.Context, f Filter) ([]Record, error) {
 		}
 		return x.Key < y.Key
 	})
-	return recs, nil
+	return recs, resp.Header.Revision, nil
 }
 
 // Watch streams the records matching f: a Put per record, Synced, then

@@ -1,0 +1,286 @@
+package cacheproto
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/keyroute/keyroute/keyalloc"
+)
+
+// One test per way the first build broke (issue "Cache protocol v2"),
+// each on the machine alone; the simulator tries them all together.
+
+var (
+	t0  = time.Unix(1e9, 0)
+	nh  = net.HardwareAddr{2, 0, 0, 0, 0, 2}
+	pX  = Pair{netip.MustParseAddr("198.19.0.2"), netip.MustParseAddr("198.19.1.2")}
+	pY  = Pair{netip.MustParseAddr("198.19.0.3"), netip.MustParseAddr("198.19.1.3")}
+	cfg = Config{Quarantine: time.Second, PendingTimeout: 5 * time.Second, Retry: 300 * time.Millisecond, PuntGrace: time.Second}
+)
+
+func at(d time.Duration) time.Time { return t0.Add(d) }
+
+func rec(p Pair, key uint8, rev int64, state string) keyalloc.Record {
+	return keyalloc.Record{SrcHost: "h1", DstHost: "h2", Key: key, Src: p.Src, Dst: p.Dst, State: state, CreateRevision: rev, ModRevision: rev}
+}
+
+// synced returns a machine past start-up with its installs confirmed.
+func synced(t *testing.T) *Machine {
+	m := New(cfg, t0)
+	confirm(t, m, m.Start(t0, nil, nil, nil, func(netip.Addr) bool { return true }), t0)
+	m.Reconciled(t0)
+	return m
+}
+
+// confirm answers every Install among effs as confirmed, and returns the
+// other effects, including those the answers produced.
+func confirm(t *testing.T, m *Machine, effs []Effect, now time.Time) []Effect {
+	t.Helper()
+	var out []Effect
+	for len(effs) > 0 {
+		e := effs[0]
+		effs = effs[1:]
+		if in, ok := e.(Install); ok {
+			effs = append(effs, m.Installed(now, in.Gen, true)...)
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func find[T Effect](effs []Effect) (T, bool) {
+	for _, e := range effs {
+		if x, ok := e.(T); ok {
+			return x, true
+		}
+	}
+	var zero T
+	return zero, false
+}
+
+// ready brings pair p to the fast path with key k (record revision rev).
+func ready(t *testing.T, m *Machine, p Pair, k uint8, rev int64, now time.Time) {
+	t.Helper()
+	effs := m.Punt(now, p, "h2", nh)
+	if _, ok := find[Allocate](effs); !ok {
+		t.Fatalf("punt of %v: no Allocate in %v", p, effs)
+	}
+	confirm(t, m, m.Allocated(now, p, rec(p, k, rev, keyalloc.StatePending), nil), now)
+	confirm(t, m, m.SentRecord(now, rec(p, k, rev, keyalloc.StateReady)), now)
+	if e, _ := m.Entry(p); e.State != StateReady {
+		t.Fatalf("%v: state %v, want ready", p, e.State)
+	}
+}
+
+// 1. Key reuse raced the sender's eviction: a key is offered to a new pair
+// only after the old pair's flow is confirmed gone and the quarantine has
+// passed, and only the sender's release frees it.
+func TestKeyReusedOnlyAfterConfirmedRemovalAndQuarantine(t *testing.T) {
+	m := synced(t)
+	ready(t, m, pX, 7, 10, t0)
+	effs := m.Detach(at(time.Second), pX.Src)
+	in, ok := find[Install](effs)
+	if !ok || slices.ContainsFunc(in.Send, func(f FlowSend) bool { return f.Pair == pX }) {
+		t.Fatalf("detach: want an install without X's flow, got %v", effs)
+	}
+	// Y punts before the removal is confirmed: key 7 is excluded.
+	effs = m.Punt(at(time.Second), pY, "h2", nh)
+	if a, ok := find[Allocate](effs); !ok || !slices.Contains(a.Exclude, 7) {
+		t.Fatalf("Y's allocation while X's flow may still be on the switch: %v, want key 7 excluded", effs)
+	}
+	effs = m.Installed(at(1100*time.Millisecond), in.Gen, true)
+	if _, ok := find[Release](effs); ok {
+		t.Fatalf("released at the confirmation, before the quarantine: %v", effs)
+	}
+	if effs = m.Tick(at(2050 * time.Millisecond)); len(effs) != 0 {
+		t.Fatalf("before the quarantine ends: %v", effs)
+	}
+	effs = m.Tick(at(2200 * time.Millisecond))
+	r, ok := find[Release](effs)
+	if !ok || r.Rec.CreateRevision != 10 {
+		t.Fatalf("after the quarantine: %v, want X's record released", effs)
+	}
+	m.Released(at(2300*time.Millisecond), r.Rec, nil)
+	if ks := m.heldKeys("h2"); slices.Contains(ks, 7) {
+		t.Errorf("key 7 still held after its release: %v", ks)
+	}
+}
+
+// 2. A restarted agent served punts before its reconcile: none is served
+// until Reconciled, and keys of flows found on the switch stay held.
+func TestNoPuntBeforeReconciled(t *testing.T) {
+	m := New(cfg, t0)
+	egress := map[Pair]EgressFlow{pY: {Peer: "h2", State: StateReady, Key: 9}}
+	m.Start(t0, nil, nil, egress, func(netip.Addr) bool { return true })
+	if effs := m.Punt(t0, pX, "h2", nh); len(effs) != 0 || m.Count.PuntsUnsynced != 1 {
+		t.Fatalf("punt before Reconciled: %v (unsynced %d)", effs, m.Count.PuntsUnsynced)
+	}
+	m.Reconciled(at(time.Second))
+	a, ok := find[Allocate](m.Punt(at(time.Second), pX, "h2", nh))
+	if !ok || !slices.Contains(a.Exclude, 9) {
+		t.Fatalf("after Reconciled: %+v, want an allocation excluding key 9 (a flow without record, held until the quarantine)", a)
+	}
+	m.Tick(at(2100 * time.Millisecond))
+	if ks := m.heldKeys("h2"); slices.Contains(ks, 9) {
+		t.Errorf("key 9 held after the quarantine: %v", ks)
+	}
+}
+
+// 3. A disconnected switch counted as installed: the receiver marks a
+// record ready only after its Restore entry is confirmed.
+func TestReadyOnlyAfterConfirmedInstall(t *testing.T) {
+	m := synced(t)
+	r := rec(pX, 7, 10, keyalloc.StatePending)
+	in, ok := find[Install](m.RecvRecord(t0, r))
+	if !ok || len(in.Restore) != 1 {
+		t.Fatalf("no install of the Restore entry")
+	}
+	effs := m.Installed(t0, in.Gen, false) // not connected
+	if _, ok := find[MarkReady](effs); ok {
+		t.Fatal("marked ready after an unconfirmed install")
+	}
+	effs = m.Tick(at(400 * time.Millisecond)) // retry
+	in, ok = find[Install](effs)
+	if !ok {
+		t.Fatalf("no retry of the install: %v", effs)
+	}
+	if mr, ok := find[MarkReady](m.Installed(at(500*time.Millisecond), in.Gen, true)); !ok || mr.Rec.CreateRevision != 10 {
+		t.Fatalf("confirmed install: want MarkReady of revision 10")
+	}
+}
+
+// 4. A lost FLOW_REMOVED left a ready record without its flow for good:
+// a punt for an entry installed a while ago, or anti-entropy, shows the
+// flow is gone, and the key goes through the quarantine; a failed release
+// is retried.
+func TestLostFlowRemovedIsRepaired(t *testing.T) {
+	for _, how := range []string{"punt", "anti-entropy"} {
+		t.Run(how, func(t *testing.T) {
+			m := synced(t)
+			ready(t, m, pX, 7, 10, t0)
+			var effs []Effect
+			if how == "punt" {
+				if effs = m.Punt(at(100*time.Millisecond), pX, "h2", nh); len(effs) != 0 {
+					t.Fatalf("a punt just after the install must be ignored, got %v", effs)
+				}
+				effs = m.Punt(at(3*time.Second), pX, "h2", nh)
+			} else {
+				effs = m.AntiEntropy(at(3*time.Second), m.Confirmed(), map[Pair]uint8{}, []keyalloc.Record{rec(pX, 7, 10, keyalloc.StateReady)}, nil, 20)
+			}
+			effs = confirm(t, m, effs, at(3*time.Second))
+			if _, ok := m.Entry(pX); ok {
+				t.Fatalf("entry kept after its flow was found gone")
+			}
+			effs = m.Tick(at(4100 * time.Millisecond))
+			r, ok := find[Release](effs)
+			if !ok {
+				t.Fatalf("no release after the quarantine: %v", effs)
+			}
+			m.Released(at(4200*time.Millisecond), r.Rec, errors.New("etcd unavailable"))
+			if _, ok := find[Release](m.Tick(at(4600 * time.Millisecond))); !ok {
+				t.Fatal("a failed release is not retried")
+			}
+			if how == "anti-entropy" && m.Count.Repairs["egress_flow_lost"] != 1 {
+				t.Errorf("repairs %v, want egress_flow_lost 1", m.Count.Repairs)
+			}
+		})
+	}
+}
+
+// 5. A stale FLOW_REMOVED killed a newer entry, and a stale deletion a
+// newer Restore entry: both are checked against what they name.
+func TestStaleEventsIgnored(t *testing.T) {
+	m := synced(t)
+	ready(t, m, pX, 7, 10, t0)
+	if effs := m.FlowRemoved(t0, pX, 8); len(effs) != 0 || m.Count.StaleFlowRemoved != 1 {
+		t.Errorf("FLOW_REMOVED for another key: %v", effs)
+	}
+	if e, _ := m.Entry(pX); e.State != StateReady {
+		t.Errorf("entry %v after a stale FLOW_REMOVED", e.State)
+	}
+	// Receiver: revision 20 replaced 10; the deletion of 10 arrives late.
+	confirm(t, m, m.RecvRecord(t0, rec(pY, 5, 10, keyalloc.StatePending)), t0)
+	confirm(t, m, m.RecvRecord(t0, rec(pX, 5, 20, keyalloc.StatePending)), t0)
+	m.RecvRecordDeleted(t0, rec(pY, 5, 10, keyalloc.StatePending))
+	if r, _, ok := m.Restoring(RecvKey{"h1", 5}); !ok || r.CreateRevision != 20 {
+		t.Errorf("Restore for key 5 after a stale deletion: %+v %v, want revision 20", r, ok)
+	}
+	// And an older record never replaces a newer one or comes back after
+	// its deletion.
+	m.RecvRecordDeleted(t0, rec(pX, 5, 20, keyalloc.StatePending))
+	m.RecvRecord(t0, rec(pY, 5, 10, keyalloc.StatePending))
+	if _, _, ok := m.Restoring(RecvKey{"h1", 5}); ok {
+		t.Error("a record older than a seen deletion was restored")
+	}
+}
+
+// 6. Keys leaked: a record the receiver never accepts is given up after
+// the pending timeout, through the quarantine, and the pair falls back.
+func TestPendingTimeoutFreesKey(t *testing.T) {
+	m := synced(t)
+	m.Punt(t0, pX, "h2", nh)
+	confirm(t, m, m.Allocated(t0, pX, rec(pX, 7, 10, keyalloc.StatePending), nil), t0)
+	effs := confirm(t, m, m.Tick(at(5*time.Second)), at(5*time.Second))
+	if e, _ := m.Entry(pX); e.State != StateFallback || e.Reason != "not_ready" {
+		t.Fatalf("after the pending timeout: %+v, want fallback not_ready", e)
+	}
+	if _, ok := find[Release](effs); ok {
+		t.Fatal("released before the quarantine")
+	}
+	if r, ok := find[Release](m.Tick(at(6100 * time.Millisecond))); !ok || r.Rec.Key != 7 {
+		t.Fatal("pending record not released after the quarantine")
+	}
+}
+
+// 7. Early releases had no quarantine, and a replay could bring back a
+// flow whose record was released: a detached sender's key waits for the
+// confirmed removal whatever the time, then the quarantine.
+func TestNoReleaseWithoutConfirmation(t *testing.T) {
+	m := synced(t)
+	ready(t, m, pX, 7, 10, t0)
+	effs := m.Detach(t0, pX.Src)
+	in, _ := find[Install](effs)
+	m.Installed(t0, in.Gen, false) // disconnected
+	for s := 1; s <= 10; s++ {
+		for _, e := range m.Tick(at(time.Duration(s) * time.Second)) {
+			if _, ok := e.(Release); ok {
+				t.Fatalf("released at %ds while the removal was never confirmed", s)
+			}
+			if in, ok := e.(Install); ok {
+				m.Installed(at(time.Duration(s)*time.Second), in.Gen, false)
+			}
+		}
+	}
+	effs = m.Tick(at(11 * time.Second))
+	in, _ = find[Install](effs)
+	m.Installed(at(11*time.Second), in.Gen, true)
+	if _, ok := find[Release](m.Tick(at(12100 * time.Millisecond))); !ok {
+		t.Fatal("not released a quarantine after the confirmation")
+	}
+}
+
+// A record deleted behind the sender's back (an operator, a bug) takes the
+// pair off its key at once, and the key stays held through the quarantine.
+func TestRecordDeletedElsewhere(t *testing.T) {
+	m := synced(t)
+	ready(t, m, pX, 7, 10, t0)
+	effs := m.SentRecordDeleted(t0, rec(pX, 7, 10, keyalloc.StateReady))
+	if _, ok := m.Entry(pX); ok {
+		t.Fatal("entry kept after its record was deleted")
+	}
+	if _, ok := find[Install](effs); !ok {
+		t.Fatal("no install removing the flow")
+	}
+	if a, ok := find[Allocate](m.Punt(t0, pY, "h2", nh)); !ok || !slices.Contains(a.Exclude, 7) {
+		t.Fatalf("key 7 not excluded while X's flow may still be on the switch: %+v", a)
+	}
+	if got := fmt.Sprint(m.Count.Repairs["record_deleted_elsewhere"]); got != "1" {
+		t.Errorf("repairs %v", m.Count.Repairs)
+	}
+}
