@@ -713,6 +713,13 @@ func (c *cache) recvState(k cacheproto.RecvKey) (keyalloc.Record, string, bool) 
 	return r, "pending", ok
 }
 
+// recordState returns the state of this host's entry or hold for a record.
+func (c *cache) recordState(rev int64) (cacheproto.State, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m.RecordState(rev)
+}
+
 // holds returns the keys this host holds as sender for pairs that left
 // them (draining, quarantined, releasing): they have no flow.
 func (c *cache) holds() []cacheproto.Send {

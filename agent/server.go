@@ -281,8 +281,16 @@ func (a *Agent) Keys(ctx context.Context) ([]api.Key, error) {
 	}
 	out := make([]api.Key, 0, len(recs))
 	for _, r := range recs {
-		out = append(out, api.Key{SrcHost: r.SrcHost, DstHost: r.DstHost, Key: r.Key, Src: r.Src.String(), Dst: r.Dst.String(),
-			State: r.State, AgeSec: int64(time.Since(r.Created).Seconds())})
+		k := api.Key{SrcHost: r.SrcHost, DstHost: r.DstHost, Key: r.Key, Src: r.Src.String(), Dst: r.Dst.String(),
+			State: r.State, AgeSec: int64(time.Since(r.Created).Seconds())}
+		// This host's own keys on their way out say so: the record stays
+		// until the release, after the quarantine.
+		if r.SrcHost == a.cfg.Node {
+			if st, ok := a.cache.recordState(r.CreateRevision); ok && st >= cacheproto.StateDraining {
+				k.State = st.String()
+			}
+		}
+		out = append(out, k)
 	}
 	return out, nil
 }

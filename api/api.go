@@ -122,7 +122,9 @@ type Flow struct {
 	DurationSec uint32 `json:"duration_sec"`
 }
 
-// Key is one cache key allocation (rewrite mode), cluster-wide.
+// Key is one cache key allocation (rewrite mode), cluster-wide. State is
+// the record's (pending, ready), or for the answering host's own keys on
+// their way out draining, quarantined or releasing.
 type Key struct {
 	SrcHost string `json:"src_host"`
 	DstHost string `json:"dst_host"`
@@ -134,7 +136,10 @@ type Key struct {
 }
 
 // CacheEntry is one of this host's cache flows: an EgressCache entry
-// (side "egress") or a Restore entry (side "restore").
+// (side "egress"; state pending, ready or fallback) or a Restore entry
+// (side "restore"; pending until marked ready) — or a key this host still
+// holds for a pair that left it, without a flow (side "egress"; state
+// draining, quarantined or releasing).
 type CacheEntry struct {
 	Side        string `json:"side"`
 	Peer        string `json:"peer"`

@@ -265,6 +265,22 @@ func (m *Machine) Entries() (send []Send, recv []Recv) {
 	return send, recv
 }
 
+// RecordState returns the sender state of the entry or hold that owns the
+// record with create revision rev.
+func (m *Machine) RecordState(rev int64) (State, bool) {
+	for _, e := range m.send {
+		if e.Rec.CreateRevision == rev && rev != 0 {
+			return e.State, true
+		}
+	}
+	for _, h := range m.holds {
+		if h.Rec.CreateRevision == rev && rev != 0 {
+			return h.State, true
+		}
+	}
+	return 0, false
+}
+
 // Entry returns a pair's current sender entry.
 func (m *Machine) Entry(p Pair) (Send, bool) {
 	e, ok := m.send[p]
