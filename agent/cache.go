@@ -148,6 +148,8 @@ func (c *cache) allocate(e cacheproto.Allocate) {
 }
 
 func (c *cache) markReady(r keyalloc.Record) {
+	// The machine asks for a mark only once the Restore entry is confirmed.
+	c.a.log.Debug("pair restore installed", "src", r.Src, "dst", r.Dst, "peer", r.SrcHost, "key", r.Key)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := c.alloc.MarkReady(ctx, r)
