@@ -400,16 +400,7 @@ func (c *cache) onRecv(now time.Time, ev keyalloc.Event) []cacheproto.Effect {
 func (c *cache) validRecv(r keyalloc.Record) bool {
 	_, _, ok := c.a.peerByName(r.SrcHost)
 	holder, _, held := c.a.peerFor(r.Src)
-	return ok && held && holder.Name == r.SrcHost && c.a.isLocal(r.Dst) && c.rwKey(r.Key)
-}
-
-func (c *cache) rwKey(k uint8) bool {
-	for _, x := range c.rw.Keys {
-		if x == k {
-			return true
-		}
-	}
-	return false
+	return ok && held && holder.Name == r.SrcHost && c.a.isLocal(r.Dst) && slices.Contains(c.rw.Keys, r.Key)
 }
 
 // ----------------------------------------------------------------------
