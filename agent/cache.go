@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/cacheproto"
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
@@ -704,6 +706,19 @@ func (c *cache) recvState(k cacheproto.RecvKey) (keyalloc.Record, string, bool) 
 		return r, "ready", ok
 	}
 	return r, "pending", ok
+}
+
+// status sums up the key protocol for keyroutectl status.
+func (c *cache) status() api.CacheStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	send, recv := c.m.Entries()
+	st := api.CacheStatus{Synced: c.m.Synced(), States: map[string]int{}, Restores: len(recv), Released: c.m.Count.Released,
+		Repairs: maps.Clone(c.m.Count.Repairs), Fallbacks: maps.Clone(c.m.Count.Fallbacks)}
+	for _, e := range send {
+		st.States[e.State.String()]++
+	}
+	return st
 }
 
 // recordState returns the state of this host's entry or hold for a record.

@@ -128,6 +128,10 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		Counts: api.StatusCounts{Hosts: len(peers) + 1, Endpoints: len(eps)},
 		Uptime: time.Since(a.started).Round(time.Second).String(),
 	}
+	if a.cache != nil {
+		cs := a.cache.status()
+		s.Cache = &cs
+	}
 	for _, b := range []struct {
 		name string
 		sw   *controller.Switch

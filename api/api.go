@@ -43,7 +43,22 @@ type Status struct {
 	Bridges        []Bridge     `json:"bridges"`
 	Etcd           EtcdStatus   `json:"etcd"`
 	Counts         StatusCounts `json:"counts"`
+	Cache          *CacheStatus `json:"cache,omitempty"` // rewrite mode only
 	Uptime         string       `json:"uptime"`
+}
+
+// CacheStatus is the key protocol's state on this host (rewrite mode).
+type CacheStatus struct {
+	// Synced: start-up has finished and punts are served.
+	Synced bool `json:"synced"`
+	// States counts this host's sender entries and held keys by state.
+	States map[string]int `json:"states"`
+	// Restores counts Restore entries; Released keys this host freed.
+	Restores int    `json:"restores"`
+	Released uint64 `json:"released"`
+	// Repairs and Fallbacks by kind/reason since the agent started.
+	Repairs   map[string]uint64 `json:"repairs"`
+	Fallbacks map[string]uint64 `json:"fallbacks"`
 }
 
 // Bridge is one OVS bridge and the agent's OpenFlow connection to it.

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -120,6 +122,16 @@ func statusCmd(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(w, "etcd:\t%s %s, %s\n", kind, strings.Join(s.Etcd.Endpoints, ","), health)
 				fmt.Fprintf(w, "counts:\t%d hosts, %d local endpoints, %d flows\n", s.Counts.Hosts, s.Counts.Endpoints, s.Counts.Flows)
+				if c := s.Cache; c != nil {
+					sync := "serving punts"
+					if !c.Synced {
+						sync = "starting (punts ignored until the start-up reconcile)"
+					}
+					fmt.Fprintf(w, "cache:\t%s; sender entries %s; %d restore entries; %d keys released\n", sync, kvList(c.States), c.Restores, c.Released)
+					if len(c.Repairs) > 0 || len(c.Fallbacks) > 0 {
+						fmt.Fprintf(w, "cache repairs:\t%s; fallbacks %s\n", kvList(c.Repairs), kvList(c.Fallbacks))
+					}
+				}
 				fmt.Fprintf(w, "uptime:\t%s\n", s.Uptime)
 			})
 		},
@@ -319,9 +331,26 @@ func cacheCmd(g *globals) *cobra.Command {
 			return g.print(cmd.OutOrStdout(), es, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "SIDE\tPEER\tKEY\tSRC\tDST\tSTATE\tPACKETS\tBYTES\tIDLE")
 				for _, e := range es {
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%ds\n", e.Side, e.Peer, e.Key, e.Src, e.Dst, e.State, e.Packets, e.Bytes, e.IdleTimeout)
+					// Restore entries and held keys have no idle timeout.
+					idle := "-"
+					if e.IdleTimeout > 0 {
+						idle = fmt.Sprintf("%ds", e.IdleTimeout)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\n", e.Side, e.Peer, e.Key, e.Src, e.Dst, e.State, e.Packets, e.Bytes, idle)
 				}
 			})
 		},
 	}
+}
+
+// kvList prints a count map sorted by key, "none" when empty.
+func kvList[V int | uint64](m map[string]V) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	parts := make([]string, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
 }
