@@ -1103,6 +1103,14 @@ func rwCheckView(t *testing.T, st *rwStore, h *Host) {
 		var got []entry
 		for _, c := range cache {
 			state, _, _ := strings.Cut(c.State, " ") // "fallback (reason)"
+			switch {
+			case c.Side == "egress" && (state == "draining" || state == "quarantined" || state == "releasing"):
+				continue // a key held without a flow (cache protocol v2)
+			case c.Side == "restore":
+				// OVS cannot tell a Restore entry whose record is not yet
+				// marked ready (pending) from one that is: compare presence.
+				state = "ready"
+			}
 			got = append(got, entry{c.Side, c.Key, c.Src, c.Dst, state})
 		}
 		less := func(a, b entry) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) }
