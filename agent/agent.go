@@ -431,15 +431,18 @@ func (a *Agent) startSwitch(ctx context.Context, sw *controller.Switch) error {
 }
 
 func (a *Agent) connectEtcd(ctx context.Context, hostIP netip.Addr) error {
+	// Every start says so while plaintext is allowed, so the setting is
+	// not forgotten.
+	if w := a.cfg.InsecureWarning(hostIP.String()); w != "" {
+		a.log.Warn(w)
+	}
 	a.etcdEPs = a.cfg.Etcd.Endpoints
 	if len(a.etcdEPs) == 0 {
-		clientURL := a.cfg.Etcd.EmbeddedClientURL
-		if clientURL == "" {
-			clientURL = "http://" + net.JoinHostPort(hostIP.String(), "2379")
-		}
+		clientURL, peerURL := a.cfg.EmbeddedURLs(hostIP.String())
 		e, err := registry.StartEmbedded(ctx, registry.EmbeddedConfig{
 			DataDir: filepath.Join(a.cfg.StateDir, "etcd"), ClientURL: clientURL,
-			PeerURL: a.cfg.Etcd.EmbeddedPeerURL, Name: a.cfg.Node, Logger: a.log,
+			PeerURL: peerURL, Name: a.cfg.Node, Logger: a.log,
+			TLS: a.cfg.EtcdTLS(), Insecure: a.cfg.Etcd.Insecure,
 		})
 		if err != nil {
 			return fmt.Errorf("start embedded etcd: %w", err)
@@ -448,7 +451,7 @@ func (a *Agent) connectEtcd(ctx context.Context, hostIP netip.Addr) error {
 		a.etcdEPs = e.Endpoints()
 	}
 	reg, err := registry.New(a.etcdEPs, registry.WithPrefix(a.cfg.Etcd.Prefix), registry.WithLogger(a.log),
-		registry.WithDialTimeout(a.cfg.Etcd.DialTimeout),
+		registry.WithDialTimeout(a.cfg.Etcd.DialTimeout), registry.WithTLS(a.cfg.ClientTLS(a.etcdEPs)),
 		registry.WithBadRecordHandler(func(key string, err error) {
 			a.metrics.badRecords.Inc()
 			a.log.Warn("skipping bad etcd record", "key", key, "err", err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/registry"
 )
 
 // Config is the agent's configuration: one YAML file (configs/agent.yaml
@@ -61,13 +63,28 @@ type EtcdConfig struct {
 	Prefix string `yaml:"prefix"`
 	// EmbeddedClientURL is where the embedded server listens for clients
 	// (other agents point their endpoints here). Default
-	// http://<host_ip>:2379.
+	// https://<host_ip>:2379 with CA, Cert and Key, else
+	// http://<host_ip>:2379, which is refused unless Insecure.
 	EmbeddedClientURL string `yaml:"embedded_client_url"`
 	// EmbeddedPeerURL is the embedded server's peer URL. Default
+	// https://127.0.0.1:2380 with CA, Cert and Key, else
 	// http://127.0.0.1:2380.
 	EmbeddedPeerURL string `yaml:"embedded_peer_url"`
 	// DialTimeout bounds each connection attempt.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// CA, Cert and Key are PEM files with etcd's flags' meaning (etcdctl
+	// --cacert, --cert, --key): CA verifies etcd's server certificate and,
+	// for the embedded server, every client's (--client-cert-auth); Cert
+	// and Key are this host's certificate (keyroutectl pki issue), which
+	// the agent presents to etcd and the embedded server serves. All
+	// three or none.
+	CA   string `yaml:"ca"`
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	// Insecure allows plaintext (http) etcd URLs on non-loopback
+	// addresses, where anyone who reaches them owns the cluster's state.
+	// The agent logs a warning at every start while it is set.
+	Insecure bool `yaml:"insecure"`
 }
 
 // ClusterConfig is the addressing plan every agent must agree on.
@@ -126,9 +143,8 @@ func DefaultConfig() Config {
 		Datapath: "auto",
 		Mode:     ModeRewrite,
 		Etcd: EtcdConfig{
-			Prefix:          "/keyroute/",
-			EmbeddedPeerURL: "http://127.0.0.1:2380",
-			DialTimeout:     5 * time.Second,
+			Prefix:      "/keyroute/",
+			DialTimeout: 5 * time.Second,
 		},
 		Cluster: ClusterConfig{
 			PodCIDR:    "198.19.0.0/16",
@@ -269,11 +285,7 @@ func (c *Config) Validate() error {
 			bad("metrics_addr", c.MetricsAddr, "give host:port, or empty to disable")
 		}
 	}
-	for _, ep := range c.Etcd.Endpoints {
-		if !strings.HasPrefix(ep, "http://") && !strings.HasPrefix(ep, "https://") {
-			bad("etcd.endpoints", ep, "endpoints are URLs such as http://198.18.0.1:2379")
-		}
-	}
+	c.validateEtcd(bad)
 	if c.Etcd.Prefix == "" || !strings.HasPrefix(c.Etcd.Prefix, "/") || !strings.HasSuffix(c.Etcd.Prefix, "/") {
 		bad("etcd.prefix", c.Etcd.Prefix, "must start and end with '/', e.g. /keyroute/")
 	}
@@ -286,6 +298,129 @@ func (c *Config) Validate() error {
 		bad("log_level", c.LogLevel, "must be debug, info, warn or error")
 	}
 	return errors.Join(errs...)
+}
+
+// plaintextFix is the fix named for a plaintext etcd URL on a
+// non-loopback address.
+const plaintextFix = "plaintext etcd on a non-loopback address lets every machine and container that reaches it read and rewrite the cluster's state: " +
+	"create the cluster CA and this host's certificate (keyroutectl pki init --dir /etc/keyroute/pki; keyroutectl pki issue %s --dir /etc/keyroute/pki --ip <host IP>), " +
+	"set etcd.ca, etcd.cert and etcd.key and use https; or accept plaintext with etcd.insecure: true"
+
+// validateEtcd checks the etcd section: TLS files all or none and
+// loadable, URLs well-formed, https only with TLS files, plaintext only on
+// loopback unless etcd.insecure.
+func (c *Config) validateEtcd(bad func(field string, v any, fix string, args ...any)) {
+	e := &c.Etcd
+	embedded := len(e.Endpoints) == 0
+	withTLS := e.CA != "" && e.Cert != "" && e.Key != ""
+	if !withTLS && (e.CA != "" || e.Cert != "" || e.Key != "") {
+		for _, f := range []struct{ name, v string }{{"etcd.ca", e.CA}, {"etcd.cert", e.Cert}, {"etcd.key", e.Key}} {
+			if f.v == "" {
+				bad(f.name, `""`, "etcd.ca, etcd.cert and etcd.key go together: give all three (ca.crt of keyroutectl pki init; <node>.crt and <node>.key of keyroutectl pki issue)")
+			}
+		}
+	}
+	if withTLS {
+		// Loaded now, so --check-config and a start fail on a missing or
+		// wrong file before anything on the host changes.
+		if _, err := c.EtcdTLS().Check(embedded); err != nil {
+			bad("etcd.cert", e.Cert, "%v; issue this host's certificate with keyroutectl pki issue %s --ip <host IP> and give the cluster's ca.crt as etcd.ca", err, c.Node)
+		}
+	}
+	checkURL := func(field, u string) {
+		pu, err := url.Parse(u)
+		switch {
+		case err != nil || pu.Scheme != "http" && pu.Scheme != "https" || pu.Port() == "":
+			bad(field, u, "give a URL such as https://198.18.0.1:2379")
+		case pu.Scheme == "https" && !withTLS:
+			bad(field, u, "https needs etcd.ca, etcd.cert and etcd.key (keyroutectl pki issue %s)", c.Node)
+		case registry.PlaintextURL(u) && !e.Insecure:
+			bad(field, u, plaintextFix, c.Node)
+		}
+	}
+	schemes := map[string]bool{}
+	for _, ep := range e.Endpoints {
+		checkURL("etcd.endpoints", ep)
+		schemes[strings.SplitN(ep, ":", 2)[0]] = true
+	}
+	if len(schemes) > 1 {
+		bad("etcd.endpoints", e.Endpoints, "use one scheme for every endpoint: the etcd client takes TLS or plaintext from the first one")
+	}
+	if !embedded {
+		return
+	}
+	if e.EmbeddedClientURL != "" {
+		checkURL("etcd.embedded_client_url", e.EmbeddedClientURL)
+	} else if !withTLS && !e.Insecure {
+		bad("etcd.embedded_client_url", "http://<host_ip>:2379 (the default without etcd.cert)",
+			"the embedded etcd would serve the cluster's state in plaintext on the host's IP, to every machine and container that reaches it: "+
+				"create the cluster CA and this host's certificate (keyroutectl pki init --dir /etc/keyroute/pki; keyroutectl pki issue %s --dir /etc/keyroute/pki --ip <host IP>) and set etcd.ca, etcd.cert and etcd.key; "+
+				"or, on a single host, set etcd.embedded_client_url: http://127.0.0.1:2379; or accept plaintext with etcd.insecure: true", c.Node)
+	}
+	if e.EmbeddedPeerURL != "" {
+		checkURL("etcd.embedded_peer_url", e.EmbeddedPeerURL)
+	}
+}
+
+// EtcdTLS returns the etcd TLS files, or nil when none are set.
+func (c *Config) EtcdTLS() *registry.TLSFiles {
+	if c.Etcd.CA == "" && c.Etcd.Cert == "" && c.Etcd.Key == "" {
+		return nil
+	}
+	return &registry.TLSFiles{CA: c.Etcd.CA, Cert: c.Etcd.Cert, Key: c.Etcd.Key}
+}
+
+// EmbeddedURLs returns the embedded server's client and peer URLs, the
+// defaults filled in for hostIP: https with TLS files, http without.
+func (c *Config) EmbeddedURLs(hostIP string) (client, peer string) {
+	scheme := "http"
+	if c.EtcdTLS() != nil {
+		scheme = "https"
+	}
+	client, peer = c.Etcd.EmbeddedClientURL, c.Etcd.EmbeddedPeerURL
+	if client == "" {
+		client = scheme + "://" + net.JoinHostPort(hostIP, "2379")
+	}
+	if peer == "" {
+		peer = scheme + "://127.0.0.1:2380"
+	}
+	return client, peer
+}
+
+// ClientTLS returns the TLS files for a client of endpoints: nil for http
+// endpoints (loopback, or allowed by etcd.insecure), which the etcd client
+// would use in plaintext anyway.
+func (c *Config) ClientTLS(endpoints []string) *registry.TLSFiles {
+	if len(endpoints) == 0 || !strings.HasPrefix(endpoints[0], "https://") {
+		return nil
+	}
+	return c.EtcdTLS()
+}
+
+// InsecureWarning is the warning the agent logs at every start while
+// etcd.insecure is set ("" when it is not), naming the plaintext URLs on
+// non-loopback addresses it allows (hostIP fills in the embedded server's
+// default client URL).
+func (c *Config) InsecureWarning(hostIP string) string {
+	if !c.Etcd.Insecure {
+		return ""
+	}
+	urls := c.Etcd.Endpoints
+	if len(urls) == 0 {
+		client, peer := c.EmbeddedURLs(hostIP)
+		urls = []string{client, peer}
+	}
+	var plain []string
+	for _, u := range urls {
+		if registry.PlaintextURL(u) {
+			plain = append(plain, u)
+		}
+	}
+	if len(plain) == 0 {
+		return "etcd.insecure: true is set but unused (every etcd URL is TLS or loopback); remove it"
+	}
+	return fmt.Sprintf("etcd.insecure: true: etcd is plaintext and unauthenticated at %s; every machine and container that reaches it can read and rewrite the cluster's state; set up TLS with keyroutectl pki and etcd.ca, etcd.cert, etcd.key",
+		strings.Join(plain, ", "))
 }
 
 // PodCIDR returns the parsed cluster pod CIDR (valid after Validate).

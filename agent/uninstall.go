@@ -79,7 +79,7 @@ func leaveCluster(ctx context.Context, cfg Config, log *slog.Logger) {
 		return
 	}
 	reg, err := registry.New(cfg.Etcd.Endpoints, registry.WithPrefix(cfg.Etcd.Prefix), registry.WithLogger(log),
-		registry.WithDialTimeout(cfg.Etcd.DialTimeout))
+		registry.WithDialTimeout(cfg.Etcd.DialTimeout), registry.WithTLS(cfg.ClientTLS(cfg.Etcd.Endpoints)))
 	if err != nil {
 		log.Warn("this host's record stays in etcd: "+hint, "host", cfg.Node, "err", err)
 		return

@@ -307,7 +307,7 @@ func etcdFsync(cl *e2e.Cluster) ([]Bucket, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := cl.Fabric.HTTPClient().Do(req)
+	resp, err := cl.EtcdHTTPClient(cl.Fabric).Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("etcd metrics: %w", err)
 	}

@@ -8,17 +8,30 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/keyroute/keyroute/pki"
 )
 
 // startEtcd runs Debian's etcd in the fabric namespace at ExternalEtcdIP
-// and waits until it reports healthy.
+// and waits until it reports healthy. With TLS it serves the "etcd"
+// certificate and requires client (and peer) certificates of the cluster
+// CA, as an operator's etcd cluster would.
 func (cl *Cluster) startEtcd(ctx context.Context) error {
 	dir := filepath.Join(cl.Dir, "etcd")
-	p, err := startProcess("etcd", filepath.Join(cl.Dir, "etcd.log"), "ip", "netns", "exec", cl.Fabric.Name,
+	peer := "http://127.0.0.1:2380"
+	var tlsArgs []string
+	if cl.PKIDir != "" {
+		peer = "https://127.0.0.1:2380"
+		ca, cert, key := filepath.Join(cl.PKIDir, pki.CACertFile), pki.CertPath(cl.PKIDir, "etcd"), pki.KeyPath(cl.PKIDir, "etcd")
+		tlsArgs = []string{"--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+			"--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca, "--peer-client-cert-auth"}
+	}
+	args := append([]string{"ip", "netns", "exec", cl.Fabric.Name,
 		"etcd", "--name", "fabric", "--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", cl.EtcdEndpoint, "--advertise-client-urls", cl.EtcdEndpoint,
-		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-		"--initial-cluster", "fabric=http://127.0.0.1:2380", "--initial-cluster-state", "new")
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", "fabric=" + peer, "--initial-cluster-state", "new"}, tlsArgs...)
+	p, err := startProcess("etcd", filepath.Join(cl.Dir, "etcd.log"), args...)
 	if err != nil {
 		return err
 	}
@@ -32,7 +45,7 @@ func (cl *Cluster) startEtcd(ctx context.Context) error {
 func (cl *Cluster) waitEtcd(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
 	defer cancel()
-	client := cl.Fabric.HTTPClient()
+	client := cl.EtcdHTTPClient(cl.Fabric)
 	var last error
 	for {
 		if ended, err := cl.etcd.Exited(); ended {

@@ -9,6 +9,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,6 +62,16 @@ type Options struct {
 	// ExternalEtcd runs Debian's etcd in the fabric namespace at
 	// ExternalEtcdIP instead of host 1's embedded server.
 	ExternalEtcd bool
+	// PlaintextEtcd runs etcd without TLS: http:// URLs, and
+	// etcd.insecure: true in every agent config (agents then warn at every
+	// start). By default etcd serves https and requires client
+	// certificates of a CA the harness creates (Cluster.PKIDir).
+	PlaintextEtcd bool
+	// PKIDir, if set, is an existing PKI directory to use instead of
+	// creating one: ca.crt, h<i>.crt/.key for every host, harness.crt/.key
+	// for the harness's own etcd clients and, with ExternalEtcd,
+	// etcd.crt/.key for the server (keyroutectl pki writes this layout).
+	PKIDir string
 	// NoAgents builds the fabric, hosts and OVS instances but starts no
 	// agent (for testing the harness itself, or agent-less experiments).
 	NoAgents bool
@@ -90,6 +101,10 @@ type Cluster struct {
 	Fabric *simhost.NetNS
 	// EtcdEndpoint is the etcd URL the agents use.
 	EtcdEndpoint string
+	// PKIDir holds the cluster CA and the certificates (pki package
+	// layout): one per host, "harness" for the harness's own etcd
+	// clients, "etcd" for the external etcd. Empty with PlaintextEtcd.
+	PKIDir string
 	// VNI and VXLANPort are the overlay's, as configured on host 1 (for
 	// reading captures).
 	VNI       uint32
@@ -100,7 +115,10 @@ type Cluster struct {
 	hosts []*Host
 	procs procSet
 	etcd  *Process
-	seq   atomic.Int64 // names capture files
+	// etcdTLS is the harness's client TLS config for etcd (nil in
+	// plaintext).
+	etcdTLS *tls.Config
+	seq     atomic.Int64 // names capture files
 
 	mu         sync.Mutex
 	containers map[string]*Container
@@ -198,9 +216,15 @@ func (cl *Cluster) start(ctx context.Context) error {
 		}
 		cl.hosts = append(cl.hosts, h)
 	}
-	cl.EtcdEndpoint = "http://" + cl.hosts[0].IP.String() + ":2379"
+	scheme := "https"
+	if cl.opts.PlaintextEtcd {
+		scheme = "http"
+	} else if err := cl.setupPKI(); err != nil {
+		return err
+	}
+	cl.EtcdEndpoint = scheme + "://" + cl.hosts[0].IP.String() + ":2379"
 	if cl.opts.ExternalEtcd {
-		cl.EtcdEndpoint = "http://" + ExternalEtcdIP + ":2379"
+		cl.EtcdEndpoint = scheme + "://" + ExternalEtcdIP + ":2379"
 		if err := cl.startEtcd(ctx); err != nil {
 			return err
 		}

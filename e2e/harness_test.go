@@ -83,9 +83,9 @@ func TestFabricWithoutAgents(t *testing.T) {
 			t.Errorf("%s OVS not answering: %v", h.Name, err)
 		}
 		b, err := os.ReadFile(h.ConfigPath)
-		etcd := "embedded_client_url: http://198.18.0.1:2379"
+		etcd := "embedded_client_url: https://198.18.0.1:2379"
 		if h.Index != 1 {
-			etcd = "- http://198.18.0.1:2379"
+			etcd = "- https://198.18.0.1:2379"
 		}
 		if err != nil || !strings.Contains(string(b), etcd) || !strings.Contains(string(b), "node: "+h.Name) {
 			t.Errorf("%s agent config lacks %q (%v):\n%s", h.Name, etcd, err, b)
@@ -317,7 +317,7 @@ func TestExternalEtcd(t *testing.T) {
 	health := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		return etcdHealthy(ctx, h1.NS.HTTPClient(), cl.EtcdEndpoint+"/health")
+		return etcdHealthy(ctx, cl.EtcdHTTPClient(h1.NS), cl.EtcdEndpoint+"/health")
 	}
 	if err := health(); err != nil {
 		t.Fatalf("etcd not reachable from %s: %v", h1.Name, err)
@@ -326,7 +326,7 @@ func TestExternalEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"http://198.18.0.254:2379", "log_level: warn", "uplink: eth1", "datapath: netdev", "db_socket: " + h1.OVS.DBSock()} {
+	for _, want := range []string{"https://198.18.0.254:2379", "cert: " + cl.PKIDir + "/h1.crt", "log_level: warn", "uplink: eth1", "datapath: netdev", "db_socket: " + h1.OVS.DBSock()} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("agent config lacks %q:\n%s", want, b)
 		}

@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/keyroute/keyroute/pki"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -49,12 +50,18 @@ type Host struct {
 func (h *Host) config() map[string]any {
 	cl := h.cl
 	etcd := map[string]any{"prefix": "/keyroute/"}
+	if cl.PKIDir != "" {
+		etcd["ca"] = filepath.Join(cl.PKIDir, pki.CACertFile)
+		etcd["cert"], etcd["key"] = pki.CertPath(cl.PKIDir, h.Name), pki.KeyPath(cl.PKIDir, h.Name)
+	} else {
+		etcd["insecure"] = true
+	}
 	switch {
 	case cl.opts.ExternalEtcd || h.Index != 1:
 		etcd["endpoints"] = []string{cl.EtcdEndpoint}
 	default:
+		// The peer URL is the default: https://127.0.0.1:2380 with TLS.
 		etcd["embedded_client_url"] = cl.EtcdEndpoint
-		etcd["embedded_peer_url"] = "http://127.0.0.1:2380"
 	}
 	cfg := map[string]any{
 		"node":     h.Name,

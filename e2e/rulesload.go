@@ -35,6 +35,7 @@ func (cl *Cluster) EtcdClient() (*clientv3.Client, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{cl.EtcdEndpoint},
 		DialTimeout: 5 * time.Second,
+		TLS:         cl.EtcdTLS(),
 		Logger:      zap.NewNop(),
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return ns.DialContext(ctx, "tcp", addr)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"syscall"
 
@@ -21,6 +22,14 @@ type EmbeddedConfig struct {
 	ClientURL string // default http://127.0.0.1:2379
 	PeerURL   string // default http://127.0.0.1:2380
 	Name      string // member name, default "keyroute"
+	// TLS, if set, serves every https URL with TLS.Cert and requires
+	// clients (and peers) to present a certificate signed by TLS.CA. An
+	// https URL without TLS is an error.
+	TLS *TLSFiles
+	// Insecure allows an http URL on a non-loopback address. Without it
+	// such a URL is refused: anyone who reaches it could read and rewrite
+	// the cluster's state.
+	Insecure bool
 	// Logger receives etcd's warnings and errors (its info chatter is
 	// dropped). Default slog.Default().
 	Logger *slog.Logger
@@ -59,6 +68,10 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		return nil, err
 	}
 
+	if err := checkEmbeddedTLS(cfg, curl.String(), purl.String()); err != nil {
+		return nil, fmt.Errorf("start embedded etcd: %w", err)
+	}
+
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
 	ec.Dir = cfg.DataDir
@@ -69,6 +82,17 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	ec.InitialCluster = ec.InitialClusterFromName(cfg.Name)
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = "1h"
+	if cfg.TLS != nil {
+		// With client-cert-auth, the TLS handshake itself turns away
+		// every client without a certificate of the cluster CA, before it
+		// can send a request.
+		if curl.Scheme == "https" {
+			ec.ClientTLSInfo = cfg.TLS.info(true)
+		}
+		if purl.Scheme == "https" {
+			ec.PeerTLSInfo = cfg.TLS.info(true)
+		}
+	}
 	ec.LogLevel = "warn"
 	core := &slogCore{log: orDefault(cfg.Logger), stopping: new(atomic.Bool)}
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(core).Named("etcd"))
@@ -101,9 +125,38 @@ func parseURL(what, s string) (*url.URL, error) {
 		return nil, fmt.Errorf("embedded etcd %s URL %q: %w", what, s, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" || u.Port() == "" {
-		return nil, fmt.Errorf("embedded etcd %s URL %q: want http://host:port", what, s)
+		return nil, fmt.Errorf("embedded etcd %s URL %q: want https://host:port (or http://host:port)", what, s)
 	}
 	return u, nil
+}
+
+// checkEmbeddedTLS refuses plaintext on non-loopback URLs unless Insecure,
+// https without certificates, and a certificate that does not name the
+// addresses it would serve.
+func checkEmbeddedTLS(cfg EmbeddedConfig, client, peer string) error {
+	for _, u := range []struct{ what, url string }{{"client", client}, {"peer", peer}} {
+		switch {
+		case PlaintextURL(u.url) && !cfg.Insecure:
+			return fmt.Errorf("%s URL %s is plaintext on a non-loopback address: anyone who reaches it could read and rewrite the cluster's state; serve https with a cluster certificate (keyroutectl pki), or allow plaintext explicitly (insecure)", u.what, u.url)
+		case strings.HasPrefix(u.url, "https://") && cfg.TLS == nil:
+			return fmt.Errorf("%s URL %s is https but no CA, certificate and key are given", u.what, u.url)
+		}
+	}
+	if cfg.TLS == nil {
+		return nil
+	}
+	cert, err := cfg.TLS.Check(true)
+	if err != nil {
+		return err
+	}
+	for _, u := range []struct{ what, url string }{{"client", client}, {"peer", peer}} {
+		if strings.HasPrefix(u.url, "https://") {
+			if err := checkServes(cert, cfg.TLS.Cert, u.what, u.url); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Endpoints returns the client URLs to pass to New.

@@ -68,6 +68,7 @@ type options struct {
 	log         *slog.Logger
 	dialTimeout time.Duration
 	onBad       func(key string, err error)
+	tls         *TLSFiles
 }
 
 // Option configures New.
@@ -83,6 +84,11 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // WithDialTimeout bounds connection set-up (default 5s).
 func WithDialTimeout(d time.Duration) Option { return func(o *options) { o.dialTimeout = d } }
+
+// WithTLS connects over TLS: the server must chain to f.CA, and the client
+// presents f.Cert (etcd's --cacert, --cert and --key). The endpoints must
+// be https URLs.
+func WithTLS(f *TLSFiles) Option { return func(o *options) { o.tls = f } }
 
 // WithBadRecordHandler is called for every record skipped because it failed
 // validation, in addition to counting it.
@@ -106,11 +112,25 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	if !strings.HasSuffix(o.prefix, "/") {
 		o.prefix += "/"
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	cc := clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: o.dialTimeout,
 		Logger:      zapLogger(o.log).Named("etcd-client"),
-	})
+	}
+	if o.tls != nil {
+		// The client takes its transport security from the first
+		// endpoint's scheme: an http one would silently drop TLS.
+		for _, ep := range endpoints {
+			if !strings.HasPrefix(ep, "https://") {
+				return nil, fmt.Errorf("connect to etcd: endpoint %q is not https, but TLS is configured", ep)
+			}
+		}
+		var err error
+		if cc.TLS, err = o.tls.ClientConfig(); err != nil {
+			return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+		}
+	}
+	cli, err := clientv3.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
 	}

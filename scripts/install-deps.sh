@@ -23,6 +23,7 @@ DEPS=(
 	iproute2:ip
 	iputils-ping:ping
 	nftables:nft
+	curl:curl      # the etcd TLS test and the demo try etcd's HTTP API without a certificate
 	kmod:modprobe  # preflight tries `modprobe openvswitch`
 	procps:sysctl  # test namespaces turn IPv6 off with sysctl
 	make:make

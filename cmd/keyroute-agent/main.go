@@ -28,11 +28,19 @@ func run(args []string) error {
 	check := fs.Bool("check-config", false, "validate the config, print it, and exit")
 	uninstall := fs.Bool("uninstall", false, "undo this host's setup (host IP back to the uplink, bridges and NAT removed, host record removed from etcd if reachable) and exit; stop the agent first")
 	// Overrides: each flag, when given, replaces the config file's value.
-	var o struct{ node, uplink, hostIP, etcd, mode, datapath, dbSocket, runDir, apiSocket, metrics, stateDir, logLevel, podCIDR string }
+	var o struct {
+		node, uplink, hostIP, etcd, mode, datapath, dbSocket, runDir, apiSocket string
+		metrics, stateDir, logLevel, podCIDR, etcdCA, etcdCert, etcdKey         string
+		etcdInsecure                                                            bool
+	}
 	fs.StringVar(&o.node, "node", "", "override node")
 	fs.StringVar(&o.uplink, "uplink", "", "override uplink")
 	fs.StringVar(&o.hostIP, "host-ip", "", "override host_ip")
 	fs.StringVar(&o.etcd, "etcd-endpoints", "", "override etcd.endpoints (comma-separated URLs; \"embedded\" for the embedded server)")
+	fs.StringVar(&o.etcdCA, "etcd-ca", "", "override etcd.ca (the cluster CA, ca.crt of keyroutectl pki init)")
+	fs.StringVar(&o.etcdCert, "etcd-cert", "", "override etcd.cert (this host's certificate, keyroutectl pki issue)")
+	fs.StringVar(&o.etcdKey, "etcd-key", "", "override etcd.key (this host's key)")
+	fs.BoolVar(&o.etcdInsecure, "etcd-insecure", false, "override etcd.insecure (allow plaintext etcd on non-loopback addresses; warns at every start)")
 	fs.StringVar(&o.mode, "mode", "", "override mode (tunnel|rewrite)")
 	fs.StringVar(&o.datapath, "datapath", "", "override datapath (auto|system|netdev)")
 	fs.StringVar(&o.dbSocket, "ovs-db-socket", "", "override ovs.db_socket")
@@ -69,6 +77,14 @@ func run(args []string) error {
 	set(&cfg.StateDir, o.stateDir)
 	set(&cfg.LogLevel, o.logLevel)
 	set(&cfg.Cluster.PodCIDR, o.podCIDR)
+	set(&cfg.Etcd.CA, o.etcdCA)
+	set(&cfg.Etcd.Cert, o.etcdCert)
+	set(&cfg.Etcd.Key, o.etcdKey)
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "etcd-insecure" { // given, even as =false
+			cfg.Etcd.Insecure = o.etcdInsecure
+		}
+	})
 	if o.metrics == "off" {
 		cfg.MetricsAddr = ""
 	}
@@ -83,6 +99,9 @@ func run(args []string) error {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	if *check {
+		if w := cfg.InsecureWarning(orDefault(cfg.HostIP, "<host_ip>")); w != "" {
+			fmt.Fprintln(os.Stderr, "warning:", w)
+		}
 		fmt.Printf("%+v\n", cfg)
 		return nil
 	}
@@ -99,4 +118,11 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return a.Run(ctx)
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
 }

@@ -1,7 +1,9 @@
 // Command keyroute-demo shows keyroute working on one machine (`make demo`):
 // it brings up two simulated hosts (network namespaces with private Open
-// vSwitch instances and keyroute agents, h1 serving etcd), attaches two
-// containers to each, pings every pair, runs a short iperf3 across hosts,
+// vSwitch instances and keyroute agents, h1 serving etcd over TLS with
+// client certificates of a CA made for the run), attaches two containers
+// to each, shows that a container cannot use etcd, pings every pair, runs
+// a short iperf3 across hosts,
 // watches the fabric to show which path the traffic took (VXLAN or
 // rewritten with a DSCP key), prints a summary and tears everything down.
 // Each step prints ✓ or ✗; any ✗ makes the exit status non-zero. Ctrl-C
@@ -18,11 +20,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/keyroute/keyroute/e2e"
+	"github.com/keyroute/keyroute/pki"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -118,7 +122,7 @@ func run(mode, bin string, keep, verbose bool) int {
 	}
 	d := &demo{}
 	var cl *e2e.Cluster
-	if !d.step(fmt.Sprintf("start 2 hosts (mode %s, etcd embedded in h1's agent)", mode), func() (string, error) {
+	if !d.step(fmt.Sprintf("start 2 hosts (mode %s, etcd embedded in h1's agent, TLS with client certificates)", mode), func() (string, error) {
 		var err error
 		cl, err = e2e.NewCluster(ctx, opts)
 		if err != nil {
@@ -179,10 +183,13 @@ The cluster is still up (namespaces %s*, files in %s). Try:
   %s --socket %s hosts
   OVS_RUNDIR=%s ovs-ofctl -O OpenFlow13 --names dump-flows br-int
   ovs-vsctl --db=unix:%s show
+  ip netns exec %sh1 curl --cacert %s --cert %s --key %s %s/health
   less %s
 Remove it with: %s --down
 `, cl.Prefix, cl.Dir, cl.Prefix, peer, cl.Prefix, e2e.FabricBridge, ctl, h1.APISocket, ctl, h1.APISocket,
-		h1.OVS.RunDir(), h1.OVS.DBSock(), h1.LogPath, os.Args[0])
+		h1.OVS.RunDir(), h1.OVS.DBSock(),
+		cl.Prefix, filepath.Join(cl.PKIDir, pki.CACertFile), pki.CertPath(cl.PKIDir, e2e.HarnessCert), pki.KeyPath(cl.PKIDir, e2e.HarnessCert), cl.EtcdEndpoint,
+		h1.LogPath, os.Args[0])
 }
 
 // summary runs the checks and collects what the final report shows.
@@ -207,6 +214,11 @@ func (s *summary) run(d *demo) {
 		})
 	}
 	cs := cl.Containers()
+	if c := containerOn(cs, 2); c != nil {
+		d.step(fmt.Sprintf("etcd turns away container %s on h2 (no cluster certificate)", c.Name), func() (string, error) {
+			return refused(cl, c)
+		})
+	}
 	for i, a := range cs {
 		for _, b := range cs[i+1:] {
 			d.step(fmt.Sprintf("ping %s (h%d) -> %s (h%d)", a.Name, a.Host.Index, b.Name, b.Host.Index), func() (string, error) {
@@ -230,6 +242,38 @@ func (s *summary) run(d *demo) {
 		})
 	}
 	d.step("summary", func() (string, error) { return "", s.print() })
+}
+
+// containerOn returns the first container on host i, or nil.
+func containerOn(cs []*e2e.Container, i int) *e2e.Container {
+	for _, c := range cs {
+		if c.Host.Index == i {
+			return c
+		}
+	}
+	return nil
+}
+
+// refused has container c try to read and write the cluster's etcd the
+// ways someone without the cluster's certificates would (e2e.ProbeEtcd),
+// and fails if any worked.
+func refused(cl *e2e.Cluster, c *e2e.Container) (string, error) {
+	ctx := context.Background()
+	if err := cl.DialEtcd(ctx, c.NS); err != nil {
+		return "", err
+	}
+	probes, err := cl.ProbeEtcd(ctx, c.NS)
+	if err != nil {
+		return "", err
+	}
+	var ways []string
+	for _, p := range probes {
+		if p.Read == nil || p.Write == nil {
+			return "", fmt.Errorf("%s reached %s (%s): read error %v, write error %v", c.Name, cl.EtcdEndpoint, p.Way, p.Read, p.Write)
+		}
+		ways = append(ways, p.Way)
+	}
+	return fmt.Sprintf("%s reaches %s but can neither read nor write it: %s", c.Name, cl.EtcdEndpoint, strings.Join(ways, "; ")), nil
 }
 
 // pings is how many echo requests each pair sends while the fabric is

@@ -56,7 +56,7 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.socket, "socket", envOr("KEYROUTE_SOCKET", defaultSocket), "agent API socket (env KEYROUTE_SOCKET)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.AddCommand(statusCmd(g), hostsCmd(g), endpointsCmd(g), flowsCmd(g), keysCmd(g), cacheCmd(g), attachCmd(g), detachCmd(g), ruleCmd(g))
-	root.AddCommand(traceCmd(g), diagnoseCmd(g))
+	root.AddCommand(traceCmd(g), diagnoseCmd(g), pkiCmd(g))
 	return root
 }
 
