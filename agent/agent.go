@@ -298,7 +298,7 @@ func (a *Agent) setup(ctx context.Context) error {
 	if a.cfg.Mode == ModeRewrite {
 		keys := a.cfg.KeySet()
 		pc := cacheproto.DefaultConfig()
-		pc.Quarantine, pc.PendingTimeout = a.cfg.Cache.Quarantine, a.cfg.Cache.PendingTimeout
+		pc.Quarantine, pc.PendingTimeout, pc.Keys = a.cfg.Cache.Quarantine, a.cfg.Cache.PendingTimeout, keys.Len()
 		a.cache = newCache(a, keyalloc.New(a.reg.Raw(), a.cfg.Etcd.Prefix, keys),
 			flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, Keys: keys.Keys()}, pc)
 	}

@@ -108,10 +108,11 @@ func (c *cache) collector() prometheus.Collector {
 	fallbackDesc := prometheus.NewDesc("keyroute_cache_fallbacks_total", "Pairs left on VXLAN without a key, by reason (keys_exhausted, etcd, no_next_hop, not_ready, key_conflict).", []string{"reason"}, nil)
 	repairDesc := prometheus.NewDesc("keyroute_cache_repairs_total",
 		"Differences between key records and flows found and repaired, by kind: at start-up (adopted, record_without_flow, flow_without_record), "+
-			"by anti-entropy (egress_flow_lost, record_lost, orphan_record, restore_missing, restore_stale), and from punts (punt_after_install) and watches (record_deleted_elsewhere).", []string{"kind"}, nil)
+			"by anti-entropy (egress_flow_lost, record_lost, orphan_record, restore_missing, restore_stale, exhausted_key_free), and from punts (punt_after_install) and watches (record_deleted_elsewhere).", []string{"kind"}, nil)
 	puntDropDesc := prometheus.NewDesc("keyroute_cache_punts_ignored_total", "Punts the key protocol ignored: before start-up finished (unsynced), while the pair's previous key is still held (busy), for an entry just installed (stale).", []string{"outcome"}, nil)
 	releasedDesc := prometheus.NewDesc("keyroute_cache_keys_released_total", "Keys this host freed as sender, each after the confirmed removal of its flow and the quarantine.", nil, nil)
-	return collectorFunc{descs: []*prometheus.Desc{hits, keys, fallbackDesc, repairDesc, puntDropDesc, releasedDesc}, collect: func(ch chan<- prometheus.Metric) {
+	retriedDesc := prometheus.NewDesc("keyroute_cache_fallback_retries_total", "Fallback entries of pairs out of keys dropped so that the pair bootstraps again, because a key towards its peer was freed.", nil, nil)
+	return collectorFunc{descs: []*prometheus.Desc{hits, keys, fallbackDesc, repairDesc, puntDropDesc, releasedDesc, retriedDesc}, collect: func(ch chan<- prometheus.Metric) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		for i, t := range []flows.Table{flows.EgressCache, flows.Restore} {
@@ -148,6 +149,7 @@ func (c *cache) collector() prometheus.Collector {
 			ch <- prometheus.MustNewConstMetric(puntDropDesc, prometheus.CounterValue, float64(n), outcome)
 		}
 		ch <- prometheus.MustNewConstMetric(releasedDesc, prometheus.CounterValue, float64(count.Released))
+		ch <- prometheus.MustNewConstMetric(retriedDesc, prometheus.CounterValue, float64(count.Retried))
 		for peer, n := range perPeer {
 			ch <- prometheus.MustNewConstMetric(keys, prometheus.GaugeValue, float64(n), peer)
 		}

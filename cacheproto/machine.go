@@ -33,6 +33,7 @@ package cacheproto
 
 import (
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -84,6 +85,10 @@ type Config struct {
 	PendingTimeout time.Duration // a record not ready by then is released; the pair falls back
 	Retry          time.Duration // after a failed install, mark or release
 	PuntGrace      time.Duration // a punt for an entry installed longer ago means its flow is gone
+	// Keys is the size of the key set (0: unknown). With it, anti-entropy
+	// lets pairs out of keys try again when a key towards their peer is
+	// free but its freeing went unseen (a lost watch event).
+	Keys int
 }
 
 // DefaultConfig is what agents run with.
@@ -104,6 +109,7 @@ type Send struct {
 	Since   time.Time // entered State
 	gen     uint64    // desired generation that added (Pending/Ready) or removed (Draining) its flow
 	afterRC bool      // Draining: removed only by the start-up reconcile
+	freed   uint64    // Allocating: keys freed towards Peer when the Allocate was issued
 	retryAt time.Time // Releasing: when to try again; zero while a release is in flight
 }
 
@@ -122,6 +128,7 @@ type Counters struct {
 	Fallbacks                            map[string]uint64
 	Repairs                              map[string]uint64 // anti-entropy and start-up repairs, by kind
 	Released, ReleaseErrors              uint64
+	Retried                              uint64 // keys_exhausted fallbacks dropped to try again: a key towards their peer was freed
 	StaleFlowRemoved                     uint64
 }
 
@@ -137,6 +144,7 @@ type Machine struct {
 	recv  map[RecvKey]*Recv
 	tomb  map[RecvKey]int64 // highest create revision seen deleted per (peer, key)
 	early map[Pair]int64    // ready record seen while its allocation was in flight
+	freed map[string]uint64 // keys freed so far, by peer
 	// released remembers the create revisions of records released lately,
 	// so that AntiEntropy does not take one read before its release for
 	// an orphan.
@@ -154,7 +162,7 @@ type Machine struct {
 // New returns a machine that serves no punt before Start and Reconciled.
 func New(cfg Config, now time.Time) *Machine {
 	return &Machine{cfg: cfg, now: now, send: map[Pair]*Send{}, recv: map[RecvKey]*Recv{}, tomb: map[RecvKey]int64{},
-		early: map[Pair]int64{}, released: map[int64]bool{}, Count: Counters{Fallbacks: map[string]uint64{}, Repairs: map[string]uint64{}}}
+		early: map[Pair]int64{}, freed: map[string]uint64{}, released: map[int64]bool{}, Count: Counters{Fallbacks: map[string]uint64{}, Repairs: map[string]uint64{}}}
 }
 
 // Effects. The caller runs each and feeds its result back as an event.
@@ -411,7 +419,7 @@ func (m *Machine) Punt(now time.Time, p Pair, peer string, nextHop net.HardwareA
 		m.fallback(p, peer, "no_next_hop", now)
 		return m.flush()
 	}
-	m.send[p] = &Send{Pair: p, Peer: peer, State: StateAllocating, NextHop: nextHop, Punted: now, Since: now}
+	m.send[p] = &Send{Pair: p, Peer: peer, State: StateAllocating, NextHop: nextHop, Punted: now, Since: now, freed: m.freed[peer]}
 	return append(m.flush(), Allocate{Pair: p, Peer: peer, Exclude: m.heldKeys(peer)})
 }
 
@@ -466,6 +474,12 @@ func (m *Machine) Allocated(now time.Time, p Pair, rec keyalloc.Record, err erro
 		reason := "etcd"
 		if isExhausted(err) {
 			reason = "keys_exhausted"
+			if e.freed != m.freed[e.Peer] {
+				// A key towards the peer was freed while this allocation
+				// ran, excluding it: try again rather than fall back.
+				e.freed = m.freed[e.Peer]
+				return append(m.flush(), Allocate{Pair: p, Peer: e.Peer, Exclude: m.heldKeys(e.Peer)})
+			}
 		}
 		delete(m.send, p)
 		m.fallback(p, e.Peer, reason, now)
@@ -514,6 +528,9 @@ func (m *Machine) SentRecord(now time.Time, rec keyalloc.Record) []Effect {
 // the pair off its key at once (the receiver no longer restores it).
 func (m *Machine) SentRecordDeleted(now time.Time, rec keyalloc.Record) []Effect {
 	m.now = now
+	// A key left etcd, whoever deleted it; pairs out of keys try again
+	// (those whose key this still is here find it held and fall back).
+	m.keyFreed(rec.DstHost)
 	for i, h := range m.holds {
 		if h.Rec.CreateRevision == rec.CreateRevision && h.Rec.CreateRevision != 0 {
 			if h.State == StateReleasing {
@@ -635,9 +652,29 @@ func (m *Machine) Released(now time.Time, rec keyalloc.Record, err error) []Effe
 		}
 		m.holds = slices.Delete(m.holds, i, i+1)
 		m.releasedRec(rec.CreateRevision)
+		m.keyFreed(rec.DstHost)
 		break
 	}
 	return m.flush()
+}
+
+// keyFreed is a key towards peer that the sender no longer holds. A pair
+// that fell back because the keys were exhausted has a fallback entry
+// that stops its punts until it idles out — never, while it keeps
+// sending — so every such entry towards peer is dropped: the pair's next
+// packet takes VXLAN and punts, and it bootstraps again (or falls back
+// again if another pair took the key first); an allocation in flight
+// that comes back exhausted is tried again (Allocated). Dropping a
+// fallback entry never misdelivers: without it the pair takes VXLAN.
+func (m *Machine) keyFreed(peer string) {
+	m.freed[peer]++
+	for _, e := range m.sortedSend() {
+		if e.State == StateFallback && e.Reason == "keys_exhausted" && e.Peer == peer {
+			delete(m.send, e.Pair)
+			m.changed()
+			m.Count.Retried++
+		}
+	}
 }
 
 // releasedRec counts a release and remembers it for AntiEntropy (the last
@@ -797,6 +834,38 @@ func (m *Machine) AntiEntropy(now time.Time, confirmedGen uint64, egress map[Pai
 			m.holds = append(m.holds, &Send{Pair: p, Peer: r.DstHost, State: StateQuarantined, Key: r.Key, Rec: r, Since: now, Reason: "orphan"})
 		}
 	}
+	// Pairs out of keys while a key towards their peer is free (its
+	// freeing was not seen here) try again.
+	if m.cfg.Keys > 0 {
+		used := map[string]map[uint8]bool{}
+		use := func(peer string, k uint8) {
+			if used[peer] == nil {
+				used[peer] = map[uint8]bool{}
+			}
+			if k != 0 {
+				used[peer][k] = true
+			}
+		}
+		for _, r := range sent {
+			use(r.DstHost, r.Key)
+		}
+		for _, e := range m.send {
+			use(e.Peer, e.Key)
+		}
+		for _, h := range m.holds {
+			use(h.Peer, h.Key)
+		}
+		peers := map[string]bool{}
+		for _, e := range m.send {
+			if e.State == StateFallback && e.Reason == "keys_exhausted" && len(used[e.Peer]) < m.cfg.Keys {
+				peers[e.Peer] = true
+			}
+		}
+		for _, p := range slices.Sorted(maps.Keys(peers)) {
+			m.Count.Repairs["exhausted_key_free"]++
+			m.keyFreed(p)
+		}
+	}
 	// Receiver: records missed by the watch are added, entries whose record
 	// is gone are removed.
 	recvBy := map[RecvKey]keyalloc.Record{}
@@ -861,7 +930,8 @@ func (m *Machine) flush() []Effect {
 		}
 		if h.State == StateQuarantined && now.Sub(h.Since) >= m.cfg.Quarantine {
 			if h.Rec.CreateRevision == 0 {
-				continue // no record to release: the key is free now
+				m.keyFreed(h.Peer) // no record to release: the key is free now
+				continue
 			}
 			h.State, h.Since, h.retryAt = StateReleasing, now, now
 		}

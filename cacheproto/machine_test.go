@@ -284,3 +284,105 @@ func TestRecordDeletedElsewhere(t *testing.T) {
 		t.Errorf("repairs %v", m.Count.Repairs)
 	}
 }
+
+// A pair that fell back because the keys were exhausted kept its fallback
+// entry, and with it stayed on VXLAN, as long as it kept sending, even
+// with a key free again (e2e TestRewriteV2KeyReuse): a freed key towards
+// its peer drops the entry, so its next packet punts and bootstraps.
+func TestExhaustedPairRetriesWhenKeyFreed(t *testing.T) {
+	m := synced(t)
+	ready(t, m, pX, 7, 10, t0)
+	if _, ok := find[Allocate](m.Punt(t0, pY, "h2", nh)); !ok {
+		t.Fatal("Y's punt: no Allocate")
+	}
+	exhausted := fmt.Errorf("one key: %w", keyalloc.ErrKeysExhausted)
+	confirm(t, m, m.Allocated(t0, pY, keyalloc.Record{}, exhausted), t0)
+	if e, _ := m.Entry(pY); e.State != StateFallback || e.Reason != "keys_exhausted" {
+		t.Fatalf("Y: %+v, want fallback keys_exhausted", e)
+	}
+	// X leaves; its key is freed a quarantine after the confirmed removal.
+	confirm(t, m, m.Detach(at(time.Second), pX.Src), at(time.Second))
+	if _, ok := m.Entry(pY); !ok {
+		t.Fatal("Y's fallback entry dropped while key 7 is still held")
+	}
+	r, ok := find[Release](confirm(t, m, m.Tick(at(2100*time.Millisecond)), at(2100*time.Millisecond)))
+	if !ok {
+		t.Fatal("X's key not released after the quarantine")
+	}
+	effs := m.Released(at(2200*time.Millisecond), r.Rec, nil)
+	if _, ok := m.Entry(pY); ok {
+		t.Fatal("Y still on its fallback entry after key 7 was freed")
+	}
+	if in, ok := find[Install](effs); !ok || slices.ContainsFunc(in.Send, func(f FlowSend) bool { return f.Pair == pY }) {
+		t.Fatalf("after the release: %v, want an install without Y's fallback flow", effs)
+	}
+	confirm(t, m, effs, at(2200*time.Millisecond))
+	if a, ok := find[Allocate](m.Punt(at(2300*time.Millisecond), pY, "h2", nh)); !ok || len(a.Exclude) != 0 {
+		t.Fatalf("Y's next punt: %+v, want an Allocate excluding nothing", a)
+	}
+	if m.Count.Retried != 1 {
+		t.Errorf("retried %d, want 1", m.Count.Retried)
+	}
+}
+
+// An allocation that ran while a key was being freed, excluding it, comes
+// back exhausted: it is tried again rather than falling back.
+func TestExhaustedAllocationRetriedAfterFree(t *testing.T) {
+	m := synced(t)
+	ready(t, m, pX, 7, 10, t0)
+	confirm(t, m, m.Detach(t0, pX.Src), t0)
+	a, ok := find[Allocate](m.Punt(t0, pY, "h2", nh))
+	if !ok || !slices.Contains(a.Exclude, 7) {
+		t.Fatalf("Y's allocation while X's key is held: %+v, want 7 excluded", a)
+	}
+	r, _ := find[Release](m.Tick(at(1100 * time.Millisecond)))
+	m.Released(at(1200*time.Millisecond), r.Rec, nil)
+	exhausted := fmt.Errorf("one key: %w", keyalloc.ErrKeysExhausted)
+	effs := m.Allocated(at(1300*time.Millisecond), pY, keyalloc.Record{}, exhausted)
+	if a, ok := find[Allocate](effs); !ok || len(a.Exclude) != 0 {
+		t.Fatalf("exhausted answer after key 7 was freed: %v, want a new Allocate excluding nothing", effs)
+	}
+	if e, _ := m.Entry(pY); e.State != StateAllocating {
+		t.Fatalf("Y: %+v, want allocating", e)
+	}
+	// A second exhausted answer with nothing freed meanwhile falls back.
+	confirm(t, m, m.Allocated(at(1400*time.Millisecond), pY, keyalloc.Record{}, exhausted), at(1400*time.Millisecond))
+	if e, _ := m.Entry(pY); e.State != StateFallback {
+		t.Fatalf("Y: %+v, want fallback", e)
+	}
+}
+
+// A key freed without this agent seeing it (its watch event lost) is found
+// by anti-entropy, which knows the size of the key set.
+func TestAntiEntropyFindsFreeKeyForExhaustedPair(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		sent  []keyalloc.Record // this host's records, as anti-entropy reads them
+		retry bool
+	}{
+		{"key in use", []keyalloc.Record{rec(pX, 7, 10, keyalloc.StateReady)}, false},
+		{"key free", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := cfg
+			c.Keys = 1
+			m := New(c, t0)
+			confirm(t, m, m.Start(t0, nil, nil, nil, func(netip.Addr) bool { return true }), t0)
+			m.Reconciled(t0)
+			m.Punt(t0, pY, "h2", nh)
+			exhausted := fmt.Errorf("one key: %w", keyalloc.ErrKeysExhausted)
+			confirm(t, m, m.Allocated(t0, pY, keyalloc.Record{}, exhausted), t0)
+			confirm(t, m, m.AntiEntropy(at(time.Second), m.Confirmed(), map[Pair]uint8{pY: 0}, tc.sent, nil, 20), at(time.Second))
+			e, ok := m.Entry(pY)
+			if tc.retry && ok {
+				t.Fatalf("Y kept its fallback entry with the only key free: %+v", e)
+			}
+			if !tc.retry && (!ok || e.State != StateFallback) {
+				t.Fatalf("Y with the only key in use: %+v (found %v), want its fallback entry", e, ok)
+			}
+			if n := m.Count.Repairs["exhausted_key_free"]; (n == 1) != tc.retry {
+				t.Errorf("repairs %v", m.Count.Repairs)
+			}
+		})
+	}
+}

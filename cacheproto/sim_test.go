@@ -29,7 +29,8 @@ import (
 // disconnects, agent restarts with and without an OVS restart, etcd
 // outages, records deleted by someone else, detach and re-attach, 1–3 keys. After every step it checks the
 // invariant (docs/DESIGN.md "Cache protocol v2") on the flows and on every
-// keyed packet that arrives; after the faults stop, it checks liveness.
+// keyed packet that arrives; after the faults stop (losses too), it checks
+// liveness.
 //
 //	go test ./cacheproto -run TestSimulate -schedules 1000000
 //	go test ./cacheproto -run TestSimulate -seed 12345 -v   # replay one, with its trace
@@ -263,6 +264,12 @@ func newSim(seed uint64, trace bool, logf func(string, ...any)) *sim {
 	return s
 }
 
+// lose draws whether a message is lost, with probability p during the
+// fault phase; after it nothing is lost.
+func (s *sim) lose(p float64) bool {
+	return s.now < faultPhase && s.rnd.Float64() < p
+}
+
 func (s *sim) logt(format string, args ...any) {
 	if s.trace {
 		s.log = append(s.log, fmt.Sprintf("%8.3fs ", s.now.Seconds())+fmt.Sprintf(format, args...))
@@ -411,7 +418,7 @@ func (s *sim) sender(p Pair) func() {
 		f, ok := src.egress[p]
 		if !ok {
 			// Miss: VXLAN (always right) and a punt.
-			if src.m != nil && s.rnd.Float64() >= s.pLosePunt {
+			if src.m != nil && !s.lose(s.pLosePunt) {
 				m, inc := src.m, src.inc
 				s.at(s.delay(), func() {
 					if src.inc == inc {
@@ -596,7 +603,9 @@ func (s *sim) startAgent(h *simHost, restarted bool) {
 		})
 		return
 	}
-	h.m = New(simConfig, s.wall())
+	cfg := simConfig
+	cfg.Keys = len(s.keys)
+	h.m = New(cfg, s.wall())
 	sent, recv := s.list(h)
 	egress := map[Pair]EgressFlow{}
 	for p, f := range h.egress {
@@ -635,7 +644,7 @@ func (s *sim) apply(h *simHost, effs []Effect) {
 		case Allocate:
 			s.at(s.delay(), func() {
 				rec, err := s.allocate(h.name, e)
-				lost := err == nil && s.rnd.Float64() < s.pCommitLost
+				lost := err == nil && s.lose(s.pCommitLost)
 				if lost {
 					err = errors.New("commit answer lost")
 				}
@@ -741,7 +750,7 @@ func (s *sim) watchPut(r keyalloc.Record, created bool) {
 }
 
 func (s *sim) watchEvent(h *simHost, stream string, fn func(*Machine) []Effect) {
-	if h.m == nil || s.rnd.Float64() < s.pLoseWatch {
+	if h.m == nil || s.lose(s.pLoseWatch) {
 		return // a lost event; the next anti-entropy (or start) finds it
 	}
 	m, inc := h.m, h.inc
@@ -768,7 +777,7 @@ func (s *sim) expire(h *simHost) {
 		delete(h.egress, p)
 		s.flowsChanged = true
 		s.logt("%s: egress %s->%s key %d idled out", h.name, p.Src, p.Dst, f.key)
-		if h.m != nil && h.connected && s.rnd.Float64() >= s.pLoseFR {
+		if h.m != nil && h.connected && !s.lose(s.pLoseFR) {
 			m, inc, key := h.m, h.inc, f.key
 			s.at(s.delay(), func() {
 				if h.inc == inc {
@@ -838,6 +847,15 @@ func (s *sim) liveness() error {
 			}
 			bad = append(bad, fmt.Sprintf("%s->%s %s", p.Src, p.Dst, st))
 			continue
+		}
+		if e.State == StateFallback && e.Reason == "keys_exhausted" {
+			// Out of keys is a reason only while it lasts: with a key
+			// towards the peer free, a pair that still sends must have
+			// tried again.
+			if held := src.m.heldKeys(dst.name); len(held) < len(s.keys) {
+				bad = append(bad, fmt.Sprintf("%s->%s on fallback (keys_exhausted) while %s holds only keys %v of %v towards %s",
+					p.Src, p.Dst, src.name, held, s.keys, dst.name))
+			}
 		}
 		if e.State == StateReady {
 			if f, on := src.egress[p]; !on || f.state != StateReady {

@@ -257,3 +257,81 @@ func (h *Host) Metrics() (string, error) {
 
 // Exec runs a command in the host's namespace.
 func (h *Host) Exec(args ...string) (string, error) { return h.NS.Exec(args...) }
+
+// RestartVswitchd restarts the host's ovs-vswitchd as a crash or an
+// upgrade would: the daemon is stopped by its PID and started again with
+// the same arguments, every OpenFlow flow is lost, the database (bridges,
+// ports) stays. The netdev datapath's internal ports are taps that die with
+// the daemon and come back bare, so the host IP is put back on br-phy and
+// OVS's tunnel neighbours for the other hosts are set again, as the host's
+// network configuration would (with the kernel datapath they survive).
+// It returns once the agent has reconnected to both bridges
+// (keyroute_openflow_reconnects_total moved for each), i.e. has started
+// its replay, or after timeout.
+func (h *Host) RestartVswitchd(timeout time.Duration) error {
+	reconnects := func() (map[string]float64, error) {
+		m, err := h.Metrics()
+		if err != nil {
+			return nil, err
+		}
+		out := map[string]float64{}
+		for _, line := range strings.Split(m, "\n") {
+			for _, br := range []string{"br-int", "br-phy"} {
+				if strings.HasPrefix(line, `keyroute_openflow_reconnects_total{bridge="`+br+`"}`) {
+					f := strings.Fields(line)
+					out[br], _ = strconv.ParseFloat(f[len(f)-1], 64)
+				}
+			}
+		}
+		if len(out) != 2 {
+			return nil, fmt.Errorf("%s metrics: keyroute_openflow_reconnects_total for br-int and br-phy not found", h.Name)
+		}
+		return out, nil
+	}
+	before, err := reconnects()
+	if err != nil {
+		return err
+	}
+	pid, _ := h.OVS.PID("ovs-vswitchd")
+	if err := h.OVS.StopVswitchd(); err != nil {
+		return err
+	}
+	if err := h.OVS.StartVswitchd(); err != nil {
+		return err
+	}
+	newPID, _ := h.OVS.PID("ovs-vswitchd")
+	if newPID == pid {
+		return fmt.Errorf("%s: ovs-vswitchd pid %d after its restart, as before", h.Name, newPID)
+	}
+	deadline := time.Now().Add(timeout)
+	left := func() time.Duration { return max(time.Until(deadline), time.Second) }
+	err = simhost.WaitFor(left(), func() error {
+		if _, err := h.Exec("ip", "link", "set", "br-phy", "up"); err != nil {
+			return err
+		}
+		_, err := h.Exec("ip", "addr", "replace", h.IP.String()+"/24", "dev", "br-phy")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("%s: host IP back on br-phy after restarting ovs-vswitchd: %w", h.Name, err)
+	}
+	for _, peer := range h.cl.Hosts() {
+		if peer != h {
+			if _, err := h.OVS.Appctl("tnl/arp/set", "br-phy", peer.IP.String(), peer.MAC.String()); err != nil {
+				return fmt.Errorf("%s: tunnel neighbour %s after restarting ovs-vswitchd: %w", h.Name, peer.Name, err)
+			}
+		}
+	}
+	return simhost.WaitFor(left(), func() error {
+		now, err := reconnects()
+		if err != nil {
+			return err
+		}
+		for br, n := range now {
+			if n <= before[br] {
+				return fmt.Errorf("%s: the agent has not reconnected to %s after ovs-vswitchd's restart (pid %d -> %d)", h.Name, br, pid, newPID)
+			}
+		}
+		return nil
+	})
+}
