@@ -300,7 +300,7 @@ func (a *Agent) setup(ctx context.Context) error {
 		pc := cacheproto.DefaultConfig()
 		pc.Quarantine, pc.PendingTimeout, pc.Keys = a.cfg.Cache.Quarantine, a.cfg.Cache.PendingTimeout, keys.Len()
 		a.cache = newCache(a, keyalloc.New(a.reg.Raw(), a.cfg.Etcd.Prefix, keys),
-			flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, Keys: keys.Keys()}, pc)
+			flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, FallbackRetry: fallbackRetry, Keys: keys.Keys()}, pc)
 	}
 	a.rules = startRules(ctx, a)
 	// The whole desired br-int state is known before the connection's

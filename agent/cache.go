@@ -33,6 +33,11 @@ import (
 
 const cacheOwner = "cache"
 
+// fallbackRetry is a fallback entry's hard timeout: a pair left on VXLAN
+// (etcd was down, the receiver did not acknowledge, no next hop) that keeps
+// sending tries for a key again this often.
+const fallbackRetry = 30 * time.Second
+
 // antiEntropyEvery is how often records and flows are compared both ways
 // (also after every reconnect of br-int).
 const antiEntropyEvery = 10 * time.Second

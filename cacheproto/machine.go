@@ -588,8 +588,9 @@ func (m *Machine) drain(e *Send, reason string) {
 }
 
 // Detach is a local container that left: its pairs as sender drain.
-// Restore entries towards it stay until their senders release them (they
-// only deliver to an address that has no port now).
+// Restore entries towards it stay until their senders release them or
+// anti-entropy finds their record no longer checks (the caller leaves it
+// out); either way they only deliver to an address that has no port now.
 func (m *Machine) Detach(now time.Time, ip netip.Addr) []Effect {
 	m.now = now
 	return m.dropSend(func(e *Send) bool { return e.Pair.Src == ip }, "detached")

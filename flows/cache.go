@@ -32,6 +32,10 @@ func KeyedVNI(k uint8) uint32 { return KeyedVNIFlag | uint32(k) }
 // Rewrite is the configuration shared by all cache entries.
 type Rewrite struct {
 	SendIdle time.Duration
+	// FallbackRetry is a fallback entry's hard timeout (0: none): a pair
+	// that keeps sending on VXLAN without a key punts again after it and
+	// retries, whatever kept it off the fast path.
+	FallbackRetry time.Duration
 	Keys     []uint8 // the usable key set
 }
 
@@ -117,6 +121,9 @@ func CacheFlow(h Host, r Rewrite, p Pair, st CacheState) *openflow.FlowMod {
 	}
 	f := flow(EgressCache, prioNormal, CacheCookie(p.Peer.IP, p.Key), cacheMatch(p), apply(acts...))
 	f.IdleTimeout = seconds(r.SendIdle)
+	if st == CacheFallback && r.FallbackRetry > 0 {
+		f.HardTimeout = seconds(r.FallbackRetry)
+	}
 	f.Flags = openflow.SendFlowRem
 	return f
 }

@@ -149,7 +149,7 @@ func TestGoldenParsesInOVS(t *testing.T) {
 
 func TestRewriteFlowsGolden(t *testing.T) {
 	h := testHost()
-	r := Rewrite{SendIdle: 10 * time.Second, Keys: []uint8{1, 2, 63}}
+	r := Rewrite{SendIdle: 10 * time.Second, FallbackRetry: 30 * time.Second, Keys: []uint8{1, 2, 63}}
 	peer := Peer{Name: "h2", IP: netip.MustParseAddr("198.18.0.2"), Subnet: netip.MustParsePrefix("198.19.2.0/24")}
 	p := Pair{Src: netip.MustParseAddr("198.19.1.2"), Dst: netip.MustParseAddr("198.19.2.2"), Peer: peer, Key: 2, NextHop: mac("02:00:00:00:00:02")}
 	var fs []*openflow.FlowMod
