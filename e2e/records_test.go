@@ -162,6 +162,7 @@ func TestBadRecordsInEtcd(t *testing.T) {
 		st   pingStats
 		out  string
 	}{{"c1->c2", st12, out12}, {"c2->c1", st21, out21}} {
+		t.Logf("%s while bad records were written: %d of %d answered", s.name, s.st.Received, s.st.Sent)
 		// Not one lost packet is the expectation; two allow for a slow CI
 		// host without hiding an outage (a crash loses seconds of them).
 		if s.st.Received < s.st.Sent-2 || s.st.Sent < count {
