@@ -299,7 +299,9 @@ func (a *Agent) setup(ctx context.Context) error {
 		keys := a.cfg.KeySet()
 		pc := cacheproto.DefaultConfig()
 		pc.Quarantine, pc.PendingTimeout, pc.Keys = a.cfg.Cache.Quarantine, a.cfg.Cache.PendingTimeout, keys.Len()
-		a.cache = newCache(a, keyalloc.New(a.reg.Raw(), a.cfg.Etcd.Prefix, keys),
+		alloc := keyalloc.New(a.reg.Raw(), a.cfg.Etcd.Prefix, keys,
+			keyalloc.WithLogger(a.log), keyalloc.WithBadRecordHandler(a.metrics.badRecord))
+		a.cache = newCache(a, alloc,
 			flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, FallbackRetry: fallbackRetry, Keys: keys.Keys()}, pc)
 	}
 	a.rules = startRules(ctx, a)
@@ -450,12 +452,13 @@ func (a *Agent) connectEtcd(ctx context.Context, hostIP netip.Addr) error {
 		a.embedded = e
 		a.etcdEPs = e.Endpoints()
 	}
+	// The registry checks records against this agent's cluster settings
+	// too: a peer's pod subnet of another size, or an endpoint outside the
+	// pod CIDR, is skipped like any other bad record.
 	reg, err := registry.New(a.etcdEPs, registry.WithPrefix(a.cfg.Etcd.Prefix), registry.WithLogger(a.log),
 		registry.WithDialTimeout(a.cfg.Etcd.DialTimeout), registry.WithTLS(a.cfg.ClientTLS(a.etcdEPs)),
-		registry.WithBadRecordHandler(func(key string, err error) {
-			a.metrics.badRecords.Inc()
-			a.log.Warn("skipping bad etcd record", "key", key, "err", err)
-		}))
+		registry.WithCluster(a.cfg.PodCIDR(), a.cfg.Cluster.SubnetBits),
+		registry.WithBadRecordHandler(a.metrics.badRecord))
 	if err != nil {
 		return fmt.Errorf("connect to etcd %v: %w", a.etcdEPs, err)
 	}

@@ -1,9 +1,14 @@
 package agent
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/keyroute/keyroute/registry"
 )
 
 func TestHostPortName(t *testing.T) {
@@ -48,5 +53,38 @@ func TestParseIPv4(t *testing.T) {
 	arp[12], arp[13] = 0x08, 0x06
 	if _, _, _, err := parseIPv4(arp); err == nil {
 		t.Error("ARP frame accepted as IPv4")
+	}
+}
+
+// keyroute_etcd_bad_records_total has a kind label: every kind shows from
+// the start, and a skipped record moves its own kind's count.
+func TestBadRecordMetricByKind(t *testing.T) {
+	m := newMetrics()
+	kv := &mvccpb.KeyValue{Key: []byte("/keyroute/hosts/evil"), ModRevision: 3}
+	m.badRecord(string(kv.Key), registry.NewRecordError(registry.KindHost, kv, errors.New("underlay IP: 2001:db8::1 is not IPv4")))
+	m.badRecord(string(kv.Key), registry.NewRecordError(registry.KindRoaming, kv, errors.New("x")))
+	m.badRecord(string(kv.Key), registry.NewRecordError(registry.KindRoaming, kv, errors.New("x")))
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "keyroute_etcd_bad_records_total" {
+			continue
+		}
+		for _, s := range mf.GetMetric() {
+			got[s.GetLabel()[0].GetValue()] = s.GetCounter().GetValue()
+		}
+	}
+	if len(got) != len(registry.RecordKinds) || got["host"] != 1 || got["roaming"] != 2 || got["key"] != 0 {
+		t.Fatalf("keyroute_etcd_bad_records_total by kind = %v", got)
+	}
+}
+
+// containerMAC cannot panic, whatever address reaches it.
+func TestContainerMACNotIPv4(t *testing.T) {
+	if m := containerMAC(netip.MustParseAddr("2001:db8::c0a8:102")); len(m) != 6 {
+		t.Fatalf("MAC %s", m)
 	}
 }

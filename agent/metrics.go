@@ -16,6 +16,7 @@ import (
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/openflow"
+	"github.com/keyroute/keyroute/registry"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -25,7 +26,7 @@ type metrics struct {
 	reg        *prometheus.Registry
 	endpoints  prometheus.Gauge
 	hosts      prometheus.Gauge
-	badRecords prometheus.Counter
+	badRecords *prometheus.CounterVec
 	etcdErrors *prometheus.CounterVec
 
 	// rewrite mode
@@ -39,11 +40,21 @@ type metrics struct {
 
 func newMetrics() *metrics {
 	m := &metrics{
-		reg:        prometheus.NewRegistry(),
-		endpoints:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyroute_endpoints", Help: "Containers attached on this host."}),
-		hosts:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyroute_hosts", Help: "Cluster hosts known to this agent, itself included."}),
-		badRecords: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_etcd_bad_records_total", Help: "etcd records skipped because they failed to decode."}),
+		reg:       prometheus.NewRegistry(),
+		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyroute_endpoints", Help: "Containers attached on this host."}),
+		hosts:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyroute_hosts", Help: "Cluster hosts known to this agent, itself included."}),
+		badRecords: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_etcd_bad_records_total",
+			Help: "etcd records skipped because they failed validation, by kind (host, alive, subnet, endpoint, roaming, key, pair, rule); every skip counts, each version of a bad record is logged once."},
+			[]string{"kind"}),
 	}
+	// Every kind shows from the start, so a rate or an alert has a zero
+	// to start from.
+	for _, k := range registry.RecordKinds {
+		m.badRecords.WithLabelValues(k)
+	}
+	skipped := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyroute_flows_skipped_inputs_total",
+		Help: "Endpoints, peers and roaming addresses left out of the flows because an address was not IPv4; records are validated when read, so it stays 0."},
+		func() float64 { return float64(flows.SkippedInputs()) })
 	m.etcdErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_etcd_errors_total",
 		Help: "Failed etcd operations, by operation."}, []string{"op"})
 	m.punts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_misses_total",
@@ -56,9 +67,19 @@ func newMetrics() *metrics {
 	m.cacheErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_cache_install_errors_total", Help: "Failed cache flow installs."})
 	m.timeToFastPath = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keyroute_cache_time_to_fast_path_seconds",
 		Help: "From a pair's first punt to its rewrite entry installed.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
-	m.reg.MustRegister(m.endpoints, m.hosts, m.badRecords, m.etcdErrors, m.punts, m.bootstraps, m.expiries,
+	m.reg.MustRegister(m.endpoints, m.hosts, m.badRecords, skipped, m.etcdErrors, m.punts, m.bootstraps, m.expiries,
 		m.cacheEntries, m.cacheErrors, m.timeToFastPath)
 	return m
+}
+
+// badRecord counts a record skipped by a registry, key or rule read; err is
+// a *registry.RecordError, which the reader has logged (once).
+func (m *metrics) badRecord(_ string, err error) {
+	kind := registry.RecordKind(err)
+	if kind == "" {
+		kind = "unknown"
+	}
+	m.badRecords.WithLabelValues(kind).Inc()
 }
 
 func (m *metrics) setCounts(endpoints, peers int) {

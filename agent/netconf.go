@@ -124,8 +124,10 @@ func hostPortName(container string) string {
 
 // containerMAC derives a locally administered unicast MAC from an IP.
 func containerMAC(ip netip.Addr) net.HardwareAddr {
-	a := ip.As4()
-	return net.HardwareAddr{0x0a, 0x58, a[0], a[1], a[2], a[3]}
+	// The last 4 bytes of the 16-byte form are an IPv4 address's own; As16
+	// cannot panic, should an address that is not IPv4 ever get here.
+	a := ip.As16()
+	return net.HardwareAddr{0x0a, 0x58, a[12], a[13], a[14], a[15]}
 }
 
 // netnsPath resolves a namespace given by name (ip netns) or path.

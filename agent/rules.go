@@ -76,9 +76,11 @@ func startRules(ctx context.Context, a *Agent) *ruleEngine {
 	e.bad = prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_rules_bad_records_total",
 		Help: "Rule records in etcd skipped because they failed validation."})
 	a.metrics.reg.MustRegister(e.bad)
+	badLog := registry.NewBadRecordLog(e.log)
 	e.store = store.New(a.reg.Raw(), a.reg.Prefix(), func(key string, err error) {
 		e.bad.Inc()
-		e.log.Warn("skipping bad rule record; other rules stay enforced", "key", key, "err", err)
+		a.metrics.badRecord(key, err)
+		badLog.Log(err) // the other rules stay enforced
 	})
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	rs, err := e.store.List(lctx)

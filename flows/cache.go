@@ -162,6 +162,9 @@ func RewritePipeline(h Host) []*openflow.FlowMod {
 // RewritePeerFlows returns the per-peer flows of rewrite mode on br-int:
 // keyed VXLAN packets from the peer are accepted like plain ones.
 func RewritePeerFlows(h Host, p Peer) []*openflow.FlowMod {
+	if !p.valid() {
+		return skip()
+	}
 	return []*openflow.FlowMod{
 		flow(TunnelIn, prioNormal, Cookie(CatPeer, ip4ID(p.IP)),
 			m(openflow.MatchInPort(h.VXLANPort), openflow.MatchTunnelIDMasked(KeyedVNIFlag, 0xffffc0), openflow.MatchTunSrc(p.IP), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4DstMasked(h.Subnet)),
@@ -176,6 +179,10 @@ func RewritePeerFlows(h Host, p Peer) []*openflow.FlowMod {
 func PhyRewriteFlows(h Host, r Rewrite, peers []Peer) []*openflow.FlowMod {
 	var fs []*openflow.FlowMod
 	for _, p := range peers {
+		if !p.valid() {
+			skip()
+			continue
+		}
 		fs = append(fs, flow(Underlay, prioNormal, Cookie(CatPeer, ip4ID(p.IP)),
 			m(openflow.MatchInPort(h.UplinkPort), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Src(p.IP), openflow.MatchIPv4Dst(h.IP)),
 			gotoTable(UnderlayKeys)))

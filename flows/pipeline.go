@@ -3,6 +3,7 @@ package flows
 import (
 	"net"
 	"net/netip"
+	"sync/atomic"
 
 	"github.com/keyroute/keyroute/openflow"
 )
@@ -83,9 +84,44 @@ func move(src, dst *openflow.Field) openflow.Action {
 
 func pipelineCookie(t Table) uint64 { return Cookie(CatPipeline, uint64(t)) }
 
+// ip4ID is an IPv4 address as a cookie's object id. The builders skip
+// inputs that are not IPv4 before they get here (see SkippedInputs); for
+// anything else it returns 0 rather than panic, as a panic on a bad address
+// from etcd would take every agent down.
 func ip4ID(a netip.Addr) uint64 {
+	a = a.Unmap()
+	if !a.Is4() {
+		return 0
+	}
 	b := a.As4()
 	return uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])
+}
+
+// skipped counts inputs the builders left out; see SkippedInputs.
+var skipped atomic.Uint64
+
+// SkippedInputs counts, since start, the endpoints, peers and roaming
+// addresses the builders left out because an address was not IPv4 (or a
+// MAC not 6 bytes): the datapath matches 4-byte addresses. Records are
+// validated when read from etcd, so it stays 0; it is a second line, so an
+// address that slipped through costs only its own flows, not the agent (a
+// panic) or every other flow (a switch refusing the batch).
+func SkippedInputs() uint64 { return skipped.Load() }
+
+func is4(a netip.Addr) bool { return a.Unmap().Is4() }
+
+func (p Peer) valid() bool {
+	return is4(p.IP) && p.Subnet.IsValid() && is4(p.Subnet.Addr())
+}
+
+func (ep Endpoint) valid() bool { return is4(ep.IP) && len(ep.MAC) == 6 }
+
+func (r Roaming) valid() bool { return is4(r.IP) && (r.Host == nil || r.Host.valid()) }
+
+// skip counts an input left out.
+func skip() []*openflow.FlowMod {
+	skipped.Add(1)
+	return nil
 }
 
 // IntPipeline returns br-int's fixed flows: table misses, classification of
@@ -169,6 +205,9 @@ const (
 // EndpointFlows returns a local container's flows: classification of its
 // port, SpoofGuard (its port, MAC and IP must agree), delivery.
 func EndpointFlows(h Host, ep Endpoint) []*openflow.FlowMod {
+	if !ep.valid() {
+		return skip()
+	}
 	c := Cookie(CatEndpoint, ip4ID(ep.IP))
 	return []*openflow.FlowMod{
 		flow(Classify, prioNormal, c, m(openflow.MatchInPort(ep.Port)), gotoTable(SpoofGuard)),
@@ -186,6 +225,9 @@ func EndpointFlows(h Host, ep Endpoint) []*openflow.FlowMod {
 // PeerFlows returns the flows for another host: Forward its pod subnet
 // through VXLAN, and accept VXLAN from it.
 func PeerFlows(h Host, p Peer) []*openflow.FlowMod {
+	if !p.valid() {
+		return skip()
+	}
 	c := Cookie(CatPeer, ip4ID(p.IP))
 	return []*openflow.FlowMod{
 		flow(Forward, prioNormal, Cookie(CatSubnet, ip4ID(p.Subnet.Addr())),
@@ -236,6 +278,9 @@ type Roaming struct {
 // subnet route: through VXLAN to the host that holds it, or, when it is
 // local, into IngressRules (and accepted from every peer's tunnel).
 func RoamingFlows(h Host, r Roaming, peers []Peer) []*openflow.FlowMod {
+	if !r.valid() {
+		return skip()
+	}
 	c := Cookie(CatSubnet, ip4ID(r.IP))
 	if r.Host != nil {
 		return []*openflow.FlowMod{flow(Forward, prioHigh, c,
@@ -244,6 +289,9 @@ func RoamingFlows(h Host, r Roaming, peers []Peer) []*openflow.FlowMod {
 	}
 	fs := []*openflow.FlowMod{flow(Forward, prioHigh, c, m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(r.IP)), gotoTable(IngressRules))}
 	for _, p := range peers {
+		if !p.valid() {
+			continue // counted by PeerFlows
+		}
 		fs = append(fs, flow(TunnelIn, prioNormal, Cookie(CatPeer, ip4ID(p.IP)),
 			m(openflow.MatchInPort(h.VXLANPort), openflow.MatchTunnelID(uint64(h.VNI)), openflow.MatchTunSrc(p.IP), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(r.IP)),
 			gotoTable(IngressRules)))

@@ -176,3 +176,49 @@ func TestRewriteFlowsGolden(t *testing.T) {
 		t.Errorf("cache cookie 0x%x", CacheCookie(peer.IP, 2))
 	}
 }
+
+// Addresses that are not IPv4 never reach the datapath: the builders leave
+// their input out (counted) instead of panicking in ip4ID or producing a
+// flow the switch would refuse, and every other flow is still built and
+// encodes.
+func TestNonIPv4InputsSkipped(t *testing.T) {
+	h := testHost()
+	v6 := netip.MustParseAddr("2001:db8::1")
+	good := Peer{Name: "h2", IP: netip.MustParseAddr("198.18.0.2"), Subnet: netip.MustParsePrefix("198.19.2.0/24")}
+	evil := Peer{Name: "evil", IP: v6, Subnet: netip.MustParsePrefix("198.19.9.0/24")}
+	evilNet := Peer{Name: "evil2", IP: netip.MustParseAddr("198.18.0.9"), Subnet: netip.MustParsePrefix("fd00::/64")}
+	peers := []Peer{good, evil, evilNet}
+	eps := []Endpoint{
+		{Name: "a1", IP: netip.MustParseAddr("198.19.1.2"), MAC: mac("0a:58:c6:13:01:02"), Port: 4},
+		{Name: "v6", IP: v6, MAC: mac("0a:58:c6:13:01:03"), Port: 5},
+		{Name: "nomac", IP: netip.MustParseAddr("198.19.1.4"), Port: 6},
+	}
+	roaming := []Roaming{
+		{IP: netip.MustParseAddr("2001:db8::5")},
+		{IP: netip.MustParseAddr("198.19.1.9"), Host: &evil},
+		{IP: netip.MustParseAddr("198.19.2.9")},
+	}
+	if id := ip4ID(v6); id != 0 {
+		t.Errorf("ip4ID(%s) = %d, want 0", v6, id)
+	}
+	if id := ip4ID(netip.MustParseAddr("::ffff:1.2.3.4")); id != 0x01020304 {
+		t.Errorf("ip4ID of a 4in6 address = %#x", id)
+	}
+	before := SkippedInputs()
+	fs := IntFlows(h, eps, peers, roaming)
+	fs = append(fs, RewritePeerFlows(h, evil)...)
+	fs = append(fs, PhyRewriteFlows(h, Rewrite{Keys: []uint8{5}}, peers)...)
+	// 2 peers, 2 endpoints, 2 roaming addresses, and 1 + 2 rewrite peers.
+	if n := SkippedInputs() - before; n != 9 {
+		t.Errorf("SkippedInputs moved by %d, want 9", n)
+	}
+	want := len(IntFlows(h, eps[:1], peers[:1], roaming[2:])) + len(PhyRewriteFlows(h, Rewrite{Keys: []uint8{5}}, peers[:1]))
+	if len(fs) != want {
+		t.Errorf("%d flows, want %d (those of the IPv4 inputs)", len(fs), want)
+	}
+	for _, f := range fs {
+		if _, err := f.AppendBody(nil); err != nil {
+			t.Errorf("flow %s does not encode: %v", f, err)
+		}
+	}
+}

@@ -56,7 +56,9 @@ var (
 	ErrKeysExhausted = errors.New("all cache keys of the host pair in use")
 	ErrNotFound      = errors.New("key record not found")
 	ErrStale         = errors.New("key record is stale") // gone or re-allocated since read
-	ErrBadRecord     = errors.New("bad key record in etcd")
+	// ErrBadRecord is registry's: one sentinel for a bad record of any
+	// kind; the error is a *registry.RecordError naming the kind.
+	ErrBadRecord = registry.ErrBadRecord
 )
 
 // Record states.
@@ -111,6 +113,8 @@ type Allocator struct {
 	prefix string
 	keys   KeySet
 	bad    atomic.Uint64
+	badLog *registry.BadRecordLog
+	onBad  func(key string, err error)
 
 	// views remembers, per host pair, what this allocator last read or
 	// wrote there, so a new pair's allocation can skip the read (see
@@ -133,9 +137,24 @@ type dirView struct {
 // free lists the keys of set the view does not have taken.
 func (v *dirView) free(set KeySet) []uint8 { return KeySet{set.bits &^ v.used.bits}.Keys() }
 
+// Option configures New.
+type Option func(*Allocator)
+
+// WithBadRecordHandler is called for every record skipped because it failed
+// validation, in addition to counting and logging it; err is a
+// *registry.RecordError of kind key or pair.
+func WithBadRecordHandler(f func(key string, err error)) Option {
+	return func(a *Allocator) { a.onBad = f }
+}
+
+// WithLogger sets where bad records are logged (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(a *Allocator) { a.badLog = registry.NewBadRecordLog(l) }
+}
+
 // New returns an allocator storing under prefix (registry.DefaultPrefix if
 // empty) and handing out keys (DefaultKeySet if empty).
-func New(cli *clientv3.Client, prefix string, keys KeySet) *Allocator {
+func New(cli *clientv3.Client, prefix string, keys KeySet, opts ...Option) *Allocator {
 	if prefix == "" {
 		prefix = registry.DefaultPrefix
 	}
@@ -145,16 +164,26 @@ func New(cli *clientv3.Client, prefix string, keys KeySet) *Allocator {
 	if keys.Len() == 0 {
 		keys = DefaultKeySet()
 	}
-	return &Allocator{cli: cli, prefix: prefix, keys: keys, views: map[string]*dirView{}, busy: map[string]*[64]uint16{}}
+	a := &Allocator{cli: cli, prefix: prefix, keys: keys, views: map[string]*dirView{}, busy: map[string]*[64]uint16{}}
+	for _, o := range opts {
+		o(a)
+	}
+	if a.badLog == nil {
+		a.badLog = registry.NewBadRecordLog(nil)
+	}
+	return a
 }
 
 // BadRecords counts records skipped by Allocate, List and Watch because
-// they failed validation.
+// they failed validation: every skip (a bad record is logged only once).
 func (a *Allocator) BadRecords() uint64 { return a.bad.Load() }
 
 func (a *Allocator) badRecord(key string, err error) {
 	a.bad.Add(1)
-	slog.Warn("skipping bad key record in etcd", "key", key, "err", err)
+	a.badLog.Log(err)
+	if a.onBad != nil {
+		a.onBad(key, err)
+	}
 }
 
 func (a *Allocator) recordKey(src, dst string, k uint8) string {
@@ -175,13 +204,28 @@ func checkPair(srcHost, dstHost string, src, dst netip.Addr) error {
 	if srcHost == dstHost {
 		return fmt.Errorf("source and destination host are both %s", srcHost)
 	}
-	for _, ip := range []netip.Addr{src, dst} {
-		if !ip.IsValid() || ip.Zone() != "" {
-			return fmt.Errorf("invalid container IP %q", ip)
-		}
+	// Cache flows match and rewrite 4-byte addresses.
+	if err := registry.ValidateAddr(src); err != nil {
+		return fmt.Errorf("source container IP: %w", err)
 	}
-	if src.Is4() != dst.Is4() {
-		return fmt.Errorf("container IPs %s and %s differ in family", src, dst)
+	if err := registry.ValidateAddr(dst); err != nil {
+		return fmt.Errorf("destination container IP: %w", err)
+	}
+	return nil
+}
+
+// Validate checks r as stored: host names valid and different, container
+// IPs unicast IPv4, key 1..MaxKey, state pending or ready. The error names
+// the field.
+func (r Record) Validate() error {
+	if err := checkPair(r.SrcHost, r.DstHost, r.Src, r.Dst); err != nil {
+		return err
+	}
+	if r.Key < 1 || r.Key > MaxKey {
+		return fmt.Errorf("key %d is not 1-%d", r.Key, MaxKey)
+	}
+	if r.State != StatePending && r.State != StateReady {
+		return fmt.Errorf("state %.20q: want %s or %s", r.State, StatePending, StateReady)
 	}
 	return nil
 }
@@ -546,10 +590,6 @@ func (a *Allocator) Watch(ctx context.Context, f Filter) (<-chan Event, error) {
 	}), nil
 }
 
-func badRecord(key string, err error) error {
-	return fmt.Errorf("decode %s: %w: %w", key, ErrBadRecord, err)
-}
-
 // splitKey splits key below a.prefix+dir into n segments.
 func (a *Allocator) splitKey(key, dir string, n int) ([]string, error) {
 	rest, ok := strings.CutPrefix(key, a.prefix+dir)
@@ -560,58 +600,68 @@ func (a *Allocator) splitKey(key, dir string, n int) ([]string, error) {
 	return parts, nil
 }
 
-// decodeRecord parses keys/<src-host>/<dst-host>/<k>.
+// decodeRecord is the one place a key record,
+// keys/<src-host>/<dst-host>/<k>, is read and checked. The key segment must
+// be canonical ("5", not "05"): two keys naming one slot would let two
+// records hold the same key.
 func (a *Allocator) decodeRecord(kv *mvccpb.KeyValue) (Record, error) {
-	key := string(kv.Key)
-	parts, err := a.splitKey(key, "keys/", 3)
+	fail := func(err error) (Record, error) { return Record{}, registry.NewRecordError(registry.KindKey, kv, err) }
+	if err := registry.CheckSize(kv); err != nil {
+		return fail(err)
+	}
+	parts, err := a.splitKey(string(kv.Key), "keys/", 3)
 	if err != nil {
-		return Record{}, badRecord(key, err)
+		return fail(err)
 	}
 	k, err := strconv.ParseUint(parts[2], 10, 8)
-	if err != nil || k < 1 || k > MaxKey {
-		return Record{}, badRecord(key, fmt.Errorf("key %q is not 1-%d", parts[2], MaxKey))
+	if err != nil || k < 1 || k > MaxKey || strconv.Itoa(int(k)) != parts[2] {
+		return fail(fmt.Errorf("key %.20q is not 1-%d", parts[2], MaxKey))
 	}
 	var j recordJSON
 	if err := json.Unmarshal(kv.Value, &j); err != nil {
-		return Record{}, badRecord(key, err)
-	}
-	if j.State != StatePending && j.State != StateReady {
-		return Record{}, badRecord(key, fmt.Errorf("state %q", j.State))
+		return fail(err)
 	}
 	r := Record{SrcHost: parts[0], DstHost: parts[1], Key: uint8(k), Src: j.Src, Dst: j.Dst,
 		State: j.State, Created: j.Created, ModRevision: kv.ModRevision, CreateRevision: kv.CreateRevision}
-	if err := checkPair(r.SrcHost, r.DstHost, r.Src, r.Dst); err != nil {
-		return Record{}, badRecord(key, err)
+	if err := r.Validate(); err != nil {
+		return fail(err)
 	}
 	return r, nil
 }
 
-// decodeIndex parses pairs/<dst-host>/<src-host>/<srcIP>-<dstIP> into the
-// record as created. The index is written once, in the record's creating
-// transaction, so its revisions are the record's at creation.
+// decodeIndex is the one place a pair index entry,
+// pairs/<dst-host>/<src-host>/<srcIP>-<dstIP>, is read and checked; it
+// returns the record as created. The index is written once, in the
+// record's creating transaction, so its revisions are the record's at
+// creation.
 func (a *Allocator) decodeIndex(kv *mvccpb.KeyValue) (Record, error) {
-	key := string(kv.Key)
-	parts, err := a.splitKey(key, "pairs/", 3)
+	fail := func(err error) (Record, error) { return Record{}, registry.NewRecordError(registry.KindPair, kv, err) }
+	if err := registry.CheckSize(kv); err != nil {
+		return fail(err)
+	}
+	parts, err := a.splitKey(string(kv.Key), "pairs/", 3)
 	if err != nil {
-		return Record{}, badRecord(key, err)
+		return fail(err)
 	}
 	srcIP, dstIP, _ := strings.Cut(parts[2], "-")
 	src, err1 := netip.ParseAddr(srcIP)
 	dst, err2 := netip.ParseAddr(dstIP)
 	if err := errors.Join(err1, err2); err != nil {
-		return Record{}, badRecord(key, err)
+		return fail(fmt.Errorf("pair %.64q: %w", parts[2], err))
 	}
 	var j indexJSON
 	if err := json.Unmarshal(kv.Value, &j); err != nil {
-		return Record{}, badRecord(key, err)
-	}
-	if j.Key < 1 || j.Key > MaxKey {
-		return Record{}, badRecord(key, fmt.Errorf("key %d is not 1-%d", j.Key, MaxKey))
+		return fail(err)
 	}
 	r := Record{SrcHost: parts[1], DstHost: parts[0], Key: j.Key, Src: src, Dst: dst,
 		State: StatePending, Created: j.Created, ModRevision: kv.ModRevision, CreateRevision: kv.CreateRevision}
-	if err := checkPair(r.SrcHost, r.DstHost, r.Src, r.Dst); err != nil {
-		return Record{}, badRecord(key, err)
+	if err := r.Validate(); err != nil {
+		return fail(err)
+	}
+	// One pair, one index key: the canonical form is the only one the
+	// allocator writes and deletes.
+	if want := src.String() + "-" + dst.String(); parts[2] != want {
+		return fail(fmt.Errorf("pair %.64q is not in canonical form %s", parts[2], want))
 	}
 	return r, nil
 }

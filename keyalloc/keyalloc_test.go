@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/registry"
 	"github.com/keyroute/keyroute/registry/etcdtest"
 )
 
@@ -374,7 +375,13 @@ func TestBadRecordsSkipped(t *testing.T) {
 	ctx := ctxT(t)
 	cli := client(t)
 	p := etcdtest.Prefix(t)
-	al := keyalloc.New(cli, p, keys(t, "5-6"))
+	var mu sync.Mutex
+	kinds := map[string]int{}
+	al := keyalloc.New(cli, p, keys(t, "5-6"), keyalloc.WithBadRecordHandler(func(_ string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		kinds[registry.RecordKind(err)]++
+	}))
 	for k, v := range map[string]string{
 		"keys/h1/h2/5":             "{garbage",
 		"keys/h1/h2/99":            `{"src":"198.19.1.1","dst":"198.19.2.1","state":"pending"}`,
@@ -413,6 +420,11 @@ func TestBadRecordsSkipped(t *testing.T) {
 	}
 	if _, err := al.Get(ctx, "h1", "h2", 5); !errors.Is(err, keyalloc.ErrBadRecord) {
 		t.Errorf("Get of a bad record: %v, want ErrBadRecord", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if kinds[registry.KindKey] != 7 || kinds[registry.KindPair] != 1 || len(kinds) != 2 {
+		t.Errorf("handler saw kinds %v, want 7 key and 1 pair", kinds)
 	}
 }
 

@@ -63,24 +63,44 @@ func (e *Endpoint) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Validate checks e as stored: IP set, host and name given, MAC (if
-// known yet) an Ethernet address.
+// Bounds of an endpoint's free-form fields.
+const (
+	maxNetnsLen = 4096 // PATH_MAX
+	maxPortLen  = 15   // IFNAMSIZ-1: OVS ports are kernel interfaces
+)
+
+// Validate checks e as stored: host and name valid names, the IP a
+// unicast IPv4 address, the MAC (if known yet) a unicast Ethernet address,
+// netns and port of sane length. The error names the field.
 func (e Endpoint) Validate() error {
-	if !e.IP.IsValid() || e.IP.Zone() != "" {
-		return fmt.Errorf("endpoint %s/%s: invalid IP %q", e.Host, e.Name, e.IP)
+	if err := e.validateOwner(); err != nil {
+		return err
 	}
-	return e.validateOwner()
+	if err := ValidateAddr(e.IP); err != nil {
+		return fmt.Errorf("endpoint %s/%s: IP: %w", e.Host, e.Name, err)
+	}
+	return nil
 }
 
 func (e Endpoint) validateOwner() error {
 	if err := ValidateName(e.Host); err != nil {
 		return fmt.Errorf("endpoint host: %w", err)
 	}
-	if e.Name == "" {
-		return fmt.Errorf("endpoint on %s: empty name", e.Host)
+	if err := ValidateName(e.Name); err != nil {
+		return fmt.Errorf("endpoint on %s: name: %w", e.Host, err)
 	}
-	if len(e.MAC) != 0 && len(e.MAC) != 6 {
-		return fmt.Errorf("endpoint %s/%s: MAC %q is not a 6-byte Ethernet address", e.Host, e.Name, e.MAC)
+	if len(e.MAC) != 0 {
+		if err := validateMAC(e.MAC); err != nil {
+			return fmt.Errorf("endpoint %s/%s: MAC: %w", e.Host, e.Name, err)
+		}
+	}
+	if err := validateText(e.Netns, maxNetnsLen); err != nil {
+		return fmt.Errorf("endpoint %s/%s: netns: %w", e.Host, e.Name, err)
+	}
+	if e.Port != "" {
+		if err := ValidateName(e.Port); err != nil || len(e.Port) > maxPortLen {
+			return fmt.Errorf("endpoint %s/%s: port %.20q is not an interface name of at most %d bytes", e.Host, e.Name, e.Port, maxPortLen)
+		}
 	}
 	return nil
 }
@@ -120,17 +140,30 @@ func (c *Client) keyRange(p netip.Prefix) (key, end string) {
 	return base, clientv3.GetPrefixRangeEnd(base)
 }
 
+// decodeEndpoint is the one place an endpoint record is read and checked.
 func (c *Client) decodeEndpoint(kv *mvccpb.KeyValue) (Endpoint, error) {
-	key := string(kv.Key)
+	return c.decodeEndpointAt(KindEndpoint, c.prefix+"endpoints/", kv)
+}
+
+// decodeEndpointAt decodes an endpoint record of kind stored under dir, its
+// key the endpoint's IP: endpoints/ and roaming/ hold the same records.
+func (c *Client) decodeEndpointAt(kind, dir string, kv *mvccpb.KeyValue) (Endpoint, error) {
+	fail := func(err error) (Endpoint, error) { return Endpoint{}, NewRecordError(kind, kv, err) }
+	if err := CheckSize(kv); err != nil {
+		return fail(err)
+	}
 	var e Endpoint
 	if err := json.Unmarshal(kv.Value, &e); err != nil {
-		return Endpoint{}, badRecord(key, err)
+		return fail(err)
 	}
 	if err := e.Validate(); err != nil {
-		return Endpoint{}, badRecord(key, err)
+		return fail(err)
 	}
-	if want := strings.TrimPrefix(key, c.prefix+"endpoints/"); e.IP.String() != want {
-		return Endpoint{}, badRecord(key, fmt.Errorf("record holds IP %s", e.IP))
+	if err := c.cluster.checkAddr(e.IP); err != nil {
+		return fail(fmt.Errorf("endpoint %s/%s: IP: %w", e.Host, e.Name, err))
+	}
+	if want := strings.TrimPrefix(string(kv.Key), dir); e.IP.String() != want {
+		return fail(fmt.Errorf("record holds IP %s, its key %.64q", e.IP, want))
 	}
 	return e, nil
 }

@@ -61,19 +61,33 @@ func (h *Host) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Validate checks that h is complete and well-formed.
+// Datapath types a host record may name (preflight's).
+var datapaths = map[string]bool{"": true, "system": true, "netdev": true}
+
+// maxVersionLen bounds AgentVersion, a free-form string shown by keyroutectl.
+const maxVersionLen = 64
+
+// Validate checks that h is complete and well-formed on its own: every
+// address IPv4 (the datapath is IPv4 only), the underlay IP and MAC
+// unicast, the pod subnet a network address. The error names the field.
 func (h Host) Validate() error {
 	if err := ValidateName(h.Name); err != nil {
 		return fmt.Errorf("host name: %w", err)
 	}
-	if !h.UnderlayIP.IsValid() || h.UnderlayIP.Zone() != "" {
-		return fmt.Errorf("host %s: invalid underlay IP %q", h.Name, h.UnderlayIP)
+	if err := ValidateAddr(h.UnderlayIP); err != nil {
+		return fmt.Errorf("host %s: underlay IP: %w", h.Name, err)
 	}
-	if len(h.UnderlayMAC) != 6 {
-		return fmt.Errorf("host %s: underlay MAC %q is not a 6-byte Ethernet address", h.Name, h.UnderlayMAC)
+	if err := validateMAC(h.UnderlayMAC); err != nil {
+		return fmt.Errorf("host %s: underlay MAC: %w", h.Name, err)
 	}
-	if !h.PodSubnet.IsValid() || h.PodSubnet != h.PodSubnet.Masked() {
-		return fmt.Errorf("host %s: invalid pod subnet %q", h.Name, h.PodSubnet)
+	if err := validateSubnet(h.PodSubnet); err != nil {
+		return fmt.Errorf("host %s: pod subnet: %w", h.Name, err)
+	}
+	if !datapaths[h.Datapath] {
+		return fmt.Errorf("host %s: datapath %.20q: want system or netdev", h.Name, h.Datapath)
+	}
+	if err := validateText(h.AgentVersion, maxVersionLen); err != nil {
+		return fmt.Errorf("host %s: agent version: %w", h.Name, err)
 	}
 	return nil
 }
@@ -104,7 +118,10 @@ func (a Alive) Validate() error {
 		return fmt.Errorf("alive host name: %w", err)
 	}
 	if a.Since.IsZero() {
-		return fmt.Errorf("alive %s: no start time", a.Host)
+		return fmt.Errorf("alive %s: since: no start time", a.Host)
+	}
+	if err := validateText(a.AgentVersion, maxVersionLen); err != nil {
+		return fmt.Errorf("alive %s: agent version: %w", a.Host, err)
 	}
 	return nil
 }
@@ -243,33 +260,44 @@ func (c *Client) RemoveHost(ctx context.Context, name string, force bool) error 
 func (c *Client) hostKey(name string) string  { return c.prefix + "hosts/" + name }
 func (c *Client) aliveKey(name string) string { return c.prefix + "alive/" + name }
 
+// decodeHost is the one place a host record is read and checked.
 func (c *Client) decodeHost(kv *mvccpb.KeyValue) (Host, error) {
-	key := string(kv.Key)
+	fail := func(err error) (Host, error) { return Host{}, NewRecordError(KindHost, kv, err) }
+	if err := CheckSize(kv); err != nil {
+		return fail(err)
+	}
 	var h Host
 	if err := json.Unmarshal(kv.Value, &h); err != nil {
-		return Host{}, badRecord(key, err)
+		return fail(err)
 	}
 	if err := h.Validate(); err != nil {
-		return Host{}, badRecord(key, err)
+		return fail(err)
 	}
-	if want := strings.TrimPrefix(key, c.prefix+"hosts/"); h.Name != want {
-		return Host{}, badRecord(key, fmt.Errorf("record names host %q", h.Name))
+	if err := c.cluster.checkSubnet(h.PodSubnet); err != nil {
+		return fail(fmt.Errorf("host %s: pod subnet: %w", h.Name, err))
+	}
+	if want := strings.TrimPrefix(string(kv.Key), c.prefix+"hosts/"); h.Name != want {
+		return fail(fmt.Errorf("record names host %q, its key %.64q", h.Name, want))
 	}
 	return h, nil
 }
 
+// decodeAlive is the one place an alive record is read and checked.
 func (c *Client) decodeAlive(kv *mvccpb.KeyValue) (Alive, error) {
-	key := string(kv.Key)
+	fail := func(err error) (Alive, error) { return Alive{}, NewRecordError(KindAlive, kv, err) }
+	if err := CheckSize(kv); err != nil {
+		return fail(err)
+	}
 	var j aliveJSON
 	if err := json.Unmarshal(kv.Value, &j); err != nil {
-		return Alive{}, badRecord(key, err)
+		return fail(err)
 	}
 	a := Alive{Host: j.Host, AgentVersion: j.AgentVersion, Since: j.Since}
 	if err := a.Validate(); err != nil {
-		return Alive{}, badRecord(key, err)
+		return fail(err)
 	}
-	if want := strings.TrimPrefix(key, c.prefix+"alive/"); a.Host != want {
-		return Alive{}, badRecord(key, fmt.Errorf("record names host %q", a.Host))
+	if want := strings.TrimPrefix(string(kv.Key), c.prefix+"alive/"); a.Host != want {
+		return fail(fmt.Errorf("record names host %q, its key %.64q", a.Host, want))
 	}
 	return a, nil
 }

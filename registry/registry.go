@@ -10,20 +10,24 @@
 //	subnets/<cidr>    the name of the host holding the pod subnet
 //	endpoints/<ip>    JSON Endpoint; the key's existence is the IP allocation
 //
-// Every record read from etcd is validated; a bad one is returned as an
-// error wrapping ErrBadRecord by single-key reads and skipped (and counted,
-// see Client.BadRecords) by lists and watches, so one corrupt key cannot
-// stop an agent.
+// Every record read from etcd is validated in its kind's decoder, the one
+// place all reads of that kind go through: a bad one is returned as a
+// RecordError (wrapping ErrBadRecord) by single-key reads, and skipped,
+// counted (Client.BadRecords, WithBadRecordHandler) and logged once by lists
+// and watches, so no record anyone can write stops an agent. The datapath
+// is IPv4 only, so every address in a record must be IPv4.
 package registry
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -56,17 +60,20 @@ const (
 // Client reads and writes keyroute's cluster state. It is safe for
 // concurrent use.
 type Client struct {
-	cli    *clientv3.Client
-	prefix string
-	log    *slog.Logger
-	onBad  func(key string, err error)
-	bad    atomic.Uint64
+	cli     *clientv3.Client
+	prefix  string
+	log     *slog.Logger
+	cluster Cluster
+	onBad   func(key string, err error)
+	bad     atomic.Uint64
+	badLog  *BadRecordLog
 }
 
 type options struct {
 	prefix      string
 	log         *slog.Logger
 	dialTimeout time.Duration
+	cluster     Cluster
 	onBad       func(key string, err error)
 	tls         *TLSFiles
 }
@@ -91,9 +98,18 @@ func WithDialTimeout(d time.Duration) Option { return func(o *options) { o.dialT
 func WithTLS(f *TLSFiles) Option { return func(o *options) { o.tls = f } }
 
 // WithBadRecordHandler is called for every record skipped because it failed
-// validation, in addition to counting it.
+// validation, in addition to counting and logging it. err is a
+// *RecordError; RecordKind(err) says which kind of record it was.
 func WithBadRecordHandler(f func(key string, err error)) Option {
 	return func(o *options) { o.onBad = f }
+}
+
+// WithCluster makes every read also check records against the cluster's
+// addressing: a host's pod subnet must be a /subnetBits subnet of podCIDR,
+// endpoint and roaming addresses must be in podCIDR. Without it a record is
+// checked only on its own.
+func WithCluster(podCIDR netip.Prefix, subnetBits int) Option {
+	return func(o *options) { o.cluster = Cluster{PodCIDR: podCIDR, SubnetBits: subnetBits} }
 }
 
 // New connects to etcd at endpoints. It does not wait for a connection;
@@ -111,6 +127,11 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	}
 	if !strings.HasSuffix(o.prefix, "/") {
 		o.prefix += "/"
+	}
+	if o.cluster != (Cluster{}) {
+		if err := o.cluster.validate(); err != nil {
+			return nil, fmt.Errorf("connect to etcd: cluster: %w", err)
+		}
 	}
 	cc := clientv3.Config{
 		Endpoints:   endpoints,
@@ -134,7 +155,8 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
 	}
-	return &Client{cli: cli, prefix: o.prefix, log: o.log, onBad: o.onBad}, nil
+	return &Client{cli: cli, prefix: o.prefix, log: o.log, cluster: o.cluster, onBad: o.onBad,
+		badLog: NewBadRecordLog(o.log)}, nil
 }
 
 // Close closes the connection; watches end and leases stop being renewed.
@@ -147,20 +169,21 @@ func (c *Client) Raw() *clientv3.Client { return c.cli }
 func (c *Client) Prefix() string { return c.prefix }
 
 // BadRecords counts records skipped by lists and watches because they
-// failed validation, since New.
+// failed validation, since New: every skip, so a bad record read again is
+// counted again (it is logged only once).
 func (c *Client) BadRecords() uint64 { return c.bad.Load() }
 
 func (c *Client) badRecord(key string, err error) {
 	c.bad.Add(1)
-	c.log.Warn("skipping bad record in etcd", "key", key, "err", err)
+	c.badLog.Log(err)
 	if c.onBad != nil {
 		c.onBad(key, err)
 	}
 }
 
 // ValidateName checks that s can be used as one segment of an etcd key
-// (host names): non-empty, at most 253 bytes, no '/', spaces or control
-// characters.
+// (host names): non-empty, at most 253 bytes of UTF-8, no '/', spaces or
+// control characters.
 func ValidateName(s string) error {
 	if s == "" {
 		return errors.New("empty name")
@@ -168,14 +191,13 @@ func ValidateName(s string) error {
 	if len(s) > 253 {
 		return fmt.Errorf("name %.20q... longer than 253 bytes", s)
 	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("name %q is not UTF-8", s)
+	}
 	for _, r := range s {
 		if r == '/' || unicode.IsSpace(r) || !unicode.IsPrint(r) {
 			return fmt.Errorf("name %q contains %q", s, r)
 		}
 	}
 	return nil
-}
-
-func badRecord(key string, err error) error {
-	return fmt.Errorf("decode %s: %w: %w", key, ErrBadRecord, err)
 }

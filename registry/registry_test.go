@@ -20,18 +20,29 @@ import (
 	"github.com/keyroute/keyroute/registry/etcdtest"
 )
 
-var endpoints []string
+// The server starts on first use, so the decoder tests and fuzz targets
+// (whose workers run TestMain too) run without it.
+var (
+	srvOnce sync.Once
+	srv     *etcdtest.Server
+	srvErr  error
+)
 
 func TestMain(m *testing.M) {
-	srv, err := etcdtest.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	endpoints = srv.Endpoints()
 	code := m.Run()
-	srv.Close()
+	if srv != nil {
+		srv.Close()
+	}
 	os.Exit(code)
+}
+
+func etcdEndpoints(tb testing.TB) []string {
+	tb.Helper()
+	srvOnce.Do(func() { srv, srvErr = etcdtest.Start() })
+	if srvErr != nil {
+		tb.Fatal(srvErr)
+	}
+	return srv.Endpoints()
 }
 
 var quiet = slog.New(slog.DiscardHandler)
@@ -39,7 +50,7 @@ var quiet = slog.New(slog.DiscardHandler)
 func newClient(t *testing.T, opts ...registry.Option) *registry.Client {
 	t.Helper()
 	opts = append([]registry.Option{registry.WithPrefix(etcdtest.Prefix(t)), registry.WithLogger(quiet)}, opts...)
-	c, err := registry.New(endpoints, opts...)
+	c, err := registry.New(etcdEndpoints(t), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,10 +2,8 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
-	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -37,6 +35,12 @@ func (c *Client) AllocateRoaming(ctx context.Context, ep Endpoint, cluster netip
 	return c.create(ctx, ep, true, fail)
 }
 
+// decodeRoaming is the one place a roaming record is read and checked: an
+// endpoint record whose key is its IP, which must be in the cluster.
+func (c *Client) decodeRoaming(kv *mvccpb.KeyValue) (Endpoint, error) {
+	return c.decodeEndpointAt(KindRoaming, c.prefix+"roaming/", kv)
+}
+
 // WatchRoaming streams the roaming endpoints of the whole cluster.
 func (c *Client) WatchRoaming(ctx context.Context) <-chan EndpointEvent {
 	key := c.prefix + "roaming/"
@@ -45,17 +49,8 @@ func (c *Client) WatchRoaming(ctx context.Context) <-chan EndpointEvent {
 		Key:    key,
 		End:    clientv3.GetPrefixRangeEnd(key),
 		Decode: func(kv *mvccpb.KeyValue) (Endpoint, bool, error) {
-			var e Endpoint
-			if err := json.Unmarshal(kv.Value, &e); err != nil {
-				return e, false, badRecord(string(kv.Key), err)
-			}
-			if err := e.Validate(); err != nil {
-				return e, false, badRecord(string(kv.Key), err)
-			}
-			if want := strings.TrimPrefix(string(kv.Key), key); e.IP.String() != want {
-				return e, false, badRecord(string(kv.Key), fmt.Errorf("record holds IP %s", e.IP))
-			}
-			return e, true, nil
+			e, err := c.decodeRoaming(kv)
+			return e, err == nil, err
 		},
 		OnBad:  c.badRecord,
 		Logger: c.log,

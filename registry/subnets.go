@@ -6,10 +6,52 @@ import (
 	"net/netip"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func (c *Client) subnetKey(p netip.Prefix) string { return c.prefix + "subnets/" + p.String() }
+
+// SubnetClaim is subnets/<cidr>: a pod subnet and the host holding it (the
+// value is the bare host name).
+type SubnetClaim struct {
+	Subnet netip.Prefix
+	Host   string
+}
+
+// Validate checks that s names an IPv4 pod subnet and a valid host name.
+func (s SubnetClaim) Validate() error {
+	if err := validateSubnet(s.Subnet); err != nil {
+		return fmt.Errorf("subnet claim: subnet: %w", err)
+	}
+	if err := ValidateName(s.Host); err != nil {
+		return fmt.Errorf("subnet claim %s: host: %w", s.Subnet, err)
+	}
+	return nil
+}
+
+// decodeSubnet is the one place a subnet claim is read and checked. The
+// claim's size is not held against the cluster's: ClaimSubnet must see a
+// host's claim of another size to refuse it with a clear error.
+func (c *Client) decodeSubnet(kv *mvccpb.KeyValue) (SubnetClaim, error) {
+	fail := func(err error) (SubnetClaim, error) { return SubnetClaim{}, NewRecordError(KindSubnet, kv, err) }
+	if err := CheckSize(kv); err != nil {
+		return fail(err)
+	}
+	seg := strings.TrimPrefix(string(kv.Key), c.prefix+"subnets/")
+	p, err := netip.ParsePrefix(seg)
+	if err != nil {
+		return fail(fmt.Errorf("key: %w", err))
+	}
+	if p.String() != seg {
+		return fail(fmt.Errorf("key %.64q is not in canonical form %s", seg, p))
+	}
+	s := SubnetClaim{Subnet: p, Host: string(kv.Value)}
+	if err := s.Validate(); err != nil {
+		return fail(err)
+	}
+	return s, nil
+}
 
 // ClaimSubnet gives host a pod subnet of size /bits from cluster: the one it
 // already holds, else the lowest free one. Claims are create-if-absent
@@ -33,13 +75,16 @@ func (c *Client) ClaimSubnet(ctx context.Context, host string, cluster netip.Pre
 	}
 	var taken []netip.Prefix
 	for _, kv := range resp.Kvs {
-		key := string(kv.Key)
-		p, err := netip.ParsePrefix(strings.TrimPrefix(key, c.prefix+"subnets/"))
-		if err != nil || p != p.Masked() {
-			c.badRecord(key, badRecord(key, fmt.Errorf("key is not a CIDR")))
+		// A bad claim is not held as taken: a key written to overlap the
+		// whole cluster must not stop every claim. Its exact key stays
+		// unusable, as the claim below is create-if-absent.
+		claim, err := c.decodeSubnet(kv)
+		if err != nil {
+			c.badRecord(string(kv.Key), err)
 			continue
 		}
-		if string(kv.Value) != host {
+		p := claim.Subnet
+		if claim.Host != host {
 			taken = append(taken, p)
 			continue
 		}
@@ -105,8 +150,8 @@ func (c *Client) ReleaseSubnet(ctx context.Context, host string, subnet netip.Pr
 // checkSubnetSize accepts /bits subnets of cluster that leave room for a
 // network address, a gateway, a last (broadcast) address and one endpoint.
 func checkSubnetSize(cluster netip.Prefix, bits int) error {
-	if !cluster.IsValid() || cluster != cluster.Masked() {
-		return fmt.Errorf("cluster CIDR %q is not a valid network address/prefix", cluster)
+	if !cluster.IsValid() || cluster != cluster.Masked() || !cluster.Addr().Is4() {
+		return fmt.Errorf("cluster CIDR %q is not an IPv4 network address/prefix (the datapath is IPv4 only)", cluster)
 	}
 	maxBits := cluster.Addr().BitLen() - 2
 	if bits < cluster.Bits() || bits > maxBits {

@@ -112,6 +112,10 @@ func (s Selector) validate() error {
 		return errors.New("give a name glob or a CIDR, not both")
 	}
 	if s.Name != "" {
+		// Container names are at most 253 bytes; a longer glob is junk.
+		if len(s.Name) > 253 {
+			return fmt.Errorf("name glob %.20q... longer than 253 bytes", s.Name)
+		}
 		if _, err := path.Match(s.Name, ""); err != nil {
 			return fmt.Errorf("name glob %q: %w", s.Name, err)
 		}

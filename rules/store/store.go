@@ -16,15 +16,18 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/keyroute/keyroute/registry"
 	"github.com/keyroute/keyroute/registry/kvwatch"
 	"github.com/keyroute/keyroute/rules"
 )
 
 // Errors returned wrapped, with context.
 var (
-	ErrExists    = errors.New("rule already exists")
-	ErrNotFound  = errors.New("no such rule")
-	ErrBadRecord = errors.New("bad rule record in etcd")
+	ErrExists   = errors.New("rule already exists")
+	ErrNotFound = errors.New("no such rule")
+	// ErrBadRecord is registry's: one sentinel for a bad record of any
+	// kind; the error is a *registry.RecordError of kind rule.
+	ErrBadRecord = registry.ErrBadRecord
 )
 
 // Event is one change of a rule seen by Watch (kvwatch semantics: a record
@@ -39,7 +42,8 @@ type Store struct {
 }
 
 // New returns a store for prefix (e.g. "/keyroute/"); onBad, if not nil, is
-// called for every bad record a List or Watch skips.
+// called for every bad record a List or Watch skips, with a
+// *registry.RecordError. The store does not log them itself.
 func New(cli *clientv3.Client, prefix string, onBad func(key string, err error)) *Store {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
@@ -50,14 +54,21 @@ func New(cli *clientv3.Client, prefix string, onBad func(key string, err error))
 // Key returns the etcd key of rule id.
 func (s *Store) Key(id string) string { return s.dir + id }
 
+// decode is the one place a rule record is read and checked: strictly, as
+// user input (rules.Parse), and its id must be its key's.
 func (s *Store) decode(kv *mvccpb.KeyValue) (rules.Rule, error) {
-	key := string(kv.Key)
+	fail := func(err error) (rules.Rule, error) {
+		return rules.Rule{}, registry.NewRecordError(registry.KindRule, kv, err)
+	}
+	if err := registry.CheckSize(kv); err != nil {
+		return fail(err)
+	}
 	r, err := rules.Parse(kv.Value)
 	if err != nil {
-		return rules.Rule{}, fmt.Errorf("%s: %w: %w", key, ErrBadRecord, err)
+		return fail(err)
 	}
-	if want := strings.TrimPrefix(key, s.dir); r.ID != want {
-		return rules.Rule{}, fmt.Errorf("%s: %w: record holds id %q", key, ErrBadRecord, r.ID)
+	if want := strings.TrimPrefix(string(kv.Key), s.dir); r.ID != want {
+		return fail(fmt.Errorf("record holds id %q, its key %.64q", r.ID, want))
 	}
 	return r, nil
 }

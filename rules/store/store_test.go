@@ -3,8 +3,8 @@ package store_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,23 +17,29 @@ import (
 	"github.com/keyroute/keyroute/rules/store"
 )
 
-var endpoints []string
+// The server starts on first use, so the fuzz targets (whose workers run
+// TestMain too) run without it.
+var (
+	srvOnce sync.Once
+	srv     *etcdtest.Server
+	srvErr  error
+)
 
 func TestMain(m *testing.M) {
-	srv, err := etcdtest.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	endpoints = srv.Endpoints()
 	code := m.Run()
-	srv.Close()
+	if srv != nil {
+		srv.Close()
+	}
 	os.Exit(code)
 }
 
 func setup(t *testing.T) (*clientv3.Client, string, context.Context) {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	srvOnce.Do(func() { srv, srvErr = etcdtest.Start() })
+	if srvErr != nil {
+		t.Fatal(srvErr)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,171 @@
+package keyalloc
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/keyroute/keyroute/registry"
+)
+
+// The decoders are the one place key records and pair index entries are
+// checked; these tests and fuzz targets call them without etcd.
+
+func testAllocator() *Allocator { return New(nil, registry.DefaultPrefix, KeySet{}) }
+
+func kv(key, value string) *mvccpb.KeyValue {
+	return &mvccpb.KeyValue{Key: []byte(registry.DefaultPrefix + key), Value: []byte(value), ModRevision: 9, CreateRevision: 8}
+}
+
+const (
+	goodRecord = `{"src":"198.19.1.2","dst":"198.19.2.3","state":"ready","created":"2024-01-02T03:04:05.678Z"}`
+	goodIndex  = `{"key":5,"created":"2024-01-02T03:04:05.678Z"}`
+)
+
+func checkBad(t *testing.T, kind string, err error, want string) {
+	t.Helper()
+	switch {
+	case err == nil:
+		t.Errorf("accepted, want an error containing %q", want)
+	case !errors.Is(err, ErrBadRecord) || registry.RecordKind(err) != kind:
+		t.Errorf("error %v: want a %s RecordError wrapping ErrBadRecord", err, kind)
+	case !strings.Contains(err.Error(), want):
+		t.Errorf("error %q does not contain %q", err, want)
+	}
+}
+
+func TestDecodeRecord(t *testing.T) {
+	a := testAllocator()
+	r, err := a.decodeRecord(kv("keys/h1/h2/5", goodRecord))
+	if err != nil || r.Key != 5 || r.SrcHost != "h1" || r.DstHost != "h2" || r.State != StateReady || r.ModRevision != 9 {
+		t.Fatalf("good record: %+v, %v", r, err)
+	}
+	for _, tc := range []struct{ name, key, value, want string }{
+		{"key 0", "keys/h1/h2/0", goodRecord, `key "0" is not 1-63`},
+		{"key 64", "keys/h1/h2/64", goodRecord, `key "64" is not 1-63`},
+		{"key 256", "keys/h1/h2/256", goodRecord, `key "256" is not 1-63`},
+		{"key not canonical", "keys/h1/h2/05", goodRecord, `key "05" is not 1-63`},
+		{"key not a number", "keys/h1/h2/x", goodRecord, `key "x"`},
+		{"too few segments", "keys/h1/5", goodRecord, "key is not keys/ followed by 3 segments"},
+		{"too many segments", "keys/h1/h2/5/6", goodRecord, "key is not keys/ followed by 3 segments"},
+		{"IPv6 source", "keys/h1/h2/5", `{"src":"fd00::1","dst":"198.19.2.3","state":"ready"}`, "source container IP: fd00::1 is not IPv4"},
+		{"IPv6 destination", "keys/h1/h2/5", `{"src":"198.19.1.2","dst":"2001:db8::1","state":"ready"}`, "destination container IP: 2001:db8::1 is not IPv4"},
+		{"no source", "keys/h1/h2/5", `{"dst":"198.19.2.3","state":"ready"}`, "source container IP: missing"},
+		{"multicast destination", "keys/h1/h2/5", `{"src":"198.19.1.2","dst":"224.0.0.1","state":"ready"}`, "destination container IP: 224.0.0.1 is not a unicast"},
+		{"state", "keys/h1/h2/5", `{"src":"198.19.1.2","dst":"198.19.2.3","state":"weird"}`, `state "weird"`},
+		{"same hosts", "keys/h1/h1/5", goodRecord, "source and destination host are both h1"},
+		{"empty host", "keys//h2/5", goodRecord, "source host: empty name"},
+		{"not JSON", "keys/h1/h2/5", "{garbage", "invalid character"},
+		{"oversize", "keys/h1/h2/5", strings.Repeat(" ", registry.MaxRecordSize+1), "exceeds"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := a.decodeRecord(kv(tc.key, tc.value))
+			checkBad(t, registry.KindKey, err, tc.want)
+		})
+	}
+}
+
+func TestDecodeIndex(t *testing.T) {
+	a := testAllocator()
+	r, err := a.decodeIndex(kv("pairs/h2/h1/198.19.1.2-198.19.2.3", goodIndex))
+	if err != nil || r.Key != 5 || r.SrcHost != "h1" || r.DstHost != "h2" || r.Src.String() != "198.19.1.2" || r.State != StatePending {
+		t.Fatalf("good index: %+v, %v", r, err)
+	}
+	for _, tc := range []struct{ name, key, value, want string }{
+		{"IPv6 pair", "pairs/h2/h1/fd00::1-fd00::2", goodIndex, "source container IP: fd00::1 is not IPv4"},
+		{"IPv6 destination", "pairs/h2/h1/198.19.1.2-2001:db8::1", goodIndex, "destination container IP: 2001:db8::1 is not IPv4"},
+		{"not an IP", "pairs/h2/h1/1.2.3.4-nope", goodIndex, `pair "1.2.3.4-nope"`},
+		{"no dash", "pairs/h2/h1/1.2.3.4", goodIndex, `pair "1.2.3.4"`},
+		{"key 0", "pairs/h2/h1/198.19.1.2-198.19.2.3", `{"key":0}`, "key 0 is not 1-63"},
+		{"key 64", "pairs/h2/h1/198.19.1.2-198.19.2.3", `{"key":64}`, "key 64 is not 1-63"},
+		{"key 300", "pairs/h2/h1/198.19.1.2-198.19.2.3", `{"key":300}`, "cannot unmarshal number 300"},
+		{"same hosts", "pairs/h2/h2/198.19.1.2-198.19.2.3", goodIndex, "source and destination host are both h2"},
+		{"too few segments", "pairs/h2/198.19.1.2-198.19.2.3", goodIndex, "followed by 3 segments"},
+		{"oversize", "pairs/h2/h1/198.19.1.2-198.19.2.3", strings.Repeat(" ", registry.MaxRecordSize+1), "exceeds"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := a.decodeIndex(kv(tc.key, tc.value))
+			checkBad(t, registry.KindPair, err, tc.want)
+		})
+	}
+}
+
+// Fuzz targets. The property: a decoder never panics; what it rejects is a
+// RecordError of its kind; what it accepts passes Validate, sits at its
+// canonical key and survives re-encoding unchanged.
+
+func checkDecoded(t *testing.T, kind string, r Record, err error) bool {
+	t.Helper()
+	if err != nil {
+		if !errors.Is(err, ErrBadRecord) || registry.RecordKind(err) != kind {
+			t.Fatalf("rejection %v is not a %s RecordError", err, kind)
+		}
+		return false
+	}
+	if err := r.Validate(); err != nil {
+		t.Fatalf("decoded record fails Validate: %v", err)
+	}
+	return true
+}
+
+func sameRecord(a, b Record) bool {
+	ac, bc := a.Created, b.Created
+	a.Created, b.Created = ac.UTC(), bc.UTC()
+	return ac.Equal(bc) && a == b
+}
+
+func FuzzDecodeRecord(f *testing.F) {
+	f.Add("h1/h2/5", []byte(goodRecord))
+	f.Add("h1/h2/05", []byte(goodRecord))
+	f.Add("h1/h2/64", []byte(goodRecord))
+	f.Add("h1/h2/5", []byte(`{"src":"fd00::1","dst":"198.19.2.3","state":"pending"}`))
+	f.Add("h1/h2/5", []byte(`{"src":"198.19.1.2","dst":"198.19.2.3","state":"pending","created":"2024-01-02T03:04:05+14:00"}`))
+	a := testAllocator()
+	f.Fuzz(func(t *testing.T, rest string, value []byte) {
+		key := a.prefix + "keys/" + rest
+		r, err := a.decodeRecord(&mvccpb.KeyValue{Key: []byte(key), Value: value})
+		if !checkDecoded(t, registry.KindKey, r, err) {
+			return
+		}
+		if a.recordKey(r.SrcHost, r.DstHost, r.Key) != key {
+			t.Fatalf("record %+v decoded from key %q", r, key)
+		}
+		b, err := json.Marshal(recordJSON{r.Src, r.Dst, r.State, r.Created})
+		if err != nil {
+			t.Fatalf("re-encode %+v: %v", r, err)
+		}
+		again, err := a.decodeRecord(&mvccpb.KeyValue{Key: []byte(key), Value: b})
+		if err != nil || !sameRecord(again, r) {
+			t.Fatalf("re-decoded %+v, %v; want %+v", again, err, r)
+		}
+	})
+}
+
+func FuzzDecodeIndex(f *testing.F) {
+	f.Add("h2/h1/198.19.1.2-198.19.2.3", []byte(goodIndex))
+	f.Add("h2/h1/fd00::1-fd00::2", []byte(goodIndex))
+	f.Add("h2/h1/198.19.1.2-::ffff:198.19.2.3", []byte(goodIndex))
+	f.Add("h2/h1/198.19.1.2-198.19.2.3", []byte(`{"key":64}`))
+	a := testAllocator()
+	f.Fuzz(func(t *testing.T, rest string, value []byte) {
+		key := a.prefix + "pairs/" + rest
+		r, err := a.decodeIndex(&mvccpb.KeyValue{Key: []byte(key), Value: value})
+		if !checkDecoded(t, registry.KindPair, r, err) {
+			return
+		}
+		if a.indexKey(r) != key {
+			t.Fatalf("pair %+v decoded from key %q", r, key)
+		}
+		b, err := json.Marshal(indexJSON{r.Key, r.Created})
+		if err != nil {
+			t.Fatalf("re-encode %+v: %v", r, err)
+		}
+		again, err := a.decodeIndex(&mvccpb.KeyValue{Key: []byte(key), Value: b})
+		if err != nil || !sameRecord(again, r) {
+			t.Fatalf("re-decoded %+v, %v; want %+v", again, err, r)
+		}
+	})
+}
