@@ -1,7 +1,11 @@
 package agent
 
 import (
+	"fmt"
+	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -9,6 +13,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/keyroute/keyroute/registry"
+	"github.com/keyroute/keyroute/rules"
 )
 
 func TestProtectedTCPPorts(t *testing.T) {
@@ -115,4 +122,33 @@ func TestRuleFlowLimit(t *testing.T) {
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "rule_max_flows") {
 		t.Errorf("rule_max_flows 0 accepted: %v", err)
 	}
+}
+
+func TestRuleMaxFlowsRefusesRule(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.RuleMaxFlows = 10
+	a := &Agent{cfg: cfg, endpoints: map[string]registry.Endpoint{}}
+	for i := range 4 {
+		n := fmt.Sprintf("web-%d", i)
+		a.endpoints[n] = registry.Endpoint{Name: n, IP: netip.AddrFrom4([4]byte{198, 19, 1, byte(10 + i)})}
+	}
+	e := &ruleEngine{a: a, log: slog.New(slog.NewTextHandler(io.Discard, nil)), rules: map[string]rules.Rule{}}
+	small := rules.Rule{ID: "small", Direction: rules.Egress, Local: rules.Selector{Name: "web-*"}, Remote: rules.Selector{CIDR: "10.0.0.0/8"},
+		Protocol: rules.ProtoTCP, Ports: "80", Action: rules.Deny, Priority: 10}
+	if err := e.checkWith(small); err != nil {
+		t.Fatalf("4 flows refused: %v", err)
+	}
+	e.rules["small"] = small
+	big := small
+	big.ID, big.Ports = "big", "1000-1100" // several port blocks x 4 containers
+	err := e.checkWith(big)
+	if err == nil {
+		t.Fatal("a rule set above rule_max_flows accepted")
+	}
+	for _, s := range []string{"limit of 10", "rule_max_flows"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not name %q", err, s)
+		}
+	}
+	t.Log(err)
 }
