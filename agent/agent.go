@@ -119,6 +119,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.MetricsAddr != "" {
 		go func() { errc <- a.serveMetrics(ctx) }()
 	}
+	if a.cfg.PprofAddr != "" {
+		go func() { errc <- a.servePprof(ctx) }()
+	}
 	go a.watchHosts(ctx)
 	go a.watchRoaming(ctx)
 	go a.programLoop(ctx)
@@ -242,6 +245,7 @@ func (a *Agent) setup(ctx context.Context) error {
 		Cluster: a.cfg.PodCIDR(), VNI: a.cfg.Cluster.VNI,
 		VXLANPort: ofVXLAN, GatewayPort: ofGateway, PatchPort: ofPatch,
 		UplinkPort: ofUplink, PhyPatchPort: ofPhyPat,
+		TunnelUDPPort: a.cfg.Cluster.VXLANPort, ProtectedTCPPorts: a.cfg.ProtectedTCPPorts(),
 	}
 	a.containerMTU = mtu
 	a.newSwitches()

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,6 +48,13 @@ type Config struct {
 	Cache CacheConfig `yaml:"cache"`
 	// MetricsAddr serves Prometheus metrics; empty disables.
 	MetricsAddr string `yaml:"metrics_addr"`
+	// PprofAddr serves Go's profiler (/debug/pprof/) on its own listener;
+	// empty (the default) disables it. Keep it on loopback.
+	PprofAddr string `yaml:"pprof_addr"`
+	// RuleMaxFlows bounds the flows all rules together may install on this
+	// host; a rule set above it is not applied (the previous one stays)
+	// and a rule that would exceed it is refused.
+	RuleMaxFlows int `yaml:"rule_max_flows"`
 	// APISocket is the local unix socket keyroutectl talks to.
 	APISocket string `yaml:"api_socket"`
 	// StateDir keeps the agent's local state (embedded etcd data).
@@ -164,10 +173,11 @@ func DefaultConfig() Config {
 			Keys:           "1-63",
 			PuntRate:       1000,
 		},
-		MetricsAddr: "127.0.0.1:9476",
-		APISocket:   "/run/keyroute/agent.sock",
-		StateDir:    "/var/lib/keyroute",
-		LogLevel:    "info",
+		MetricsAddr:  "127.0.0.1:9476",
+		RuleMaxFlows: 10000,
+		APISocket:    "/run/keyroute/agent.sock",
+		StateDir:     "/var/lib/keyroute",
+		LogLevel:     "info",
 	}
 }
 
@@ -285,6 +295,14 @@ func (c *Config) Validate() error {
 			bad("metrics_addr", c.MetricsAddr, "give host:port, or empty to disable")
 		}
 	}
+	if c.PprofAddr != "" {
+		if _, _, err := net.SplitHostPort(c.PprofAddr); err != nil {
+			bad("pprof_addr", c.PprofAddr, "give host:port (e.g. 127.0.0.1:6060), or empty to disable")
+		}
+	}
+	if c.RuleMaxFlows < 1 || c.RuleMaxFlows > 1000000 {
+		bad("rule_max_flows", c.RuleMaxFlows, "must be 1..1000000 (default 10000)")
+	}
 	c.validateEtcd(bad)
 	if c.Etcd.Prefix == "" || !strings.HasPrefix(c.Etcd.Prefix, "/") || !strings.HasSuffix(c.Etcd.Prefix, "/") {
 		bad("etcd.prefix", c.Etcd.Prefix, "must start and end with '/', e.g. /keyroute/")
@@ -360,6 +378,41 @@ func (c *Config) validateEtcd(bad func(field string, v any, fix string, args ...
 	if e.EmbeddedPeerURL != "" {
 		checkURL("etcd.embedded_peer_url", e.EmbeddedPeerURL)
 	}
+}
+
+// ProtectedTCPPorts are the control plane's TCP ports on this host, which
+// containers may not reach on the host's own addresses (flows.GuardFlows):
+// etcd's client and peer ports (2379, 2380 and those of the embedded
+// server's URLs), and the metrics and pprof listeners when they listen on
+// a non-loopback address. The agent's API is a unix socket; it has no
+// other TCP listener. The one place this set is made.
+func (c *Config) ProtectedTCPPorts() []uint16 {
+	set := map[uint16]bool{2379: true, 2380: true}
+	for _, u := range []string{c.Etcd.EmbeddedClientURL, c.Etcd.EmbeddedPeerURL} {
+		if pu, err := url.Parse(u); err == nil && pu.Port() != "" {
+			if p, err := strconv.ParseUint(pu.Port(), 10, 16); err == nil && p != 0 {
+				set[uint16(p)] = true
+			}
+		}
+	}
+	for _, addr := range []string{c.MetricsAddr, c.PprofAddr} {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			continue
+		}
+		if a, err := netip.ParseAddr(host); err == nil && a.IsLoopback() || host == "localhost" {
+			continue // the host's kernel never routes a container's packet to loopback
+		}
+		if p, err := strconv.ParseUint(port, 10, 16); err == nil && p != 0 {
+			set[uint16(p)] = true
+		}
+	}
+	ports := make([]uint16, 0, len(set))
+	for p := range set {
+		ports = append(ports, p)
+	}
+	slices.Sort(ports)
+	return ports
 }
 
 // EtcdTLS returns the etcd TLS files, or nil when none are set.

@@ -118,6 +118,86 @@ func (a *Agent) registerSwitchMetrics() {
 	if a.cache != nil {
 		a.metrics.reg.MustRegister(a.cache.collector())
 	}
+	a.metrics.reg.MustRegister(a.guardCollector())
+}
+
+// guardCollector exports the packets the SpoofGuard drops of container
+// traffic to the control plane (flows.GuardFlows) have dropped, by
+// protocol and port, from the flows' packet counts, read when scraped.
+func (a *Agent) guardCollector() prometheus.Collector {
+	drops := prometheus.NewDesc("keyroute_control_plane_drops_total",
+		"Packets from containers to the control plane dropped in SpoofGuard, by protocol and port: TCP to this host's own addresses on "+
+			"etcd's and the agent's ports, UDP to any cluster host's VXLAN port. Counts of the flows installed now.", []string{"proto", "port"}, nil)
+	return collectorFunc{descs: []*prometheus.Desc{drops}, collect: func(ch chan<- prometheus.Metric) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		stats, err := a.intSw.FlowStats(ctx, &openflow.FlowStatsRequest{Table: uint8(flows.SpoofGuard), OutPort: openflow.PortAny, OutGroup: openflow.GroupAny,
+			Cookie: flows.Cookie(flows.CatGuard, 0), CookieMask: flows.CategoryMask})
+		if err != nil {
+			return // no figure rather than a wrong one
+		}
+		type key struct {
+			proto string
+			port  uint16
+		}
+		n := map[key]uint64{}
+		for _, p := range a.host.ProtectedTCPPorts {
+			n[key{"tcp", p}] += 0
+		}
+		if a.host.TunnelUDPPort != 0 {
+			n[key{"udp", a.host.TunnelUDPPort}] += 0
+		}
+		for _, st := range stats {
+			if flows.CookieCategory(st.Cookie) != flows.CatGuard {
+				continue
+			}
+			_, proto, port := flows.GuardTarget(st.Cookie)
+			name := "tcp"
+			if proto == 17 {
+				name = "udp"
+			}
+			n[key{name, port}] += st.PacketCount
+		}
+		for k, v := range n {
+			ch <- prometheus.MustNewConstMetric(drops, prometheus.CounterValue, float64(v), k.proto, fmt.Sprint(k.port))
+		}
+	}}
+}
+
+// servePprof serves Go's profiler on its own opt-in listener (pprof_addr),
+// never on the metrics address: go tool pprof http://<pprof_addr>/debug/pprof/profile.
+func (a *Agent) servePprof(ctx context.Context) error {
+	ln, err := net.Listen("tcp", a.cfg.PprofAddr)
+	if err != nil {
+		return fmt.Errorf("pprof listener on %s: %w", a.cfg.PprofAddr, err)
+	}
+	a.log.Info("serving pprof", "addr", ln.Addr().String())
+	srv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("pprof server: %w", err)
+	}
+	return nil
+}
+
+// metricsMux serves /metrics only; the profiler has its own listener.
+func metricsMux(reg *prometheus.Registry) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // collector exports cache hits and keys in use, read when scraped.
@@ -195,16 +275,7 @@ func (a *Agent) serveMetrics(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("metrics listener on %s: %w", a.cfg.MetricsAddr, err)
 	}
-	// The metrics address (loopback by default) also serves Go's profiler,
-	// so a slow agent can be profiled where it runs: go tool pprof
-	// http://<metrics_addr>/debug/pprof/profile.
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: metricsMux(a.metrics.reg), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		srv.Close()

@@ -231,6 +231,31 @@ func (e *ruleEngine) program(ctx context.Context, force bool) {
 		time.AfterFunc(time.Second, e.markDirty)
 	}
 	e.mu.Lock()
+	fs, cookies, notes, nflows := e.build(rs, local)
+	if err := e.checkLimit(len(fs)); err != nil {
+		// The previous rule flows stay installed; every rule says why.
+		for _, r := range rs {
+			notes[r.ID] = err.Error()
+		}
+		e.notes = notes
+		e.mu.Unlock()
+		e.log.Error("rules not applied", "err", err)
+		return
+	}
+	e.cookies, e.notes, e.nflows = cookies, notes, nflows
+	e.mu.Unlock()
+	if err := e.a.intSw.SetDesired(ctx, rulesOwner, fs); err != nil {
+		e.log.Error("install rule flows; retrying", "err", err)
+		time.AfterFunc(time.Second, e.markDirty)
+		return
+	}
+	e.dropUnusedMeters(ctx, rs)
+}
+
+// build resolves rs against local and returns their flows (the first rule
+// by id gets a flow two rules produce), the cookie ids, notes and flow
+// counts by rule. Called with e.mu held.
+func (e *ruleEngine) build(rs []rules.Rule, local map[string]netip.Addr) ([]*openflow.FlowMod, map[uint64]string, map[string]string, map[string]int) {
 	var fs []*openflow.FlowMod
 	seen := map[string]bool{}
 	cookies := map[uint64]string{}
@@ -257,14 +282,37 @@ func (e *ruleEngine) program(ctx context.Context, force bool) {
 			nflows[r.ID]++
 		}
 	}
-	e.cookies, e.notes, e.nflows = cookies, notes, nflows
-	e.mu.Unlock()
-	if err := e.a.intSw.SetDesired(ctx, rulesOwner, fs); err != nil {
-		e.log.Error("install rule flows; retrying", "err", err)
-		time.AfterFunc(time.Second, e.markDirty)
-		return
+	return fs, cookies, notes, nflows
+}
+
+// checkLimit enforces rule_max_flows, the global bound on rule flows.
+func (e *ruleEngine) checkLimit(n int) error {
+	return ruleFlowLimit(n, e.a.cfg.RuleMaxFlows)
+}
+
+func ruleFlowLimit(n, limit int) error {
+	if n > limit {
+		return fmt.Errorf("rules need %d flows on this host, above the limit of %d (rule_max_flows in the agent config): narrow or remove rules, or raise rule_max_flows", n, limit)
 	}
-	e.dropUnusedMeters(ctx, rs)
+	return nil
+}
+
+// checkWith reports whether the rules with r added (or replacing the rule
+// with its id) stay within rule_max_flows on this host.
+func (e *ruleEngine) checkWith(r rules.Rule) error {
+	local, _ := e.localEndpoints()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rs := make([]rules.Rule, 0, len(e.rules)+1)
+	for id, old := range e.rules {
+		if id != r.ID {
+			rs = append(rs, old)
+		}
+	}
+	rs = append(rs, r)
+	sort.Slice(rs, func(i, j int) bool { return rs[i].ID < rs[j].ID })
+	fs, _, _, _ := e.build(rs, local)
+	return e.checkLimit(len(fs))
 }
 
 // resolve turns a rule into what this host enforces, or nil (with a note
@@ -552,6 +600,9 @@ func (a *Agent) registerRuleRoutes(mux *http.ServeMux) {
 		rule.Normalize()
 		if err := rule.Validate(); err != nil {
 			return nil, badRequest("%v", err)
+		}
+		if err := e.checkWith(rule); err != nil {
+			return nil, badRequest("rule %s: %v", rule.ID, err)
 		}
 		if err := e.store.Put(r.Context(), rule, r.URL.Query().Get("replace") != ""); err != nil {
 			return nil, ruleErr(err)

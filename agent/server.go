@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keyroute/keyroute/api"
@@ -33,11 +34,10 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 		return fmt.Errorf("another agent answers on %s", a.cfg.APISocket)
 	}
 	os.Remove(a.cfg.APISocket)
-	ln, err := net.Listen("unix", a.cfg.APISocket)
+	ln, err := listenPrivateUnix(a.cfg.APISocket)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", a.cfg.APISocket, err)
+		return err
 	}
-	os.Chmod(a.cfg.APISocket, 0o600)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.PathStatus, a.handle(func(r *http.Request) (any, error) { return a.Status(r.Context()), nil }))
 	mux.HandleFunc("GET "+api.PathHosts, a.handle(func(r *http.Request) (any, error) { return a.Hosts(r.Context()) }))
@@ -87,6 +87,53 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 		return fmt.Errorf("API server: %w", err)
 	}
 	return nil
+}
+
+// listenPrivateUnix listens on a unix socket at path that is mode 0600 from
+// the moment anyone can reach it. The socket is bound inside a fresh 0700
+// directory next to path (only the agent's user can enter it), set to
+// 0600 there, and renamed into place: a rename is atomic, so path never
+// names a socket with looser permissions. (Not syscall.Umask around bind:
+// the umask is process-wide and would race with every other goroutine
+// creating files.) The listener removes path when it closes.
+func listenPrivateUnix(path string) (net.Listener, error) {
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".keyroute-sock-")
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: private directory: %w", path, err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	bound := filepath.Join(tmp, "sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: bound, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(bound, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Rename(bound, path); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen on %s: move the socket into place: %w", path, err)
+	}
+	return &removeOnClose{UnixListener: ln, path: path}, nil
+}
+
+// removeOnClose removes the renamed socket file when the listener closes
+// (the listener itself only knows the path it was bound at).
+type removeOnClose struct {
+	*net.UnixListener
+	path string
+	once sync.Once
+}
+
+func (l *removeOnClose) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() { os.Remove(l.path) })
+	return err
 }
 
 func decodeBody(r *http.Request, v any) error {

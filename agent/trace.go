@@ -222,6 +222,19 @@ func (a *Agent) traceHandlers(mux *http.ServeMux) {
 // filter as arguments, never through a shell).
 var captureFilterRE = regexp.MustCompile(`^[A-Za-z0-9 .:/()!&|=<>-]{0,256}$`)
 
+// checkCaptureFilter accepts a BPF expression only: BPF's characters, and
+// no leading '-', so it can never be read as a tcpdump option (it is also
+// passed after "--", which ends tcpdump's options).
+func checkCaptureFilter(f string) error {
+	if !captureFilterRE.MatchString(f) {
+		return badRequest("filter %q: use a BPF expression", f)
+	}
+	if strings.HasPrefix(strings.TrimSpace(f), "-") {
+		return badRequest("filter %q: a BPF expression cannot start with '-' (tcpdump options are not accepted)", f)
+	}
+	return nil
+}
+
 // maxCaptures bounds concurrent captures.
 const maxCaptures = 4
 
@@ -242,8 +255,8 @@ type captureJob struct {
 
 // StartCapture runs tcpdump on the uplink and returns once it listens.
 func (a *Agent) StartCapture(ctx context.Context, r api.CaptureRequest) (api.CaptureResult, error) {
-	if !captureFilterRE.MatchString(r.Filter) {
-		return api.CaptureResult{}, badRequest("filter %q: use a BPF expression", r.Filter)
+	if err := checkCaptureFilter(r.Filter); err != nil {
+		return api.CaptureResult{}, err
 	}
 	if r.Count < 1 || r.Count > maxProbes {
 		return api.CaptureResult{}, badRequest("count %d: use 1..%d", r.Count, maxProbes)
@@ -260,7 +273,7 @@ func (a *Agent) StartCapture(ctx context.Context, r api.CaptureRequest) (api.Cap
 	cctx, cancel := context.WithTimeout(context.Background(), time.Duration(r.TimeoutMs)*time.Millisecond)
 	// A small snap length keeps libpcap's ring at many small frames: with
 	// the default (256 KiB frames) a burst of probes overflows it.
-	args := append([]string{"-nn", "-v", "-l", "--immediate-mode", "-s", "128", "-i", a.cfg.Uplink, "-c", fmt.Sprint(r.Count)}, strings.Fields(r.Filter)...)
+	args := append([]string{"-nn", "-v", "-l", "--immediate-mode", "-s", "128", "-i", a.cfg.Uplink, "-c", fmt.Sprint(r.Count), "--"}, strings.Fields(r.Filter)...)
 	cmd := exec.CommandContext(cctx, "tcpdump", args...)
 	// SIGINT at the timeout, so tcpdump prints its counts.
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }

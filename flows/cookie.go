@@ -21,12 +21,13 @@ const (
 	CatRule     Category = 0x09 // EgressRules/IngressRules entries; id = rule number
 	CatPunt     Category = 0x0a // cache-miss punts to the agent
 	CatUnderlay Category = 0x0b // br-phy plumbing
+	CatGuard    Category = 0x0c // SpoofGuard drops of container traffic to the control plane; id = dst IPv4<<24 | proto<<16 | port
 )
 
 var catNames = map[Category]string{
 	CatPipeline: "pipeline", CatSubnet: "subnet", CatEndpoint: "endpoint", CatARP: "arp",
 	CatGateway: "gateway", CatPeer: "peer", CatCache: "cache", CatRestore: "restore",
-	CatRule: "rule", CatPunt: "punt", CatUnderlay: "underlay",
+	CatRule: "rule", CatPunt: "punt", CatUnderlay: "underlay", CatGuard: "guard",
 }
 
 func (c Category) String() string {

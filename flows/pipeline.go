@@ -30,6 +30,12 @@ type Host struct {
 	VXLANPort, GatewayPort, PatchPort uint32
 	// br-phy ports.
 	UplinkPort, PhyPatchPort uint32
+	// TunnelUDPPort is the cluster's VXLAN UDP port (cluster.vxlan_port).
+	TunnelUDPPort uint16
+	// ProtectedTCPPorts are the control plane's TCP ports on this host
+	// (Config.ProtectedTCPPorts): containers may not reach them on the
+	// host's own addresses (GuardFlows).
+	ProtectedTCPPorts []uint16
 }
 
 // Endpoint is a container attached on this host.
@@ -255,6 +261,7 @@ func PhyPipeline(h Host) []*openflow.FlowMod {
 // IntFlows is br-int's whole desired flow set for a host state.
 func IntFlows(h Host, eps []Endpoint, peers []Peer, roaming []Roaming) []*openflow.FlowMod {
 	fs := IntPipeline(h)
+	fs = append(fs, GuardFlows(h, peers)...)
 	for _, ep := range eps {
 		fs = append(fs, EndpointFlows(h, ep)...)
 	}
@@ -295,6 +302,70 @@ func RoamingFlows(h Host, r Roaming, peers []Peer) []*openflow.FlowMod {
 		fs = append(fs, flow(TunnelIn, prioNormal, Cookie(CatPeer, ip4ID(p.IP)),
 			m(openflow.MatchInPort(h.VXLANPort), openflow.MatchTunnelID(uint64(h.VNI)), openflow.MatchTunSrc(p.IP), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(r.IP)),
 			gotoTable(IngressRules)))
+	}
+	return fs
+}
+
+const (
+	protoTCP = 6
+	protoUDP = 17
+)
+
+// GuardCookie is the cookie of the SpoofGuard drop for container traffic
+// to dst on proto/port: the id packs dst<<24 | proto<<16 | port, so a
+// counter read from flow stats names what was dropped.
+func GuardCookie(dst netip.Addr, proto uint8, port uint16) uint64 {
+	return Cookie(CatGuard, ip4ID(dst)<<24|uint64(proto)<<16|uint64(port))
+}
+
+// GuardTarget decodes a guard cookie's id into what it drops.
+func GuardTarget(cookie uint64) (dst netip.Addr, proto uint8, port uint16) {
+	id := CookieID(cookie)
+	a := uint32(id >> 24)
+	return netip.AddrFrom4([4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}), uint8(id >> 16), uint16(id)
+}
+
+// GuardFlows keeps containers off the control plane. SpoofGuard is only
+// entered from container ports (Classify), so these drops, above the
+// per-endpoint accepts, see every packet a container sends, on any
+// datapath and before any address check:
+//   - TCP to this host's own addresses (underlay IP, gateway IP) on the
+//     protected ports (etcd client and peer, a non-loopback metrics or
+//     pprof listener);
+//   - UDP to the cluster's VXLAN port on any cluster host's underlay
+//     address (this host's and every peer's) and on the gateway IP: the
+//     host would masquerade such a packet to its own IP and the peer's
+//     TunnelIn would take it for this host's tunnel traffic, an inner
+//     packet with any source address past every SpoofGuard.
+func GuardFlows(h Host, peers []Peer) []*openflow.FlowMod {
+	var fs []*openflow.FlowMod
+	own := []netip.Addr{h.IP, h.Gateway}
+	for _, dst := range own {
+		if !dst.Is4() {
+			continue
+		}
+		for _, port := range h.ProtectedTCPPorts {
+			fs = append(fs, flow(SpoofGuard, prioHigh, GuardCookie(dst, protoTCP, port),
+				m(openflow.MatchEthType(ethIPv4), openflow.MatchIPProto(protoTCP), openflow.MatchIPv4Dst(dst), openflow.MatchTCPDst(port))))
+		}
+	}
+	if h.TunnelUDPPort == 0 {
+		return fs
+	}
+	tunnelDsts := own
+	for _, p := range peers {
+		if p.valid() { // the others are left out (and counted) by IntFlows
+			tunnelDsts = append(tunnelDsts, p.IP)
+		}
+	}
+	seen := map[netip.Addr]bool{}
+	for _, dst := range tunnelDsts {
+		if !dst.Is4() || seen[dst] {
+			continue
+		}
+		seen[dst] = true
+		fs = append(fs, flow(SpoofGuard, prioHigh, GuardCookie(dst, protoUDP, h.TunnelUDPPort),
+			m(openflow.MatchEthType(ethIPv4), openflow.MatchIPProto(protoUDP), openflow.MatchIPv4Dst(dst), openflow.MatchUDPDst(h.TunnelUDPPort))))
 	}
 	return fs
 }

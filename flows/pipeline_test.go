@@ -32,6 +32,7 @@ func testHost() Host {
 		GatewayMAC: mac("0a:00:00:00:00:01"), GatewayPortMAC: mac("0a:00:00:00:00:02"),
 		Cluster: netip.MustParsePrefix("198.19.0.0/16"), VNI: 100,
 		VXLANPort: 1, PatchPort: 2, GatewayPort: 3, UplinkPort: 1, PhyPatchPort: 2,
+		TunnelUDPPort: 4789, ProtectedTCPPorts: []uint16{2379, 2380, 9476},
 	}
 }
 
@@ -220,5 +221,31 @@ func TestNonIPv4InputsSkipped(t *testing.T) {
 		if _, err := f.AppendBody(nil); err != nil {
 			t.Errorf("flow %s does not encode: %v", f, err)
 		}
+	}
+}
+
+func TestGuardFlows(t *testing.T) {
+	h := testHost()
+	peers := []Peer{{Name: "h2", IP: netip.MustParseAddr("198.18.0.2"), Subnet: netip.MustParsePrefix("198.19.2.0/24")}}
+	fs := GuardFlows(h, peers)
+	// 2 own addresses x 3 TCP ports, VXLAN to 2 own addresses + 1 peer.
+	if len(fs) != 9 {
+		t.Fatalf("got %d guard flows, want 9", len(fs))
+	}
+	for _, f := range fs {
+		if f.Table != uint8(SpoofGuard) || f.Priority <= prioNormal || len(f.Instructions) != 0 {
+			t.Errorf("guard flow %s: want a drop in SpoofGuard above the endpoint accepts", f)
+		}
+		if CookieCategory(f.Cookie) != CatGuard {
+			t.Errorf("guard flow %s: category %s", f, CookieCategory(f.Cookie))
+		}
+	}
+	dst, proto, port := GuardTarget(GuardCookie(netip.MustParseAddr("198.18.0.2"), 17, 4789))
+	if dst != netip.MustParseAddr("198.18.0.2") || proto != 17 || port != 4789 {
+		t.Errorf("GuardTarget round trip: %v %d %d", dst, proto, port)
+	}
+	h.ProtectedTCPPorts, h.TunnelUDPPort = nil, 0
+	if fs := GuardFlows(h, peers); len(fs) != 0 {
+		t.Errorf("no ports: got %d flows", len(fs))
 	}
 }
