@@ -84,10 +84,14 @@ func (n NodeClaim) Validate() error {
 	return nil
 }
 
-// String describes the claiming machine for error messages.
+// machine describes the machine of a claim for error messages.
+func (n NodeClaim) machine() string {
+	return fmt.Sprintf("node ID %s on host IP %s (hostname %q)", n.ID, n.HostIP, n.Hostname)
+}
+
+// String describes the claim for error messages.
 func (n NodeClaim) String() string {
-	return fmt.Sprintf("node ID %s on host IP %s (hostname %q), claimed %s",
-		n.ID, n.HostIP, n.Hostname, n.Since.UTC().Format(time.RFC3339))
+	return n.machine() + ", claimed " + n.Since.UTC().Format(time.RFC3339)
 }
 
 // NodeClaimedError says that another machine holds the node name.
@@ -99,7 +103,7 @@ func (e *NodeClaimedError) Error() string {
 	return fmt.Sprintf("node name %q is held by another machine: %s; this machine is %s "+
 		"(node ID from its state_dir). Give this machine another node name, or, if the old machine is gone for good, "+
 		"release the name with: keyroutectl hosts remove %s",
-		e.Holder.Name, e.Holder, e.Ours, e.Holder.Name)
+		e.Holder.Name, e.Holder, e.Ours.machine(), e.Holder.Name)
 }
 
 func (e *NodeClaimedError) Unwrap() error { return ErrNodeClaimed }
