@@ -270,6 +270,24 @@ func (a *Agent) setup(ctx context.Context) error {
 	if err := a.connectEtcd(ctx, addr.Prefix.Addr()); err != nil {
 		return err
 	}
+	if err := a.claimNode(ctx, addr.Prefix.Addr()); err != nil {
+		return err
+	}
+	adopted, err := a.agreeClusterSettings(ctx)
+	if err != nil {
+		return err
+	}
+	if adopted {
+		// The bridges and br-phy's pipeline were set up with the config's
+		// values; redo them with the cluster's.
+		a.host.GatewayMAC, a.host.Cluster, a.host.VNI = a.cfg.GatewayMAC(), a.cfg.PodCIDR(), a.cfg.Cluster.VNI
+		if err := a.ensureBridges(ctx, addr.Prefix.Addr(), uplink.HardwareAddr); err != nil {
+			return err
+		}
+		if err := a.phySw.SetDesired(ctx, flowOwner, flows.PhyPipeline(a.host)); err != nil {
+			return fmt.Errorf("install %s pipeline: %w", BridgePhy, err)
+		}
+	}
 	subnet, err := a.reg.ClaimSubnet(ctx, a.cfg.Node, a.cfg.PodCIDR(), a.cfg.Cluster.SubnetBits)
 	if err != nil {
 		return fmt.Errorf("claim pod subnet: %w", err)

@@ -57,10 +57,15 @@ type Config struct {
 	RuleMaxFlows int `yaml:"rule_max_flows"`
 	// APISocket is the local unix socket keyroutectl talks to.
 	APISocket string `yaml:"api_socket"`
-	// StateDir keeps the agent's local state (embedded etcd data).
+	// StateDir keeps the agent's local state: the node ID (node-id) and
+	// the embedded etcd's data.
 	StateDir string `yaml:"state_dir"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// AdoptClusterSettings (flag --adopt-cluster-settings only) takes the
+	// cluster's settings (cluster/settings in etcd) where this config
+	// differs, instead of refusing to start.
+	AdoptClusterSettings bool `yaml:"-"`
 }
 
 // EtcdConfig selects an external etcd cluster or the embedded server.
@@ -307,8 +312,8 @@ func (c *Config) Validate() error {
 	if c.Etcd.Prefix == "" || !strings.HasPrefix(c.Etcd.Prefix, "/") || !strings.HasSuffix(c.Etcd.Prefix, "/") {
 		bad("etcd.prefix", c.Etcd.Prefix, "must start and end with '/', e.g. /keyroute/")
 	}
-	if len(c.Etcd.Endpoints) == 0 && c.StateDir == "" {
-		bad("state_dir", c.StateDir, "the embedded etcd server needs a state directory")
+	if c.StateDir == "" {
+		bad("state_dir", c.StateDir, "give a state directory: it keeps this machine's node ID (and the embedded etcd's data), usually /var/lib/keyroute")
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

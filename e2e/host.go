@@ -42,8 +42,15 @@ type Host struct {
 	// MetricsAddr is where the agent serves metrics inside NS ("" if off).
 	MetricsAddr string
 
+	// AgentArgs are extra command-line arguments for the agent's next
+	// starts (e.g. --adopt-cluster-settings).
+	AgentArgs []string
+
 	cl    *Cluster
 	agent *Process
+	// configChange, set by RewriteConfig, edits the config after
+	// Options.AgentConfig.
+	configChange func(cfg map[string]any)
 }
 
 // config is the agent YAML the harness writes for h (agent/config.go keys).
@@ -86,7 +93,45 @@ func (h *Host) config() map[string]any {
 	if cl.opts.AgentConfig != nil {
 		cl.opts.AgentConfig(h.Index, cfg)
 	}
+	if h.configChange != nil {
+		h.configChange(cfg)
+	}
 	return cfg
+}
+
+// RewriteConfig writes the agent's config again with change applied after
+// Options.AgentConfig (nil: as the harness first wrote it). It takes effect
+// at the agent's next start.
+func (h *Host) RewriteConfig(change func(cfg map[string]any)) error {
+	h.configChange = change
+	return h.writeConfig()
+}
+
+// StartAgentRefused starts the agent expecting it to refuse to start: it
+// waits up to timeout for the agent to exit with an error (not ready, not
+// running on) and returns what the agent logged in this start.
+func (h *Host) StartAgentRefused(timeout time.Duration) (string, error) {
+	var from int64
+	if st, err := os.Stat(h.LogPath); err == nil {
+		from = st.Size()
+	}
+	if err := h.spawnAgent(); err != nil {
+		return "", err
+	}
+	werr := h.agent.Wait(timeout)
+	b, _ := os.ReadFile(h.LogPath)
+	var out string
+	if int64(len(b)) >= from {
+		out = string(b[from:])
+	}
+	switch ended, _ := h.agent.Exited(); {
+	case !ended:
+		h.agent.Stop(15 * time.Second)
+		return out, fmt.Errorf("%s agent still running after %s, want it to refuse to start: %w", h.Name, timeout, werr)
+	case werr == nil:
+		return out, fmt.Errorf("%s agent exited with status 0, want a refusal", h.Name)
+	}
+	return out, nil
 }
 
 func (h *Host) writeConfig() error {
@@ -123,8 +168,9 @@ func (h *Host) spawnAgent() error {
 			return fmt.Errorf("start %s agent: already running as pid %d", h.Name, h.agent.PID())
 		}
 	}
-	p, err := startProcess(h.Name+" agent", h.LogPath, "ip", "netns", "exec", h.NS.Name,
-		filepath.Join(h.cl.BinDir, "keyroute-agent"), "--config", h.ConfigPath)
+	argv := append([]string{"ip", "netns", "exec", h.NS.Name,
+		filepath.Join(h.cl.BinDir, "keyroute-agent"), "--config", h.ConfigPath}, h.AgentArgs...)
+	p, err := startProcess(h.Name+" agent", h.LogPath, argv...)
 	if err != nil {
 		return err
 	}

@@ -223,11 +223,13 @@ func (l *Lease) Revoke(ctx context.Context) error {
 	return nil
 }
 
-// RemoveHost ends a host's membership: it deletes hosts/<name> and
-// alive/<name> in one transaction, so peers drop the host's flows and the
-// keys they share with it. Unless force, it refuses with ErrHostAlive while
-// the host's agent is running (alive/<name> exists), checked in the same
-// transaction. ErrNotFound if there was no host record. Cost: 1 write.
+// RemoveHost ends a host's membership: it deletes hosts/<name>,
+// alive/<name> and the node name's claim nodes/<name> in one transaction,
+// so peers drop the host's flows and the keys they share with it, and
+// another machine may take the name. Unless force, it refuses with
+// ErrHostAlive while the host's agent is running (alive/<name> exists),
+// checked in the same transaction. ErrNotFound if there was neither a host
+// record nor a node claim. Cost: 1 write.
 func (c *Client) RemoveHost(ctx context.Context, name string, force bool) error {
 	if err := ValidateName(name); err != nil {
 		return fmt.Errorf("remove host: %w", err)
@@ -236,7 +238,8 @@ func (c *Client) RemoveHost(ctx context.Context, name string, force bool) error 
 	if !force {
 		txn = txn.If(clientv3.Compare(clientv3.CreateRevision(c.aliveKey(name)), "=", 0))
 	}
-	resp, err := txn.Then(clientv3.OpDelete(c.hostKey(name)), clientv3.OpDelete(c.aliveKey(name))).
+	resp, err := txn.Then(clientv3.OpDelete(c.hostKey(name)), clientv3.OpDelete(c.aliveKey(name)),
+		clientv3.OpDelete(c.nodeKey(name))).
 		Else(clientv3.OpGet(c.aliveKey(name))).Commit()
 	if err != nil {
 		return fmt.Errorf("remove host %s: %w", name, err)
@@ -251,7 +254,7 @@ func (c *Client) RemoveHost(ctx context.Context, name string, force bool) error 
 		}
 		return fmt.Errorf("remove host %s: %w", name, ErrHostAlive)
 	}
-	if resp.Responses[0].GetResponseDeleteRange().Deleted == 0 {
+	if resp.Responses[0].GetResponseDeleteRange().Deleted == 0 && resp.Responses[2].GetResponseDeleteRange().Deleted == 0 {
 		return fmt.Errorf("remove host %s: %w", name, ErrNotFound)
 	}
 	return nil

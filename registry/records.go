@@ -25,10 +25,12 @@ const (
 	KindKey      = "key"      // keys/<src>/<dst>/<k> (keyalloc)
 	KindPair     = "pair"     // pairs/<dst>/<src>/<ips> (keyalloc)
 	KindRule     = "rule"     // rules/<id> (rules/store)
+	KindNode     = "node"     // nodes/<name>
+	KindSettings = "settings" // cluster/settings
 )
 
 // RecordKinds lists every kind, e.g. to export a zero count for each.
-var RecordKinds = []string{KindHost, KindAlive, KindSubnet, KindEndpoint, KindRoaming, KindKey, KindPair, KindRule}
+var RecordKinds = []string{KindHost, KindAlive, KindSubnet, KindEndpoint, KindRoaming, KindKey, KindPair, KindRule, KindNode, KindSettings}
 
 // MaxRecordSize bounds a record's value. keyroute's own records are well
 // under 1 KiB; a larger value is rejected before it is decoded, so one huge

@@ -9,6 +9,10 @@
 //	alive/<name>      JSON Alive: the host's agent runs; under the agent's lease
 //	subnets/<cidr>    the name of the host holding the pod subnet
 //	endpoints/<ip>    JSON Endpoint; the key's existence is the IP allocation
+//	nodes/<name>      JSON NodeClaim: the machine (node ID) holding the node
+//	                  name; created once, goes only by RemoveHost
+//	cluster/settings  JSON ClusterSettings: the settings every agent must
+//	                  agree on, written once by the first agent
 //
 // Every record read from etcd is validated in its kind's decoder, the one
 // place all reads of that kind go through: a bad one is returned as a

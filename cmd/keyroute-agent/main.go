@@ -26,6 +26,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("keyroute-agent", flag.ContinueOnError)
 	configPath := fs.String("config", "", "YAML config file (configs/agent.yaml documents every field)")
 	check := fs.Bool("check-config", false, "validate the config, print it, and exit")
+	adopt := fs.Bool("adopt-cluster-settings", false, "where this config's cluster.pod_cidr, cluster.subnet_bits, cluster.vni, cluster.vxlan_port, cluster.gateway_mac, cache.keys, cache.send_idle, cache.quarantine or cache.pending_timeout differ from the cluster's settings in etcd, take the cluster's (each logged) instead of refusing to start")
 	uninstall := fs.Bool("uninstall", false, "undo this host's setup (host IP back to the uplink, bridges and NAT removed, host record removed from etcd if reachable) and exit; stop the agent first")
 	// Overrides: each flag, when given, replaces the config file's value.
 	var o struct {
@@ -65,6 +66,7 @@ func run(args []string) error {
 			*dst = v
 		}
 	}
+	cfg.AdoptClusterSettings = *adopt
 	set(&cfg.Node, o.node)
 	set(&cfg.Uplink, o.uplink)
 	set(&cfg.HostIP, o.hostIP)

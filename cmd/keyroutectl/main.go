@@ -168,8 +168,9 @@ func hostsRemoveCmd(g *globals) *cobra.Command {
 		Long: `Remove a host from the cluster. A host stays a member while its agent is
 down (its OVS keeps forwarding), so peers keep its flows and keys through an
 agent outage; this command is how a host that is gone for good leaves.
-It is refused while the host's agent runs, unless --force. On the host
-itself, keyroute-agent --uninstall does this too.`,
+It is refused while the host's agent runs, unless --force. It also releases
+the node name (nodes/NAME), so another machine may start with it. On the
+host itself, keyroute-agent --uninstall does this too.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := g.client().RemoveHost(cmd.Context(), args[0], force); err != nil {
