@@ -182,7 +182,9 @@ var settingFields = []struct {
 	{"cache.quarantine",
 		func(c *Config) string { return c.Cache.Quarantine.String() },
 		func(s registry.ClusterSettings) string { return time.Duration(s.Quarantine).String() },
-		func(c *Config, s registry.ClusterSettings) bool { return c.Cache.Quarantine == time.Duration(s.Quarantine) },
+		func(c *Config, s registry.ClusterSettings) bool {
+			return c.Cache.Quarantine == time.Duration(s.Quarantine)
+		},
 		func(c *Config, s registry.ClusterSettings) { c.Cache.Quarantine = time.Duration(s.Quarantine) }},
 	{"cache.pending_timeout",
 		func(c *Config) string { return c.Cache.PendingTimeout.String() },

@@ -36,7 +36,7 @@ type Rewrite struct {
 	// that keeps sending on VXLAN without a key punts again after it and
 	// retries, whatever kept it off the fast path.
 	FallbackRetry time.Duration
-	Keys     []uint8 // the usable key set
+	Keys          []uint8 // the usable key set
 }
 
 // Pair is one cache entry's subject: container Src on this host sending to
