@@ -138,6 +138,11 @@ type Machine struct {
 	cfg    Config
 	now    time.Time
 	synced bool
+	// serveFrom is a quarantine after Start read the switch: a flow that
+	// idled out unseen while the agent was down may have packets in
+	// flight until then, and its record may be gone (deleted by someone
+	// else), so no key is handed out before.
+	serveFrom time.Time
 
 	send  map[Pair]*Send // a pair's current entry
 	holds []*Send        // keys held after their pair left them
@@ -328,6 +333,7 @@ type EgressFlow struct {
 // served from Reconciled on.
 func (m *Machine) Start(now time.Time, sent, recv []keyalloc.Record, egress map[Pair]EgressFlow, local func(netip.Addr) bool) []Effect {
 	m.now = now
+	m.serveFrom = now.Add(m.cfg.Quarantine)
 	gen := m.changed()
 	adopted := map[Pair]bool{}
 	for _, r := range sent {
@@ -392,7 +398,7 @@ func (m *Machine) Reconciled(now time.Time) []Effect {
 // back).
 func (m *Machine) Punt(now time.Time, p Pair, peer string, nextHop net.HardwareAddr) []Effect {
 	m.now = now
-	if !m.synced {
+	if !m.synced || now.Before(m.serveFrom) {
 		m.Count.PuntsUnsynced++
 		return nil
 	}

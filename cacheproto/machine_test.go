@@ -29,11 +29,13 @@ func rec(p Pair, key uint8, rev int64, state string) keyalloc.Record {
 	return keyalloc.Record{SrcHost: "h1", DstHost: "h2", Key: key, Src: p.Src, Dst: p.Dst, State: state, CreateRevision: rev, ModRevision: rev}
 }
 
-// synced returns a machine past start-up with its installs confirmed.
+// synced returns a machine past start-up (started a quarantine before t0)
+// with its installs confirmed.
 func synced(t *testing.T) *Machine {
-	m := New(cfg, t0)
-	confirm(t, m, m.Start(t0, nil, nil, nil, func(netip.Addr) bool { return true }), t0)
-	m.Reconciled(t0)
+	start := t0.Add(-cfg.Quarantine)
+	m := New(cfg, start)
+	confirm(t, m, m.Start(start, nil, nil, nil, func(netip.Addr) bool { return true }), start)
+	m.Reconciled(start)
 	return m
 }
 
@@ -121,7 +123,10 @@ func TestNoPuntBeforeReconciled(t *testing.T) {
 	if effs := m.Punt(t0, pX, "h2", nh); len(effs) != 0 || m.Count.PuntsUnsynced != 1 {
 		t.Fatalf("punt before Reconciled: %v (unsynced %d)", effs, m.Count.PuntsUnsynced)
 	}
-	m.Reconciled(at(time.Second))
+	m.Reconciled(at(500 * time.Millisecond))
+	if effs := m.Punt(at(500*time.Millisecond), pX, "h2", nh); len(effs) != 0 {
+		t.Fatalf("punt less than a quarantine after start-up read the switch: %v", effs)
+	}
 	a, ok := find[Allocate](m.Punt(at(time.Second), pX, "h2", nh))
 	if !ok || !slices.Contains(a.Exclude, 9) {
 		t.Fatalf("after Reconciled: %+v, want an allocation excluding key 9 (a flow without record, held until the quarantine)", a)
@@ -366,9 +371,10 @@ func TestAntiEntropyFindsFreeKeyForExhaustedPair(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := cfg
 			c.Keys = 1
-			m := New(c, t0)
-			confirm(t, m, m.Start(t0, nil, nil, nil, func(netip.Addr) bool { return true }), t0)
-			m.Reconciled(t0)
+			start := t0.Add(-c.Quarantine)
+			m := New(c, start)
+			confirm(t, m, m.Start(start, nil, nil, nil, func(netip.Addr) bool { return true }), start)
+			m.Reconciled(start)
 			m.Punt(t0, pY, "h2", nh)
 			exhausted := fmt.Errorf("one key: %w", keyalloc.ErrKeysExhausted)
 			confirm(t, m, m.Allocated(t0, pY, keyalloc.Record{}, exhausted), t0)
