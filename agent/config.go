@@ -123,7 +123,9 @@ type CacheConfig struct {
 	// PendingTimeout ends a key the receiver has not marked ready by then;
 	// the pair stays on VXLAN until its entry idles out.
 	PendingTimeout time.Duration `yaml:"pending_timeout"`
-	// Keys is the usable DSCP key set, e.g. "1-63,!46,!48-63".
+	// Keys is the usable DSCP key set, e.g. "1-63,!46,!48-63"; the default,
+	// keyalloc.DefaultKeys, leaves out the code points fabrics treat
+	// specially.
 	Keys string `yaml:"keys"`
 	// PuntRate limits cache-miss copies to the agent, packets per second.
 	PuntRate uint32 `yaml:"punt_rate"`
@@ -161,7 +163,7 @@ func DefaultConfig() Config {
 			SendIdle:       10 * time.Second,
 			Quarantine:     time.Second,
 			PendingTimeout: 5 * time.Second,
-			Keys:           "1-63",
+			Keys:           keyalloc.DefaultKeys,
 			PuntRate:       1000,
 		},
 		MetricsAddr: "127.0.0.1:9476",
