@@ -300,7 +300,7 @@ func (a *Agent) setup(ctx context.Context) error {
 		pc := cacheproto.DefaultConfig()
 		pc.Quarantine, pc.PendingTimeout = a.cfg.Cache.Quarantine, a.cfg.Cache.PendingTimeout
 		a.cache = newCache(a, keyalloc.New(a.reg.Raw(), a.cfg.Etcd.Prefix, keys),
-			flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, Keys: keys.Keys()}, pc)
+			flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, Keys: keys.Keys(), ProbePort: a.cfg.Cache.ProbePort}, pc)
 	}
 	a.rules = startRules(ctx, a)
 	// The whole desired br-int state is known before the connection's
