@@ -76,7 +76,8 @@ type Agent struct {
 
 	host         flows.Host
 	containerMTU int
-	cache        *cache // rewrite mode only
+	cache        *cache  // rewrite mode only
+	probe        *prober // rewrite mode with cache.probe_port only
 	rules        *ruleEngine
 
 	mu        sync.Mutex
@@ -118,6 +119,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { errc <- a.serveAPI(ctx) }()
 	if a.cfg.MetricsAddr != "" {
 		go func() { errc <- a.serveMetrics(ctx) }()
+	}
+	if a.cfg.Mode == ModeRewrite && a.cfg.Cache.ProbePort != 0 {
+		p := newProber(a, a.cfg.Cache.ProbePort, a.cfg.KeySet().Keys(), a.cfg.Cache.ProbeInterval)
+		if err := p.listen(a.host.IP); err != nil {
+			return err
+		}
+		a.probe = p
+		go p.run(ctx)
 	}
 	go a.watchHosts(ctx)
 	go a.watchRoaming(ctx)
@@ -509,6 +518,13 @@ func (a *Agent) watchHosts(ctx context.Context) {
 		a.mu.Unlock()
 		if ev.Type == registry.EventDelete && a.cache != nil {
 			a.cache.invalidatePeer(ctx, ev.Value.Name, ev.Value.UnderlayIP)
+		}
+		if a.probe != nil {
+			if ev.Type == registry.EventDelete {
+				a.probe.peerGone(ev.Value.Name)
+			} else {
+				a.probe.peerSeen(ev.Value.Name)
+			}
 		}
 		if ev.Type == registry.EventPut {
 			a.setTunnelNeighbour(ev.Value)

@@ -517,7 +517,14 @@ func (c *cache) onPunt(pin *openflow.PacketIn2) {
 	p := cacheproto.Pair{Src: src, Dst: dst}
 	nh := c.nextHop(peer.IP, regMAC)
 	c.do(func(now time.Time) []cacheproto.Effect {
-		effs := c.m.Punt(now, p, peer.Name, nh)
+		var effs []cacheproto.Effect
+		if c.a.probe.usable(peer.Name) {
+			effs = c.m.Punt(now, p, peer.Name, nh)
+		} else {
+			// The fabric between us has not been seen to keep every
+			// key's DSCP: no key, the pair stays on VXLAN.
+			effs = c.m.PuntNoKey(now, p, peer.Name, "dscp_path")
+		}
 		if len(effs) > 0 {
 			c.a.log.Debug("pair punted", "src", src, "dst", dst, "peer", peer.Name)
 		}
