@@ -74,8 +74,16 @@ func TestDSCPRemarkingFabric(t *testing.T) {
 		t.Helper()
 		var err error
 		if on {
-			_, err = cl.Fabric.Exec("nft", "add table bridge krdscp; add chain bridge krdscp fwd { type filter hook forward priority 0; policy accept; }; "+
-				"add rule bridge krdscp fwd ip saddr "+h1.IP.String()+" ip daddr "+h2.IP.String()+" ip dscp != 0 ip dscp set cs1")
+			for _, c := range [][]string{
+				{"nft", "add", "table", "bridge", "krdscp"},
+				{"nft", "add", "chain", "bridge", "krdscp", "remarking", "{ type filter hook forward priority 0 ; policy accept ; }"},
+				{"nft", "add", "rule", "bridge", "krdscp", "remarking", "ip", "saddr", h1.IP.String(), "ip", "daddr", h2.IP.String(),
+					"ip", "dscp", "!=", "0", "ip", "dscp", "set", "cs1"},
+			} {
+				if _, err = cl.Fabric.Exec(c...); err != nil {
+					break
+				}
+			}
 		} else {
 			_, err = cl.Fabric.Exec("nft", "delete table bridge krdscp")
 		}
