@@ -46,6 +46,12 @@ const (
 	probeParallel  = 16
 	probeMinGap    = 2 * time.Second // a peer is probed at most this often
 	probeRetryFast = 2 * time.Second // a path nobody answered is retried sooner
+	// probeSample is how many keys a re-check of a verified path probes,
+	// in rotation, so that every key is probed again every few intervals
+	// while a cluster of N hosts costs each agent N·probeSample probes per
+	// interval, not N·len(keys). A path not verified is checked with every
+	// key.
+	probeSample = 8
 )
 
 type pathInfo struct {
@@ -53,6 +59,7 @@ type pathInfo struct {
 	detail  string
 	checked time.Time
 	last    time.Time // last round started
+	next    int       // the re-check sample's first key index
 }
 
 type probeAnswer struct {
@@ -230,10 +237,11 @@ func (p *prober) usable(peer string) bool {
 // check runs one round towards peer: every key, up to probeAttempts tries
 // each, then a verdict.
 func (p *prober) check(ctx context.Context, name string, ip netip.Addr) {
+	keys := p.roundKeys(name)
 	got := map[uint8]uint8{} // sent → received
 	for range probeAttempts {
 		var missing []uint8
-		for _, k := range p.keys {
+		for _, k := range keys {
 			if _, ok := got[k]; !ok {
 				missing = append(missing, k)
 			}
@@ -259,7 +267,7 @@ func (p *prober) check(ctx context.Context, name string, ip netip.Addr) {
 		}
 		timer := time.NewTimer(probeWait)
 	collect:
-		for len(got) < len(p.keys) {
+		for len(got) < len(keys) {
 			select {
 			case ans := <-ch:
 				if ans.from == ip {
@@ -281,12 +289,29 @@ func (p *prober) check(ctx context.Context, name string, ip netip.Addr) {
 	if ctx.Err() != nil {
 		return
 	}
-	p.verdict(name, got)
+	p.verdict(name, keys, got)
 }
 
-func (p *prober) verdict(name string, got map[uint8]uint8) {
+// roundKeys is the keys a round towards name probes: all of them unless
+// the path is verified, then the next probeSample in rotation.
+func (p *prober) roundKeys(name string) []uint8 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pi := p.paths[name]
+	if pi == nil || pi.state != PathVerified || len(p.keys) <= probeSample {
+		return p.keys
+	}
+	keys := make([]uint8, 0, probeSample)
+	for i := range probeSample {
+		keys = append(keys, p.keys[(pi.next+i)%len(p.keys)])
+	}
+	pi.next = (pi.next + probeSample) % len(p.keys)
+	return keys
+}
+
+func (p *prober) verdict(name string, keys []uint8, got map[uint8]uint8) {
 	var bad, lost []string
-	for _, k := range p.keys {
+	for _, k := range keys {
 		g, ok := got[k]
 		switch {
 		case !ok:
@@ -295,7 +320,10 @@ func (p *prober) verdict(name string, got map[uint8]uint8) {
 			bad = append(bad, fmt.Sprintf("sent %d got %d", k, g))
 		}
 	}
-	state, detail := PathVerified, fmt.Sprintf("%d keys", len(p.keys))
+	state, detail := PathVerified, fmt.Sprintf("%d keys", len(keys))
+	if len(keys) < len(p.keys) {
+		detail = fmt.Sprintf("%d keys; re-checked %d", len(p.keys), len(keys))
+	}
 	switch {
 	case len(bad) > 0:
 		state, detail = PathRemarked, strings.Join(firstN(bad, 4), ", ")

@@ -59,8 +59,32 @@ func TestDSCPProbeLoopback(t *testing.T) {
 		t.Errorf("status %+v", ps)
 	}
 
+	// A re-check of the verified path probes a rotating sample.
+	if ks := p1.roundKeys("h2"); len(ks) != len(keys) {
+		t.Errorf("re-check keys %v, want all %d (fewer keys than a sample)", ks, len(keys))
+	}
+	all := make([]uint8, 20)
+	for i := range all {
+		all[i] = uint8(i + 2)
+	}
+	p1.keys = all
+	seen := map[uint8]bool{}
+	for range 3 {
+		ks := p1.roundKeys("h2")
+		if len(ks) != probeSample {
+			t.Fatalf("re-check keys %v, want %d", ks, probeSample)
+		}
+		for _, k := range ks {
+			seen[k] = true
+		}
+	}
+	if len(seen) != len(all) {
+		t.Errorf("3 re-checks probed %d of %d keys", len(seen), len(all))
+	}
+	p1.keys = keys
+
 	// A re-marking verdict takes the path off keys and names the cause.
-	p1.verdict("h2", map[uint8]uint8{2: 2, 3: 8, 10: 10, 39: 39})
+	p1.verdict("h2", keys, map[uint8]uint8{2: 2, 3: 8, 10: 10, 39: 39})
 	if p1.usable("h2") {
 		t.Error("re-marked path usable")
 	}
@@ -68,12 +92,12 @@ func TestDSCPProbeLoopback(t *testing.T) {
 		t.Errorf("status after re-marking: %+v", ps)
 	}
 	// Nobody answering keeps the last verdict.
-	p1.verdict("h2", map[uint8]uint8{})
+	p1.verdict("h2", keys, map[uint8]uint8{})
 	if ps := a1.dscpPaths(); ps[0].State != PathRemarked {
 		t.Errorf("status after no answer: %+v", ps)
 	}
 	// Some keys lost: not usable either.
-	p1.verdict("h2", map[uint8]uint8{2: 2, 3: 3})
+	p1.verdict("h2", keys, map[uint8]uint8{2: 2, 3: 3})
 	if ps := a1.dscpPaths(); ps[0].State != PathUnanswered || p1.usable("h2") {
 		t.Errorf("status after lost probes: %+v", ps)
 	}
