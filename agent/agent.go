@@ -76,7 +76,8 @@ type Agent struct {
 
 	host         flows.Host
 	containerMTU int
-	cache        *cache // rewrite mode only
+	cache        *cache  // rewrite mode only
+	probe        *prober // rewrite mode with cache.probe_port only
 	rules        *ruleEngine
 
 	mu        sync.Mutex
@@ -121,6 +122,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.cfg.PprofAddr != "" {
 		go func() { errc <- a.servePprof(ctx) }()
+	}
+	if a.cfg.Mode == ModeRewrite && a.cfg.Cache.ProbePort != 0 {
+		p := newProber(a, a.cfg.Cache.ProbePort, a.cfg.KeySet().Keys(), a.cfg.Cache.ProbeInterval)
+		if err := p.listen(a.host.IP); err != nil {
+			return err
+		}
+		a.probe = p
+		go p.run(ctx)
 	}
 	go a.watchHosts(ctx)
 	go a.watchRoaming(ctx)
@@ -323,8 +332,8 @@ func (a *Agent) setup(ctx context.Context) error {
 		pc.Quarantine, pc.PendingTimeout, pc.Keys = a.cfg.Cache.Quarantine, a.cfg.Cache.PendingTimeout, keys.Len()
 		alloc := keyalloc.New(a.reg.Raw(), a.cfg.Etcd.Prefix, keys,
 			keyalloc.WithLogger(a.log), keyalloc.WithBadRecordHandler(a.metrics.badRecord))
-		a.cache = newCache(a, alloc,
-			flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, FallbackRetry: fallbackRetry, Keys: keys.Keys()}, pc)
+		a.cache = newCache(a, alloc, flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, FallbackRetry: fallbackRetry,
+			Keys: keys.Keys(), ProbePort: a.cfg.Cache.ProbePort}, pc)
 	}
 	a.rules = startRules(ctx, a)
 	// The whole desired br-int state is known before the connection's
@@ -534,6 +543,13 @@ func (a *Agent) watchHosts(ctx context.Context) {
 		a.mu.Unlock()
 		if ev.Type == registry.EventDelete && a.cache != nil {
 			a.cache.invalidatePeer(ctx, ev.Value.Name, ev.Value.UnderlayIP)
+		}
+		if a.probe != nil {
+			if ev.Type == registry.EventDelete {
+				a.probe.peerGone(ev.Value.Name)
+			} else {
+				a.probe.peerSeen(ev.Value.Name)
+			}
 		}
 		if ev.Type == registry.EventPut {
 			a.setTunnelNeighbour(ev.Value)

@@ -52,6 +52,7 @@ type cache struct {
 	m  *cacheproto.Machine
 
 	allocs chan struct{} // bounds concurrent allocations
+	kickAE chan struct{} // asks for an anti-entropy run now
 
 	// retired counts the packets of entries that are gone, from their
 	// FLOW_REMOVED: [0] egress, [1] restore (keyroute_cache_hit_packets_total).
@@ -59,7 +60,7 @@ type cache struct {
 }
 
 func newCache(a *Agent, alloc *keyalloc.Allocator, rw flows.Rewrite, cfg cacheproto.Config) *cache {
-	return &cache{a: a, alloc: alloc, rw: rw, m: cacheproto.New(cfg, time.Now()), allocs: make(chan struct{}, 64)}
+	return &cache{a: a, alloc: alloc, rw: rw, m: cacheproto.New(cfg, time.Now()), allocs: make(chan struct{}, 64), kickAE: make(chan struct{}, 1)}
 }
 
 // do feeds one event to the machine and runs the effects it answers.
@@ -433,13 +434,16 @@ func (c *cache) antiEntropyLoop(ctx context.Context) {
 	defer t.Stop()
 	last, connects := time.Now(), c.a.intSw.Stats().Connects
 	for {
+		kicked := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-c.kickAE:
+			kicked = true
 		}
 		n := c.a.intSw.Stats().Connects
-		if n == connects && time.Since(last) < antiEntropyEvery {
+		if !kicked && n == connects && time.Since(last) < antiEntropyEvery {
 			continue
 		}
 		if err := c.antiEntropy(ctx); err != nil {
@@ -447,6 +451,16 @@ func (c *cache) antiEntropyLoop(ctx context.Context) {
 			continue
 		}
 		last, connects = time.Now(), n
+	}
+}
+
+// kickAntiEntropy asks for an anti-entropy run now (a container attached:
+// records towards it may have lost their Restore entries while it was
+// away).
+func (c *cache) kickAntiEntropy() {
+	select {
+	case c.kickAE <- struct{}{}:
+	default:
 	}
 }
 
@@ -522,7 +536,14 @@ func (c *cache) onPunt(pin *openflow.PacketIn2) {
 	p := cacheproto.Pair{Src: src, Dst: dst}
 	nh := c.nextHop(peer.IP, regMAC)
 	c.do(func(now time.Time) []cacheproto.Effect {
-		effs := c.m.Punt(now, p, peer.Name, nh)
+		var effs []cacheproto.Effect
+		if c.a.probe.usable(peer.Name) {
+			effs = c.m.Punt(now, p, peer.Name, nh)
+		} else {
+			// The fabric between us has not been seen to keep every
+			// key's DSCP: no key, the pair stays on VXLAN.
+			effs = c.m.PuntNoKey(now, p, peer.Name, "dscp_path")
+		}
 		if len(effs) > 0 {
 			c.a.log.Debug("pair punted", "src", src, "dst", dst, "peer", peer.Name)
 		}

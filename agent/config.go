@@ -137,10 +137,19 @@ type CacheConfig struct {
 	// PendingTimeout ends a key the receiver has not marked ready by then;
 	// the pair stays on VXLAN until its entry idles out.
 	PendingTimeout time.Duration `yaml:"pending_timeout"`
-	// Keys is the usable DSCP key set, e.g. "1-63,!46,!48-63".
+	// Keys is the usable DSCP key set, e.g. "1-63,!46,!48-63"; the default,
+	// keyalloc.DefaultKeys, leaves out the code points fabrics treat
+	// specially.
 	Keys string `yaml:"keys"`
 	// PuntRate limits cache-miss copies to the agent, packets per second.
 	PuntRate uint32 `yaml:"punt_rate"`
+	// ProbePort is the UDP port of the DSCP path check between agents
+	// (the same on every host). A host pair uses keys only after probes
+	// with every key's DSCP arrived unchanged. 0 turns the check off: keys
+	// are used on every path, unchecked.
+	ProbePort uint16 `yaml:"probe_port"`
+	// ProbeInterval is how often each path is checked again.
+	ProbeInterval time.Duration `yaml:"probe_interval"`
 }
 
 // Modes.
@@ -175,8 +184,10 @@ func DefaultConfig() Config {
 			SendIdle:       10 * time.Second,
 			Quarantine:     time.Second,
 			PendingTimeout: 5 * time.Second,
-			Keys:           "1-63",
+			Keys:           keyalloc.DefaultKeys,
 			PuntRate:       1000,
+			ProbePort:      9477,
+			ProbeInterval:  30 * time.Second,
 		},
 		MetricsAddr:  "127.0.0.1:9476",
 		RuleMaxFlows: 10000,
@@ -282,6 +293,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Mode == ModeRewrite && c.Cluster.VNI >= flows.KeyedVNIFlag {
 		bad("cluster.vni", c.Cluster.VNI, "must be below %d in rewrite mode (the VNI's top bit marks keyed VXLAN packets)", flows.KeyedVNIFlag)
+	}
+	if c.Cache.ProbePort != 0 && (c.Cache.ProbeInterval < time.Second || c.Cache.ProbeInterval > time.Hour) {
+		bad("cache.probe_interval", c.Cache.ProbeInterval, "must be between 1s and 1h")
 	}
 	if c.Cache.PuntRate == 0 {
 		bad("cache.punt_rate", c.Cache.PuntRate, "must be at least 1 packet/s")

@@ -114,6 +114,12 @@ func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (regi
 		return registry.Endpoint{}, err
 	}
 	a.log.Info("attached container", "name", name, "ip", ep.IP, "port", port, "ofport", ofport)
+	if a.cache != nil {
+		// Records towards an address that was detached a moment ago
+		// lost their Restore entries at an anti-entropy meanwhile; their
+		// senders still rewrite: check again now, not in 10 s.
+		a.cache.kickAntiEntropy()
+	}
 	return ep, nil
 }
 

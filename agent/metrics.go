@@ -36,6 +36,7 @@ type metrics struct {
 	cacheEntries   *prometheus.GaugeVec
 	cacheErrors    prometheus.Counter
 	timeToFastPath prometheus.Histogram
+	dscpChecks     *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -67,7 +68,9 @@ func newMetrics() *metrics {
 	m.cacheErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_cache_install_errors_total", Help: "Failed cache flow installs."})
 	m.timeToFastPath = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keyroute_cache_time_to_fast_path_seconds",
 		Help: "From a pair's first punt to its rewrite entry installed.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
-	m.reg.MustRegister(m.endpoints, m.hosts, m.badRecords, skipped, m.etcdErrors, m.punts, m.bootstraps, m.expiries,
+	m.dscpChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_dscp_path_checks_total",
+		Help: "DSCP path checks towards peers, by peer and result (verified, remarked, lost: some keys unanswered, no_answer: the peer's agent did not answer)."}, []string{"peer", "result"})
+	m.reg.MustRegister(m.dscpChecks, m.endpoints, m.hosts, m.badRecords, skipped, m.etcdErrors, m.punts, m.bootstraps, m.expiries,
 		m.cacheEntries, m.cacheErrors, m.timeToFastPath)
 	return m
 }
@@ -206,7 +209,7 @@ func (c *cache) collector() prometheus.Collector {
 		"Packets that matched a cache entry, by side: egress (EgressCache entries in any state; pending and fallback ones send through VXLAN) "+
 			"and restore. Flow counters of the entries installed now plus the final counts of the removed ones.", []string{"side"}, nil)
 	keys := prometheus.NewDesc("keyroute_cache_keys_in_use", "Keys this host holds as sender, by peer host: pending and ready entries, and keys draining, quarantined or being released.", []string{"peer"}, nil)
-	fallbackDesc := prometheus.NewDesc("keyroute_cache_fallbacks_total", "Pairs left on VXLAN without a key, by reason (keys_exhausted, etcd, no_next_hop, not_ready, key_conflict).", []string{"reason"}, nil)
+	fallbackDesc := prometheus.NewDesc("keyroute_cache_fallbacks_total", "Pairs left on VXLAN without a key, by reason (keys_exhausted, etcd, no_next_hop, not_ready, key_conflict, dscp_path).", []string{"reason"}, nil)
 	repairDesc := prometheus.NewDesc("keyroute_cache_repairs_total",
 		"Differences between key records and flows found and repaired, by kind: at start-up (adopted, record_without_flow, flow_without_record), "+
 			"by anti-entropy (egress_flow_lost, record_lost, orphan_record, restore_missing, restore_stale, exhausted_key_free), and from punts (punt_after_install) and watches (record_deleted_elsewhere).", []string{"kind"}, nil)

@@ -179,6 +179,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		cs := a.cache.status()
 		s.Cache = &cs
 	}
+	s.DSCPPaths = a.dscpPaths()
 	for _, b := range []struct {
 		name string
 		sw   *controller.Switch

@@ -44,7 +44,22 @@ type Status struct {
 	Etcd           EtcdStatus   `json:"etcd"`
 	Counts         StatusCounts `json:"counts"`
 	Cache          *CacheStatus `json:"cache,omitempty"` // rewrite mode only
-	Uptime         string       `json:"uptime"`
+	// DSCPPaths is the DSCP path check towards each peer (rewrite mode).
+	DSCPPaths []DSCPPath `json:"dscp_paths,omitempty"`
+	Uptime    string     `json:"uptime"`
+}
+
+// DSCPPath is the DSCP path check's verdict on the fabric towards one
+// peer: pairs towards it use keys only when State is "verified" (or "off":
+// the check is turned off).
+type DSCPPath struct {
+	Peer string `json:"peer"`
+	// State: verified, re-marked, unanswered, unchecked or off.
+	State string `json:"state"`
+	// Detail: e.g. "sent 10 got 8" for a re-marked path.
+	Detail string `json:"detail,omitempty"`
+	// Checked is when the last verdict was reached (RFC 3339).
+	Checked string `json:"checked,omitempty"`
 }
 
 // CacheStatus is the key protocol's state on this host (rewrite mode).

@@ -27,6 +27,7 @@ import (
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/e2e"
+	"github.com/keyroute/keyroute/keyalloc"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -91,9 +92,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("rr duration %s: want at least 100ms", c.RRDuration)
 	case c.CPHosts < 2 || c.CPHosts > 20:
 		return fmt.Errorf("control-plane hosts %d: want 2..20", c.CPHosts)
-	case c.CPContainers < 1 || c.CPContainers*c.CPContainers > 63:
-		// per × per pairs share one host pair direction's 63 DSCP keys.
-		return fmt.Errorf("control-plane containers per host %d: want 1..7 (per² pairs share a host pair's 63 keys)", c.CPContainers)
+	case c.CPContainers < 1 || c.CPContainers*c.CPContainers > keyalloc.DefaultKeySet().Len():
+		// per × per pairs share one host pair direction's DSCP keys.
+		n := keyalloc.DefaultKeySet().Len()
+		maxPer := 1
+		for (maxPer+1)*(maxPer+1) <= n {
+			maxPer++
+		}
+		return fmt.Errorf("control-plane containers per host %d: want 1..%d (per² pairs share a host pair's %d keys)", c.CPContainers, maxPer, n)
 	case c.CPPace < 1:
 		return fmt.Errorf("control-plane pace %d pairs/s: want at least 1", c.CPPace)
 	case c.OutDir == "":

@@ -218,7 +218,7 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("quick config: %v", err)
 	}
 	bad := c
-	bad.CPContainers = 8 // 64 pairs per host pair > 63 keys
+	bad.CPContainers = 8 // 64 pairs per host pair > the default key set's 37 keys
 	if err := bad.Validate(); err == nil {
 		t.Error("8 containers per host accepted")
 	}

@@ -397,7 +397,7 @@ func Report(res *Result, charts []string) string {
 	}
 	w("- Everything runs on one shared machine: the fabric is a Linux bridge, “hosts” share CPUs with each other and with other tenants. " +
 		"Absolute figures are this machine's; ratios are the portable part.\n")
-	w("- The agent RSS per 1,000 pairs is extrapolated from one agent's few hundred entries at most (63 keys per host-pair direction).\n")
+	w("- The agent RSS per 1,000 pairs is extrapolated from one agent's few hundred entries at most (37 keys per host-pair direction with the default key set).\n")
 	w("- Raw data: results.json (every sample, with its start time, busy and foreign CPU).\n")
 	return b.String()
 }

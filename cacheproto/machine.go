@@ -397,6 +397,18 @@ func (m *Machine) Reconciled(now time.Time) []Effect {
 // underlay MAC for the rewritten packets (nil: none known, the pair falls
 // back).
 func (m *Machine) Punt(now time.Time, p Pair, peer string, nextHop net.HardwareAddr) []Effect {
+	return m.punt(now, p, peer, nextHop, "no_next_hop")
+}
+
+// PuntNoKey is a cache miss of a pair that must not have a key now for a
+// reason the agent knows (e.g. "dscp_path": the fabric between the two
+// hosts does not keep DSCPs): the pair gets a fallback entry with reason,
+// as Punt gives one without a next hop.
+func (m *Machine) PuntNoKey(now time.Time, p Pair, peer, reason string) []Effect {
+	return m.punt(now, p, peer, nil, reason)
+}
+
+func (m *Machine) punt(now time.Time, p Pair, peer string, nextHop net.HardwareAddr, noKey string) []Effect {
 	m.now = now
 	if !m.synced || now.Before(m.serveFrom) {
 		m.Count.PuntsUnsynced++
@@ -422,7 +434,7 @@ func (m *Machine) Punt(now time.Time, p Pair, peer string, nextHop net.HardwareA
 		return m.flush()
 	}
 	if nextHop == nil {
-		m.fallback(p, peer, "no_next_hop", now)
+		m.fallback(p, peer, noKey, now)
 		return m.flush()
 	}
 	m.send[p] = &Send{Pair: p, Peer: peer, State: StateAllocating, NextHop: nextHop, Punted: now, Since: now, freed: m.freed[peer]}
@@ -625,6 +637,22 @@ func (m *Machine) dropSend(sel func(*Send) bool, reason string) []Effect {
 		}
 	}
 	return m.flush()
+}
+
+// PathLost is a peer whose path no longer keeps DSCPs (the agent's probe
+// saw a key re-marked): every keyed pair towards it drains, since a
+// re-marked key could be restored as another pair's; the pairs punt again
+// and fall back with the reason the agent gives.
+func (m *Machine) PathLost(now time.Time, peer string) []Effect {
+	m.now = now
+	return m.dropSend(func(e *Send) bool { return e.Peer == peer && e.State != StateFallback }, "dscp_path")
+}
+
+// PathOK is a peer whose path keeps DSCPs again: its pairs on a fallback
+// for reason leave it, so that their next packet punts and gets a key.
+func (m *Machine) PathOK(now time.Time, peer, reason string) []Effect {
+	m.now = now
+	return m.dropSend(func(e *Send) bool { return e.Peer == peer && e.State == StateFallback && e.Reason == reason }, "")
 }
 
 // PeerGone is a host that left the cluster (its membership ended): its

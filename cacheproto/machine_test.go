@@ -392,3 +392,34 @@ func TestAntiEntropyFindsFreeKeyForExhaustedPair(t *testing.T) {
 		})
 	}
 }
+
+// The DSCP path check: a pair towards a peer whose path re-marks DSCPs
+// gets a fallback with the reason and no key; when the path is lost, keyed
+// pairs drain; when it is good again, the fallbacks go and the next punt
+// allocates.
+func TestDSCPPathFallback(t *testing.T) {
+	m := synced(t)
+	ready(t, m, pX, 7, 10, t0)
+	effs := m.PathLost(at(time.Second), "h2")
+	if in, ok := find[Install](effs); !ok || slices.ContainsFunc(in.Send, func(f FlowSend) bool { return f.Pair == pX }) {
+		t.Fatalf("path lost: want an install without X's keyed flow, got %v", effs)
+	}
+	confirm(t, m, effs, at(time.Second))
+	effs = m.PuntNoKey(at(time.Second), pY, "h2", "dscp_path")
+	if _, ok := find[Allocate](effs); ok {
+		t.Fatalf("allocation towards a re-marking path: %v", effs)
+	}
+	if e, _ := m.Entry(pY); e.State != StateFallback || e.Reason != "dscp_path" || e.Key != 0 {
+		t.Fatalf("Y: %+v, want a dscp_path fallback", e)
+	}
+	if m.Count.Fallbacks["dscp_path"] != 1 {
+		t.Errorf("fallbacks %v", m.Count.Fallbacks)
+	}
+	m.PathOK(at(2*time.Second), "h2", "dscp_path")
+	if _, ok := m.Entry(pY); ok {
+		t.Fatalf("Y's fallback survived PathOK")
+	}
+	if _, ok := find[Allocate](m.Punt(at(2*time.Second), pY, "h2", nh)); !ok {
+		t.Fatalf("no allocation after the path is good again")
+	}
+}

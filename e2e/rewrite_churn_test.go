@@ -20,7 +20,7 @@ import (
 
 const (
 	churnSenders   = 9 // on h1
-	churnReceivers = 8 // on h2: 72 pairs h1->h2, more than the 63 keys
+	churnReceivers = 8 // on h2: 72 pairs h1->h2, more than the default key set's keys
 	churnPort      = 7000
 	churnTick      = 100 * time.Millisecond
 )
@@ -291,7 +291,12 @@ func TestRewriteChurn(t *testing.T) {
 	ttfp0 := rwParseHist(rwMetrics(t, h1), "keyroute_cache_time_to_fast_path_seconds")
 
 	// Phase 1: pairs start one after another, 60 ms apart, and keep
-	// sending: 63 get keys, the last 9 find the keys exhausted.
+	// sending: as many as there are keys get one, the rest find the keys
+	// exhausted.
+	nkeys := keyalloc.DefaultKeySet().Len()
+	if nkeys >= churnSenders*churnReceivers {
+		t.Fatalf("%d keys: the churn needs more pairs than keys", nkeys)
+	}
 	ct.phase.Store(1)
 	for i := range churnSenders {
 		for j := range churnReceivers {
@@ -308,8 +313,8 @@ func TestRewriteChurn(t *testing.T) {
 				ready++
 			}
 		}
-		if len(p1) != 63 || ready != 63 {
-			return fmt.Errorf("%d h1->h2 key records, %d ready egress entries on h1; want 63 each", len(p1), ready)
+		if len(p1) != nkeys || ready != nkeys {
+			return fmt.Errorf("%d h1->h2 key records, %d ready egress entries on h1; want %d each", len(p1), ready, nkeys)
 		}
 		return nil
 	})
@@ -323,8 +328,8 @@ func TestRewriteChurn(t *testing.T) {
 	// The last pairs' allocations may still be finishing: poll.
 	if err := simhost.WaitFor(10*time.Second, func() error {
 		n := rwMetric(rwMetrics(t, h1), "keyroute_cache_fallbacks_total", `reason="keys_exhausted"`)
-		if n < float64(churnSenders*churnReceivers-63) {
-			return fmt.Errorf("h1 counted %v fallbacks for keys_exhausted, want >= %d", n, churnSenders*churnReceivers-63)
+		if n < float64(churnSenders*churnReceivers-nkeys) {
+			return fmt.Errorf("h1 counted %v fallbacks for keys_exhausted, want >= %d", n, churnSenders*churnReceivers-nkeys)
 		}
 		return nil
 	}); err != nil {
@@ -338,8 +343,8 @@ func TestRewriteChurn(t *testing.T) {
 				fallback++
 			}
 		}
-		if fallback != churnSenders*churnReceivers-63 {
-			t.Errorf("keyroutectl cache on h1 lists %d fallback (keys_exhausted) entries, want %d", fallback, churnSenders*churnReceivers-63)
+		if fallback != churnSenders*churnReceivers-nkeys {
+			t.Errorf("keyroutectl cache on h1 lists %d fallback (keys_exhausted) entries, want %d", fallback, churnSenders*churnReceivers-nkeys)
 		}
 	}
 	time.Sleep(time.Second) // every pair, fallbacks too, streams a while

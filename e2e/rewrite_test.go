@@ -25,6 +25,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
+	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/keyalloc"
 	"github.com/keyroute/keyroute/simhost"
 )
@@ -40,7 +41,38 @@ func rwIdle(send string) func(int, map[string]any) {
 func rwCluster(t *testing.T, opts Options) *Cluster {
 	t.Helper()
 	opts.Mode = "rewrite"
-	return testCluster(t, opts)
+	cl := testCluster(t, opts)
+	if !opts.NoAgents {
+		rwWaitDSCPPaths(t, cl, 20*time.Second)
+	}
+	return cl
+}
+
+// rwProbePort is the agents' DSCP path probe port (the default): wire
+// captures leave it out, its packets carry every key's DSCP by design.
+const rwProbePort = "9477"
+
+// rwWaitDSCPPaths waits until every agent has checked its DSCP paths to
+// its peers, so pairs use keys from their first punt.
+func rwWaitDSCPPaths(t *testing.T, cl *Cluster, timeout time.Duration) {
+	t.Helper()
+	err := simhost.WaitFor(timeout, func() error {
+		for _, h := range cl.Hosts() {
+			var st api.Status
+			if !rwCtl(t, h, "status", &st) {
+				return nil
+			}
+			for _, p := range st.DSCPPaths {
+				if p.State != "verified" && p.State != "off" {
+					return fmt.Errorf("%s: DSCP path to %s is %s (%s)", h.Name, p.Peer, p.State, p.Detail)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("waiting for the DSCP path checks: %v", err)
+	}
 }
 
 // rwAttach attaches containers by host index and name.
@@ -513,7 +545,7 @@ func TestRewriteFastPath(t *testing.T) {
 	c2 := rwAttach(t, cl, 2, "c2")[0]
 
 	// Both captures run from before the pair's very first packet.
-	wire, err := cl.StartCapture(cl.Fabric, h1.Name, "not port 2379", 0)
+	wire, err := cl.StartCapture(cl.Fabric, h1.Name, "not port 2379 and not port "+rwProbePort, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -825,7 +857,7 @@ func TestRewriteExpiry(t *testing.T) {
 
 	// Traffic again: VXLAN first, then the fast path with a new record.
 	oldKey := fwd.Key
-	pkts, err := cl.CaptureDuring(cl.Fabric, h1.Name, "not port 2379", func() error {
+	pkts, err := cl.CaptureDuring(cl.Fabric, h1.Name, "not port 2379 and not port "+rwProbePort, func() error {
 		if err := c1.Ping(c2.IP.String(), 5); err != nil {
 			return err
 		}
@@ -901,7 +933,7 @@ func TestRewriteForgery(t *testing.T) {
 	if !ok {
 		t.Fatalf("h2 has no Restore entry for c1->c2: %v", before)
 	}
-	wire, err := cl.StartCapture(cl.Fabric, h1.Name, "not port 2379", 0)
+	wire, err := cl.StartCapture(cl.Fabric, h1.Name, "not port 2379 and not port "+rwProbePort, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

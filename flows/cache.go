@@ -37,6 +37,10 @@ type Rewrite struct {
 	// retries, whatever kept it off the fast path.
 	FallbackRetry time.Duration
 	Keys          []uint8 // the usable key set
+	// ProbePort is the agents' DSCP path probe port (UDP, the same on
+	// every host; 0: no probe). Probes between peer hosts keep their
+	// DSCP on br-phy and reach LOCAL, never br-int.
+	ProbePort uint16
 }
 
 // Pair is one cache entry's subject: container Src on this host sending to
@@ -174,8 +178,13 @@ func RewritePeerFlows(h Host, p Peer) []*openflow.FlowMod {
 
 // PhyRewriteFlows returns br-phy's rewrite-mode flows: keyed packets from
 // known peers go to br-int for Restore (UnderlayKeys decides by DSCP), and
-// key DSCPs on anything the host itself sends are cleared, so no local
-// process or container can forge a keyed packet.
+// key DSCPs on what the host itself sends towards a peer host are cleared
+// (UnderlayClear), so no local process or container can forge a keyed
+// packet; the host's traffic to anything else keeps its DSCP (a router's
+// CS6 BGP session, say). The agents' DSCP probes are the one exception:
+// they keep their DSCP on the way out and go to LOCAL on the way in. One
+// flow per peer in each direction plus two per key: linear, not peers ×
+// keys.
 func PhyRewriteFlows(h Host, r Rewrite, peers []Peer) []*openflow.FlowMod {
 	var fs []*openflow.FlowMod
 	for _, p := range peers {
@@ -183,18 +192,35 @@ func PhyRewriteFlows(h Host, r Rewrite, peers []Peer) []*openflow.FlowMod {
 			skip()
 			continue
 		}
-		fs = append(fs, flow(Underlay, prioNormal, Cookie(CatPeer, ip4ID(p.IP)),
-			m(openflow.MatchInPort(h.UplinkPort), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Src(p.IP), openflow.MatchIPv4Dst(h.IP)),
-			gotoTable(UnderlayKeys)))
+		pc := Cookie(CatPeer, ip4ID(p.IP))
+		fs = append(fs,
+			flow(Underlay, prioNormal, pc,
+				m(openflow.MatchInPort(h.UplinkPort), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Src(p.IP), openflow.MatchIPv4Dst(h.IP)),
+				gotoTable(UnderlayKeys)),
+			flow(Underlay, prioNormal, pc,
+				m(openflow.MatchInPort(openflow.PortLocal), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(p.IP)),
+				gotoTable(UnderlayClear)),
+		)
 	}
 	c := Cookie(CatUnderlay, 1)
-	fs = append(fs, flow(UnderlayKeys, prioMiss, c, nil, apply(out(openflow.PortLocal))))
+	fs = append(fs,
+		flow(UnderlayKeys, prioMiss, c, nil, apply(out(openflow.PortLocal))),
+		flow(UnderlayClear, prioMiss, c, nil, apply(out(h.UplinkPort))),
+	)
+	if r.ProbePort != 0 {
+		probe := m(openflow.MatchEthType(ethIPv4), openflow.MatchIPProto(ProtoUDP), openflow.MatchUDPSrc(r.ProbePort), openflow.MatchUDPDst(r.ProbePort))
+		fs = append(fs,
+			flow(UnderlayKeys, prioHigh, c, probe, apply(out(openflow.PortLocal))),
+			flow(UnderlayClear, prioHigh, c, probe, apply(out(h.UplinkPort))),
+		)
+	}
 	for _, k := range r.Keys {
 		fs = append(fs,
 			flow(UnderlayKeys, prioNormal, c, m(openflow.MatchEthType(ethIPv4), openflow.MatchIPDSCP(k)), apply(out(h.PhyPatchPort))),
-			flow(Underlay, prioNormal, c, m(openflow.MatchInPort(openflow.PortLocal), openflow.MatchEthType(ethIPv4), openflow.MatchIPDSCP(k)),
+			flow(UnderlayClear, prioNormal, c, m(openflow.MatchEthType(ethIPv4), openflow.MatchIPDSCP(k)),
 				apply(setf(openflow.MatchIPDSCP(0)), out(h.UplinkPort))),
 		)
 	}
 	return fs
 }
+

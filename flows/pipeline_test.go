@@ -150,7 +150,7 @@ func TestGoldenParsesInOVS(t *testing.T) {
 
 func TestRewriteFlowsGolden(t *testing.T) {
 	h := testHost()
-	r := Rewrite{SendIdle: 10 * time.Second, FallbackRetry: 30 * time.Second, Keys: []uint8{1, 2, 63}}
+	r := Rewrite{SendIdle: 10 * time.Second, FallbackRetry: 30 * time.Second, Keys: []uint8{1, 2, 63}, ProbePort: 9473}
 	peer := Peer{Name: "h2", IP: netip.MustParseAddr("198.18.0.2"), Subnet: netip.MustParsePrefix("198.19.2.0/24")}
 	p := Pair{Src: netip.MustParseAddr("198.19.1.2"), Dst: netip.MustParseAddr("198.19.2.2"), Peer: peer, Key: 2, NextHop: mac("02:00:00:00:00:02")}
 	var fs []*openflow.FlowMod
@@ -165,6 +165,18 @@ func TestRewriteFlowsGolden(t *testing.T) {
 	fs = append(fs, RestoreFlow(h, peer.IP, 2, netip.MustParseAddr("198.19.2.2"), netip.MustParseAddr("198.19.1.2")))
 	fs = append(fs, PhyRewriteFlows(h, r, []Peer{peer})...)
 	golden(t, "rewrite.txt", fs)
+	// Key DSCPs are cleared only on the host's traffic towards a peer
+	// host: no Underlay flow matches a DSCP, and LOCAL's traffic reaches
+	// UnderlayClear only with a peer's address as destination.
+	for _, f := range PhyRewriteFlows(h, r, []Peer{peer}) {
+		txt := f.String()
+		if f.Table == uint8(Underlay) && strings.Contains(txt, "nw_tos") {
+			t.Errorf("Underlay flow matches a DSCP: %s", txt)
+		}
+		if strings.Contains(txt, "goto_table:2") && !strings.Contains(txt, "nw_dst=198.18.0.2") {
+			t.Errorf("flow to UnderlayClear without a peer destination: %s", txt)
+		}
+	}
 	// The ready entry rewrites to host addresses with the key and leaves
 	// un-encapsulated; the restore entry undoes exactly that.
 	ready := CacheFlow(h, r, p, CacheReady).String()

@@ -30,10 +30,12 @@ const (
 
 // br-phy tables: Underlay sorts uplink, LOCAL and patch traffic;
 // UnderlayKeys (rewrite mode) decides by DSCP whether a packet from a peer
-// host is a keyed one for br-int or the host's own.
+// host is a keyed one for br-int or the host's own; UnderlayClear (rewrite
+// mode) clears key DSCPs on the host's own traffic towards peer hosts.
 const (
-	Underlay     Table = 0
-	UnderlayKeys Table = 1
+	Underlay      Table = 0
+	UnderlayKeys  Table = 1
+	UnderlayClear Table = 2
 )
 
 var intTableNames = map[Table]string{
@@ -54,7 +56,7 @@ func IntTableNames() map[uint8]string {
 
 // PhyTableNames returns br-phy's table names by number.
 func PhyTableNames() map[uint8]string {
-	return map[uint8]string{uint8(Underlay): "Underlay", uint8(UnderlayKeys): "UnderlayKeys"}
+	return map[uint8]string{uint8(Underlay): "Underlay", uint8(UnderlayKeys): "UnderlayKeys", uint8(UnderlayClear): "UnderlayClear"}
 }
 
 // Name returns the br-int name of t.

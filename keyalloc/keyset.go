@@ -15,13 +15,37 @@ const MaxKey = 63
 // value is empty; New treats it as DefaultKeySet.
 type KeySet struct{ bits uint64 } // bit k set: key k usable
 
-// DefaultKeySet returns all keys, 1-63.
-func DefaultKeySet() KeySet { return KeySet{bits: ^uint64(0) &^ 1} }
+// AllKeys returns every key, 1-63.
+func AllKeys() KeySet { return KeySet{bits: ^uint64(0) &^ 1} }
+
+// DefaultKeys is the default key set's text: the DSCPs that fabrics treat
+// specially are left out (DESIGN.md "Key space"):
+//   - 40-63, class selectors 5-7 and everything in their classes: CS5, VA
+//     (44), EF (46), CS6 and CS7 go to priority or network-control queues,
+//     are policed by control-plane protection and are often re-marked at a
+//     trust boundary; a switch that queues by IP precedence does the same
+//     with every other DSCP of those classes;
+//   - 1 (LE, RFC 8622) and 8 (CS1): scavenger classes, served after best
+//     effort.
+//
+// The AF classes and CS2-CS4 stay: they select weighted queues, not
+// priority ones, and a fabric that re-marks them is caught by the agents'
+// DSCP path check, which keeps that host pair on VXLAN.
+const DefaultKeys = "2-7,9-39"
+
+// DefaultKeySet returns the default key set, DefaultKeys (37 keys).
+func DefaultKeySet() KeySet {
+	s, err := ParseKeySet(DefaultKeys)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
 
 // ParseKeySet parses a comma-separated list of terms applied left to right:
 // "a" or "a-b" adds keys, "!a" or "!a-b" removes them. A list that starts
-// with a removal starts from all keys, so "!46,!48-63" keeps 1-45 and 47
-// out of the way of a fabric's EF and CS6/CS7 markings. Keys are 1..63;
+// with a removal starts from all keys (AllKeys, not the default set), so
+// "!46,!48-63" keeps 1-45 and 47. Keys are 1..63;
 // the result must not be empty.
 func ParseKeySet(s string) (KeySet, error) {
 	if strings.TrimSpace(s) == "" {
@@ -34,7 +58,7 @@ func ParseKeySet(s string) (KeySet, error) {
 		if remove {
 			term = strings.TrimSpace(term[1:])
 			if i == 0 {
-				set = DefaultKeySet()
+				set = AllKeys()
 			}
 		}
 		lo, hi, err := parseRange(term)

@@ -55,9 +55,19 @@ func TestParseKeySet(t *testing.T) {
 }
 
 func TestKeySetMethods(t *testing.T) {
+	a := AllKeys()
+	if a.Len() != 63 || a.Contains(0) || !a.Contains(1) || !a.Contains(63) || a.Contains(64) || a.Contains(255) {
+		t.Errorf("all keys wrong: len %d, %q", a.Len(), a)
+	}
 	d := DefaultKeySet()
-	if d.Len() != 63 || d.Contains(0) || !d.Contains(1) || !d.Contains(63) || d.Contains(64) || d.Contains(255) {
-		t.Errorf("default set wrong: len %d, %q", d.Len(), d)
+	if d.String() != DefaultKeys || d.Len() != 37 {
+		t.Errorf("default set = %q (%d keys), want %q", d, d.Len(), DefaultKeys)
+	}
+	// The code points fabrics treat specially are not keys.
+	for _, k := range []uint8{1, 8, 40, 44, 46, 48, 56} {
+		if d.Contains(k) {
+			t.Errorf("default set contains %d", k)
+		}
 	}
 	s, _ := ParseKeySet("!46,!48-63")
 	keys := s.Keys()

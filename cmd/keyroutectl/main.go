@@ -132,6 +132,17 @@ func statusCmd(g *globals) *cobra.Command {
 						fmt.Fprintf(w, "cache repairs:\t%s; fallbacks %s\n", kvList(c.Repairs), kvList(c.Fallbacks))
 					}
 				}
+				for _, d := range s.DSCPPaths {
+					use := "keys in use"
+					if d.State != "verified" && d.State != "off" {
+						use = "pairs stay on VXLAN"
+					}
+					line := d.State
+					if d.Detail != "" {
+						line += ": " + d.Detail
+					}
+					fmt.Fprintf(w, "dscp path to %s:\t%s (%s)\n", d.Peer, line, use)
+				}
 				fmt.Fprintf(w, "uptime:\t%s\n", s.Uptime)
 			})
 		},
