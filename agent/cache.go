@@ -52,6 +52,12 @@ type cache struct {
 	m  *cacheproto.Machine
 
 	allocs chan struct{} // bounds concurrent allocations
+
+	// nextHops caches each peer's underlay next hop for nextHopTTL: a
+	// burst of punts would otherwise read the neighbour table (netlink)
+	// once per punt, on the controller's one packet-in goroutine.
+	nhMu     sync.Mutex
+	nextHops map[netip.Addr]cachedHop
 	kickAE chan struct{} // asks for an anti-entropy run now
 
 	// retired counts the packets of entries that are gone, from their
@@ -59,8 +65,32 @@ type cache struct {
 	retired [2]atomic.Uint64
 }
 
+type cachedHop struct {
+	mac net.HardwareAddr
+	at  time.Time
+}
+
+const nextHopTTL = time.Second
+
 func newCache(a *Agent, alloc *keyalloc.Allocator, rw flows.Rewrite, cfg cacheproto.Config) *cache {
-	return &cache{a: a, alloc: alloc, rw: rw, m: cacheproto.New(cfg, time.Now()), allocs: make(chan struct{}, 64), kickAE: make(chan struct{}, 1)}
+	return &cache{a: a, alloc: alloc, rw: rw, m: cacheproto.New(cfg, time.Now()), allocs: make(chan struct{}, 64), kickAE: make(chan struct{}, 1),
+		nextHops: map[netip.Addr]cachedHop{}}
+}
+
+// cachedNextHop is nextHop through a per-peer cache of nextHopTTL.
+func (c *cache) cachedNextHop(peer netip.Addr, registered net.HardwareAddr) net.HardwareAddr {
+	now := time.Now()
+	c.nhMu.Lock()
+	h, ok := c.nextHops[peer]
+	c.nhMu.Unlock()
+	if ok && now.Sub(h.at) < nextHopTTL {
+		return h.mac
+	}
+	mac := c.nextHop(peer, registered)
+	c.nhMu.Lock()
+	c.nextHops[peer] = cachedHop{mac, now}
+	c.nhMu.Unlock()
+	return mac
 }
 
 // do feeds one event to the machine and runs the effects it answers.
@@ -534,7 +564,7 @@ func (c *cache) onPunt(pin *openflow.PacketIn2) {
 		return
 	}
 	p := cacheproto.Pair{Src: src, Dst: dst}
-	nh := c.nextHop(peer.IP, regMAC)
+	nh := c.cachedNextHop(peer.IP, regMAC)
 	c.do(func(now time.Time) []cacheproto.Effect {
 		var effs []cacheproto.Effect
 		if c.a.probe.usable(peer.Name) {
