@@ -213,7 +213,7 @@ func (c *cache) collector() prometheus.Collector {
 	repairDesc := prometheus.NewDesc("keyroute_cache_repairs_total",
 		"Differences between key records and flows found and repaired, by kind: at start-up (adopted, record_without_flow, flow_without_record), "+
 			"by anti-entropy (egress_flow_lost, record_lost, orphan_record, restore_missing, restore_stale, exhausted_key_free), and from punts (punt_after_install) and watches (record_deleted_elsewhere).", []string{"kind"}, nil)
-	puntDropDesc := prometheus.NewDesc("keyroute_cache_punts_ignored_total", "Punts the key protocol ignored: before start-up finished (unsynced), while the pair's previous key is still held (busy), for an entry just installed (stale).", []string{"outcome"}, nil)
+	puntDropDesc := prometheus.NewDesc("keyroute_cache_punts_ignored_total", "Punts the key protocol ignored: before start-up finished (unsynced), while the pair's previous key is still held (busy), for an entry just installed (stale); and those whose allocation waited out the first quarantine after start-up (deferred).", []string{"outcome"}, nil)
 	releasedDesc := prometheus.NewDesc("keyroute_cache_keys_released_total", "Keys this host freed as sender, each after the confirmed removal of its flow and the quarantine.", nil, nil)
 	retriedDesc := prometheus.NewDesc("keyroute_cache_fallback_retries_total", "Fallback entries of pairs out of keys dropped so that the pair bootstraps again, because a key towards its peer was freed.", nil, nil)
 	return collectorFunc{descs: []*prometheus.Desc{hits, keys, fallbackDesc, repairDesc, puntDropDesc, releasedDesc, retriedDesc}, collect: func(ch chan<- prometheus.Metric) {
@@ -249,7 +249,7 @@ func (c *cache) collector() prometheus.Collector {
 		for kind, n := range repairs {
 			ch <- prometheus.MustNewConstMetric(repairDesc, prometheus.CounterValue, float64(n), kind)
 		}
-		for outcome, n := range map[string]uint64{"unsynced": count.PuntsUnsynced, "busy": count.PuntsBusy, "stale": count.PuntsStale} {
+		for outcome, n := range map[string]uint64{"unsynced": count.PuntsUnsynced, "busy": count.PuntsBusy, "stale": count.PuntsStale, "deferred": count.PuntsDeferred} {
 			ch <- prometheus.MustNewConstMetric(puntDropDesc, prometheus.CounterValue, float64(n), outcome)
 		}
 		ch <- prometheus.MustNewConstMetric(releasedDesc, prometheus.CounterValue, float64(count.Released))

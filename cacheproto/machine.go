@@ -98,19 +98,20 @@ func DefaultConfig() Config {
 
 // Send is a sender entry: a pair's current entry or a key it still holds.
 type Send struct {
-	Pair    Pair
-	Peer    string
-	State   State
-	Key     uint8           // 0 while allocating, for fallback, or for a hold of a flow without record
-	Rec     keyalloc.Record // the allocation; zero CreateRevision if none
-	NextHop net.HardwareAddr
-	Reason  string    // why a fallback has no key, or why a hold was taken
-	Punted  time.Time // first punt, for time to fast path
-	Since   time.Time // entered State
-	gen     uint64    // desired generation that added (Pending/Ready) or removed (Draining) its flow
-	afterRC bool      // Draining: removed only by the start-up reconcile
-	freed   uint64    // Allocating: keys freed towards Peer when the Allocate was issued
-	retryAt time.Time // Releasing: when to try again; zero while a release is in flight
+	Pair     Pair
+	Peer     string
+	State    State
+	Key      uint8           // 0 while allocating, for fallback, or for a hold of a flow without record
+	Rec      keyalloc.Record // the allocation; zero CreateRevision if none
+	NextHop  net.HardwareAddr
+	Reason   string    // why a fallback has no key, or why a hold was taken
+	Punted   time.Time // first punt, for time to fast path
+	Since    time.Time // entered State
+	gen      uint64    // desired generation that added (Pending/Ready) or removed (Draining) its flow
+	afterRC  bool      // Draining: removed only by the start-up reconcile
+	freed    uint64    // Allocating: keys freed towards Peer when the Allocate was issued
+	retryAt  time.Time // Releasing: when to try again; zero while a release is in flight
+	deferred bool      // Allocating: the Allocate waits for serveFrom (Tick issues it)
 }
 
 // Recv is a receiver entry: the record a Restore entry serves.
@@ -125,6 +126,7 @@ type Recv struct {
 // Counters are what the machine counted since it started.
 type Counters struct {
 	PuntsUnsynced, PuntsBusy, PuntsStale uint64 // dropped punts: before sync; pair holding a key; flow known gone
+	PuntsDeferred                        uint64 // punts whose allocation waited for serveFrom
 	Fallbacks                            map[string]uint64
 	Repairs                              map[string]uint64 // anti-entropy and start-up repairs, by kind
 	Released, ReleaseErrors              uint64
@@ -410,7 +412,7 @@ func (m *Machine) PuntNoKey(now time.Time, p Pair, peer, reason string) []Effect
 
 func (m *Machine) punt(now time.Time, p Pair, peer string, nextHop net.HardwareAddr, noKey string) []Effect {
 	m.now = now
-	if !m.synced || now.Before(m.serveFrom) {
+	if !m.synced {
 		m.Count.PuntsUnsynced++
 		return nil
 	}
@@ -437,7 +439,15 @@ func (m *Machine) punt(now time.Time, p Pair, peer string, nextHop net.HardwareA
 		m.fallback(p, peer, noKey, now)
 		return m.flush()
 	}
-	m.send[p] = &Send{Pair: p, Peer: peer, State: StateAllocating, NextHop: nextHop, Punted: now, Since: now, freed: m.freed[peer]}
+	e := &Send{Pair: p, Peer: peer, State: StateAllocating, NextHop: nextHop, Punted: now, Since: now, freed: m.freed[peer]}
+	m.send[p] = e
+	if now.Before(m.serveFrom) {
+		// Too soon after start-up to hand out a key (see serveFrom): the
+		// allocation waits for the Tick that passes it.
+		e.deferred = true
+		m.Count.PuntsDeferred++
+		return m.flush()
+	}
 	return append(m.flush(), Allocate{Pair: p, Peer: peer, Exclude: m.heldKeys(peer)})
 }
 
@@ -803,6 +813,22 @@ func (m *Machine) Installed(now time.Time, gen uint64, ok bool) []Effect {
 // work is retried.
 func (m *Machine) Tick(now time.Time) []Effect {
 	m.now = now
+	var effs []Effect
+	if !now.Before(m.serveFrom) {
+		for _, e := range m.sortedSend() {
+			if e.State == StateAllocating && e.deferred {
+				e.deferred, e.freed = false, m.freed[e.Peer]
+				effs = append(effs, Allocate{Pair: e.Pair, Peer: e.Peer, Exclude: m.heldKeys(e.Peer)})
+			}
+		}
+	}
+	if len(effs) > 0 {
+		return append(effs, m.tick(now)...)
+	}
+	return m.tick(now)
+}
+
+func (m *Machine) tick(now time.Time) []Effect {
 	due := false
 	for _, e := range m.send {
 		due = due || e.State == StatePending && now.Sub(e.Since) >= m.cfg.PendingTimeout

@@ -125,9 +125,12 @@ func TestNoPuntBeforeReconciled(t *testing.T) {
 	}
 	m.Reconciled(at(500 * time.Millisecond))
 	if effs := m.Punt(at(500*time.Millisecond), pX, "h2", nh); len(effs) != 0 {
-		t.Fatalf("punt less than a quarantine after start-up read the switch: %v", effs)
+		t.Fatalf("punt less than a quarantine after start-up read the switch: %v, want its allocation deferred", effs)
 	}
-	a, ok := find[Allocate](m.Punt(at(time.Second), pX, "h2", nh))
+	if _, ok := find[Allocate](m.Tick(at(900 * time.Millisecond))); ok {
+		t.Fatal("deferred allocation issued before the quarantine after start-up")
+	}
+	a, ok := find[Allocate](m.Tick(at(time.Second)))
 	if !ok || !slices.Contains(a.Exclude, 9) {
 		t.Fatalf("after Reconciled: %+v, want an allocation excluding key 9 (a flow without record, held until the quarantine)", a)
 	}
