@@ -600,7 +600,10 @@ func TestRewriteV2FlowRemovedLost(t *testing.T) {
 func TestRewriteV2KeyLeak(t *testing.T) {
 	const pendingTimeout = 2 * time.Second
 	const leakBound = pendingTimeout + v2Quarantine + 5*time.Second
-	cl := rwCluster(t, Options{AgentConfig: rwCache(map[string]any{"keys": "7,8", "send_idle": "2s", "quarantine": "1s", "pending_timeout": "2s"})})
+	// send_idle well above pending_timeout: the unused addresses' pending
+	// entries must be given up by the timeout, not by idling out first
+	// (either frees the key; only the timeout counts not_ready).
+	cl := rwCluster(t, Options{AgentConfig: rwCache(map[string]any{"keys": "7,8", "send_idle": "4s", "quarantine": "1s", "pending_timeout": "2s"})})
 	st := rwEtcd(t, cl)
 	e := &v2Env{t, cl, st}
 	h1, h2 := cl.Host(1), cl.Host(2)
