@@ -167,9 +167,8 @@ type simHost struct {
 	dRestore  []FlowRestore
 
 	// The agent.
-	m    *Machine
-	inc  int // incarnation; results for an older one are lost
-	down bool
+	m   *Machine
+	inc int // incarnation; results for an older one are lost
 }
 
 type simEvent struct {
@@ -294,8 +293,6 @@ func (s *sim) host(name string) *simHost {
 	}
 	return nil
 }
-
-func (s *sim) peerOf(dst netip.Addr) *simHost { return s.hostOf[dst] }
 
 // stream schedules fn on an ordered stream (a watch) of host h.
 func (s *sim) stream(name string, fn func()) {

@@ -250,7 +250,7 @@ func FuzzDecodeAlive(f *testing.F) {
 		if !checkDecoded(t, KindAlive, err, a.Validate) {
 			return
 		}
-		b, err := json.Marshal(aliveJSON{a.Host, a.AgentVersion, a.Since})
+		b, err := json.Marshal(aliveJSON(a))
 		if err != nil {
 			t.Fatalf("re-encode %+v: %v", a, err)
 		}

@@ -295,7 +295,7 @@ func (c *Client) decodeAlive(kv *mvccpb.KeyValue) (Alive, error) {
 	if err := json.Unmarshal(kv.Value, &j); err != nil {
 		return fail(err)
 	}
-	a := Alive{Host: j.Host, AgentVersion: j.AgentVersion, Since: j.Since}
+	a := Alive(j)
 	if err := a.Validate(); err != nil {
 		return fail(err)
 	}
