@@ -1,6 +1,6 @@
 // Package bench is `make bench`: it measures keyroute against the host
 // path and the overlays people use instead, side by side in one run on the
-// e2e harness's simulated hosts — A host↔host over br-phy, B keyroute
+// simcluster simulated hosts — A host↔host over br-phy, B keyroute
 // tunnel mode, C keyroute rewrite mode after bootstrap, K the kernel's own
 // VXLAN (flannel-style, no OVS) and D a plain veth — with repetitions
 // interleaved (A B C K D, A B C K D, ...), a foreign-CPU-load column per
@@ -26,8 +26,8 @@ import (
 	"time"
 
 	"github.com/keyroute/keyroute/api"
-	"github.com/keyroute/keyroute/e2e"
 	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -181,7 +181,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		t0 := time.Now()
 		cfg.BinDir = filepath.Join(cfg.OutDir, "bin")
 		log.Info("building keyroute-agent and keyroutectl", "dir", cfg.BinDir)
-		if err := e2e.BuildBinaries(ctx, cfg.BinDir); err != nil {
+		if err := simcluster.BuildBinaries(ctx, cfg.BinDir); err != nil {
 			return res, err
 		}
 		defer os.RemoveAll(cfg.BinDir)
@@ -268,7 +268,7 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 	var ovB, ovC *overlay
 	if want(PathB) {
 		log.Info("keyroute cluster: tunnel (B)")
-		if ovB, err = startOverlay(ctx, "tunnel", cfg.BinDir, e2e.Options{Logger: log}); err != nil {
+		if ovB, err = startOverlay(ctx, "tunnel", cfg.BinDir, simcluster.Options{Logger: log}); err != nil {
 			return err
 		}
 		defer func() { err = errors.Join(err, ovB.cl.Close()) }()
@@ -277,7 +277,7 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 	}
 	if want(PathA, PathC, PathR) {
 		log.Info("keyroute cluster: rewrite (A, C, R)")
-		if ovC, err = startOverlay(ctx, "rewrite", cfg.BinDir, e2e.Options{Logger: log}); err != nil {
+		if ovC, err = startOverlay(ctx, "rewrite", cfg.BinDir, simcluster.Options{Logger: log}); err != nil {
 			return err
 		}
 		defer func() { err = errors.Join(err, ovC.cl.Close()) }()
@@ -293,7 +293,7 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 		res.OVN = "not measured: not selected (--paths)"
 	} else if l, err := findOVN(cfg.OVNRoot); err != nil {
 		res.OVN = "not measured: " + err.Error() + ". " + ovnHowTo
-	} else if ovn, err := startOVN(ctx, cfg.OVNRoot, e2e.Options{Logger: log}); err != nil {
+	} else if ovn, err := startOVN(ctx, cfg.OVNRoot, simcluster.Options{Logger: log}); err != nil {
 		res.OVN = "not measured: " + err.Error()
 		log.Warn("OVN", "err", err)
 	} else {

@@ -114,24 +114,6 @@ func TestNumJSONNullForMissing(t *testing.T) {
 	}
 }
 
-func TestParseIperf(t *testing.T) {
-	r, err := ParseIperf([]byte(`{"end":{"sum_sent":{"retransmits":7},"sum_received":{"bytes":1000000000,"seconds":8,"bits_per_second":1e9},
-		"cpu_utilization_percent":{"host_total":50}}}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Gbps != 1 || r.Retransmits != 7 || r.Bytes != 1e9 || r.ClientCPUSec != 4 {
-		t.Fatalf("got %+v", r)
-	}
-	if _, err := ParseIperf([]byte(`{"error":"unable to connect to server: Connection timed out"}`)); err == nil ||
-		!strings.Contains(err.Error(), "unable to connect") {
-		t.Errorf("iperf3 error report: got %v", err)
-	}
-	if _, err := ParseIperf([]byte("iperf3: garbage")); err == nil {
-		t.Error("non-JSON: no error")
-	}
-}
-
 func TestParsePMDStats(t *testing.T) {
 	out := `main thread:
   packets received: 120

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/keyroute/keyroute/api"
-	"github.com/keyroute/keyroute/e2e"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -99,7 +99,7 @@ func runControlPlane(ctx context.Context, log *slog.Logger, binDir, logDir strin
 		BurstRate: NaN, PipelineRate: NaN, RSSKiBPer1000: NaN, RSSMarginalKiBPer1000: NaN, SetupSeconds: NaN,
 		EtcdFsyncP50ms: NaN, EtcdFsyncP99ms: NaN}
 	start := time.Now()
-	cl, err := e2e.NewCluster(ctx, e2e.Options{Hosts: hosts, Mode: "rewrite", BinDir: binDir, ExternalEtcd: true, Logger: log})
+	cl, err := simcluster.NewCluster(ctx, simcluster.Options{Hosts: hosts, Mode: "rewrite", BinDir: binDir, ExternalEtcd: true, Logger: log})
 	if err != nil {
 		return cp, fmt.Errorf("control plane cluster: %w", err)
 	}
@@ -116,7 +116,7 @@ func runControlPlane(ctx context.Context, log *slog.Logger, binDir, logDir strin
 		}
 		cp.Stages = StageTimes(logs)
 	}()
-	var cs []*e2e.Container
+	var cs []*simcluster.Container
 	for h := 1; h <= hosts; h++ {
 		for i := 1; i <= perHost; i++ {
 			c, err := cl.Attach(h, fmt.Sprintf("h%dc%d", h, i), "")
@@ -144,7 +144,7 @@ func runControlPlane(ctx context.Context, log *slog.Logger, binDir, logDir strin
 		}
 	}
 	cp.SetupSeconds = Num(time.Since(start).Seconds())
-	conns := map[*e2e.Container]net.PacketConn{}
+	conns := map[*simcluster.Container]net.PacketConn{}
 	defer func() {
 		for _, c := range conns {
 			c.Close()
@@ -300,7 +300,7 @@ func runControlPlane(ctx context.Context, log *slog.Logger, binDir, logDir strin
 }
 
 // etcdFsync reads the fabric etcd's WAL fsync histogram.
-func etcdFsync(cl *e2e.Cluster) ([]Bucket, error) {
+func etcdFsync(cl *simcluster.Cluster) ([]Bucket, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, cl.EtcdEndpoint+"/metrics", nil)
@@ -330,14 +330,14 @@ func drain(pc net.PacketConn) {
 
 // cpPair is one container pair of the control-plane phase.
 type cpPair struct {
-	src *e2e.Container
+	src *simcluster.Container
 	dst netip.Addr
 }
 
 // sendPairs sends one datagram per active pair every interval until done
 // says so: keep pairs are active from the start, fresh ones open at pace
 // pairs per second (0: all at once).
-func sendPairs(ctx context.Context, conns map[*e2e.Container]net.PacketConn, keep, fresh []cpPair, pace int,
+func sendPairs(ctx context.Context, conns map[*simcluster.Container]net.PacketConn, keep, fresh []cpPair, pace int,
 	interval, timeout time.Duration, done func() (bool, error)) error {
 	start := time.Now()
 	deadline := start.Add(timeout)
@@ -373,7 +373,7 @@ func sendPairs(ctx context.Context, conns map[*e2e.Container]net.PacketConn, kee
 	}
 }
 
-func agentTTFP(h *e2e.Host) ([]Bucket, error) {
+func agentTTFP(h *simcluster.Host) ([]Bucket, error) {
 	text, err := h.Metrics()
 	if err != nil {
 		return nil, err
@@ -382,7 +382,7 @@ func agentTTFP(h *e2e.Host) ([]Bucket, error) {
 }
 
 // ttfpCount is how many observations h's histogram gained since before.
-func ttfpCount(h *e2e.Host, before []Bucket) (int, error) {
+func ttfpCount(h *simcluster.Host, before []Bucket) (int, error) {
 	now, err := agentTTFP(h)
 	if err != nil {
 		return 0, err
@@ -512,7 +512,7 @@ func ParseFastPathLine(line string) (time.Time, bool) {
 // keyroute's pipelined install against `ovs-ofctl add-flows` and
 // `--bundle add-flows` on the same bridge) from the source tree.
 func runFlowInstall(ctx context.Context) ([]GoBench, error) {
-	root, err := e2e.ModuleRoot()
+	root, err := simcluster.ModuleRoot()
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -196,11 +197,11 @@ func (s *sampler) measure(ctx context.Context, smp *Sample, p *path, test string
 			streams = "4"
 		}
 		secs := strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second)))
-		var r IperfRun
+		var r simcluster.IperfResult
 		for attempt := 1; ; attempt++ {
 			out, runErr := runIn(ctx, d+30*time.Second, p.client.ns, "iperf3", "-c", dst, "-p", strconv.Itoa(iperfPort),
 				"-t", secs, "-P", streams, "-J", "--connect-timeout", "3000")
-			r, err = ParseIperf(out)
+			r, err = simcluster.ParseIperf(out)
 			if err == nil {
 				break
 			}

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keyroute/keyroute/e2e"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -63,7 +63,7 @@ func findOVN(root string) (ovnLayout, error) {
 
 // ovnNet is path O's cluster.
 type ovnNet struct {
-	cl  *e2e.Cluster
+	cl  *simcluster.Cluster
 	l   ovnLayout
 	dir string
 	// pidfiles of the OVN daemons, stopped before the cluster goes.
@@ -73,13 +73,13 @@ type ovnNet struct {
 
 const ovnMTU = "1442" // OVN's usual Geneve MTU on a 1500-byte underlay
 
-func startOVN(ctx context.Context, root string, opts e2e.Options) (o *ovnNet, err error) {
+func startOVN(ctx context.Context, root string, opts simcluster.Options) (o *ovnNet, err error) {
 	l, err := findOVN(root)
 	if err != nil {
 		return nil, err
 	}
 	opts.Hosts, opts.NoAgents = 2, true
-	cl, err := e2e.NewCluster(ctx, opts)
+	cl, err := simcluster.NewCluster(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("start OVN hosts: %w", err)
 	}
@@ -125,10 +125,10 @@ func startOVN(ctx context.Context, root string, opts e2e.Options) (o *ovnNet, er
 		}
 		// Userspace tunnels need the host IP on an OVS bridge's LOCAL port.
 		if _, err := ovs.Vsctl("add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev",
-			"other_config:hwaddr="+h.MAC.String(), "--", "add-port", "br-phy", e2e.Uplink); err != nil {
+			"other_config:hwaddr="+h.MAC.String(), "--", "add-port", "br-phy", simcluster.Uplink); err != nil {
 			return o, err
 		}
-		for _, c := range [][]string{{"ip", "addr", "flush", "dev", e2e.Uplink}, {"ip", "link", "set", "br-phy", "up"},
+		for _, c := range [][]string{{"ip", "addr", "flush", "dev", simcluster.Uplink}, {"ip", "link", "set", "br-phy", "up"},
 			{"ip", "addr", "add", h.IP.String() + "/24", "dev", "br-phy"}} {
 			if _, err := h.Exec(c...); err != nil {
 				return o, err

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"math"
 	"regexp"
@@ -46,49 +45,6 @@ func ParseHistogram(text, name string) ([]Bucket, error) {
 		return nil, fmt.Errorf("histogram %s: no +Inf bucket", name)
 	}
 	return bs, nil
-}
-
-// IperfRun is what one iperf3 -J client run reports.
-type IperfRun struct {
-	Gbps        float64
-	Bytes       int64
-	Seconds     float64
-	Retransmits int
-	// ClientCPUSec is the client's own CPU time (host_total × duration),
-	// for the foreign-load column.
-	ClientCPUSec float64
-}
-
-// ParseIperf reads an iperf3 -J report; an "error" field is an error.
-func ParseIperf(b []byte) (IperfRun, error) {
-	var r struct {
-		Error string `json:"error"`
-		End   struct {
-			SumSent struct {
-				Retransmits int `json:"retransmits"`
-			} `json:"sum_sent"`
-			SumReceived struct {
-				Bytes         int64   `json:"bytes"`
-				Seconds       float64 `json:"seconds"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-			CPU struct {
-				HostTotal float64 `json:"host_total"`
-			} `json:"cpu_utilization_percent"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		return IperfRun{}, fmt.Errorf("parse iperf3 -J output (%.200q): %w", b, err)
-	}
-	if r.Error != "" {
-		return IperfRun{}, fmt.Errorf("iperf3: %s", r.Error)
-	}
-	s := r.End.SumReceived
-	if s.Bytes == 0 {
-		return IperfRun{}, fmt.Errorf("iperf3 received nothing")
-	}
-	return IperfRun{Gbps: s.BitsPerSecond / 1e9, Bytes: s.Bytes, Seconds: s.Seconds, Retransmits: r.End.SumSent.Retransmits,
-		ClientCPUSec: r.End.CPU.HostTotal / 100 * s.Seconds}, nil
 }
 
 // PMDStats is the part of `ovs-appctl dpif-netdev/pmd-stats-show` the

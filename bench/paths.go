@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/keyroute/keyroute/api"
-	"github.com/keyroute/keyroute/e2e"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -159,16 +159,16 @@ func (k *kernelNet) teardown() error {
 // overlay is a two-host keyroute cluster with one container per host.
 type overlay struct {
 	mode   string
-	cl     *e2e.Cluster
-	c1, c2 *e2e.Container
+	cl     *simcluster.Cluster
+	c1, c2 *simcluster.Container
 	// rules is how many network rules are installed (paths C and R share
 	// the rewrite cluster and set it before each sample).
 	rules int
 }
 
-func startOverlay(ctx context.Context, mode, binDir string, opts e2e.Options) (*overlay, error) {
+func startOverlay(ctx context.Context, mode, binDir string, opts simcluster.Options) (*overlay, error) {
 	opts.Hosts, opts.Mode, opts.BinDir = 2, mode, binDir
-	cl, err := e2e.NewCluster(ctx, opts)
+	cl, err := simcluster.NewCluster(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("start %s cluster: %w", mode, err)
 	}
@@ -234,14 +234,14 @@ func (o *overlay) setRules(ctx context.Context, n int) (string, error) {
 	}
 	defer cli.Close()
 	start := time.Now()
-	if err := e2e.DeleteAllRules(ctx, cli); err != nil {
+	if err := simcluster.DeleteAllRules(ctx, cli); err != nil {
 		return "", err
 	}
 	o.rules = -1 // unknown until both hosts agree
-	if err := e2e.PutRules(ctx, cli, e2e.NonMatchingRules(n, "c*", "c?")); err != nil {
+	if err := simcluster.PutRules(ctx, cli, simcluster.NonMatchingRules(n, "c*", "c?")); err != nil {
 		return "", err
 	}
-	for _, h := range []*e2e.Host{o.c1.Host, o.c2.Host} {
+	for _, h := range []*simcluster.Host{o.c1.Host, o.c2.Host} {
 		if err := h.WaitRulesEnforced(n, 60*time.Second); err != nil {
 			return "", fmt.Errorf("%d rules: %w", n, err)
 		}
@@ -285,7 +285,7 @@ func (o *overlay) warm(ctx context.Context) error {
 }
 
 // egressState is the state of h's egress cache entry src→dst ("" if none).
-func egressState(ctx context.Context, h *e2e.Host, src, dst netip.Addr) (string, error) {
+func egressState(ctx context.Context, h *simcluster.Host, src, dst netip.Addr) (string, error) {
 	es, err := api.NewClient(h.APISocket).Cache(ctx)
 	if err != nil {
 		return "", err

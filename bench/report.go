@@ -170,7 +170,7 @@ func Report(res *Result, charts []string) string {
 		w("- **O** (OVN Geneve) — %s\n", mdEscape(res.OVN))
 	}
 	w("\n")
-	w("All on the e2e harness's simulated hosts (network namespaces on one machine). B and C are two clusters of two hosts each, " +
+	w("All on the simcluster simulated hosts (network namespaces on one machine). B and C are two clusters of two hosts each, " +
 		"built the same way (same harness, same container MTU 1450, same agent defaults) and up at the same time: " +
 		"re-creating one cluster per mode per repetition would add minutes and a fresh-start bias; idle, the other cluster costs " +
 		"little CPU and that shows in the foreign column as ours, not foreign. A runs on the rewrite cluster's hosts, so C/A compares " +

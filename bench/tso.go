@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/keyroute/keyroute/api"
-	"github.com/keyroute/keyroute/e2e"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -113,9 +113,9 @@ func offloadsOn(o *overlay) error {
 	}
 	for _, h := range o.cl.Hosts() {
 		et(o.cl.Fabric.Name, h.Name)
-		et(h.NS.Name, e2e.Uplink)
+		et(h.NS.Name, simcluster.Uplink)
 	}
-	for _, c := range []*e2e.Container{o.c1, o.c2} {
+	for _, c := range []*simcluster.Container{o.c1, o.c2} {
 		et(c.Host.NS.Name, c.Port)
 		et(c.NS.Name, "eth0")
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"net"
 	"net/netip"
 	"strings"
@@ -19,12 +20,12 @@ import (
 // A host's own traffic keeps its DSCP towards anything but a peer host; key
 // DSCPs are cleared only on its traffic to peer hosts.
 func TestDSCPHostTrafficKeepsMarking(t *testing.T) {
-	cl := rwCluster(t, Options{})
+	cl := rwCluster(t, simcluster.Options{})
 	h1, h2 := cl.Host(1), cl.Host(2)
 	// A machine on the fabric that is not a cluster host: an address on
 	// the fabric bridge itself.
 	const other = "198.18.0.250"
-	if _, err := cl.Fabric.Exec("ip", "addr", "add", other+"/24", "dev", FabricBridge); err != nil {
+	if _, err := cl.Fabric.Exec("ip", "addr", "add", other+"/24", "dev", simcluster.FabricBridge); err != nil {
 		t.Fatal(err)
 	}
 	// CS6 (48) is no longer a key; a key DSCP is what br-phy would clear.
@@ -61,7 +62,7 @@ func TestDSCPHostTrafficKeepsMarking(t *testing.T) {
 // cause, h1->h2 pairs stay on VXLAN with no key and nothing misdelivered;
 // once the fabric keeps DSCPs again, the pairs move to the fast path.
 func TestDSCPRemarkingFabric(t *testing.T) {
-	cl := rwCluster(t, Options{AgentConfig: func(_ int, cfg map[string]any) {
+	cl := rwCluster(t, simcluster.Options{AgentConfig: func(_ int, cfg map[string]any) {
 		cfg["cache"] = map[string]any{"send_idle": "2s", "probe_interval": "2s"}
 	}})
 	st := rwEtcd(t, cl)
@@ -91,7 +92,7 @@ func TestDSCPRemarkingFabric(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pathTo := func(h *Host, peer string) api.DSCPPath {
+	pathTo := func(h *simcluster.Host, peer string) api.DSCPPath {
 		var s api.Status
 		rwCtl(t, h, "status", &s)
 		for _, p := range s.DSCPPaths {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"github.com/keyroute/keyroute/simcluster"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -39,16 +40,16 @@ func ctlPKI(t *testing.T, bin string, hosts int, external bool) string {
 	for i := 1; i <= hosts; i++ {
 		run("issue", "h"+strconv.Itoa(i), "--dir", dir, "--ip", netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}).String())
 	}
-	run("issue", HarnessCert, "--dir", dir)
+	run("issue", simcluster.HarnessCert, "--dir", dir)
 	if external {
-		run("issue", "etcd", "--dir", dir, "--ip", ExternalEtcdIP)
+		run("issue", "etcd", "--dir", dir, "--ip", simcluster.ExternalEtcdIP)
 	}
 	return dir
 }
 
 // requireRefused fails t unless every probe from who was refused, both
 // read and write, and logs how.
-func requireRefused(t *testing.T, cl *Cluster, who string, ns *simhost.NetNS) {
+func requireRefused(t *testing.T, cl *simcluster.Cluster, who string, ns *simhost.NetNS) {
 	t.Helper()
 	// The network does let who reach etcd: what turns it away is etcd.
 	if err := cl.DialEtcd(context.Background(), ns); err != nil {
@@ -70,7 +71,7 @@ func requireRefused(t *testing.T, cl *Cluster, who string, ns *simhost.NetNS) {
 }
 
 // requireHealthy fails t unless h's agent reports etcd healthy over https.
-func requireHealthy(t *testing.T, h *Host) {
+func requireHealthy(t *testing.T, h *simcluster.Host) {
 	t.Helper()
 	s, err := api.NewClient(h.APISocket).Status(context.Background())
 	if err != nil {
@@ -90,7 +91,7 @@ func TestEtcdTLSTurnsAwayContainersAndOutsiders(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.Require(t, "curl")
 	bin := testBinaries(t)
-	cl := testCluster(t, Options{Hosts: 2, BinDir: bin, PKIDir: ctlPKI(t, bin, 2, false)})
+	cl := testCluster(t, simcluster.Options{Hosts: 2, BinDir: bin, PKIDir: ctlPKI(t, bin, 2, false)})
 	h1, h2 := cl.Host(1), cl.Host(2)
 	if cl.EtcdEndpoint != "https://198.18.0.1:2379" {
 		t.Fatalf("etcd endpoint %s, want https on h1", cl.EtcdEndpoint)
@@ -121,13 +122,13 @@ func TestEtcdTLSTurnsAwayContainersAndOutsiders(t *testing.T) {
 	cli := etcdClientT(t, cl)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := cli.Put(ctx, IntruderPrefix+"with-the-harness-certificate", "ok"); err != nil {
+	if _, err := cli.Put(ctx, simcluster.IntruderPrefix+"with-the-harness-certificate", "ok"); err != nil {
 		t.Errorf("put with a cluster certificate: %v", err)
 	}
 	if keys, err := cl.IntruderKeys(ctx); err != nil || len(keys) != 1 {
 		t.Errorf("keys after a put with a cluster certificate: %v (%v), want one", keys, err)
 	}
-	if _, err := cli.Delete(ctx, IntruderPrefix, clientv3.WithPrefix()); err != nil {
+	if _, err := cli.Delete(ctx, simcluster.IntruderPrefix, clientv3.WithPrefix()); err != nil {
 		t.Error(err)
 	}
 
@@ -154,8 +155,8 @@ func TestEtcdTLSTurnsAwayContainersAndOutsiders(t *testing.T) {
 func TestEtcdTLSExternal(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.Require(t, "curl", "etcd")
-	cl := testCluster(t, Options{Hosts: 1, ExternalEtcd: true})
-	if cl.EtcdEndpoint != "https://"+ExternalEtcdIP+":2379" {
+	cl := testCluster(t, simcluster.Options{Hosts: 1, ExternalEtcd: true})
+	if cl.EtcdEndpoint != "https://"+simcluster.ExternalEtcdIP+":2379" {
 		t.Fatalf("etcd endpoint %s, want https", cl.EtcdEndpoint)
 	}
 	requireHealthy(t, cl.Host(1))
@@ -175,10 +176,10 @@ func TestEtcdTLSExternal(t *testing.T) {
 // TLS stops above.
 func TestEtcdInsecureWarns(t *testing.T) {
 	testenv.Require(t, "curl")
-	cl := testCluster(t, Options{Hosts: 2, PlaintextEtcd: true})
+	cl := testCluster(t, simcluster.Options{Hosts: 2, PlaintextEtcd: true})
 	h1, h2 := cl.Host(1), cl.Host(2)
 	const warn = "etcd.insecure: true: etcd is plaintext and unauthenticated at http://198.18.0.1:2379"
-	count := func(h *Host) int {
+	count := func(h *simcluster.Host) int {
 		b, err := os.ReadFile(h.LogPath)
 		if err != nil {
 			t.Fatal(err)

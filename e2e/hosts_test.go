@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -25,7 +26,7 @@ const hostAgentOutageWait = 30 * time.Second
 // remove` ends the membership and the flows and keys go; a restarted agent
 // joins again, and its host's uninstall ends the membership too.
 func TestHostAgentOutage(t *testing.T) {
-	cl := rwCluster(t, Options{ExternalEtcd: true})
+	cl := rwCluster(t, simcluster.Options{ExternalEtcd: true})
 	st := rwEtcd(t, cl)
 	h1, h2 := cl.Host(1), cl.Host(2)
 	c1 := rwAttach(t, cl, 1, "c1")[0]
@@ -80,7 +81,7 @@ func TestHostAgentOutage(t *testing.T) {
 	// Same keys, on the wire, with nothing released.
 	for _, p := range []struct {
 		rec      keyalloc.Record
-		src, dst *Container
+		src, dst *simcluster.Container
 	}{{fwd, c1, c2}, {back, c2, c1}} {
 		if r, ok := st.record(t, p.src, p.dst); !ok || r.CreateRevision != p.rec.CreateRevision || r.State != keyalloc.StateReady {
 			t.Errorf("with h2's agent down: record of %s->%s is %+v (found %v), want the same ready record with key %d", p.src.Name, p.dst.Name, r, ok, p.rec.Key)
@@ -90,7 +91,7 @@ func TestHostAgentOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pc := CountPaths(pkts); pc.VXLAN != 0 || pc.Rewrite != 6 {
+	if pc := simcluster.CountPaths(pkts); pc.VXLAN != 0 || pc.Rewrite != 6 {
 		t.Errorf("with h2's agent down: 3 pings on the wire: %s; want 6 rewritten", pc)
 	}
 
@@ -150,7 +151,7 @@ func TestHostAgentOutage(t *testing.T) {
 }
 
 // hostsAgents returns `keyroutectl hosts` on h as host name -> agent state.
-func hostsAgents(t *testing.T, h *Host) map[string]string {
+func hostsAgents(t *testing.T, h *simcluster.Host) map[string]string {
 	t.Helper()
 	var hs []api.Host
 	ctlJSON(t, h, &hs, "hosts")
@@ -163,7 +164,7 @@ func hostsAgents(t *testing.T, h *Host) map[string]string {
 
 // waitHosts polls `keyroutectl hosts` on h until cond holds, failing t
 // after timeout.
-func waitHosts(t *testing.T, h *Host, timeout time.Duration, what string, cond func(agents map[string]string) bool) {
+func waitHosts(t *testing.T, h *simcluster.Host, timeout time.Duration, what string, cond func(agents map[string]string) bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -178,7 +179,7 @@ func waitHosts(t *testing.T, h *Host, timeout time.Duration, what string, cond f
 	}
 }
 
-func hostSubnetOf(t *testing.T, h *Host, name string) string {
+func hostSubnetOf(t *testing.T, h *simcluster.Host, name string) string {
 	t.Helper()
 	var hs []api.Host
 	ctlJSON(t, h, &hs, "hosts")
@@ -194,7 +195,7 @@ func hostSubnetOf(t *testing.T, h *Host, name string) string {
 // peerFlowsOf lists h's per-peer and subnet flows (both bridges) that
 // name the peer's underlay IP or pod subnet, as sorted "bridge table
 // match" lines.
-func peerFlowsOf(t *testing.T, h *Host, peerIP, subnet string) []string {
+func peerFlowsOf(t *testing.T, h *simcluster.Host, peerIP, subnet string) []string {
 	t.Helper()
 	re := regexp.MustCompile(`=(` + regexp.QuoteMeta(peerIP) + `|` + regexp.QuoteMeta(subnet) + `)(/32)?(,|$)`)
 	var out []string

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +13,7 @@ import (
 // differs from the cluster's is refused naming cluster.vni and both values,
 // and starts with --adopt-cluster-settings, forwarding on the cluster's VNI.
 func TestIdentityNodeNameAndClusterSettings(t *testing.T) {
-	cl := testCluster(t, Options{Hosts: 3})
+	cl := testCluster(t, simcluster.Options{Hosts: 3})
 	h1, h2, h3 := cl.Host(1), cl.Host(2), cl.Host(3)
 	wantLines := func(t *testing.T, log string, want ...string) {
 		t.Helper()

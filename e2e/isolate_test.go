@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"net"
 	"net/netip"
 	"strings"
@@ -16,7 +17,7 @@ import (
 // VXLAN into a peer's tunnel (DESIGN.md "As built"; flows.GuardFlows).
 // One cluster, in the agents' default mode, for both.
 func TestIsolateControlPlane(t *testing.T) {
-	cl := testCluster(t, Options{Hosts: 2})
+	cl := testCluster(t, simcluster.Options{Hosts: 2})
 	h1, h2 := cl.Host(1), cl.Host(2)
 	attacker, err := cl.Attach(1, "attacker", "")
 	if err != nil {
@@ -132,7 +133,7 @@ func TestIsolateControlPlane(t *testing.T) {
 	})
 }
 
-func sendUDP(from *Container, to netip.Addr, port int, tag string) error {
+func sendUDP(from *simcluster.Container, to netip.Addr, port int, tag string) error {
 	c, err := from.DialUDP(net.JoinHostPort(to.String(), fmt.Sprint(port)))
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"os"
 	"sync"
 	"testing"
@@ -44,7 +45,7 @@ func testBinaries(t *testing.T) string {
 	sharedBuildOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		sharedBuildErr = BuildBinaries(ctx, sharedBinDir)
+		sharedBuildErr = simcluster.BuildBinaries(ctx, sharedBinDir)
 	})
 	if sharedBuildErr != nil {
 		t.Fatalf("build the binaries under test: %v", sharedBuildErr)
@@ -57,7 +58,7 @@ func testBinaries(t *testing.T) string {
 // defaults to the shared build, Logger to the test log. The cluster is
 // closed when t ends; if t failed, the tail of every agent's log is logged
 // first, as that is where the reason usually is.
-func testCluster(t *testing.T, opts Options) *Cluster {
+func testCluster(t *testing.T, opts simcluster.Options) *simcluster.Cluster {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.Require(t, "ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-vsctl", "ovs-ofctl", "ovs-appctl",
@@ -66,18 +67,18 @@ func testCluster(t *testing.T, opts Options) *Cluster {
 		opts.BinDir = testBinaries(t)
 	}
 	if opts.Logger == nil {
-		opts.Logger = testLogger(t)
+		opts.Logger = simcluster.TestLogger(t)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cl, err := NewCluster(ctx, opts)
+	cl, err := simcluster.NewCluster(ctx, opts)
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, h := range cl.Hosts() {
-				t.Logf("last lines of %s:\n%s", h.LogPath, logTail(h.LogPath, 40))
+				t.Logf("last lines of %s:\n%s", h.LogPath, simcluster.LogTail(h.LogPath, 40))
 			}
 		}
 		if err := cl.Close(); err != nil {

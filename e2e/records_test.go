@@ -7,6 +7,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"math/rand/v2"
 	"os"
 	"strings"
@@ -107,11 +108,11 @@ func badRecordCorpus() []badRecord {
 // count the records by kind and log each once. An agent restarted with the
 // records still there starts and serves.
 func TestBadRecordsInEtcd(t *testing.T) {
-	cl := rwCluster(t, Options{})
+	cl := rwCluster(t, simcluster.Options{})
 	h1, h2 := cl.Host(1), cl.Host(2)
 	c1 := rwAttach(t, cl, 1, "c1")[0]
 	c2 := rwAttach(t, cl, 2, "c2")[0]
-	for _, p := range [][2]*Container{{c1, c2}, {c2, c1}} {
+	for _, p := range [][2]*simcluster.Container{{c1, c2}, {c2, c1}} {
 		if err := p[0].PingUntil(p[1].IP.String(), 15*time.Second); err != nil {
 			t.Fatal(err)
 		}
@@ -138,7 +139,7 @@ func TestBadRecordsInEtcd(t *testing.T) {
 	// alive records each time, endpoints the endpoint records (and so the
 	// agents read those kinds at all).
 	for range 3 {
-		for _, h := range []*Host{h1, h2} {
+		for _, h := range []*simcluster.Host{h1, h2} {
 			for _, cmd := range []string{"hosts", "endpoints"} {
 				if _, err := h.Ctl(cmd); err != nil {
 					t.Fatal(err)
@@ -151,7 +152,7 @@ func TestBadRecordsInEtcd(t *testing.T) {
 	// records for keyroutectl. Subnet claims are read at start-up only.
 	running := []string{registry.KindHost, registry.KindAlive, registry.KindEndpoint, registry.KindRoaming,
 		registry.KindKey, registry.KindPair, registry.KindRule}
-	for _, h := range []*Host{h1, h2} {
+	for _, h := range []*simcluster.Host{h1, h2} {
 		waitBadCounts(t, h, running)
 	}
 
@@ -159,7 +160,7 @@ func TestBadRecordsInEtcd(t *testing.T) {
 	st21, out21 := wait21()
 	for _, s := range []struct {
 		name string
-		st   pingStats
+		st   simcluster.PingStats
 		out  string
 	}{{"c1->c2", st12, out12}, {"c2->c1", st21, out21}} {
 		t.Logf("%s while bad records were written: %d of %d answered", s.name, s.st.Received, s.st.Sent)
@@ -169,9 +170,9 @@ func TestBadRecordsInEtcd(t *testing.T) {
 			t.Errorf("%s while bad records were written: %d of %d answered\n%s", s.name, s.st.Received, s.st.Sent, s.out)
 		}
 	}
-	for _, h := range []*Host{h1, h2} {
+	for _, h := range []*simcluster.Host{h1, h2} {
 		if pid := h.AgentPID(); pid != pids[h.Name] {
-			t.Errorf("%s agent PID %d, was %d: it exited\n%s", h.Name, pid, pids[h.Name], logTail(h.LogPath, 40))
+			t.Errorf("%s agent PID %d, was %d: it exited\n%s", h.Name, pid, pids[h.Name], simcluster.LogTail(h.LogPath, 40))
 		}
 		if _, err := h.Ctl("status"); err != nil {
 			t.Errorf("%s: status: %v", h.Name, err)
@@ -194,12 +195,12 @@ func TestBadRecordsInEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := h2.StartAgent(); err != nil {
-		t.Fatalf("%s agent does not start with bad records in etcd: %v\n%s", h2.Name, err, logTail(h2.LogPath, 40))
+		t.Fatalf("%s agent does not start with bad records in etcd: %v\n%s", h2.Name, err, simcluster.LogTail(h2.LogPath, 40))
 	}
 	if _, err := h2.Ctl("status"); err != nil {
 		t.Fatalf("restarted %s: status: %v", h2.Name, err)
 	}
-	for _, p := range [][2]*Container{{c1, c2}, {c2, c1}} {
+	for _, p := range [][2]*simcluster.Container{{c1, c2}, {c2, c1}} {
 		if err := p[0].PingUntil(p[1].IP.String(), 15*time.Second); err != nil {
 			t.Fatalf("after restarting %s: %v", h2.Name, err)
 		}
@@ -221,7 +222,7 @@ func TestBadRecordsInEtcd(t *testing.T) {
 
 // waitBadCounts waits until h's keyroute_etcd_bad_records_total moved for
 // every kind given.
-func waitBadCounts(t *testing.T, h *Host, kinds []string) {
+func waitBadCounts(t *testing.T, h *simcluster.Host, kinds []string) {
 	t.Helper()
 	var m string
 	err := simhost.WaitFor(15*time.Second, func() error {
@@ -249,7 +250,7 @@ func waitBadCounts(t *testing.T, h *Host, kinds []string) {
 
 // countLogLines counts the agent log's "skipping bad record" lines for key
 // (below /keyroute/).
-func countLogLines(t *testing.T, h *Host, key string) int {
+func countLogLines(t *testing.T, h *simcluster.Host, key string) int {
 	t.Helper()
 	b, err := os.ReadFile(h.LogPath)
 	if err != nil {
@@ -264,7 +265,7 @@ func countLogLines(t *testing.T, h *Host, key string) int {
 	return n
 }
 
-func assertNoPanic(t *testing.T, h *Host) {
+func assertNoPanic(t *testing.T, h *simcluster.Host) {
 	t.Helper()
 	b, err := os.ReadFile(h.LogPath)
 	if err != nil {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"net"
 	"net/netip"
 	"slices"
@@ -35,8 +36,8 @@ const (
 type churnTraffic struct {
 	t        *testing.T
 	tick     time.Duration
-	send     []*Container // indexes stay valid when a sender is re-attached
-	recv     []*Container // indexes stay valid when a receiver is re-attached
+	send     []*simcluster.Container // indexes stay valid when a sender is re-attached
+	recv     []*simcluster.Container // indexes stay valid when a receiver is re-attached
 	conns    []net.PacketConn
 	retired  []net.PacketConn // replaced by resend
 	started  [][]atomic.Bool  // [sender][receiver]
@@ -57,12 +58,12 @@ type churnTraffic struct {
 
 // newChurnTraffic starts the receivers' sockets and the senders, none of
 // whose pairs sends until started, every churnTick.
-func newChurnTraffic(t *testing.T, send, recv []*Container) *churnTraffic {
+func newChurnTraffic(t *testing.T, send, recv []*simcluster.Container) *churnTraffic {
 	return newTaggedTraffic(t, send, recv, churnTick)
 }
 
 // newTaggedTraffic is newChurnTraffic with another tick.
-func newTaggedTraffic(t *testing.T, send, recv []*Container, tick time.Duration) *churnTraffic {
+func newTaggedTraffic(t *testing.T, send, recv []*simcluster.Container, tick time.Duration) *churnTraffic {
 	ct := &churnTraffic{t: t, tick: tick, send: slices.Clone(send), recv: slices.Clone(recv), stop: make(chan struct{}),
 		conns: make([]net.PacketConn, len(send)), started: make([][]atomic.Bool, len(send)), paused: make([]atomic.Bool, len(send)),
 		sent: map[int32][][]int{}, got: map[int32][][]int{}, last: ct2[time.Time](len(send), len(recv)), maxGap: ct2[time.Duration](len(send), len(recv))}
@@ -90,7 +91,7 @@ func ct2[T any](n, m int) [][]T {
 }
 
 // dial opens a sending socket on s's address.
-func (ct *churnTraffic) dial(s *Container) net.PacketConn {
+func (ct *churnTraffic) dial(s *simcluster.Container) net.PacketConn {
 	var c net.PacketConn
 	if err := s.NS.Do(func() (err error) {
 		c, err = net.ListenPacket("udp4", netip.AddrPortFrom(s.IP, 0).String())
@@ -103,11 +104,11 @@ func (ct *churnTraffic) dial(s *Container) net.PacketConn {
 
 // resend replaces sender i by s, a re-attached container of the same
 // name: its datagrams leave from s's socket from now on.
-func (ct *churnTraffic) resend(s *Container) {
+func (ct *churnTraffic) resend(s *simcluster.Container) {
 	c := ct.dial(s)
 	ct.mu.Lock()
 	defer ct.mu.Unlock()
-	i := slices.IndexFunc(ct.send, func(x *Container) bool { return x.Name == s.Name })
+	i := slices.IndexFunc(ct.send, func(x *simcluster.Container) bool { return x.Name == s.Name })
 	if i < 0 {
 		c.Close()
 		ct.t.Fatalf("resend: %s is not a sender", s.Name)
@@ -160,7 +161,7 @@ func (ct *churnTraffic) sender(i int) {
 }
 
 // listen starts receiver r's socket and reader.
-func (ct *churnTraffic) listen(r *Container) {
+func (ct *churnTraffic) listen(r *simcluster.Container) {
 	ln, err := r.ListenUDP(churnPort)
 	if err != nil {
 		ct.t.Fatal(err)
@@ -196,7 +197,7 @@ func (ct *churnTraffic) listen(r *Container) {
 
 // deliver checks one datagram r received: it must name r as its receiver
 // and come from the address of the sender it names.
-func (ct *churnTraffic) deliver(r *Container, msg []byte, from netip.Addr) {
+func (ct *churnTraffic) deliver(r *simcluster.Container, msg []byte, from netip.Addr) {
 	f := bytes.Split(msg, []byte("|"))
 	ct.mu.Lock()
 	defer ct.mu.Unlock()
@@ -210,8 +211,8 @@ func (ct *churnTraffic) deliver(r *Container, msg []byte, from netip.Addr) {
 		bad("not our datagram")
 		return
 	}
-	i := slices.IndexFunc(ct.send, func(c *Container) bool { return c.Name == string(f[1]) })
-	j := slices.IndexFunc(ct.recv, func(c *Container) bool { return c.Name == string(f[2]) })
+	i := slices.IndexFunc(ct.send, func(c *simcluster.Container) bool { return c.Name == string(f[1]) })
+	j := slices.IndexFunc(ct.recv, func(c *simcluster.Container) bool { return c.Name == string(f[2]) })
 	phase, _ := strconv.Atoi(string(f[3]))
 	switch {
 	case i < 0 || j < 0:
@@ -275,7 +276,7 @@ func rwKeyMap(recs []keyalloc.Record, src, dst string) map[[2]netip.Addr]uint8 {
 // traffic runs: every receiver gets only the packets meant for it, and the
 // pairs without a key keep working over VXLAN.
 func TestRewriteChurn(t *testing.T) {
-	cl := rwCluster(t, Options{AgentConfig: rwIdle("2s")})
+	cl := rwCluster(t, simcluster.Options{AgentConfig: rwIdle("2s")})
 	st := rwEtcd(t, cl)
 	h1, h2 := cl.Host(1), cl.Host(2)
 	var sendNames, recvNames []string
@@ -370,7 +371,7 @@ func TestRewriteChurn(t *testing.T) {
 	ct.listen(r7)
 	err = simhost.WaitFor(15*time.Second, func() error {
 		for _, r := range st.records(t) {
-			if slices.ContainsFunc(quiet, func(c *Container) bool { return c.IP == r.Src }) {
+			if slices.ContainsFunc(quiet, func(c *simcluster.Container) bool { return c.IP == r.Src }) {
 				return fmt.Errorf("record of quiet pair %s->%s (key %d) still there", r.Src, r.Dst, r.Key)
 			}
 		}
@@ -437,7 +438,7 @@ func TestRewriteChurn(t *testing.T) {
 
 // rwCheckKeyAgreement compares h1's ready egress entries towards h2 with h2's
 // Restore entries from h1: the same key must name the same pair on both.
-func rwCheckKeyAgreement(t *testing.T, h1, h2 *Host) {
+func rwCheckKeyAgreement(t *testing.T, h1, h2 *simcluster.Host) {
 	t.Helper()
 	restore := map[uint8]rwFlow{}
 	for _, f := range rwFlows(t, h2, false) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ const rwEtcdOutage = 5 * time.Second
 // work over VXLAN and `keyroutectl status` says etcd is unhealthy; once
 // etcd is back a new pair reaches the fast path again.
 func TestRewriteEtcdOutage(t *testing.T) {
-	cl := rwCluster(t, Options{ExternalEtcd: true})
+	cl := rwCluster(t, simcluster.Options{ExternalEtcd: true})
 	st := rwEtcd(t, cl)
 	h1, h2 := cl.Host(1), cl.Host(2)
 	cs1 := rwAttach(t, cl, 1, "c1", "c3")
@@ -47,7 +48,7 @@ func TestRewriteEtcdOutage(t *testing.T) {
 	}
 	down := time.Now()
 	t.Cleanup(func() { // a failing test must not leave the agents without etcd for good
-		if ended, _ := cl.etcd.Exited(); ended {
+		if cl.EtcdStopped() {
 			cl.StartEtcd(context.Background())
 		}
 	})
@@ -87,7 +88,7 @@ func TestRewriteEtcdOutage(t *testing.T) {
 	}
 	if bVXLAN < 5 || aFast < 10 {
 		t.Errorf("during the outage: %d VXLAN packets of c3->c4 (want >= 5), %d rewritten of c1->c2 (want >= 10); wire %s",
-			bVXLAN, aFast, CountPaths(pkts))
+			bVXLAN, aFast, simcluster.CountPaths(pkts))
 	}
 	time.Sleep(time.Until(down.Add(rwEtcdOutage)))
 	if err := cl.StartEtcd(t.Context()); err != nil {
@@ -122,7 +123,7 @@ func TestRewriteEtcdOutage(t *testing.T) {
 		}
 	}
 	if cFast != 3 {
-		t.Errorf("new pair c3->c2 after the outage: %d of 3 echo requests rewritten with key %d; wire %s", cFast, c.Key, CountPaths(pkts))
+		t.Errorf("new pair c3->c2 after the outage: %d of 3 echo requests rewritten with key %d; wire %s", cFast, c.Key, simcluster.CountPaths(pkts))
 	}
 	if r, ok := st.record(t, c3, c4); ok {
 		t.Logf("pair B (started during the outage) now has key %d, %s", r.Key, r.State)
@@ -130,7 +131,7 @@ func TestRewriteEtcdOutage(t *testing.T) {
 		f, _ := rwFind(rwFlows(t, h1, false), "egress", c3.IP, c4.IP)
 		t.Logf("pair B (started during the outage) has no key record; h1's entry: %v", f)
 	}
-	for _, h := range []*Host{h1, h2} {
+	for _, h := range []*simcluster.Host{h1, h2} {
 		rwCheckView(t, st, h)
 	}
 }
@@ -142,7 +143,7 @@ func TestRewriteEtcdOutage(t *testing.T) {
 // through, and no sender may keep rewriting towards a key that nobody
 // restores.
 func TestRewriteEtcdOutageIdlePair(t *testing.T) {
-	cl := rwCluster(t, Options{ExternalEtcd: true, AgentConfig: rwIdle("1s")})
+	cl := rwCluster(t, simcluster.Options{ExternalEtcd: true, AgentConfig: rwIdle("1s")})
 	st := rwEtcd(t, cl)
 	h1, h2 := cl.Host(1), cl.Host(2)
 	c1 := rwAttach(t, cl, 1, "c1")[0]
@@ -164,7 +165,7 @@ func TestRewriteEtcdOutageIdlePair(t *testing.T) {
 	}
 	down := time.Now()
 	t.Cleanup(func() {
-		if ended, _ := cl.etcd.Exited(); ended {
+		if cl.EtcdStopped() {
 			cl.StartEtcd(context.Background())
 		}
 	})
@@ -187,7 +188,7 @@ func TestRewriteEtcdOutageIdlePair(t *testing.T) {
 	// Releases fail and are retried while etcd is away (a little longer
 	// than one release's deadline); the Restore entries stay meanwhile.
 	time.Sleep(6 * time.Second)
-	for _, h := range []*Host{h1, h2} {
+	for _, h := range []*simcluster.Host{h1, h2} {
 		n := 0
 		for _, f := range rwFlows(t, h, false) {
 			if f.Side == "restore" {
@@ -204,7 +205,7 @@ func TestRewriteEtcdOutageIdlePair(t *testing.T) {
 	t.Logf("etcd was down for %s; the idle pair's egress entries were gone after %s of it", time.Since(down).Round(100*time.Millisecond), idle.Round(100*time.Millisecond))
 	// Until the agents' clients reconnect, a new punt waits for etcd and
 	// the pair rides VXLAN; the question is what happens after.
-	for _, h := range []*Host{h1, h2} {
+	for _, h := range []*simcluster.Host{h1, h2} {
 		rwWaitEtcdHealthy(t, h, 30*time.Second)
 	}
 
@@ -215,7 +216,7 @@ func TestRewriteEtcdOutageIdlePair(t *testing.T) {
 	wait := rwBgPing(t, c1, c2.IP.String(), 200*time.Millisecond, 5)
 	time.Sleep(500 * time.Millisecond)
 	var b strings.Builder // the state while the pair talks, for the error
-	for _, h := range []*Host{h1, h2} {
+	for _, h := range []*simcluster.Host{h1, h2} {
 		fmt.Fprintf(&b, "%s cache entries: %v\n", h.Name, rwFlows(t, h, false))
 	}
 	for _, r := range st.records(t) {
@@ -226,7 +227,7 @@ func TestRewriteEtcdOutageIdlePair(t *testing.T) {
 	}
 	// The invariant behind it: a ready egress entry needs a Restore
 	// entry for its key on the receiver.
-	for _, pair := range [][2]*Host{{h1, h2}, {h2, h1}} {
+	for _, pair := range [][2]*simcluster.Host{{h1, h2}, {h2, h1}} {
 		restore := map[uint8]bool{}
 		for _, f := range rwFlows(t, pair[1], false) {
 			if f.Side == "restore" && f.Peer == pair[0].IP {
@@ -243,7 +244,7 @@ func TestRewriteEtcdOutageIdlePair(t *testing.T) {
 
 // rwWaitEtcdHealthy waits until `keyroutectl status` on h reports etcd
 // healthy.
-func rwWaitEtcdHealthy(t *testing.T, h *Host, timeout time.Duration) {
+func rwWaitEtcdHealthy(t *testing.T, h *simcluster.Host, timeout time.Duration) {
 	t.Helper()
 	err := simhost.WaitFor(timeout, func() error {
 		out, err := h.Ctl("status", "-o", "json")

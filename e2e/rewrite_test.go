@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"math"
 	"net"
 	"net/netip"
@@ -38,7 +39,7 @@ func rwIdle(send string) func(int, map[string]any) {
 }
 
 // rwCluster starts a rewrite-mode cluster for t.
-func rwCluster(t *testing.T, opts Options) *Cluster {
+func rwCluster(t *testing.T, opts simcluster.Options) *simcluster.Cluster {
 	t.Helper()
 	opts.Mode = "rewrite"
 	cl := testCluster(t, opts)
@@ -54,7 +55,7 @@ const rwProbePort = "9477"
 
 // rwWaitDSCPPaths waits until every agent has checked its DSCP paths to
 // its peers, so pairs use keys from their first punt.
-func rwWaitDSCPPaths(t *testing.T, cl *Cluster, timeout time.Duration) {
+func rwWaitDSCPPaths(t *testing.T, cl *simcluster.Cluster, timeout time.Duration) {
 	t.Helper()
 	err := simhost.WaitFor(timeout, func() error {
 		for _, h := range cl.Hosts() {
@@ -76,9 +77,9 @@ func rwWaitDSCPPaths(t *testing.T, cl *Cluster, timeout time.Duration) {
 }
 
 // rwAttach attaches containers by host index and name.
-func rwAttach(t *testing.T, cl *Cluster, host int, names ...string) []*Container {
+func rwAttach(t *testing.T, cl *simcluster.Cluster, host int, names ...string) []*simcluster.Container {
 	t.Helper()
-	var cs []*Container
+	var cs []*simcluster.Container
 	for _, n := range names {
 		c, err := cl.Attach(host, n, "")
 		if err != nil {
@@ -99,7 +100,7 @@ type rwStore struct {
 }
 
 // etcdClientT is cl.EtcdClient for a test: closed when the test ends.
-func etcdClientT(t testing.TB, cl *Cluster) *clientv3.Client {
+func etcdClientT(t testing.TB, cl *simcluster.Cluster) *clientv3.Client {
 	t.Helper()
 	cli, err := cl.EtcdClient()
 	if err != nil {
@@ -109,7 +110,7 @@ func etcdClientT(t testing.TB, cl *Cluster) *clientv3.Client {
 	return cli
 }
 
-func rwEtcd(t *testing.T, cl *Cluster) *rwStore {
+func rwEtcd(t *testing.T, cl *simcluster.Cluster) *rwStore {
 	t.Helper()
 	cli := etcdClientT(t, cl)
 	return &rwStore{alloc: keyalloc.New(cli, "/keyroute/", keyalloc.KeySet{}), cli: cli}
@@ -141,7 +142,7 @@ func (s *rwStore) pairIndex(t *testing.T) int64 {
 }
 
 // record returns the record of src→dst, if any.
-func (s *rwStore) record(t *testing.T, src, dst *Container) (keyalloc.Record, bool) {
+func (s *rwStore) record(t *testing.T, src, dst *simcluster.Container) (keyalloc.Record, bool) {
 	t.Helper()
 	for _, r := range s.records(t) {
 		if r.SrcHost == src.Host.Name && r.DstHost == dst.Host.Name && r.Src == src.IP && r.Dst == dst.IP {
@@ -234,7 +235,7 @@ func rwParseFlows(dump string) []rwFlow {
 
 // rwFlows dumps h's cache entries. With fresh, it first waits for the
 // revalidators to push the datapath's packet counts to the flows.
-func rwFlows(t *testing.T, h *Host, fresh bool) []rwFlow {
+func rwFlows(t *testing.T, h *simcluster.Host, fresh bool) []rwFlow {
 	t.Helper()
 	if fresh {
 		if _, err := h.OVS.Appctl("revalidator/wait"); err != nil {
@@ -286,7 +287,7 @@ type rwCacheEntry struct {
 
 // rwCtl runs `keyroutectl <cmd> -o json` on h and decodes it into out. It
 // returns false if this keyroutectl has no such command yet.
-func rwCtl(t *testing.T, h *Host, cmd string, out any) bool {
+func rwCtl(t *testing.T, h *simcluster.Host, cmd string, out any) bool {
 	t.Helper()
 	s, err := h.Ctl(cmd, "-o", "json")
 	if err != nil && strings.Contains(err.Error(), "unknown command") {
@@ -306,7 +307,7 @@ func rwCtl(t *testing.T, h *Host, cmd string, out any) bool {
 
 // rwBgPing runs ping from c in the background; wait returns its statistics
 // and output.
-func rwBgPing(t *testing.T, c *Container, dst string, interval time.Duration, count int) (wait func() (pingStats, string)) {
+func rwBgPing(t *testing.T, c *simcluster.Container, dst string, interval time.Duration, count int) (wait func() (simcluster.PingStats, string)) {
 	t.Helper()
 	d := time.Duration(count)*interval + 30*time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -321,10 +322,10 @@ func rwBgPing(t *testing.T, c *Container, dst string, interval time.Duration, co
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return func() (pingStats, string) {
+	return func() (simcluster.PingStats, string) {
 		<-done
 		cancel()
-		st, err := parsePing(out.String())
+		st, err := simcluster.ParsePing(out.String())
 		if err != nil {
 			t.Fatalf("ping from %s: %v", c.Name, err)
 		}
@@ -462,7 +463,7 @@ func (h rwHist) quantile(q float64) float64 {
 	return h.le[len(h.le)-1]
 }
 
-func rwMetrics(t *testing.T, h *Host) string {
+func rwMetrics(t *testing.T, h *simcluster.Host) string {
 	t.Helper()
 	m, err := h.Metrics()
 	if err != nil {
@@ -476,7 +477,7 @@ func rwMetrics(t *testing.T, h *Host) string {
 // rwWaitFast waits until src→dst is on the fast path: its etcd record is
 // ready and src's host has a ready EgressCache entry with that key. The
 // pair's traffic must have started (a punt starts the bootstrap).
-func rwWaitFast(t *testing.T, st *rwStore, src, dst *Container, timeout time.Duration) keyalloc.Record {
+func rwWaitFast(t *testing.T, st *rwStore, src, dst *simcluster.Container, timeout time.Duration) keyalloc.Record {
 	t.Helper()
 	var rec keyalloc.Record
 	err := simhost.WaitFor(timeout, func() error {
@@ -501,8 +502,8 @@ func rwWaitFast(t *testing.T, st *rwStore, src, dst *Container, timeout time.Dur
 }
 
 // pktsBetween keeps the packets between two hosts' underlay IPs.
-func rwBetween(pkts []CapturedPacket, src, dst netip.Addr) []CapturedPacket {
-	var out []CapturedPacket
+func rwBetween(pkts []simcluster.CapturedPacket, src, dst netip.Addr) []simcluster.CapturedPacket {
+	var out []simcluster.CapturedPacket
 	for _, p := range pkts {
 		if p.Src == src && p.Dst == dst {
 			out = append(out, p)
@@ -513,7 +514,7 @@ func rwBetween(pkts []CapturedPacket, src, dst netip.Addr) []CapturedPacket {
 
 // rwIsPair reports whether p carries a c1→c2 packet: inside VXLAN, or
 // rewritten with key.
-func rwIsPair(p CapturedPacket, src, dst *Container, key uint8) bool {
+func rwIsPair(p simcluster.CapturedPacket, src, dst *simcluster.Container, key uint8) bool {
 	switch {
 	case p.VXLAN:
 		return p.Inner != nil && p.Inner.Src == src.IP && p.Inner.Dst == dst.IP
@@ -522,7 +523,7 @@ func rwIsPair(p CapturedPacket, src, dst *Container, key uint8) bool {
 	}
 }
 
-func rwDump(pkts []CapturedPacket) string {
+func rwDump(pkts []simcluster.CapturedPacket) string {
 	var b strings.Builder
 	for _, p := range pkts {
 		fmt.Fprintf(&b, "  %s %s\n", p.Time.Format("15:04:05.000"), p)
@@ -538,7 +539,7 @@ func rwDump(pkts []CapturedPacket) string {
 // through VXLAN; TCP, UDP, ICMP and fragmented UDP all arrive intact, with
 // c1's address and DSCP 0 as c2 sees them.
 func TestRewriteFastPath(t *testing.T) {
-	cl := rwCluster(t, Options{})
+	cl := rwCluster(t, simcluster.Options{})
 	st := rwEtcd(t, cl)
 	h1, h2 := cl.Host(1), cl.Host(2)
 	c1 := rwAttach(t, cl, 1, "c1")[0]
@@ -626,7 +627,7 @@ func TestRewriteFastPath(t *testing.T) {
 
 	// The wire: the pair's first packets were VXLAN, every later one is
 	// rewritten; rewritten packets carry the hosts' addresses and the key.
-	var pair []CapturedPacket
+	var pair []simcluster.CapturedPacket
 	for _, p := range pkts {
 		if rwIsPair(p, c1, c2, key) {
 			pair = append(pair, p)
@@ -635,7 +636,7 @@ func TestRewriteFastPath(t *testing.T) {
 	if len(pair) == 0 || !pair[0].VXLAN {
 		t.Fatalf("c1->c2's first packet on the wire is not VXLAN:\n%s", rwDump(pkts))
 	}
-	firstFast := slices.IndexFunc(pair, func(p CapturedPacket) bool { return !p.VXLAN })
+	firstFast := slices.IndexFunc(pair, func(p simcluster.CapturedPacket) bool { return !p.VXLAN })
 	if firstFast < 0 {
 		t.Fatalf("c1->c2 never left VXLAN:\n%s", rwDump(pkts))
 	}
@@ -681,7 +682,7 @@ func TestRewriteFastPath(t *testing.T) {
 			t.Errorf("a container address on the wire outside VXLAN: %s", p)
 		}
 	}
-	t.Logf("wire: %s; c1->c2 VXLAN for %d packets then rewritten with key %d", CountPaths(pkts), firstFast, key)
+	t.Logf("wire: %s; c1->c2 VXLAN for %d packets then rewritten with key %d", simcluster.CountPaths(pkts), firstFast, key)
 
 	// Inside c2: every packet from c1 has c1's address and DSCP 0.
 	var fromC1 int
@@ -718,7 +719,7 @@ func TestRewriteFastPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc := CountPaths(tcpPkts)
+	pc := simcluster.CountPaths(tcpPkts)
 	if pc.VXLAN != 0 || pc.Plain != 0 || pc.Rewrite != len(tcpPkts) || !slices.Contains(pc.Keys, key) {
 		t.Errorf("iperf3 c1->c2 on the wire: %s; want every packet rewritten, c1->c2 with key %d", pc, key)
 	}
@@ -747,7 +748,7 @@ func TestRewriteFastPath(t *testing.T) {
 // protocol v2); new traffic bootstraps the pair again from VXLAN.
 func TestRewriteExpiry(t *testing.T) {
 	const sendIdle, quarantine = 2 * time.Second, time.Second
-	cl := rwCluster(t, Options{AgentConfig: rwIdle("2s")})
+	cl := rwCluster(t, simcluster.Options{AgentConfig: rwIdle("2s")})
 	st := rwEtcd(t, cl)
 	h1, h2 := cl.Host(1), cl.Host(2)
 	c1 := rwAttach(t, cl, 1, "c1")[0]
@@ -812,7 +813,7 @@ func TestRewriteExpiry(t *testing.T) {
 	// and the agents' own view.
 	err = simhost.WaitFor(5*time.Second, func() error {
 		var left []string
-		for _, h := range []*Host{h1, h2} {
+		for _, h := range []*simcluster.Host{h1, h2} {
 			for _, f := range rwFlows(t, h, false) {
 				left = append(left, h.Name+": "+f.String())
 			}
@@ -833,7 +834,7 @@ func TestRewriteExpiry(t *testing.T) {
 	}
 	// The agents' views follow: a key being released shows until its
 	// release returns.
-	for _, h := range []*Host{h1, h2} {
+	for _, h := range []*simcluster.Host{h1, h2} {
 		err := simhost.WaitFor(5*time.Second, func() error {
 			var keys []rwKey
 			var cache []rwCacheEntry
@@ -871,7 +872,7 @@ func TestRewriteExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pair []CapturedPacket
+	var pair []simcluster.CapturedPacket
 	for _, p := range pkts {
 		if rwIsPair(p, c1, c2, fwd.Key) {
 			pair = append(pair, p)
@@ -880,7 +881,7 @@ func TestRewriteExpiry(t *testing.T) {
 	if len(pair) == 0 || !pair[0].VXLAN || pair[len(pair)-1].VXLAN {
 		t.Errorf("c1->c2 after expiry: want VXLAN first, rewritten with key %d last:\n%s", fwd.Key, rwDump(pkts))
 	}
-	t.Logf("re-bootstrap of c1->c2: key %d before expiry, %d now (c2->c1 had %d); wire %s", oldKey, fwd.Key, back.Key, CountPaths(pkts))
+	t.Logf("re-bootstrap of c1->c2: key %d before expiry, %d now (c2->c1 had %d); wire %s", oldKey, fwd.Key, back.Key, simcluster.CountPaths(pkts))
 }
 
 // ===================================================================
@@ -890,7 +891,7 @@ func TestRewriteExpiry(t *testing.T) {
 // in h1's host namespace and a container on h1 send to h2's IP with the DSCP
 // of a live key, and none of it is restored towards c2.
 func TestRewriteForgery(t *testing.T) {
-	cl := rwCluster(t, Options{})
+	cl := rwCluster(t, simcluster.Options{})
 	st := rwEtcd(t, cl)
 	h1, h2 := cl.Host(1), cl.Host(2)
 	cs := rwAttach(t, cl, 1, "c1", "evil")
@@ -948,7 +949,7 @@ func TestRewriteForgery(t *testing.T) {
 	forge := func(ns *simhost.NetNS, who string) {
 		t.Helper()
 		out, err := ns.Exec("ping", "-n", "-c", "5", "-i", "0.05", "-W", "1", "-Q", strconv.Itoa(tos), h2.IP.String())
-		if st, perr := parsePing(out); perr != nil || st.Received != 5 {
+		if st, perr := simcluster.ParsePing(out); perr != nil || st.Received != 5 {
 			t.Errorf("ping -Q %d from %s to h2's IP: %v %v\n%s", tos, who, err, perr, out)
 		}
 		var c net.PacketConn
@@ -1035,7 +1036,7 @@ func TestRewriteForgery(t *testing.T) {
 // its key, and the restarted agent's view matches etcd and OVS.
 func TestRewriteAgentRestart(t *testing.T) {
 	// External etcd, so that restarting h1 does not restart etcd too.
-	cl := rwCluster(t, Options{ExternalEtcd: true})
+	cl := rwCluster(t, simcluster.Options{ExternalEtcd: true})
 	st := rwEtcd(t, cl)
 	c1 := rwAttach(t, cl, 1, "c1")[0]
 	c2 := rwAttach(t, cl, 2, "c2")[0]
@@ -1048,7 +1049,7 @@ func TestRewriteAgentRestart(t *testing.T) {
 	fwd := rwWaitFast(t, st, c1, c2, 5*time.Second)
 	back := rwWaitFast(t, st, c2, c1, 5*time.Second)
 
-	for _, h := range []*Host{cl.Host(2), cl.Host(1)} {
+	for _, h := range []*simcluster.Host{cl.Host(2), cl.Host(1)} {
 		const count = 400 // 4 s at 10 ms
 		wait := rwBgPing(t, c1, c2.IP.String(), 10*time.Millisecond, count)
 		time.Sleep(time.Second) // the restart lands mid-stream
@@ -1069,7 +1070,7 @@ func TestRewriteAgentRestart(t *testing.T) {
 		// Still the same fast path: same records, same keys, on the wire.
 		for _, p := range []struct {
 			rec      keyalloc.Record
-			src, dst *Container
+			src, dst *simcluster.Container
 		}{{fwd, c1, c2}, {back, c2, c1}} {
 			r, ok := st.record(t, p.src, p.dst)
 			if !ok || r.CreateRevision != p.rec.CreateRevision || r.State != keyalloc.StateReady {
@@ -1080,7 +1081,7 @@ func TestRewriteAgentRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if pc := CountPaths(pkts); pc.VXLAN != 0 || pc.Rewrite != 6 || !slices.Equal(pc.Keys, rwSortedKeys(fwd.Key, back.Key)) {
+		if pc := simcluster.CountPaths(pkts); pc.VXLAN != 0 || pc.Rewrite != 6 || !slices.Equal(pc.Keys, rwSortedKeys(fwd.Key, back.Key)) {
 			t.Errorf("after restarting %s: 3 pings on the wire: %s; want 6 rewritten with keys %d and %d", h.Name, pc, fwd.Key, back.Key)
 		}
 		rwCheckView(t, st, h)
@@ -1095,7 +1096,7 @@ func rwSortedKeys(ks ...uint8) []uint8 {
 
 // rwCheckView compares h's agent (keyroutectl keys and cache) with etcd
 // and with the flows in OVS.
-func rwCheckView(t *testing.T, st *rwStore, h *Host) {
+func rwCheckView(t *testing.T, st *rwStore, h *simcluster.Host) {
 	t.Helper()
 	type rec struct {
 		srcHost, dstHost string

@@ -15,6 +15,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"maps"
 	"net"
 	"net/netip"
@@ -62,7 +63,7 @@ func paced(d time.Duration, cond func() error) func() error {
 // v2Env is what a v2 test polls: its cluster and etcd.
 type v2Env struct {
 	t  *testing.T
-	cl *Cluster
+	cl *simcluster.Cluster
 	st *rwStore
 }
 
@@ -115,7 +116,7 @@ func (e *v2Env) dump() {
 // rwFastErr says why src→dst is not on the fast path (nil if it is): its
 // etcd record is ready and src's host has a ready EgressCache entry with
 // its key.
-func rwFastErr(t *testing.T, st *rwStore, src, dst *Container) (keyalloc.Record, error) {
+func rwFastErr(t *testing.T, st *rwStore, src, dst *simcluster.Container) (keyalloc.Record, error) {
 	t.Helper()
 	r, ok := st.record(t, src, dst)
 	if !ok {
@@ -132,14 +133,14 @@ func rwFastErr(t *testing.T, st *rwStore, src, dst *Container) (keyalloc.Record,
 }
 
 // rwEgress returns src's host's EgressCache entry for src→dst.
-func rwEgress(t *testing.T, src, dst *Container) (rwFlow, bool) {
+func rwEgress(t *testing.T, src, dst *simcluster.Container) (rwFlow, bool) {
 	t.Helper()
 	return rwFind(rwFlows(t, src.Host, false), "egress", src.IP, dst.IP)
 }
 
 // v2Fallback waits until src→dst has a fallback EgressCache entry and no
 // key record.
-func (e *v2Env) fallback(src, dst *Container, bound time.Duration) {
+func (e *v2Env) fallback(src, dst *simcluster.Container, bound time.Duration) {
 	e.t.Helper()
 	t, st := e.t, e.st
 	e.within(fmt.Sprintf("%s->%s on its fallback entry (keys exhausted)", src.Name, dst.Name), time.Now(), bound, func() error {
@@ -171,7 +172,7 @@ func v2Delivering(t *testing.T, ct *churnTraffic, i, j, n int, bound time.Durati
 
 // v2Traffic is newTaggedTraffic at v2Tick; a test that fails before
 // v2Report still logs the misdeliveries found until then.
-func v2Traffic(t *testing.T, send, recv []*Container) *churnTraffic {
+func v2Traffic(t *testing.T, send, recv []*simcluster.Container) *churnTraffic {
 	t.Helper()
 	ct := newTaggedTraffic(t, send, recv, v2Tick)
 	t.Cleanup(func() {
@@ -209,7 +210,7 @@ func v2Report(t *testing.T, ct *churnTraffic) {
 // v2Wire captures h1's fabric port until pair (i, j) of ct has delivered
 // n more datagrams and returns the packets of src→dst (UDP to churnPort
 // rewritten between the hosts, or VXLAN whose inner packet is src→dst).
-func v2Wire(t *testing.T, cl *Cluster, ct *churnTraffic, i, j, n int) (rewritten, vxlan []CapturedPacket) {
+func v2Wire(t *testing.T, cl *simcluster.Cluster, ct *churnTraffic, i, j, n int) (rewritten, vxlan []simcluster.CapturedPacket) {
 	t.Helper()
 	src, dst := ct.send[i], ct.recv[j]
 	pkts, err := cl.CaptureDuring(cl.Fabric, src.Host.Name, fmt.Sprintf("udp port %d or udp port %d", churnPort, cl.VXLANPort), func() error {
@@ -254,14 +255,14 @@ func TestRewriteV2KeyReuse(t *testing.T) {
 	// From a sender's last datagram to its key's release: send_idle, the
 	// FLOW_REMOVED, the quarantine, the etcd delete; plus 4 s of slack.
 	const releaseBound = v2SendIdle + v2Quarantine + 4*time.Second
-	cl := rwCluster(t, Options{AgentConfig: rwCache(map[string]any{"keys": "7", "send_idle": "2s", "quarantine": "1s"})})
+	cl := rwCluster(t, simcluster.Options{AgentConfig: rwCache(map[string]any{"keys": "7", "send_idle": "2s", "quarantine": "1s"})})
 	st := rwEtcd(t, cl)
 	e := &v2Env{t, cl, st}
 	h1, h2 := cl.Host(1), cl.Host(2)
 	on1 := rwAttach(t, cl, 1, "c1", "c3")
 	on2 := rwAttach(t, cl, 2, "c2", "c4")
 	c1, c3, c2, c4 := on1[0], on1[1], on2[0], on2[1]
-	ct := v2Traffic(t, []*Container{c1, c3}, []*Container{c2, c4})
+	ct := v2Traffic(t, []*simcluster.Container{c1, c3}, []*simcluster.Container{c2, c4})
 	const a, b = 0, 1 // sender/receiver indexes of A (c1->c2) and B (c3->c4)
 
 	ct.phase.Store(1)
@@ -297,7 +298,7 @@ func TestRewriteV2KeyReuse(t *testing.T) {
 		t.Errorf("A's record is still in etcd after B took its key")
 	}
 	rw, vx := v2Wire(t, cl, ct, b, b, 20)
-	t.Logf("round 1 wire, B: %d rewritten (%s), %d VXLAN", len(rw), CountPaths(rw), len(vx))
+	t.Logf("round 1 wire, B: %d rewritten (%s), %d VXLAN", len(rw), simcluster.CountPaths(rw), len(vx))
 	if len(rw) < 10 || len(vx) != 0 {
 		t.Errorf("B on the wire after taking the key: %d rewritten, %d VXLAN; want >= 10 rewritten and no VXLAN:\n%s", len(rw), len(vx), rwDump(append(rw, vx...)))
 	}
@@ -396,7 +397,7 @@ func TestRewriteV2OVSRestart(t *testing.T) {
 	// second or two; then the agent's reconnect (backoff up to a few s)
 	// and replay, and anti-entropy right after it.
 	const ovsRestartBound = 20 * time.Second
-	cl := rwCluster(t, Options{AgentConfig: rwCache(map[string]any{"keys": "7", "send_idle": "2s", "quarantine": "1s"})})
+	cl := rwCluster(t, simcluster.Options{AgentConfig: rwCache(map[string]any{"keys": "7", "send_idle": "2s", "quarantine": "1s"})})
 	st := rwEtcd(t, cl)
 	e := &v2Env{t, cl, st}
 	h1, h2 := cl.Host(1), cl.Host(2)
@@ -404,7 +405,7 @@ func TestRewriteV2OVSRestart(t *testing.T) {
 	on2 := rwAttach(t, cl, 2, "c2", "c4")
 	c1, c3, c2, c4 := on1[0], on1[1], on2[0], on2[1]
 	// Senders c1, c2, c3; receivers c2, c1, c4.
-	ct := v2Traffic(t, []*Container{c1, c2, c3}, []*Container{c2, c1, c4})
+	ct := v2Traffic(t, []*simcluster.Container{c1, c2, c3}, []*simcluster.Container{c2, c1, c4})
 	ct.phase.Store(1)
 	ct.started[0][0].Store(true) // A
 	ct.started[1][1].Store(true) // R
@@ -454,7 +455,7 @@ func TestRewriteV2OVSRestart(t *testing.T) {
 	for _, p := range []struct {
 		name     string
 		rec      keyalloc.Record
-		src, dst *Container
+		src, dst *simcluster.Container
 	}{{"A", recA, c1, c2}, {"R", recR, c2, c1}} {
 		r, _ := st.record(t, p.src, p.dst)
 		t.Logf("%s after the restart: key %d, create revision %d (before: key %d, revision %d; same record: %v)",
@@ -478,7 +479,7 @@ var v2ReplayRE = regexp.MustCompile(`msg="replayed desired flows" switch=\S*/([a
 
 // v2Replays returns how many flows each of the agent's replays onto
 // bridge added, from its log (controller/desired.go), oldest first.
-func v2Replays(t *testing.T, h *Host, bridge string) []int {
+func v2Replays(t *testing.T, h *simcluster.Host, bridge string) []int {
 	t.Helper()
 	b, err := os.ReadFile(h.LogPath)
 	if err != nil {
@@ -511,14 +512,14 @@ func TestRewriteV2FlowRemovedLost(t *testing.T) {
 	// From the agent being ready to A on the fast path: the release, then
 	// A's next punt, allocation, h2's install and mark.
 	const fastBound = releaseBound + 6*time.Second
-	cl := rwCluster(t, Options{ExternalEtcd: true, AgentConfig: rwCache(map[string]any{"keys": "7,8", "send_idle": "2s", "quarantine": "1s"})})
+	cl := rwCluster(t, simcluster.Options{ExternalEtcd: true, AgentConfig: rwCache(map[string]any{"keys": "7,8", "send_idle": "2s", "quarantine": "1s"})})
 	st := rwEtcd(t, cl)
 	e := &v2Env{t, cl, st}
 	h1, h2 := cl.Host(1), cl.Host(2)
 	on1 := rwAttach(t, cl, 1, "c1", "c3")
 	on2 := rwAttach(t, cl, 2, "c2", "c4")
 	c1, c3, c2, c4 := on1[0], on1[1], on2[0], on2[1]
-	ct := v2Traffic(t, []*Container{c1, c3}, []*Container{c2, c4})
+	ct := v2Traffic(t, []*simcluster.Container{c1, c3}, []*simcluster.Container{c2, c4})
 	const a, b = 0, 1
 	ct.phase.Store(1)
 	ct.started[a][a].Store(true)
@@ -603,13 +604,13 @@ func TestRewriteV2KeyLeak(t *testing.T) {
 	// send_idle well above pending_timeout: the unused addresses' pending
 	// entries must be given up by the timeout, not by idling out first
 	// (either frees the key; only the timeout counts not_ready).
-	cl := rwCluster(t, Options{AgentConfig: rwCache(map[string]any{"keys": "7,8", "send_idle": "4s", "quarantine": "1s", "pending_timeout": "2s"})})
+	cl := rwCluster(t, simcluster.Options{AgentConfig: rwCache(map[string]any{"keys": "7,8", "send_idle": "4s", "quarantine": "1s", "pending_timeout": "2s"})})
 	st := rwEtcd(t, cl)
 	e := &v2Env{t, cl, st}
 	h1, h2 := cl.Host(1), cl.Host(2)
 	c1 := rwAttach(t, cl, 1, "c1")[0]
 	c2 := rwAttach(t, cl, 2, "c2")[0]
-	ct := v2Traffic(t, []*Container{c1}, []*Container{c2})
+	ct := v2Traffic(t, []*simcluster.Container{c1}, []*simcluster.Container{c2})
 
 	// Ten unused addresses in c2's /24 (h2's pod subnet), high enough to
 	// be clear of the containers and the gateway.

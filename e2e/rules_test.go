@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -30,15 +31,15 @@ const propagation = time.Second
 
 type rulesEnv struct {
 	t    *testing.T
-	cl   *Cluster
+	cl   *simcluster.Cluster
 	mode string
-	c    map[string]*Container
+	c    map[string]*simcluster.Container
 }
 
 func newRulesEnv(t *testing.T, mode string) *rulesEnv {
 	t.Helper()
-	cl := testCluster(t, Options{Mode: mode})
-	e := &rulesEnv{t: t, cl: cl, mode: mode, c: map[string]*Container{}}
+	cl := testCluster(t, simcluster.Options{Mode: mode})
+	e := &rulesEnv{t: t, cl: cl, mode: mode, c: map[string]*simcluster.Container{}}
 	for _, a := range []struct {
 		host int
 		name string
@@ -76,7 +77,7 @@ var streamSeq struct {
 	n uint64
 }
 
-func startStream(t *testing.T, src, dst *Container, port int) *stream {
+func startStream(t *testing.T, src, dst *simcluster.Container, port int) *stream {
 	t.Helper()
 	ln, err := dst.ListenUDP(port)
 	if err != nil {
@@ -187,7 +188,7 @@ func (s *stream) waitArrivals(t *testing.T, after time.Time, timeout time.Durati
 
 // probe sends 10 tagged packets on a fresh pair and reports how many
 // arrived.
-func probe(t *testing.T, src, dst *Container, port int) int {
+func probe(t *testing.T, src, dst *simcluster.Container, port int) int {
 	t.Helper()
 	s := startStream(t, src, dst, port)
 	time.Sleep(40 * time.Millisecond)
@@ -199,7 +200,7 @@ func probe(t *testing.T, src, dst *Container, port int) int {
 
 // waitFastPath waits until src's host has a ready EgressCache entry for
 // the pair (rewrite mode); a no-op in tunnel mode.
-func (e *rulesEnv) waitFastPath(src, dst *Container) {
+func (e *rulesEnv) waitFastPath(src, dst *simcluster.Container) {
 	e.t.Helper()
 	if e.mode != "rewrite" {
 		return
@@ -349,9 +350,9 @@ func TestRules(t *testing.T) {
 func (e *rulesEnv) runICMP() {
 	t := e.t
 	c := e.c
-	received := func(src, dst *Container) int {
+	received := func(src, dst *simcluster.Container) int {
 		out, _ := src.Exec("ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", dst.IP.String())
-		st, err := parsePing(out)
+		st, err := simcluster.ParsePing(out)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -532,7 +533,7 @@ func (e *rulesEnv) runRateLimit(dir, local string, enforcer int) {
 
 // waitFastPathTCP warms the pair with a ping so that (in rewrite mode)
 // iperf3 runs on the fast path from its first byte.
-func (e *rulesEnv) waitFastPathTCP(src, dst *Container) {
+func (e *rulesEnv) waitFastPathTCP(src, dst *simcluster.Container) {
 	e.t.Helper()
 	if err := src.PingUntil(dst.IP.String(), 10*time.Second); err != nil {
 		e.t.Fatal(err)
@@ -643,10 +644,10 @@ func (e *rulesEnv) runBadRules() {
 		"raw-badport": `{"id":"raw-badport","direction":"egress","local":{},"remote":{},"protocol":"udp","ports":"0-5","action":"deny"}`,
 	}
 	for k, v := range raw {
-		if _, err := cli.Put(ctx, ruleKeys.Key(k), v); err != nil {
+		if _, err := cli.Put(ctx, simcluster.RuleKeys.Key(k), v); err != nil {
 			t.Fatal(err)
 		}
-		defer cli.Delete(context.Background(), ruleKeys.Key(k))
+		defer cli.Delete(context.Background(), simcluster.RuleKeys.Key(k))
 	}
 	for _, h := range e.cl.Hosts() {
 		err := simhost.WaitFor(5*time.Second, func() error {

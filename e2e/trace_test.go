@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -50,16 +51,16 @@ func traceModel() *fabric.Model {
 
 type traceEnv struct {
 	t      *testing.T
-	cl     *Cluster
-	fab    *OVSFabric
-	c1, c2 *Container // h1, h2: the fast-path pair
-	c3     *Container // h1: same host as c1
-	c4     *Container // h2: never talked to, so c1 -> c4 is VXLAN
+	cl     *simcluster.Cluster
+	fab    *simcluster.OVSFabric
+	c1, c2 *simcluster.Container // h1, h2: the fast-path pair
+	c3     *simcluster.Container // h1: same host as c1
+	c4     *simcluster.Container // h2: never talked to, so c1 -> c4 is VXLAN
 }
 
 func newTraceEnv(t *testing.T) *traceEnv {
-	fab := &OVSFabric{Model: traceModel()}
-	cl := testCluster(t, Options{Mode: "rewrite", OVSFabric: fab, AgentConfig: func(_ int, cfg map[string]any) {
+	fab := &simcluster.OVSFabric{Model: traceModel()}
+	cl := testCluster(t, simcluster.Options{Mode: "rewrite", OVSFabric: fab, AgentConfig: func(_ int, cfg map[string]any) {
 		// Long idle timeouts: the warm fast path must outlive the test's
 		// pauses.
 		cfg["cache"] = map[string]any{"send_idle": "60s"}
@@ -67,7 +68,7 @@ func newTraceEnv(t *testing.T) *traceEnv {
 	e := &traceEnv{t: t, cl: cl, fab: fab}
 	var err error
 	for _, a := range []struct {
-		c    **Container
+		c    **simcluster.Container
 		host int
 		name string
 	}{{&e.c1, 1, "c1"}, {&e.c2, 2, "c2"}, {&e.c3, 1, "c3"}, {&e.c4, 2, "c4"}} {
@@ -384,19 +385,19 @@ func TestOVSFabricBadModel(t *testing.T) {
 	testenv.Require(t, "ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ip")
 	for _, c := range []struct {
 		name string
-		edit func(*Options)
+		edit func(*simcluster.Options)
 		want string
 	}{
-		{"host names", func(o *Options) { o.OVSFabric.Model.Hosts[1].Name = "web" }, "want h2/198.18.0.2"},
-		{"host count", func(o *Options) { o.Hosts = 3 }, "model has 2 hosts, cluster 3"},
-		{"external etcd", func(o *Options) { o.ExternalEtcd = true }, "ExternalEtcd"},
-		{"crc32", func(o *Options) {
+		{"host names", func(o *simcluster.Options) { o.OVSFabric.Model.Hosts[1].Name = "web" }, "want h2/198.18.0.2"},
+		{"host count", func(o *simcluster.Options) { o.Hosts = 3 }, "model has 2 hosts, cluster 3"},
+		{"external etcd", func(o *simcluster.Options) { o.ExternalEtcd = true }, "ExternalEtcd"},
+		{"crc32", func(o *simcluster.Options) {
 			o.OVSFabric.Model.Devices[0].ECMP = &fabric.Policy{Function: fabric.FuncCRC32, Fields: []string{"sip"}}
 		}, "xor"},
 	} {
-		o := Options{NoAgents: true, OVSFabric: &OVSFabric{Model: traceModel()}, Logger: testLogger(t)}
+		o := simcluster.Options{NoAgents: true, OVSFabric: &simcluster.OVSFabric{Model: traceModel()}, Logger: simcluster.TestLogger(t)}
 		c.edit(&o)
-		cl, err := NewCluster(context.Background(), o)
+		cl, err := simcluster.NewCluster(context.Background(), o)
 		if err == nil {
 			cl.Close()
 			t.Errorf("%s: no error", c.name)

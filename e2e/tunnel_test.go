@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/keyroute/keyroute/simcluster"
 	"io"
 	"net"
 	"net/netip"
@@ -35,9 +36,9 @@ var podCIDR = netip.MustParsePrefix("198.19.0.0/16")
 
 func TestTunnel(t *testing.T) {
 	start := time.Now()
-	cl := testCluster(t, Options{Hosts: 2, Mode: "tunnel"})
+	cl := testCluster(t, simcluster.Options{Hosts: 2, Mode: "tunnel"})
 	h1, h2 := cl.Host(1), cl.Host(2)
-	var cs []*Container
+	var cs []*simcluster.Container
 	for _, c := range []struct {
 		host int
 		name string
@@ -208,7 +209,7 @@ func TestTunnel(t *testing.T) {
 		const n = 5
 		// etcd between the agents keeps talking; it is not ours to judge.
 		filter := "not tcp port 2379"
-		pkts, err := cl.CaptureDuring(cl.Fabric, FabricBridge, filter, func() error { return a1.Ping(b1.IP.String(), n) })
+		pkts, err := cl.CaptureDuring(cl.Fabric, simcluster.FabricBridge, filter, func() error { return a1.Ping(b1.IP.String(), n) })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,11 +234,11 @@ func TestTunnel(t *testing.T) {
 			}
 		}
 		if requests != n || replies != n {
-			t.Errorf("fabric saw %d echo requests h1->h2 and %d replies in VXLAN, want %d each; %s", requests, replies, n, CountPaths(pkts))
+			t.Errorf("fabric saw %d echo requests h1->h2 and %d replies in VXLAN, want %d each; %s", requests, replies, n, simcluster.CountPaths(pkts))
 		}
 
-		for _, pair := range [][2]*Container{{a1, a2}, {b2, b1}} {
-			pkts, err := cl.CaptureDuring(cl.Fabric, FabricBridge, filter, func() error { return pair[0].Ping(pair[1].IP.String(), n) })
+		for _, pair := range [][2]*simcluster.Container{{a1, a2}, {b2, b1}} {
+			pkts, err := cl.CaptureDuring(cl.Fabric, simcluster.FabricBridge, filter, func() error { return pair[0].Ping(pair[1].IP.String(), n) })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -282,7 +283,7 @@ func TestTunnel(t *testing.T) {
 // testSpoofGuard: a2 sends with another container's IP, then with another
 // container's MAC. The packets provably leave a2 (captured on its host-side
 // port) but neither target sees one, and SpoofGuard's drop counts them.
-func testSpoofGuard(t *testing.T, cl *Cluster, a1, a2, b1, b2 *Container) {
+func testSpoofGuard(t *testing.T, cl *simcluster.Cluster, a1, a2, b1, b2 *simcluster.Container) {
 	h1 := a2.Host
 	gw := gatewayOf(t, h1)
 	t.Cleanup(func() { a2.Exec("ip", "neigh", "del", gw.String(), "dev", "eth0") })
@@ -323,8 +324,8 @@ func testSpoofGuard(t *testing.T, cl *Cluster, a1, a2, b1, b2 *Container) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var seen []*Capture
-			for _, target := range []*Container{b1, a1} {
+			var seen []*simcluster.Capture
+			for _, target := range []*simcluster.Container{b1, a1} {
 				// Echo requests from a2 under any of its names (a1's own
 				// replies carry a1's MAC, so requests only).
 				c, err := cl.StartCapture(target.NS, "eth0", fmt.Sprintf("icmp[icmptype] == icmp-echo and (src host %s or src host %s or ether src %s)", a2.IP, b2.IP, a1.MAC), 0)
@@ -333,9 +334,9 @@ func testSpoofGuard(t *testing.T, cl *Cluster, a1, a2, b1, b2 *Container) {
 				}
 				seen = append(seen, c)
 			}
-			for _, target := range []*Container{b1, a1} {
+			for _, target := range []*simcluster.Container{b1, a1} {
 				out, _ := a2.Exec(append([]string{"ping", "-n", "-c", "3", "-i", "0.2", "-W", "1"}, append(tc.ping, target.IP.String())...)...)
-				if st, err := parsePing(out); err == nil && st.Received > 0 {
+				if st, err := simcluster.ParsePing(out); err == nil && st.Received > 0 {
 					t.Errorf("spoofed ping a2 -> %s got %d answers:\n%s", target.Name, st.Received, out)
 				}
 			}
@@ -371,7 +372,7 @@ func testSpoofGuard(t *testing.T, cl *Cluster, a1, a2, b1, b2 *Container) {
 
 // testBadInputs: each mistake gets a one-line error saying what is wrong,
 // changes nothing, and the agent keeps serving.
-func testBadInputs(t *testing.T, cl *Cluster, a1, a2 *Container) {
+func testBadInputs(t *testing.T, cl *simcluster.Cluster, a1, a2 *simcluster.Container) {
 	h1 := a1.Host
 	pid := h1.AgentPID()
 	portsBefore := brIntPorts(t, h1)
@@ -436,7 +437,7 @@ func testBadInputs(t *testing.T, cl *Cluster, a1, a2 *Container) {
 
 // testReattachSameIP: a2 goes, a3 comes on the same host with a2's IP; the
 // IP now leads to a3, and nothing of a2 is left in OVS.
-func testReattachSameIP(t *testing.T, cl *Cluster, a1, a2, b1 *Container) {
+func testReattachSameIP(t *testing.T, cl *simcluster.Cluster, a1, a2, b1 *simcluster.Container) {
 	h1 := a2.Host
 	ip, oldPort := a2.IP, a2.Port
 	oldOF := ofportOf(t, h1, oldPort)
@@ -456,7 +457,7 @@ func testReattachSameIP(t *testing.T, cl *Cluster, a1, a2, b1 *Container) {
 	if a3.IP != ip {
 		t.Fatalf("a3 attached with %s, asked for %s", a3.IP, ip)
 	}
-	for _, from := range []*Container{b1, a1} {
+	for _, from := range []*simcluster.Container{b1, a1} {
 		if err := from.PingUntil(ip.String(), 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
@@ -484,7 +485,7 @@ func testReattachSameIP(t *testing.T, cl *Cluster, a1, a2, b1 *Container) {
 // testRoamingIP: b1 leaves h2 and its IP comes back on h1 (an explicit --ip
 // from another host's subnet, free cluster-wide). h2's containers reach it
 // through the tunnel, and h2 has no port or delivery flow left for it.
-func testRoamingIP(t *testing.T, cl *Cluster, a1, b1, b2 *Container) {
+func testRoamingIP(t *testing.T, cl *simcluster.Cluster, a1, b1, b2 *simcluster.Container) {
 	h1, h2 := a1.Host, b1.Host
 	ip, oldPort := b1.IP, b1.Port
 	oldOF := ofportOf(t, h2, oldPort)
@@ -522,7 +523,7 @@ func testRoamingIP(t *testing.T, cl *Cluster, a1, b1, b2 *Container) {
 	if err := checkUDPSource(r1, b2, 7301); err != nil {
 		t.Error(err)
 	}
-	pkts, err := cl.CaptureDuring(cl.Fabric, FabricBridge, "udp port "+strconv.Itoa(int(cl.VXLANPort)), func() error {
+	pkts, err := cl.CaptureDuring(cl.Fabric, simcluster.FabricBridge, "udp port "+strconv.Itoa(int(cl.VXLANPort)), func() error {
 		return b2.Ping(ip.String(), 3)
 	})
 	if err != nil {
@@ -535,7 +536,7 @@ func testRoamingIP(t *testing.T, cl *Cluster, a1, b1, b2 *Container) {
 		}
 	}
 	if toR1 != 3 {
-		t.Errorf("%d VXLAN packets h2 -> h1 for %s, want 3: %s", toR1, ip, CountPaths(pkts))
+		t.Errorf("%d VXLAN packets h2 -> h1 for %s, want 3: %s", toR1, ip, simcluster.CountPaths(pkts))
 	}
 
 	// Nothing on h2 still leads to b1.
@@ -671,12 +672,12 @@ func runParallel(t *testing.T, checks []namedCheck) bool {
 }
 
 // orderedPairs returns every (from, to) pair of distinct containers.
-func orderedPairs(cs []*Container) [][2]*Container {
-	var out [][2]*Container
+func orderedPairs(cs []*simcluster.Container) [][2]*simcluster.Container {
+	var out [][2]*simcluster.Container
 	for _, a := range cs {
 		for _, b := range cs {
 			if a != b {
-				out = append(out, [2]*Container{a, b})
+				out = append(out, [2]*simcluster.Container{a, b})
 			}
 		}
 	}
@@ -685,7 +686,7 @@ func orderedPairs(cs []*Container) [][2]*Container {
 
 // checkUDPSource sends a datagram from one container to another and checks
 // that the receiving socket sees the sender's container IP (recvfrom).
-func checkUDPSource(from, to *Container, port int) error {
+func checkUDPSource(from, to *simcluster.Container, port int) error {
 	ln, err := to.ListenUDP(port)
 	if err != nil {
 		return fmt.Errorf("udp %s -> %s: %w", from.Name, to.Name, err)
@@ -720,7 +721,7 @@ func checkUDPSource(from, to *Container, port int) error {
 
 // checkTCPPeer connects from one container to a listener in another and
 // checks that accept sees the sender's container IP.
-func checkTCPPeer(from, to *Container, port int) error {
+func checkTCPPeer(from, to *simcluster.Container, port int) error {
 	addr := netip.AddrPortFrom(to.IP, uint16(port)).String()
 	var ln *net.TCPListener
 	err := to.NS.Do(func() error {
@@ -794,9 +795,9 @@ func checkBidirReverse(report []byte) error {
 }
 
 // hostPing pings a container from a host's own namespace.
-func hostPing(h *Host, dst netip.Addr, count int) error {
+func hostPing(h *simcluster.Host, dst netip.Addr, count int) error {
 	out, err := h.Exec("ping", "-n", "-c", strconv.Itoa(count), "-i", "0.2", "-W", "2", dst.String())
-	st, perr := parsePing(out)
+	st, perr := simcluster.ParsePing(out)
 	if perr != nil || st.Received != count || st.Duplicates != 0 {
 		return fmt.Errorf("ping %s from %s: %+v: %v", dst, h.Name, st, errors.Join(err, perr))
 	}
@@ -807,7 +808,7 @@ func pod(a netip.Addr) bool { return a.IsValid() && podCIDR.Contains(a) }
 
 // mentions reports whether a packet carries either address, outside or
 // inside a tunnel.
-func mentions(p CapturedPacket, ips ...netip.Addr) bool {
+func mentions(p simcluster.CapturedPacket, ips ...netip.Addr) bool {
 	for _, ip := range ips {
 		if p.Src == ip || p.Dst == ip || p.Inner != nil && (p.Inner.Src == ip || p.Inner.Dst == ip) {
 			return true
@@ -816,7 +817,7 @@ func mentions(p CapturedPacket, ips ...netip.Addr) bool {
 	return false
 }
 
-func hostNamed(cl *Cluster, name string) *Host {
+func hostNamed(cl *simcluster.Cluster, name string) *simcluster.Host {
 	for _, h := range cl.Hosts() {
 		if h.Name == name {
 			return h
@@ -825,7 +826,7 @@ func hostNamed(cl *Cluster, name string) *Host {
 	return nil
 }
 
-func mustExec(t *testing.T, c *Container, args ...string) {
+func mustExec(t *testing.T, c *simcluster.Container, args ...string) {
 	t.Helper()
 	if out, err := c.Exec(args...); err != nil {
 		t.Fatalf("%s: %v\n%s", c.Name, err, out)
@@ -835,10 +836,10 @@ func mustExec(t *testing.T, c *Container, args ...string) {
 // ctlFailure runs keyroutectl expecting it to fail, and returns what it
 // printed on stderr. It is an error if keyroutectl succeeded, printed on
 // stdout, panicked, or said more (or less) than one line.
-func ctlFailure(h *Host, args ...string) (string, error) {
+func ctlFailure(h *simcluster.Host, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(h.cl.BinDir, "keyroutectl"), append([]string{"--socket", h.APISocket}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(h.Cluster().BinDir, "keyroutectl"), append([]string{"--socket", h.APISocket}, args...)...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -857,7 +858,7 @@ func ctlFailure(h *Host, args ...string) (string, error) {
 }
 
 // ctlJSON runs `keyroutectl <args> -o json` and decodes its output.
-func ctlJSON(t *testing.T, h *Host, v any, args ...string) {
+func ctlJSON(t *testing.T, h *simcluster.Host, v any, args ...string) {
 	t.Helper()
 	out, err := h.Ctl(append(args, "-o", "json")...)
 	if err != nil {
@@ -868,14 +869,14 @@ func ctlJSON(t *testing.T, h *Host, v any, args ...string) {
 	}
 }
 
-func ctlStatus(t *testing.T, h *Host) api.Status {
+func ctlStatus(t *testing.T, h *simcluster.Host) api.Status {
 	t.Helper()
 	var st api.Status
 	ctlJSON(t, h, &st, "status")
 	return st
 }
 
-func ctlFlows(t *testing.T, h *Host, table string) []api.Flow {
+func ctlFlows(t *testing.T, h *simcluster.Host, table string) []api.Flow {
 	t.Helper()
 	var fs []api.Flow
 	ctlJSON(t, h, &fs, "flows", "--table", table)
@@ -901,7 +902,7 @@ func matchesDst(match string, ip netip.Addr) bool {
 }
 
 // dropCount is the packet count of SpoofGuard's catch-all drop.
-func dropCount(t *testing.T, h *Host) uint64 {
+func dropCount(t *testing.T, h *simcluster.Host) uint64 {
 	t.Helper()
 	for _, f := range ctlFlows(t, h, "SpoofGuard") {
 		if f.Priority == 0 && f.Match == "" {
@@ -915,7 +916,7 @@ func dropCount(t *testing.T, h *Host) uint64 {
 	return 0
 }
 
-func gatewayOf(t *testing.T, h *Host) netip.Addr {
+func gatewayOf(t *testing.T, h *simcluster.Host) netip.Addr {
 	t.Helper()
 	gw, err := netip.ParseAddr(ctlStatus(t, h).Gateway)
 	if err != nil {
@@ -925,7 +926,7 @@ func gatewayOf(t *testing.T, h *Host) netip.Addr {
 }
 
 // brIntPorts lists br-int's ports as OVS has them.
-func brIntPorts(t *testing.T, h *Host) []string {
+func brIntPorts(t *testing.T, h *simcluster.Host) []string {
 	t.Helper()
 	out, err := h.OVS.Vsctl("list-ports", "br-int")
 	if err != nil {
@@ -934,7 +935,7 @@ func brIntPorts(t *testing.T, h *Host) []string {
 	return strings.Fields(out)
 }
 
-func ofportOf(t *testing.T, h *Host, port string) int {
+func ofportOf(t *testing.T, h *simcluster.Host, port string) int {
 	t.Helper()
 	out, err := h.OVS.Vsctl("get", "Interface", port, "ofport")
 	n, perr := strconv.Atoi(strings.TrimSpace(out))
@@ -948,7 +949,7 @@ var portRefRE = regexp.MustCompile(`(?:in_port=|output:)(\d+)\b`)
 
 // checkNoPortFlows fails if any br-int flow in OVS (owned by the agent or
 // not) still matches on or outputs to ofport.
-func checkNoPortFlows(t *testing.T, h *Host, ofport int, what string) {
+func checkNoPortFlows(t *testing.T, h *simcluster.Host, ofport int, what string) {
 	t.Helper()
 	out, err := h.OVS.Ofctl("-O", "OpenFlow13", "--no-names", "dump-flows", "br-int")
 	if err != nil {

@@ -223,4 +223,3 @@ func PhyRewriteFlows(h Host, r Rewrite, peers []Peer) []*openflow.FlowMod {
 	}
 	return fs
 }
-

@@ -1,6 +1,6 @@
 // Package pki creates keyroute's cluster certificate authority and the
 // per-host certificates that authenticate agents to etcd (keyroutectl pki,
-// the e2e harness and the demo use it).
+// the simcluster harness and the demo use it).
 //
 // A directory holds the CA (ca.crt, ca.key) and the issued pairs
 // (<name>.crt, <name>.key). Keys are ECDSA P-256 in PKCS#8 PEM, mode 0600;

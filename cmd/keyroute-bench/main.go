@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/keyroute/keyroute/bench"
-	"github.com/keyroute/keyroute/e2e"
+	"github.com/keyroute/keyroute/simcluster"
 )
 
 func main() {
@@ -93,11 +93,11 @@ func run() int {
 	if *paths != "" {
 		cfg.Paths = strings.Split(*paths, ",")
 	}
-	cfg.BinDir = e2e.DefaultBinDir(*bin)
+	cfg.BinDir = simcluster.DefaultBinDir(*bin)
 	cfg.OVNRoot = *ovnRoot
 	cfg.OutDir = *out
 	if cfg.OutDir == "" {
-		root, err := e2e.ModuleRoot()
+		root, err := simcluster.ModuleRoot()
 		if err != nil {
 			root = "."
 		}

@@ -25,13 +25,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/keyroute/keyroute/e2e"
 	"github.com/keyroute/keyroute/pki"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
 // keepPrefix names a cluster left up with --keep, so `--down` and the next
-// --keep can find it (a PID prefix would look stale to e2e.CleanupStale).
+// --keep can find it (a PID prefix would look stale to simcluster.CleanupStale).
 const keepPrefix = "kredemo-"
 
 func main() {
@@ -42,7 +42,7 @@ func main() {
 	verbose := flag.Bool("v", false, "log the harness's progress")
 	flag.Parse()
 	if *down {
-		if err := e2e.Teardown(keepPrefix); err != nil {
+		if err := simcluster.Teardown(keepPrefix); err != nil {
 			fmt.Fprintln(os.Stderr, "keyroute-demo:", err)
 			os.Exit(1)
 		}
@@ -57,7 +57,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "keyroute-demo: needs root (network namespaces, Open vSwitch)")
 		os.Exit(2)
 	}
-	os.Exit(run(*mode, e2e.DefaultBinDir(*bin), *keep, *verbose))
+	os.Exit(run(*mode, simcluster.DefaultBinDir(*bin), *keep, *verbose))
 }
 
 // demo prints steps and remembers whether any failed.
@@ -88,7 +88,7 @@ func run(mode, bin string, keep, verbose bool) int {
 	// running (its commands fail when their namespaces go), and exit.
 	var (
 		mu sync.Mutex
-		up *e2e.Cluster
+		up *simcluster.Cluster
 	)
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
@@ -109,22 +109,22 @@ func run(mode, bin string, keep, verbose bool) int {
 	if verbose {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	opts := e2e.Options{Hosts: 2, Mode: mode, BinDir: bin, Logger: logger, KeepUp: keep}
+	opts := simcluster.Options{Hosts: 2, Mode: mode, BinDir: bin, Logger: logger, KeepUp: keep}
 	if keep {
 		opts.Prefix = keepPrefix
 		if left := simhost.ListNetNS(keepPrefix); len(left) > 0 {
 			fmt.Println("note: replacing the previously kept demo cluster")
-			if err := e2e.Teardown(keepPrefix); err != nil {
+			if err := simcluster.Teardown(keepPrefix); err != nil {
 				fmt.Printf("✗ remove the previously kept demo cluster: %v\n", err)
 				return 1
 			}
 		}
 	}
 	d := &demo{}
-	var cl *e2e.Cluster
+	var cl *simcluster.Cluster
 	if !d.step(fmt.Sprintf("start 2 hosts (mode %s, etcd embedded in h1's agent, TLS with client certificates)", mode), func() (string, error) {
 		var err error
-		cl, err = e2e.NewCluster(ctx, opts)
+		cl, err = simcluster.NewCluster(ctx, opts)
 		if err != nil {
 			return "", err
 		}
@@ -157,15 +157,15 @@ func run(mode, bin string, keep, verbose bool) int {
 }
 
 // teardown removes the cluster, also when it was started to be kept.
-func teardown(cl *e2e.Cluster, keep bool) error {
+func teardown(cl *simcluster.Cluster, keep bool) error {
 	err := cl.Close()
 	if keep {
-		err = errors.Join(err, e2e.Teardown(cl.Prefix))
+		err = errors.Join(err, simcluster.Teardown(cl.Prefix))
 	}
 	return err
 }
 
-func printPoke(cl *e2e.Cluster) {
+func printPoke(cl *simcluster.Cluster) {
 	h1 := cl.Host(1)
 	ctl := filepath.Join(cl.BinDir, "keyroutectl")
 	var peer string
@@ -186,15 +186,15 @@ The cluster is still up (namespaces %s*, files in %s). Try:
   ip netns exec %sh1 curl --cacert %s --cert %s --key %s %s/health
   less %s
 Remove it with: %s --down
-`, cl.Prefix, cl.Dir, cl.Prefix, peer, cl.Prefix, e2e.FabricBridge, ctl, h1.APISocket, ctl, h1.APISocket,
+`, cl.Prefix, cl.Dir, cl.Prefix, peer, cl.Prefix, simcluster.FabricBridge, ctl, h1.APISocket, ctl, h1.APISocket,
 		h1.OVS.RunDir(), h1.OVS.DBSock(),
-		cl.Prefix, filepath.Join(cl.PKIDir, pki.CACertFile), pki.CertPath(cl.PKIDir, e2e.HarnessCert), pki.KeyPath(cl.PKIDir, e2e.HarnessCert), cl.EtcdEndpoint,
+		cl.Prefix, filepath.Join(cl.PKIDir, pki.CACertFile), pki.CertPath(cl.PKIDir, simcluster.HarnessCert), pki.KeyPath(cl.PKIDir, simcluster.HarnessCert), cl.EtcdEndpoint,
 		h1.LogPath, os.Args[0])
 }
 
 // summary runs the checks and collects what the final report shows.
 type summary struct {
-	cl    *e2e.Cluster
+	cl    *simcluster.Cluster
 	mode  string
 	paths []string // "a1 -> b1: VXLAN 10 (VNI 100)"
 }
@@ -245,7 +245,7 @@ func (s *summary) run(d *demo) {
 }
 
 // containerOn returns the first container on host i, or nil.
-func containerOn(cs []*e2e.Container, i int) *e2e.Container {
+func containerOn(cs []*simcluster.Container, i int) *simcluster.Container {
 	for _, c := range cs {
 		if c.Host.Index == i {
 			return c
@@ -255,9 +255,9 @@ func containerOn(cs []*e2e.Container, i int) *e2e.Container {
 }
 
 // refused has container c try to read and write the cluster's etcd the
-// ways someone without the cluster's certificates would (e2e.ProbeEtcd),
+// ways someone without the cluster's certificates would (simcluster.ProbeEtcd),
 // and fails if any worked.
-func refused(cl *e2e.Cluster, c *e2e.Container) (string, error) {
+func refused(cl *simcluster.Cluster, c *simcluster.Container) (string, error) {
 	ctx := context.Background()
 	if err := cl.DialEtcd(ctx, c.NS); err != nil {
 		return "", err
@@ -282,13 +282,13 @@ const pings = 10
 
 // pingPair waits until b answers a, then pings while watching the fabric,
 // and says which path the pair's packets took.
-func (s *summary) pingPair(a, b *e2e.Container) (string, error) {
+func (s *summary) pingPair(a, b *simcluster.Container) (string, error) {
 	cl := s.cl
 	if err := a.PingUntil(b.IP.String(), 15*time.Second); err != nil {
 		return "", err
 	}
 	filter := fmt.Sprintf("udp port %d or icmp", cl.VXLANPort)
-	pkts, err := cl.CaptureDuring(cl.Fabric, e2e.FabricBridge, filter, func() error { return a.Ping(b.IP.String(), pings) })
+	pkts, err := cl.CaptureDuring(cl.Fabric, simcluster.FabricBridge, filter, func() error { return a.Ping(b.IP.String(), pings) })
 	if err != nil {
 		return "", err
 	}
@@ -324,7 +324,7 @@ func (s *summary) pingPair(a, b *e2e.Container) (string, error) {
 type pairTraffic struct {
 	// Paths counts the pair's echo packets: VXLAN carrying the pair's
 	// addresses, or rewritten echo packets between their hosts.
-	Paths e2e.PathCounts
+	Paths simcluster.PathCounts
 	// HostErrors counts ICMP errors between the two hosts, e.g. a host
 	// kernel answering VXLAN with "port unreachable".
 	HostErrors int
@@ -332,9 +332,9 @@ type pairTraffic struct {
 
 // pairTrafficOf picks the packets of containers a and b (on hosts ha and
 // hb) out of a fabric capture.
-func pairTrafficOf(pkts []e2e.CapturedPacket, a, b, ha, hb netip.Addr) pairTraffic {
+func pairTrafficOf(pkts []simcluster.CapturedPacket, a, b, ha, hb netip.Addr) pairTraffic {
 	var tr pairTraffic
-	var mine []e2e.CapturedPacket
+	var mine []simcluster.CapturedPacket
 	for _, p := range pkts {
 		switch {
 		case p.Inner != nil:
@@ -348,7 +348,7 @@ func pairTrafficOf(pkts []e2e.CapturedPacket, a, b, ha, hb netip.Addr) pairTraff
 			tr.HostErrors++
 		}
 	}
-	tr.Paths = e2e.CountPaths(mine)
+	tr.Paths = simcluster.CountPaths(mine)
 	return tr
 }
 
@@ -358,15 +358,15 @@ func pairOf(src, dst, x, y netip.Addr) bool {
 }
 
 // crossPair returns the first two containers on different hosts.
-func crossPair(cs []*e2e.Container) [2]*e2e.Container {
+func crossPair(cs []*simcluster.Container) [2]*simcluster.Container {
 	for i, a := range cs {
 		for _, b := range cs[i+1:] {
 			if a.Host != b.Host {
-				return [2]*e2e.Container{a, b}
+				return [2]*simcluster.Container{a, b}
 			}
 		}
 	}
-	return [2]*e2e.Container{}
+	return [2]*simcluster.Container{}
 }
 
 // print writes the report: hosts, containers, paths, flows per table.

@@ -4,21 +4,21 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/keyroute/keyroute/e2e"
+	"github.com/keyroute/keyroute/simcluster"
 )
 
 func TestPairTrafficOf(t *testing.T) {
 	ip := netip.MustParseAddr
 	a, b, other := ip("198.19.0.2"), ip("198.19.1.2"), ip("198.19.1.3")
 	h1, h2 := ip("198.18.0.1"), ip("198.18.0.2")
-	hdr := func(src, dst netip.Addr, icmpType, dscp uint8) e2e.Header {
-		return e2e.Header{Src: src, Dst: dst, Proto: 1, ICMPType: icmpType, DSCP: dscp}
+	hdr := func(src, dst netip.Addr, icmpType, dscp uint8) simcluster.Header {
+		return simcluster.Header{Src: src, Dst: dst, Proto: 1, ICMPType: icmpType, DSCP: dscp}
 	}
-	vx := func(src, dst netip.Addr) e2e.CapturedPacket {
+	vx := func(src, dst netip.Addr) simcluster.CapturedPacket {
 		in := hdr(src, dst, 8, 0)
-		return e2e.CapturedPacket{Header: e2e.Header{Src: h1, Dst: h2, Proto: 17, DstPort: 4789}, VXLAN: true, VNI: 100, Inner: &in}
+		return simcluster.CapturedPacket{Header: simcluster.Header{Src: h1, Dst: h2, Proto: 17, DstPort: 4789}, VXLAN: true, VNI: 100, Inner: &in}
 	}
-	pkts := []e2e.CapturedPacket{
+	pkts := []simcluster.CapturedPacket{
 		vx(a, b), vx(b, a),
 		vx(a, other),                               // another pair
 		{Header: hdr(h1, h2, 8, 10)},               // rewritten request

@@ -1,4 +1,4 @@
-package e2e
+package simcluster
 
 import (
 	"context"
@@ -119,7 +119,7 @@ func (c *Container) Ping(dst string, count int) error {
 		return fmt.Errorf("ping %s from %s: count %d: want at least 1", dst, c.Name, count)
 	}
 	out, err := c.Exec("ping", "-n", "-c", strconv.Itoa(count), "-i", "0.2", "-W", "2", dst)
-	st, perr := parsePing(out)
+	st, perr := ParsePing(out)
 	if perr != nil {
 		return fmt.Errorf("ping %s from %s: %w", dst, c.Name, errors.Join(err, perr))
 	}
@@ -130,14 +130,14 @@ func (c *Container) Ping(dst string, count int) error {
 }
 
 // pingStats is ping's summary line.
-type pingStats struct{ Sent, Received, Duplicates int }
+type PingStats struct{ Sent, Received, Duplicates int }
 
-func parsePing(out string) (pingStats, error) {
+func ParsePing(out string) (PingStats, error) {
 	m := pingStatsRE.FindStringSubmatch(out)
 	if m == nil {
-		return pingStats{}, fmt.Errorf("no ping statistics in output %q", out)
+		return PingStats{}, fmt.Errorf("no ping statistics in output %q", out)
 	}
-	var st pingStats
+	var st PingStats
 	st.Sent, _ = strconv.Atoi(m[1])
 	st.Received, _ = strconv.Atoi(m[2])
 	if d := pingDupRE.FindStringSubmatch(out); d != nil {
@@ -152,7 +152,7 @@ func parsePing(out string) (pingStats, error) {
 func (c *Container) PingUntil(dst string, timeout time.Duration) error {
 	return simhost.WaitFor(timeout, func() error {
 		out, err := c.Exec("ping", "-n", "-c", "1", "-W", "1", dst)
-		if st, perr := parsePing(out); perr == nil && st.Received == 1 {
+		if st, perr := ParsePing(out); perr == nil && st.Received == 1 {
 			return nil
 		}
 		return fmt.Errorf("ping %s from %s: %v", dst, c.Name, err)
@@ -189,9 +189,12 @@ func (c *Container) StartIperfServer(port int) (*Process, error) {
 type IperfResult struct {
 	// Gbps is the receiver's throughput.
 	Gbps float64
-	// Bytes received and TCP retransmits by the sender.
+	// Bytes received over Seconds, and TCP retransmits by the sender.
 	Bytes       int64
+	Seconds     float64
 	Retransmits int
+	// ClientCPUSec is the client's own CPU time (host_total × duration).
+	ClientCPUSec float64
 	// JSON is iperf3's full -J report.
 	JSON []byte
 }
@@ -208,30 +211,33 @@ func (c *Container) Iperf(dst string, port int, d time.Duration, extra ...string
 	args := append([]string{"netns", "exec", c.NS.Name, "iperf3", "-c", dst, "-p", strconv.Itoa(port),
 		"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "3000"}, extra...)
 	out, runErr := exec.CommandContext(ctx, "ip", args...).Output()
-	res, err := parseIperf(out)
+	res, err := ParseIperf(out)
 	if err != nil {
 		return res, fmt.Errorf("iperf3 %s -> %s:%d: %w", c.Name, dst, port, errors.Join(err, runErr))
 	}
 	return res, nil
 }
 
-// parseIperf reads an iperf3 -J report.
-func parseIperf(out []byte) (IperfResult, error) {
+// ParseIperf reads an iperf3 -J client report; an "error" field is an
+// error, and so is a run that received nothing.
+func ParseIperf(out []byte) (IperfResult, error) {
+	type sum struct {
+		Bytes         int64   `json:"bytes"`
+		Seconds       float64 `json:"seconds"`
+		BitsPerSecond float64 `json:"bits_per_second"`
+	}
 	var r struct {
 		Error string `json:"error"`
 		End   struct {
 			SumSent struct {
 				Retransmits int `json:"retransmits"`
 			} `json:"sum_sent"`
-			SumReceived struct {
-				Bytes         int64   `json:"bytes"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
+			SumReceived sum `json:"sum_received"`
 			// UDP tests report one "sum" instead.
-			Sum struct {
-				Bytes         int64   `json:"bytes"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum"`
+			Sum sum `json:"sum"`
+			CPU struct {
+				HostTotal float64 `json:"host_total"`
+			} `json:"cpu_utilization_percent"`
 		} `json:"end"`
 	}
 	res := IperfResult{JSON: out}
@@ -241,14 +247,15 @@ func parseIperf(out []byte) (IperfResult, error) {
 	if r.Error != "" {
 		return res, fmt.Errorf("iperf3: %s", r.Error)
 	}
-	sum := r.End.SumReceived
-	if sum.Bytes == 0 {
-		sum = r.End.Sum
+	s := r.End.SumReceived
+	if s.Bytes == 0 {
+		s = r.End.Sum
 	}
-	if sum.Bytes == 0 {
+	if s.Bytes == 0 {
 		return res, fmt.Errorf("iperf3 received nothing")
 	}
-	res.Gbps, res.Bytes, res.Retransmits = sum.BitsPerSecond/1e9, sum.Bytes, r.End.SumSent.Retransmits
+	res.Gbps, res.Bytes, res.Seconds, res.Retransmits = s.BitsPerSecond/1e9, s.Bytes, s.Seconds, r.End.SumSent.Retransmits
+	res.ClientCPUSec = r.End.CPU.HostTotal / 100 * s.Seconds
 	return res, nil
 }
 

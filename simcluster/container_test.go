@@ -1,4 +1,4 @@
-package e2e
+package simcluster
 
 import (
 	"context"
@@ -30,15 +30,15 @@ func TestParseAttach(t *testing.T) {
 func TestParsePing(t *testing.T) {
 	out := "PING 198.19.2.2 (198.19.2.2) 56(84) bytes of data.\n\n--- 198.19.2.2 ping statistics ---\n" +
 		"5 packets transmitted, 4 received, 20% packet loss, time 805ms\n"
-	st, err := parsePing(out)
-	if err != nil || st != (pingStats{Sent: 5, Received: 4}) {
+	st, err := ParsePing(out)
+	if err != nil || st != (PingStats{Sent: 5, Received: 4}) {
 		t.Errorf("parsePing = %+v, %v; want 5 sent, 4 received", st, err)
 	}
 	out = "4 packets transmitted, 4 received, +3 duplicates, 0% packet loss, time 941ms\n"
-	if st, err := parsePing(out); err != nil || st != (pingStats{Sent: 4, Received: 4, Duplicates: 3}) {
+	if st, err := ParsePing(out); err != nil || st != (PingStats{Sent: 4, Received: 4, Duplicates: 3}) {
 		t.Errorf("parsePing with duplicates = %+v, %v", st, err)
 	}
-	if _, err := parsePing("ping: connect: Network is unreachable"); err == nil {
+	if _, err := ParsePing("ping: connect: Network is unreachable"); err == nil {
 		t.Error("parsePing without statistics succeeded")
 	}
 }
@@ -46,12 +46,12 @@ func TestParsePing(t *testing.T) {
 func TestParseIperf(t *testing.T) {
 	tcp := `{"start":{},"end":{"sum_sent":{"bytes":350000000,"retransmits":3},
 		"sum_received":{"bytes":349000000,"bits_per_second":931000000.5}}}`
-	r, err := parseIperf([]byte(tcp))
+	r, err := ParseIperf([]byte(tcp))
 	if err != nil || r.Gbps < 0.930 || r.Gbps > 0.932 || r.Retransmits != 3 || r.Bytes != 349000000 {
 		t.Errorf("tcp: %+v, %v", r, err)
 	}
 	udp := `{"end":{"sum":{"bytes":12500000,"bits_per_second":100000000}}}`
-	if r, err := parseIperf([]byte(udp)); err != nil || r.Gbps != 0.1 {
+	if r, err := ParseIperf([]byte(udp)); err != nil || r.Gbps != 0.1 {
 		t.Errorf("udp: %+v, %v", r, err)
 	}
 	for _, bad := range []string{
@@ -59,8 +59,8 @@ func TestParseIperf(t *testing.T) {
 		`{"end":{"sum_received":{"bytes":0}}}`,
 		``,
 	} {
-		if r, err := parseIperf([]byte(bad)); err == nil {
-			t.Errorf("parseIperf(%q) = %+v, want an error", bad, r)
+		if r, err := ParseIperf([]byte(bad)); err == nil {
+			t.Errorf("ParseIperf(%q) = %+v, want an error", bad, r)
 		}
 	}
 }
@@ -71,7 +71,7 @@ func TestParseIperf(t *testing.T) {
 func TestContainerTrafficHelpers(t *testing.T) {
 	requireSim(t)
 	testenv.Require(t, "iperf3")
-	cl, err := NewCluster(context.Background(), Options{Hosts: 1, NoAgents: true, Logger: testLogger(t)})
+	cl, err := NewCluster(context.Background(), Options{Hosts: 1, NoAgents: true, Logger: TestLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,5 +160,23 @@ func TestContainerTrafficHelpers(t *testing.T) {
 	n, from, err := ln.ReadFrom(buf)
 	if err != nil || string(buf[:n]) != "to x2" || !strings.HasPrefix(from.String(), x1.IP.String()+":") {
 		t.Errorf("x2 read %q from %v (%v); want \"to x2\" from %s", buf[:n], from, err, x1.IP)
+	}
+}
+
+func TestParseIperfBench(t *testing.T) {
+	r, err := ParseIperf([]byte(`{"end":{"sum_sent":{"retransmits":7},"sum_received":{"bytes":1000000000,"seconds":8,"bits_per_second":1e9},
+		"cpu_utilization_percent":{"host_total":50}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Gbps != 1 || r.Retransmits != 7 || r.Bytes != 1e9 || r.ClientCPUSec != 4 {
+		t.Fatalf("got %+v", r)
+	}
+	if _, err := ParseIperf([]byte(`{"error":"unable to connect to server: Connection timed out"}`)); err == nil ||
+		!strings.Contains(err.Error(), "unable to connect") {
+		t.Errorf("iperf3 error report: got %v", err)
+	}
+	if _, err := ParseIperf([]byte("iperf3: garbage")); err == nil {
+		t.Error("non-JSON: no error")
 	}
 }

@@ -1,4 +1,4 @@
-package e2e
+package simcluster
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 
 // ruleKeys names rules' etcd keys as the agents read them: rules/store
 // owns the layout (used here for Key only; it has no client).
-var ruleKeys = store.New(nil, registry.DefaultPrefix, nil)
+var RuleKeys = store.New(nil, registry.DefaultPrefix, nil)
 
 // EtcdClient is a client for the cluster's etcd, dialled from a namespace
 // that reaches it (h1 for the embedded etcd, the fabric for ExternalEtcd).
@@ -57,7 +57,7 @@ func PutRules(ctx context.Context, cli *clientv3.Client, rs []rules.Rule) error 
 			if err != nil {
 				return fmt.Errorf("encode rule %s: %w", r.ID, err)
 			}
-			ops = append(ops, clientv3.OpPut(ruleKeys.Key(r.ID), string(b)))
+			ops = append(ops, clientv3.OpPut(RuleKeys.Key(r.ID), string(b)))
 		}
 		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
 			return fmt.Errorf("put rules %d-%d: %w", i, i+len(ops)-1, err)
@@ -69,7 +69,7 @@ func PutRules(ctx context.Context, cli *clientv3.Client, rs []rules.Rule) error 
 // DeleteAllRules removes every rule from etcd: every key under the rules
 // directory, which is the key of the empty id.
 func DeleteAllRules(ctx context.Context, cli *clientv3.Client) error {
-	if _, err := cli.Delete(ctx, ruleKeys.Key(""), clientv3.WithPrefix()); err != nil {
+	if _, err := cli.Delete(ctx, RuleKeys.Key(""), clientv3.WithPrefix()); err != nil {
 		return fmt.Errorf("delete rules: %w", err)
 	}
 	return nil

@@ -1,4 +1,4 @@
-package e2e
+package simcluster
 
 import (
 	"context"
@@ -88,6 +88,16 @@ func (cl *Cluster) StopEtcd() error {
 		return fmt.Errorf("stop etcd: the cluster runs no external etcd (Options.ExternalEtcd)")
 	}
 	return cl.etcd.Stop(10 * time.Second)
+}
+
+// EtcdStopped reports whether the external etcd is down (StopEtcd, or it
+// died), so a test's cleanup can bring it back.
+func (cl *Cluster) EtcdStopped() bool {
+	if cl.etcd == nil {
+		return false
+	}
+	ended, _ := cl.etcd.Exited()
+	return ended
 }
 
 // StartEtcd restarts the external etcd with its data and waits until it is

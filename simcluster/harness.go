@@ -1,11 +1,11 @@
-// Package e2e runs keyroute end to end on one machine, for the multi-host
+// Package simcluster runs keyroute end to end on one machine, for the e2e
 // tests and cmd/keyroute-demo: a fabric namespace whose Linux bridge plays the
 // physical network, simulated hosts (a namespace, a private Open vSwitch and a
 // keyroute-agent each), containers attached through keyroutectl, and tools to
 // watch the wire (tcpdump plus a pcap decoder) and drive traffic (ping,
 // iperf3, UDP sockets). Every namespace it creates starts with the cluster's
 // prefix, and it stops what it started by PID.
-package e2e
+package simcluster
 
 import (
 	"context"
@@ -81,7 +81,7 @@ type Options struct {
 	// Logger receives progress messages (default: discarded).
 	Logger *slog.Logger
 	// OVSFabric, if set, replaces the fab0 Linux bridge with OVS bridges
-	// acting as the model's ToR/leaf/spine devices (e2e/fabric.go).
+	// acting as the model's ToR/leaf/spine devices (simcluster/fabric.go).
 	OVSFabric *OVSFabric
 	// KeepUp makes Close leave the cluster running (agents, OVS, etcd,
 	// namespaces, directory) and stop only traffic tools; remove it later
@@ -175,7 +175,7 @@ func NewCluster(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, fmt.Errorf("new cluster: Prefix=%q: use up to 16 letters, digits, '.', '_' or '-'", opts.Prefix)
 	}
 	if left := simhost.ListNetNS(opts.Prefix); len(left) > 0 {
-		return nil, fmt.Errorf("new cluster: namespaces with prefix %q already exist (%v); remove them with e2e.Teardown(%q)", opts.Prefix, left, opts.Prefix)
+		return nil, fmt.Errorf("new cluster: namespaces with prefix %q already exist (%v); remove them with simcluster.Teardown(%q)", opts.Prefix, left, opts.Prefix)
 	}
 	dir, err := os.MkdirTemp(opts.Dir, opts.Prefix)
 	if err == nil {
@@ -364,7 +364,7 @@ func (cl *Cluster) Close() error {
 func (cl *Cluster) close() error {
 	if cl.opts.KeepUp {
 		err := cl.procs.stopAll(func(p *Process) bool { return p.daemon })
-		cl.log.Info("cluster left up", "prefix", cl.Prefix, "dir", cl.Dir, "teardown", fmt.Sprintf("e2e.Teardown(%q)", cl.Prefix))
+		cl.log.Info("cluster left up", "prefix", cl.Prefix, "dir", cl.Dir, "teardown", fmt.Sprintf("simcluster.Teardown(%q)", cl.Prefix))
 		return err
 	}
 	errs := []error{cl.procs.stopAll(nil)}

@@ -1,4 +1,4 @@
-package e2e
+package simcluster
 
 import (
 	"bytes"
@@ -251,6 +251,9 @@ func (h *Host) AgentPID() int {
 
 // Agent is the agent process (nil before it first started).
 func (h *Host) Agent() *Process { return h.agent }
+
+// Cluster returns the cluster the host belongs to.
+func (h *Host) Cluster() *Cluster { return h.cl }
 
 // Ctl runs `keyroutectl --socket <APISocket> args...` and returns its
 // stdout; an error carries stderr.

@@ -1,4 +1,4 @@
-package e2e
+package simcluster
 
 import (
 	"context"
@@ -39,8 +39,8 @@ func requireSim(t *testing.T) {
 func pingHost(t *testing.T, h *Host, extra ...string) {
 	t.Helper()
 	out, err := h.Exec(append([]string{"ping", "-n", "-c", "3", "-i", "0.2", "-W", "2"}, extra...)...)
-	st, perr := parsePing(out)
-	if err != nil || perr != nil || st != (pingStats{Sent: 3, Received: 3}) {
+	st, perr := ParsePing(out)
+	if err != nil || perr != nil || st != (PingStats{Sent: 3, Received: 3}) {
 		t.Fatalf("ping from %s %v: %+v: %v %v\n%s", h.Name, extra, st, err, perr, out)
 	}
 }
@@ -50,7 +50,7 @@ func pingHost(t *testing.T, h *Host, extra ...string) {
 // leaves nothing behind.
 func TestFabricWithoutAgents(t *testing.T) {
 	requireSim(t)
-	cl, err := NewCluster(context.Background(), Options{NoAgents: true, Logger: testLogger(t)})
+	cl, err := NewCluster(context.Background(), Options{NoAgents: true, Logger: TestLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +211,7 @@ func TestNewClusterAgentFails(t *testing.T) {
 		}
 	}
 	prefix := fmt.Sprintf("kre%dx-", os.Getpid())
-	cl, err := NewCluster(context.Background(), Options{Hosts: 1, BinDir: bin, Prefix: prefix, Logger: testLogger(t)})
+	cl, err := NewCluster(context.Background(), Options{Hosts: 1, BinDir: bin, Prefix: prefix, Logger: TestLogger(t)})
 	if err == nil {
 		cl.Close()
 		t.Fatal("NewCluster succeeded with an agent that exits")
@@ -306,7 +306,7 @@ func TestExternalEtcd(t *testing.T) {
 	requireSim(t)
 	testenv.Require(t, "etcd")
 	cl, err := NewCluster(context.Background(), Options{
-		Hosts: 1, NoAgents: true, ExternalEtcd: true, Logger: testLogger(t),
+		Hosts: 1, NoAgents: true, ExternalEtcd: true, Logger: TestLogger(t),
 		AgentConfig: func(host int, cfg map[string]any) { cfg["log_level"] = "warn" },
 	})
 	if err != nil {
@@ -368,7 +368,7 @@ func TestAgentLifecycleWithStub(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := NewCluster(context.Background(), Options{BinDir: bin, Mode: "rewrite", Logger: testLogger(t)})
+	cl, err := NewCluster(context.Background(), Options{BinDir: bin, Mode: "rewrite", Logger: TestLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,7 +458,7 @@ func TestKeepUpAndTeardown(t *testing.T) {
 	requireSim(t)
 	prefix := fmt.Sprintf("kre%dk-", os.Getpid())
 	t.Cleanup(func() { Teardown(prefix) })
-	cl, err := NewCluster(context.Background(), Options{Hosts: 1, NoAgents: true, KeepUp: true, Prefix: prefix, Logger: testLogger(t)})
+	cl, err := NewCluster(context.Background(), Options{Hosts: 1, NoAgents: true, KeepUp: true, Prefix: prefix, Logger: TestLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package e2e
+package simcluster
 
 import (
 	"bytes"
@@ -128,9 +128,9 @@ func (p *Process) Kill() error {
 }
 
 // LogTail returns the last n lines of the process's log.
-func (p *Process) LogTail(n int) string { return logTail(p.LogPath, n) }
+func (p *Process) LogTail(n int) string { return LogTail(p.LogPath, n) }
 
-func logTail(path string, n int) string {
+func LogTail(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
