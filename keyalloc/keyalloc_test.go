@@ -20,33 +20,9 @@ import (
 )
 
 // The server starts on first use, so the pure KeySet tests run without it.
-var (
-	srvOnce sync.Once
-	srv     *etcdtest.Server
-	srvErr  error
-)
+func TestMain(m *testing.M) { os.Exit(etcdtest.Main(m)) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if srv != nil {
-		srv.Close()
-	}
-	os.Exit(code)
-}
-
-func client(tb testing.TB) *clientv3.Client {
-	tb.Helper()
-	srvOnce.Do(func() { srv, srvErr = etcdtest.Start() })
-	if srvErr != nil {
-		tb.Fatal(srvErr)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 5 * time.Second})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { cli.Close() })
-	return cli
-}
+func client(tb testing.TB) *clientv3.Client { return etcdtest.Client(tb) }
 
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

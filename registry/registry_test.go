@@ -22,28 +22,9 @@ import (
 
 // The server starts on first use, so the decoder tests and fuzz targets
 // (whose workers run TestMain too) run without it.
-var (
-	srvOnce sync.Once
-	srv     *etcdtest.Server
-	srvErr  error
-)
+func TestMain(m *testing.M) { os.Exit(etcdtest.Main(m)) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if srv != nil {
-		srv.Close()
-	}
-	os.Exit(code)
-}
-
-func etcdEndpoints(tb testing.TB) []string {
-	tb.Helper()
-	srvOnce.Do(func() { srv, srvErr = etcdtest.Start() })
-	if srvErr != nil {
-		tb.Fatal(srvErr)
-	}
-	return srv.Endpoints()
-}
+func etcdEndpoints(tb testing.TB) []string { return etcdtest.Endpoints(tb) }
 
 var quiet = slog.New(slog.DiscardHandler)
 

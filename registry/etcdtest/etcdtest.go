@@ -1,6 +1,7 @@
 // Package etcdtest runs a throwaway embedded etcd server for tests of
-// keyroute's etcd packages: one server per test binary (start it in
-// TestMain), one key prefix per test.
+// keyroute's etcd packages: one server per test binary, started on first
+// use (so pure tests and fuzz workers, which run TestMain too, never start
+// it) and stopped by Main; one key prefix per test.
 package etcdtest
 
 import (
@@ -11,12 +12,54 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/keyroute/keyroute/registry"
 )
+
+// shared is the test binary's server, started by the first Endpoints.
+var shared struct {
+	once sync.Once
+	srv  *Server
+	err  error
+}
+
+// Main runs a package's tests and then stops the shared server, if one
+// started: func TestMain(m *testing.M) { os.Exit(etcdtest.Main(m)) }.
+func Main(m *testing.M) int {
+	code := m.Run()
+	if shared.srv != nil {
+		shared.srv.Close()
+	}
+	return code
+}
+
+// Endpoints returns the shared server's client URLs, starting it on first
+// use; a server that cannot start fails tb.
+func Endpoints(tb testing.TB) []string {
+	tb.Helper()
+	shared.once.Do(func() { shared.srv, shared.err = Start() })
+	if shared.err != nil {
+		tb.Fatal(shared.err)
+	}
+	return shared.srv.Endpoints()
+}
+
+// Client returns a client of the shared server, closed when tb ends.
+func Client(tb testing.TB) *clientv3.Client {
+	tb.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: Endpoints(tb), DialTimeout: 5 * time.Second})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cli.Close() })
+	return cli
+}
 
 // Server is an embedded etcd in a temporary data directory.
 type Server struct {

@@ -17,27 +17,10 @@ import (
 	"github.com/keyroute/keyroute/registry/kvwatch"
 )
 
-var cli *clientv3.Client
-
-func TestMain(m *testing.M) {
-	srv, err := etcdtest.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	cli, err = clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 5 * time.Second})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	cli.Close()
-	srv.Close()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(etcdtest.Main(m)) }
 
 // config decodes values as strings; "bad..." fails, "skip..." is filtered.
-func config(prefix string, bad *atomic.Int64) kvwatch.Config[string] {
+func config(cli *clientv3.Client, prefix string, bad *atomic.Int64) kvwatch.Config[string] {
 	return kvwatch.Config[string]{
 		Client: cli,
 		Key:    prefix,
@@ -70,7 +53,7 @@ func drain(t *testing.T, ch <-chan kvwatch.Event[string], prefix string) []strin
 	}
 }
 
-func put(t *testing.T, k, v string) {
+func put(t *testing.T, cli *clientv3.Client, k, v string) {
 	t.Helper()
 	if _, err := cli.Put(context.Background(), k, v); err != nil {
 		t.Fatal(err)
@@ -80,18 +63,18 @@ func put(t *testing.T, k, v string) {
 func TestRelistAfterCompaction(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p := etcdtest.Prefix(t)
-	put(t, p+"a", "1")
-	put(t, p+"b", "2")
-	put(t, p+"c", "3")
-	put(t, p+"e", "bad")
-	put(t, p+"f", "skip")
-	put(t, p+"zz-outside", "x")
+	cli, p := etcdtest.Client(t), etcdtest.Prefix(t)
+	put(t, cli, p+"a", "1")
+	put(t, cli, p+"b", "2")
+	put(t, cli, p+"c", "3")
+	put(t, cli, p+"e", "bad")
+	put(t, cli, p+"f", "skip")
+	put(t, cli, p+"zz-outside", "x")
 	var bad atomic.Int64
-	cfg := config(p, &bad)
+	cfg := config(cli, p, &bad)
 	list, follow, out := kvwatch.Phases(cfg)
 	// The outside key sorts after the prefix range and must not appear.
-	put(t, strings.TrimSuffix(p, "/")+"0", "outside")
+	put(t, cli, strings.TrimSuffix(p, "/")+"0", "outside")
 
 	if err := list(ctx); err != nil {
 		t.Fatal(err)
@@ -105,12 +88,12 @@ func TestRelistAfterCompaction(t *testing.T) {
 	}
 
 	// Changes the watcher misses, then compaction of that history.
-	put(t, p+"a", "1b")
-	put(t, p+"d", "4")
+	put(t, cli, p+"a", "1b")
+	put(t, cli, p+"d", "4")
 	if _, err := cli.Delete(ctx, p+"b"); err != nil {
 		t.Fatal(err)
 	}
-	put(t, p+"zz-outside", "skip")
+	put(t, cli, p+"zz-outside", "skip")
 	resp, err := cli.Put(ctx, p+"f", "skip2")
 	if err != nil {
 		t.Fatal(err)
@@ -136,16 +119,16 @@ func TestRelistAfterCompaction(t *testing.T) {
 func TestWatchStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p := etcdtest.Prefix(t)
-	put(t, p+"a", "1")
+	cli, p := etcdtest.Client(t), etcdtest.Prefix(t)
+	put(t, cli, p+"a", "1")
 	var bad atomic.Int64
-	ch := kvwatch.Watch(ctx, config(p, &bad))
+	ch := kvwatch.Watch(ctx, config(cli, p, &bad))
 	if got := drain(t, ch, p); fmt.Sprint(got) != "[put a=1]" {
 		t.Fatalf("snapshot %v", got)
 	}
-	put(t, p+"b", "2")
-	put(t, p+"a", "bad")
-	put(t, p+"c", "skip")
+	put(t, cli, p+"b", "2")
+	put(t, cli, p+"a", "bad")
+	put(t, cli, p+"c", "skip")
 	if _, err := cli.Delete(ctx, p+"b"); err != nil {
 		t.Fatal(err)
 	}

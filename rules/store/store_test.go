@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,31 +18,11 @@ import (
 
 // The server starts on first use, so the fuzz targets (whose workers run
 // TestMain too) run without it.
-var (
-	srvOnce sync.Once
-	srv     *etcdtest.Server
-	srvErr  error
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if srv != nil {
-		srv.Close()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(etcdtest.Main(m)) }
 
 func setup(t *testing.T) (*clientv3.Client, string, context.Context) {
 	t.Helper()
-	srvOnce.Do(func() { srv, srvErr = etcdtest.Start() })
-	if srvErr != nil {
-		t.Fatal(srvErr)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli := etcdtest.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return cli, etcdtest.Prefix(t), ctx
