@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"net"
 	"net/netip"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 

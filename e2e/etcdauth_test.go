@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"github.com/keyroute/keyroute/simcluster"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/internal/testenv"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 

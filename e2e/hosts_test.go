@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -26,19 +26,9 @@ const hostAgentOutageWait = 30 * time.Second
 // remove` ends the membership and the flows and keys go; a restarted agent
 // joins again, and its host's uninstall ends the membership too.
 func TestHostAgentOutage(t *testing.T) {
-	cl := rwCluster(t, simcluster.Options{ExternalEtcd: true})
-	st := rwEtcd(t, cl)
-	h1, h2 := cl.Host(1), cl.Host(2)
-	c1 := rwAttach(t, cl, 1, "c1")[0]
-	c2 := rwAttach(t, cl, 2, "c2")[0]
-	if err := c1.PingUntil(c2.IP.String(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := c1.Ping(c2.IP.String(), 2); err != nil {
-		t.Fatal(err)
-	}
-	fwd := rwWaitFast(t, st, c1, c2, 5*time.Second)
-	back := rwWaitFast(t, st, c2, c1, 5*time.Second)
+	p := rwStartPair(t, simcluster.Options{ExternalEtcd: true})
+	cl, st, h1, h2, c1, c2 := p.cl, p.st, p.h1, p.h2, p.c1, p.c2
+	fwd, back := p.bothFast(t, 5*time.Second)
 
 	if got := hostsAgents(t, h1); got["h2"] != api.AgentUp || got["h1"] != api.AgentUp {
 		t.Fatalf("h1 keyroutectl hosts: agents %v, want h1 and h2 up", got)

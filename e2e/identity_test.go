@@ -2,10 +2,11 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyroute/keyroute/simcluster"
 )
 
 // Node identity and cluster settings (issue 11): a third machine started

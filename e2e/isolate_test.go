@@ -5,12 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyroute/keyroute/simcluster"
 )
 
 // Containers are kept off their host's control plane and cannot inject

@@ -3,13 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/keyroute/keyroute/internal/testenv"
+	"github.com/keyroute/keyroute/simcluster"
 )
 
 // The multi-host tests share one build of keyroute-agent and keyroutectl per

@@ -7,7 +7,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"math/rand/v2"
 	"os"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keyroute/keyroute/registry"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"net"
 	"net/netip"
 	"slices"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 

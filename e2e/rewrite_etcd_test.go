@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -24,20 +24,10 @@ const rwEtcdOutage = 5 * time.Second
 // work over VXLAN and `keyroutectl status` says etcd is unhealthy; once
 // etcd is back a new pair reaches the fast path again.
 func TestRewriteEtcdOutage(t *testing.T) {
-	cl := rwCluster(t, simcluster.Options{ExternalEtcd: true})
-	st := rwEtcd(t, cl)
-	h1, h2 := cl.Host(1), cl.Host(2)
-	cs1 := rwAttach(t, cl, 1, "c1", "c3")
-	cs2 := rwAttach(t, cl, 2, "c2", "c4")
-	c1, c3, c2, c4 := cs1[0], cs1[1], cs2[0], cs2[1]
-	if err := c1.PingUntil(c2.IP.String(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := c1.Ping(c2.IP.String(), 2); err != nil {
-		t.Fatal(err)
-	}
-	a := rwWaitFast(t, st, c1, c2, 5*time.Second)
-	aBack := rwWaitFast(t, st, c2, c1, 5*time.Second)
+	p := rwStartPair(t, simcluster.Options{ExternalEtcd: true})
+	cl, st, h1, h2, c1, c2 := p.cl, p.st, p.h1, p.h2, p.c1, p.c2
+	c3, c4 := rwAttach(t, cl, 1, "c3")[0], rwAttach(t, cl, 2, "c4")[0]
+	a, aBack := p.bothFast(t, 5*time.Second)
 
 	// A streams through the whole outage and after it.
 	const interval, count = 50 * time.Millisecond, 200 // 10 s
@@ -143,19 +133,9 @@ func TestRewriteEtcdOutage(t *testing.T) {
 // through, and no sender may keep rewriting towards a key that nobody
 // restores.
 func TestRewriteEtcdOutageIdlePair(t *testing.T) {
-	cl := rwCluster(t, simcluster.Options{ExternalEtcd: true, AgentConfig: rwIdle("1s")})
-	st := rwEtcd(t, cl)
-	h1, h2 := cl.Host(1), cl.Host(2)
-	c1 := rwAttach(t, cl, 1, "c1")[0]
-	c2 := rwAttach(t, cl, 2, "c2")[0]
-	if err := c1.PingUntil(c2.IP.String(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := c1.Ping(c2.IP.String(), 2); err != nil {
-		t.Fatal(err)
-	}
-	rwWaitFast(t, st, c1, c2, 5*time.Second)
-	rwWaitFast(t, st, c2, c1, 5*time.Second)
+	p := rwStartPair(t, simcluster.Options{ExternalEtcd: true, AgentConfig: rwIdle("1s")})
+	cl, st, h1, h2, c1, c2 := p.cl, p.st, p.h1, p.h2, p.c1, p.c2
+	p.bothFast(t, 5*time.Second)
 	if err := c1.Ping(c2.IP.String(), 1); err != nil {
 		t.Fatal(err)
 	}

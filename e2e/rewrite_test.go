@@ -11,7 +11,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"math"
 	"net"
 	"net/netip"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -501,7 +501,38 @@ func rwWaitFast(t *testing.T, st *rwStore, src, dst *simcluster.Container, timeo
 	return rec
 }
 
-// pktsBetween keeps the packets between two hosts' underlay IPs.
+// rwPair is where most rewrite tests start: a two-host rewrite cluster,
+// its key store, c1 on h1 and c2 on h2, and c1's first pings to c2 made,
+// so both directions are pairs on their way to the fast path.
+type rwPair struct {
+	cl     *simcluster.Cluster
+	st     *rwStore
+	h1, h2 *simcluster.Host
+	c1, c2 *simcluster.Container
+}
+
+func rwStartPair(t *testing.T, opts simcluster.Options) rwPair {
+	t.Helper()
+	cl := rwCluster(t, opts)
+	p := rwPair{cl: cl, st: rwEtcd(t, cl), h1: cl.Host(1), h2: cl.Host(2)}
+	p.c1 = rwAttach(t, cl, 1, "c1")[0]
+	p.c2 = rwAttach(t, cl, 2, "c2")[0]
+	if err := p.c1.PingUntil(p.c2.IP.String(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.c1.Ping(p.c2.IP.String(), 2); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// bothFast waits for c1->c2 and c2->c1 on the fast path (rwWaitFast).
+func (p rwPair) bothFast(t *testing.T, timeout time.Duration) (fwd, back keyalloc.Record) {
+	t.Helper()
+	return rwWaitFast(t, p.st, p.c1, p.c2, timeout), rwWaitFast(t, p.st, p.c2, p.c1, timeout)
+}
+
+// rwBetween keeps the packets from src to dst.
 func rwBetween(pkts []simcluster.CapturedPacket, src, dst netip.Addr) []simcluster.CapturedPacket {
 	var out []simcluster.CapturedPacket
 	for _, p := range pkts {
@@ -748,21 +779,10 @@ func TestRewriteFastPath(t *testing.T) {
 // protocol v2); new traffic bootstraps the pair again from VXLAN.
 func TestRewriteExpiry(t *testing.T) {
 	const sendIdle, quarantine = 2 * time.Second, time.Second
-	cl := rwCluster(t, simcluster.Options{AgentConfig: rwIdle("2s")})
-	st := rwEtcd(t, cl)
-	h1, h2 := cl.Host(1), cl.Host(2)
-	c1 := rwAttach(t, cl, 1, "c1")[0]
-	c2 := rwAttach(t, cl, 2, "c2")[0]
-
-	if err := c1.PingUntil(c2.IP.String(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := c1.Ping(c2.IP.String(), 2); err != nil {
-		t.Fatal(err)
-	}
+	p := rwStartPair(t, simcluster.Options{AgentConfig: rwIdle("2s")})
+	cl, st, h1, h2, c1, c2 := p.cl, p.st, p.h1, p.h2, p.c1, p.c2
 	// Both directions are pairs: c1->c2 (h1 sends) and c2->c1 (h2 sends).
-	fwd := rwWaitFast(t, st, c1, c2, 5*time.Second)
-	back := rwWaitFast(t, st, c2, c1, 5*time.Second)
+	fwd, back := p.bothFast(t, 5*time.Second)
 	// One more ping so both entries have just been used.
 	if err := c1.Ping(c2.IP.String(), 1); err != nil {
 		t.Fatal(err)
@@ -891,18 +911,9 @@ func TestRewriteExpiry(t *testing.T) {
 // in h1's host namespace and a container on h1 send to h2's IP with the DSCP
 // of a live key, and none of it is restored towards c2.
 func TestRewriteForgery(t *testing.T) {
-	cl := rwCluster(t, simcluster.Options{})
-	st := rwEtcd(t, cl)
-	h1, h2 := cl.Host(1), cl.Host(2)
-	cs := rwAttach(t, cl, 1, "c1", "evil")
-	c1, evil := cs[0], cs[1]
-	c2 := rwAttach(t, cl, 2, "c2")[0]
-	if err := c1.PingUntil(c2.IP.String(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := c1.Ping(c2.IP.String(), 2); err != nil {
-		t.Fatal(err)
-	}
+	p := rwStartPair(t, simcluster.Options{})
+	cl, st, h1, h2, c1, c2 := p.cl, p.st, p.h1, p.h2, p.c1, p.c2
+	evil := rwAttach(t, cl, 1, "evil")[0]
 	key := rwWaitFast(t, st, c1, c2, 5*time.Second).Key
 	tos := int(key) << 2
 
@@ -1036,18 +1047,9 @@ func TestRewriteForgery(t *testing.T) {
 // its key, and the restarted agent's view matches etcd and OVS.
 func TestRewriteAgentRestart(t *testing.T) {
 	// External etcd, so that restarting h1 does not restart etcd too.
-	cl := rwCluster(t, simcluster.Options{ExternalEtcd: true})
-	st := rwEtcd(t, cl)
-	c1 := rwAttach(t, cl, 1, "c1")[0]
-	c2 := rwAttach(t, cl, 2, "c2")[0]
-	if err := c1.PingUntil(c2.IP.String(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := c1.Ping(c2.IP.String(), 2); err != nil {
-		t.Fatal(err)
-	}
-	fwd := rwWaitFast(t, st, c1, c2, 5*time.Second)
-	back := rwWaitFast(t, st, c2, c1, 5*time.Second)
+	p := rwStartPair(t, simcluster.Options{ExternalEtcd: true})
+	cl, st, c1, c2 := p.cl, p.st, p.c1, p.c2
+	fwd, back := p.bothFast(t, 5*time.Second)
 
 	for _, h := range []*simcluster.Host{cl.Host(2), cl.Host(1)} {
 		const count = 400 // 4 s at 10 ms

@@ -15,7 +15,6 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"maps"
 	"net"
 	"net/netip"
@@ -27,6 +26,7 @@ import (
 	"time"
 
 	"github.com/keyroute/keyroute/keyalloc"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
@@ -65,6 +65,21 @@ type v2Env struct {
 	t  *testing.T
 	cl *simcluster.Cluster
 	st *rwStore
+}
+
+// v2Up starts a two-host rewrite cluster and its key store.
+func v2Up(t *testing.T, opts simcluster.Options) (e *v2Env, h1, h2 *simcluster.Host) {
+	t.Helper()
+	cl := rwCluster(t, opts)
+	return &v2Env{t, cl, rwEtcd(t, cl)}, cl.Host(1), cl.Host(2)
+}
+
+// attach4 attaches c1 and c3 to h1, c2 and c4 to h2.
+func (e *v2Env) attach4() (c1, c3, c2, c4 *simcluster.Container) {
+	e.t.Helper()
+	on1 := rwAttach(e.t, e.cl, 1, "c1", "c3")
+	on2 := rwAttach(e.t, e.cl, 2, "c2", "c4")
+	return on1[0], on1[1], on2[0], on2[1]
 }
 
 // within polls cond until it holds and fails the test unless it held
@@ -255,13 +270,9 @@ func TestRewriteV2KeyReuse(t *testing.T) {
 	// From a sender's last datagram to its key's release: send_idle, the
 	// FLOW_REMOVED, the quarantine, the etcd delete; plus 4 s of slack.
 	const releaseBound = v2SendIdle + v2Quarantine + 4*time.Second
-	cl := rwCluster(t, simcluster.Options{AgentConfig: rwCache(map[string]any{"keys": "7", "send_idle": "2s", "quarantine": "1s"})})
-	st := rwEtcd(t, cl)
-	e := &v2Env{t, cl, st}
-	h1, h2 := cl.Host(1), cl.Host(2)
-	on1 := rwAttach(t, cl, 1, "c1", "c3")
-	on2 := rwAttach(t, cl, 2, "c2", "c4")
-	c1, c3, c2, c4 := on1[0], on1[1], on2[0], on2[1]
+	e, h1, h2 := v2Up(t, simcluster.Options{AgentConfig: rwCache(map[string]any{"keys": "7", "send_idle": "2s", "quarantine": "1s"})})
+	cl, st := e.cl, e.st
+	c1, c3, c2, c4 := e.attach4()
 	ct := v2Traffic(t, []*simcluster.Container{c1, c3}, []*simcluster.Container{c2, c4})
 	const a, b = 0, 1 // sender/receiver indexes of A (c1->c2) and B (c3->c4)
 
@@ -397,13 +408,9 @@ func TestRewriteV2OVSRestart(t *testing.T) {
 	// second or two; then the agent's reconnect (backoff up to a few s)
 	// and replay, and anti-entropy right after it.
 	const ovsRestartBound = 20 * time.Second
-	cl := rwCluster(t, simcluster.Options{AgentConfig: rwCache(map[string]any{"keys": "7", "send_idle": "2s", "quarantine": "1s"})})
-	st := rwEtcd(t, cl)
-	e := &v2Env{t, cl, st}
-	h1, h2 := cl.Host(1), cl.Host(2)
-	on1 := rwAttach(t, cl, 1, "c1", "c3")
-	on2 := rwAttach(t, cl, 2, "c2", "c4")
-	c1, c3, c2, c4 := on1[0], on1[1], on2[0], on2[1]
+	e, h1, h2 := v2Up(t, simcluster.Options{AgentConfig: rwCache(map[string]any{"keys": "7", "send_idle": "2s", "quarantine": "1s"})})
+	cl, st := e.cl, e.st
+	c1, c3, c2, c4 := e.attach4()
 	// Senders c1, c2, c3; receivers c2, c1, c4.
 	ct := v2Traffic(t, []*simcluster.Container{c1, c2, c3}, []*simcluster.Container{c2, c1, c4})
 	ct.phase.Store(1)
@@ -512,13 +519,9 @@ func TestRewriteV2FlowRemovedLost(t *testing.T) {
 	// From the agent being ready to A on the fast path: the release, then
 	// A's next punt, allocation, h2's install and mark.
 	const fastBound = releaseBound + 6*time.Second
-	cl := rwCluster(t, simcluster.Options{ExternalEtcd: true, AgentConfig: rwCache(map[string]any{"keys": "7,8", "send_idle": "2s", "quarantine": "1s"})})
-	st := rwEtcd(t, cl)
-	e := &v2Env{t, cl, st}
-	h1, h2 := cl.Host(1), cl.Host(2)
-	on1 := rwAttach(t, cl, 1, "c1", "c3")
-	on2 := rwAttach(t, cl, 2, "c2", "c4")
-	c1, c3, c2, c4 := on1[0], on1[1], on2[0], on2[1]
+	e, h1, h2 := v2Up(t, simcluster.Options{ExternalEtcd: true, AgentConfig: rwCache(map[string]any{"keys": "7,8", "send_idle": "2s", "quarantine": "1s"})})
+	st := e.st
+	c1, c3, c2, c4 := e.attach4()
 	ct := v2Traffic(t, []*simcluster.Container{c1, c3}, []*simcluster.Container{c2, c4})
 	const a, b = 0, 1
 	ct.phase.Store(1)
@@ -604,12 +607,9 @@ func TestRewriteV2KeyLeak(t *testing.T) {
 	// send_idle well above pending_timeout: the unused addresses' pending
 	// entries must be given up by the timeout, not by idling out first
 	// (either frees the key; only the timeout counts not_ready).
-	cl := rwCluster(t, simcluster.Options{AgentConfig: rwCache(map[string]any{"keys": "7,8", "send_idle": "4s", "quarantine": "1s", "pending_timeout": "2s"})})
-	st := rwEtcd(t, cl)
-	e := &v2Env{t, cl, st}
-	h1, h2 := cl.Host(1), cl.Host(2)
-	c1 := rwAttach(t, cl, 1, "c1")[0]
-	c2 := rwAttach(t, cl, 2, "c2")[0]
+	e, h1, h2 := v2Up(t, simcluster.Options{AgentConfig: rwCache(map[string]any{"keys": "7,8", "send_idle": "4s", "quarantine": "1s", "pending_timeout": "2s"})})
+	cl, st := e.cl, e.st
+	c1, c2 := rwAttach(t, cl, 1, "c1")[0], rwAttach(t, cl, 2, "c2")[0]
 	ct := v2Traffic(t, []*simcluster.Container{c1}, []*simcluster.Container{c2})
 
 	// Ten unused addresses in c2's /24 (h2's pod subnet), high enough to

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -15,6 +14,7 @@ import (
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/fabric"
 	"github.com/keyroute/keyroute/internal/testenv"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 	"github.com/keyroute/keyroute/trace"
 )

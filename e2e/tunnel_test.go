@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/keyroute/keyroute/simcluster"
 	"io"
 	"net"
 	"net/netip"
@@ -28,6 +27,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/keyroute/keyroute/api"
+	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
 
