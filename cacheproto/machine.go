@@ -89,7 +89,37 @@ type Config struct {
 	// lets pairs out of keys try again when a key towards their peer is
 	// free but its freeing went unseen (a lost watch event).
 	Keys int
+	// Eviction lets the busiest pairs have the keys (Rates).
+	Eviction Eviction
 }
+
+// Eviction is the traffic policy for a peer whose keys are all taken: a
+// pair out of keys that carries more than Factor times the bytes of the
+// quietest keyed pair towards the same peer takes its place. The loser
+// drains like an idle pair (its key is freed only through rules 1 and 2,
+// so a swap is as safe as an expiry) and goes to plain VXLAN at once; the
+// winner is first in line for the freed key. Factor and Hold are the
+// hysteresis: a swap needs a clear difference, and a key stays with its
+// pair at least Hold after it turned ready, so keys do not flap.
+type Eviction struct {
+	On       bool
+	Factor   float64       // winner's rate must exceed Factor × loser's
+	MinRate  float64       // bytes/s a winner carries at least
+	Hold     time.Duration // a ready pair keeps its key at least this long
+	MaxSwaps int           // swaps per peer per Rates
+}
+
+// DefaultEviction is the agents' traffic policy.
+func DefaultEviction() Eviction {
+	return Eviction{On: true, Factor: 2, MinRate: 1000, Hold: 5 * time.Second, MaxSwaps: 8}
+}
+
+// Fallback reasons the machine gives itself; others come from the agent
+// (PuntNoKey).
+const (
+	ReasonExhausted = "keys_exhausted" // every key towards the peer is taken
+	ReasonEvicted   = "evicted"        // a busier pair took the key (Eviction)
+)
 
 // DefaultConfig is what agents run with.
 func DefaultConfig() Config {
@@ -107,6 +137,7 @@ type Send struct {
 	Reason   string    // why a fallback has no key, or why a hold was taken
 	Punted   time.Time // first punt, for time to fast path
 	Since    time.Time // entered State
+	Rate     float64   // bytes/s at the last Rates
 	gen      uint64    // desired generation that added (Pending/Ready) or removed (Draining) its flow
 	afterRC  bool      // Draining: removed only by the start-up reconcile
 	freed    uint64    // Allocating: keys freed towards Peer when the Allocate was issued
@@ -131,6 +162,7 @@ type Counters struct {
 	Repairs                              map[string]uint64 // anti-entropy and start-up repairs, by kind
 	Released, ReleaseErrors              uint64
 	Retried                              uint64 // keys_exhausted fallbacks dropped to try again: a key towards their peer was freed
+	Swaps                                uint64 // pairs that lost their key to a busier one (Eviction)
 	StaleFlowRemoved                     uint64
 }
 
@@ -157,6 +189,10 @@ type Machine struct {
 	// an orphan.
 	released    map[int64]bool
 	releasedLog []int64
+	// reserved lists, per peer, the pairs a swap made room for (Eviction):
+	// a freed key is theirs until they allocated or the reservation
+	// lapsed, so that no quieter pair takes it first.
+	reserved map[string][]reservation
 
 	gen        uint64 // bumped on every change of the desired flows
 	confirmed  uint64 // highest generation confirmed installed
@@ -169,7 +205,7 @@ type Machine struct {
 // New returns a machine that serves no punt before Start and Reconciled.
 func New(cfg Config, now time.Time) *Machine {
 	return &Machine{cfg: cfg, now: now, send: map[Pair]*Send{}, recv: map[RecvKey]*Recv{}, tomb: map[RecvKey]int64{},
-		early: map[Pair]int64{}, freed: map[string]uint64{}, released: map[int64]bool{}, Count: Counters{Fallbacks: map[string]uint64{}, Repairs: map[string]uint64{}}}
+		early: map[Pair]int64{}, freed: map[string]uint64{}, released: map[int64]bool{}, reserved: map[string][]reservation{}, Count: Counters{Fallbacks: map[string]uint64{}, Repairs: map[string]uint64{}}}
 }
 
 // Effects. The caller runs each and feeds its result back as an event.
@@ -501,7 +537,7 @@ func (m *Machine) Allocated(now time.Time, p Pair, rec keyalloc.Record, err erro
 	if err != nil {
 		reason := "etcd"
 		if isExhausted(err) {
-			reason = "keys_exhausted"
+			reason = ReasonExhausted
 			if e.freed != m.freed[e.Peer] {
 				// A key towards the peer was freed while this allocation
 				// ran, excluding it: try again rather than fall back.
@@ -556,6 +592,9 @@ func (m *Machine) SentRecord(now time.Time, rec keyalloc.Record) []Effect {
 // the pair off its key at once (the receiver no longer restores it).
 func (m *Machine) SentRecordDeleted(now time.Time, rec keyalloc.Record) []Effect {
 	m.now = now
+	if m.released[rec.CreateRevision] {
+		return m.flush() // our own release, whose result came first: the key was freed there
+	}
 	// A key left etcd, whoever deleted it; pairs out of keys try again
 	// (those whose key this still is here find it held and fall back).
 	m.keyFreed(rec.DstHost)
@@ -711,15 +750,123 @@ func (m *Machine) Released(now time.Time, rec keyalloc.Record, err error) []Effe
 // again if another pair took the key first); an allocation in flight
 // that comes back exhausted is tried again (Allocated). Dropping a
 // fallback entry never misdelivers: without it the pair takes VXLAN.
+//
+// With Eviction, a pair a swap made room for goes first: while one waits
+// towards peer, the freed key is its turn alone.
 func (m *Machine) keyFreed(peer string) {
 	m.freed[peer]++
+	if m.keyFreedReserved(peer) {
+		return
+	}
 	for _, e := range m.sortedSend() {
-		if e.State == StateFallback && e.Reason == "keys_exhausted" && e.Peer == peer {
+		if e.State == StateFallback && e.Reason == ReasonExhausted && e.Peer == peer {
 			delete(m.send, e.Pair)
 			m.changed()
 			m.Count.Retried++
 		}
 	}
+}
+
+// reservation is a pair a swap made room for.
+type reservation struct {
+	pair    Pair
+	until   time.Time
+	dropped bool // its fallback entry was dropped: it punts for the key
+}
+
+// keyFreedReserved gives a freed key towards peer to a reserved pair, and
+// reports whether a reservation is still open (then nobody else gets it).
+// A reservation ends when its pair allocates (it has an entry that is not
+// a fallback one) or lapses (PendingTimeout, e.g. the pair went quiet).
+func (m *Machine) keyFreedReserved(peer string) bool {
+	rs := m.reserved[peer][:0]
+	for _, r := range m.reserved[peer] {
+		e, ok := m.send[r.pair]
+		if m.now.After(r.until) || ok && e.State != StateFallback || !ok && !r.dropped {
+			continue
+		}
+		rs = append(rs, r)
+	}
+	if len(rs) == 0 {
+		delete(m.reserved, peer)
+		return false
+	}
+	m.reserved[peer] = rs
+	for i := range rs {
+		if e, ok := m.send[rs[i].pair]; ok && !rs[i].dropped && e.State == StateFallback {
+			delete(m.send, rs[i].pair)
+			m.changed()
+			m.Count.Retried++
+			rs[i].dropped = true
+			break
+		}
+	}
+	return true
+}
+
+func (m *Machine) isReserved(p Pair, peer string) bool {
+	return slices.ContainsFunc(m.reserved[peer], func(r reservation) bool { return r.pair == p && !m.now.After(r.until) })
+}
+
+// Rates is each pair's traffic in bytes/s since the last Rates, from its
+// EgressCache entry's counters (a keyed or a fallback entry alike). With
+// Eviction on, it is also when keys change hands.
+func (m *Machine) Rates(now time.Time, rates map[Pair]float64) []Effect {
+	m.now = now
+	for p, r := range rates {
+		if e, ok := m.send[p]; ok {
+			e.Rate = r
+		}
+	}
+	ev := m.cfg.Eviction
+	if !ev.On || !m.synced || now.Before(m.serveFrom) {
+		return m.flush()
+	}
+	type side struct{ winners, losers []*Send }
+	peers := map[string]*side{}
+	at := func(peer string) *side {
+		if peers[peer] == nil {
+			peers[peer] = &side{}
+		}
+		return peers[peer]
+	}
+	for _, e := range m.sortedSend() {
+		switch {
+		case e.State == StateFallback && e.Reason == ReasonExhausted && e.Rate >= ev.MinRate && !m.isReserved(e.Pair, e.Peer):
+			at(e.Peer).winners = append(at(e.Peer).winners, e)
+		case e.State == StateReady && now.Sub(e.Since) >= ev.Hold:
+			at(e.Peer).losers = append(at(e.Peer).losers, e)
+		}
+	}
+	for _, peer := range slices.Sorted(maps.Keys(peers)) {
+		sd := peers[peer]
+		// Busiest winners against quietest losers; ties in pair order, so
+		// a schedule replays the same.
+		slices.SortStableFunc(sd.winners, func(a, b *Send) int { return cmpRate(b.Rate, a.Rate) })
+		slices.SortStableFunc(sd.losers, func(a, b *Send) int { return cmpRate(a.Rate, b.Rate) })
+		for i := 0; i < len(sd.winners) && i < len(sd.losers) && i < ev.MaxSwaps; i++ {
+			w, l := sd.winners[i], sd.losers[i]
+			if w.Rate <= ev.Factor*l.Rate {
+				break
+			}
+			m.drain(l, ReasonEvicted)
+			m.fallback(l.Pair, l.Peer, ReasonEvicted, now)
+			m.send[l.Pair].Rate = l.Rate
+			m.reserved[peer] = append(m.reserved[peer], reservation{pair: w.Pair, until: now.Add(m.cfg.PendingTimeout)})
+			m.Count.Swaps++
+		}
+	}
+	return m.flush()
+}
+
+func cmpRate(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 // releasedRec counts a release and remembers it for AntiEntropy (the last
@@ -918,7 +1065,7 @@ func (m *Machine) AntiEntropy(now time.Time, confirmedGen uint64, egress map[Pai
 		}
 		peers := map[string]bool{}
 		for _, e := range m.send {
-			if e.State == StateFallback && e.Reason == "keys_exhausted" && len(used[e.Peer]) < m.cfg.Keys {
+			if e.State == StateFallback && e.Reason == ReasonExhausted && len(used[e.Peer]) < m.cfg.Keys {
 				peers[e.Peer] = true
 			}
 		}

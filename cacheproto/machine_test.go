@@ -426,3 +426,79 @@ func TestDSCPPathFallback(t *testing.T) {
 		t.Fatalf("no allocation after the path is good again")
 	}
 }
+
+// Eviction: with the only key on a quiet pair X, a busy pair Y out of
+// keys takes it. X drains like an idle pair (the key is freed only after
+// the confirmed removal and the quarantine) and goes to VXLAN at once;
+// the freed key is Y's turn alone, not that of another pair out of keys.
+func TestEvictionSwapsQuietForBusy(t *testing.T) {
+	c := cfg
+	c.Eviction = Eviction{On: true, Factor: 2, MinRate: 100, Hold: time.Second, MaxSwaps: 1}
+	start := t0.Add(-c.Quarantine)
+	m := New(c, start)
+	confirm(t, m, m.Start(start, nil, nil, nil, func(netip.Addr) bool { return true }), start)
+	m.Reconciled(start)
+	pZ := Pair{netip.MustParseAddr("198.19.0.4"), netip.MustParseAddr("198.19.1.4")}
+	ready(t, m, pX, 7, 10, t0)
+	exhausted := fmt.Errorf("one key: %w", keyalloc.ErrKeysExhausted)
+	for _, p := range []Pair{pY, pZ} {
+		m.Punt(t0, p, "h2", nh)
+		confirm(t, m, m.Allocated(t0, p, keyalloc.Record{}, exhausted), t0)
+	}
+	// Before Hold, and below Factor, nothing moves.
+	confirm(t, m, m.Rates(at(500*time.Millisecond), map[Pair]float64{pX: 10, pY: 1e6, pZ: 500}), at(500*time.Millisecond))
+	confirm(t, m, m.Rates(at(2*time.Second), map[Pair]float64{pX: 1e6, pY: 1.5e6, pZ: 500}), at(2*time.Second))
+	if m.Count.Swaps != 0 {
+		t.Fatalf("%d swaps before Hold or within Factor, want 0", m.Count.Swaps)
+	}
+	effs := m.Rates(at(3*time.Second), map[Pair]float64{pX: 10, pY: 1e6, pZ: 500})
+	if m.Count.Swaps != 1 {
+		t.Fatalf("%d swaps, want 1", m.Count.Swaps)
+	}
+	if e, _ := m.Entry(pX); e.State != StateFallback || e.Reason != ReasonEvicted {
+		t.Fatalf("X after the swap: %+v, want fallback %s", e, ReasonEvicted)
+	}
+	in, ok := find[Install](effs)
+	if !ok {
+		t.Fatal("swap: no install")
+	}
+	for _, f := range in.Send {
+		if f.Pair == pX && f.State != StateFallback {
+			t.Fatalf("X still rewritten with key %d after the swap", f.Key)
+		}
+	}
+	if _, ok := find[Release](confirm(t, m, effs, at(3*time.Second))); ok {
+		t.Fatal("key released at once, before the quarantine")
+	}
+	r, ok := find[Release](confirm(t, m, m.Tick(at(4100*time.Millisecond)), at(4100*time.Millisecond)))
+	if !ok || r.Rec.Key != 7 {
+		t.Fatalf("after the quarantine: %+v, want the release of key 7", r)
+	}
+	confirm(t, m, m.Released(at(4200*time.Millisecond), r.Rec, nil), at(4200*time.Millisecond))
+	// The watch's delete of the same record frees nothing more.
+	confirm(t, m, m.SentRecordDeleted(at(4300*time.Millisecond), r.Rec), at(4300*time.Millisecond))
+	if _, ok := m.Entry(pY); ok {
+		t.Fatal("Y still on its fallback entry after the swap freed key 7")
+	}
+	if e, ok := m.Entry(pZ); !ok || e.Reason != ReasonExhausted {
+		t.Fatalf("Z: %+v, want still on fallback: the freed key is Y's turn", e)
+	}
+	if e, ok := m.Entry(pX); !ok || e.Reason != ReasonEvicted {
+		t.Fatalf("X: %+v, want still on fallback: it does not race Y for its old key", e)
+	}
+	if _, ok := find[Allocate](m.Punt(at(4400*time.Millisecond), pY, "h2", nh)); !ok {
+		t.Fatal("Y's punt after the swap: no Allocate")
+	}
+}
+
+// Eviction off: a busy pair out of keys stays on VXLAN.
+func TestEvictionOff(t *testing.T) {
+	m := synced(t)
+	ready(t, m, pX, 7, 10, t0)
+	m.Punt(t0, pY, "h2", nh)
+	confirm(t, m, m.Allocated(t0, pY, keyalloc.Record{}, fmt.Errorf("x: %w", keyalloc.ErrKeysExhausted)), t0)
+	confirm(t, m, m.Rates(at(time.Minute), map[Pair]float64{pX: 0, pY: 1e9}), at(time.Minute))
+	if e, _ := m.Entry(pX); m.Count.Swaps != 0 || e.State != StateReady {
+		t.Fatalf("eviction off: %d swaps, X %v", m.Count.Swaps, e.State)
+	}
+}

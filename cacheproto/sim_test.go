@@ -67,7 +67,7 @@ func TestSimulate(t *testing.T) {
 	base := uint64(time.Now().UnixNano())
 	workers := max(1, runtime.GOMAXPROCS(0))
 	type result struct {
-		steps, packets, drops int
+		steps, packets, drops, swaps int
 		seed                  uint64
 		err                   error
 	}
@@ -92,6 +92,7 @@ func TestSimulate(t *testing.T) {
 				r.steps += s.steps
 				r.packets += s.delivered
 				r.drops += s.dropped
+				r.swaps += s.swaps
 			}
 			results <- r
 		}()
@@ -105,12 +106,16 @@ func TestSimulate(t *testing.T) {
 		total.steps += r.steps
 		total.packets += r.packets
 		total.drops += r.drops
+		total.swaps += r.swaps
 	}
 	if total.err != nil {
 		t.Fatalf("%v\nreplay with: go test ./cacheproto -run TestSimulate -seed %d -v", total.err, total.seed)
 	}
-	t.Logf("%d schedules, %d steps, %d keyed packets restored right, %d dropped for want of a Restore entry; no invariant broken",
-		n, total.steps, total.packets, total.drops)
+	t.Logf("%d schedules, %d steps, %d keyed packets restored right, %d dropped for want of a Restore entry, %d key swaps; no invariant broken",
+		n, total.steps, total.packets, total.drops, total.swaps)
+	if n >= 1000 && total.swaps == 0 {
+		t.Fatalf("%d schedules and not one key swap: the simulator no longer exercises eviction", n)
+	}
 }
 
 func runSchedule(seed uint64) (*sim, error) {
@@ -209,6 +214,15 @@ type sim struct {
 	// so that streams stay ordered whatever their delays.
 	streamAt map[string]time.Duration
 	active   map[Pair]bool // pairs sending traffic
+	// rate is what each pair carries while active (bytes/s), skewed so
+	// that eviction has busy and quiet pairs to tell apart; evict says
+	// whether this schedule's agents run with Eviction.
+	rate  map[Pair]float64
+	evict bool
+	swaps int
+	// lateSwaps are swaps in the calm phase after it settled: with
+	// traffic steady, keys must stop changing hands (hysteresis).
+	lateSwaps []string
 	pairs    []Pair
 	hostOf   map[netip.Addr]*simHost
 
@@ -229,7 +243,7 @@ type sim struct {
 func newSim(seed uint64, trace bool, logf func(string, ...any)) *sim {
 	s := &sim{rnd: rand.New(rand.NewPCG(seed, seed^0x5eed)), seed: seed, epoch: time.Unix(1e9, 0),
 		etcd: simEtcd{records: map[string]*keyalloc.Record{}}, streamAt: map[string]time.Duration{},
-		active: map[Pair]bool{}, hostOf: map[netip.Addr]*simHost{}, trace: trace, logf: logf}
+		active: map[Pair]bool{}, rate: map[Pair]float64{}, hostOf: map[netip.Addr]*simHost{}, trace: trace, logf: logf}
 	nh := 2 + s.rnd.IntN(2)
 	for k := range 1 + s.rnd.IntN(3) {
 		s.keys = append(s.keys, uint8(7+k))
@@ -256,7 +270,9 @@ func newSim(seed uint64, trace bool, logf func(string, ...any)) *sim {
 		if s.rnd.IntN(3) > 0 {
 			s.active[p] = true
 		}
+		s.rate[p] = []float64{10, 1e3, 1e5, 1e7}[s.rnd.IntN(4)]
 	}
+	s.evict = s.rnd.IntN(2) == 0
 	s.pLoseFR = []float64{0, 0.1, 0.5}[s.rnd.IntN(3)]
 	s.pLosePunt = []float64{0, 0.2}[s.rnd.IntN(2)]
 	s.pLoseWatch = []float64{0, 0, 0.1}[s.rnd.IntN(3)]
@@ -313,9 +329,10 @@ func (s *sim) run() error {
 	for _, p := range s.pairs {
 		s.at(time.Duration(s.rnd.IntN(500))*time.Millisecond, s.sender(p))
 	}
-	// Ticks and anti-entropy.
+	// Ticks, rates and anti-entropy.
 	for _, h := range s.hosts {
 		s.at(100*time.Millisecond, s.ticker(h))
+		s.at(time.Duration(500+s.rnd.IntN(1000))*time.Millisecond, s.rates(h))
 		s.at(time.Duration(2000+s.rnd.IntN(2000))*time.Millisecond, s.antiEntropy(h))
 	}
 	// Faults.
@@ -348,6 +365,34 @@ func (s *sim) ticker(h *simHost) func() {
 			s.apply(h, h.m.Tick(s.wall()))
 		}
 		s.at(250*time.Millisecond, fn)
+	}
+	return fn
+}
+
+// rates reports every local pair's traffic, as the agent reads it from
+// its EgressCache counters: what the pair sends while active.
+func (s *sim) rates(h *simHost) func() {
+	var fn func()
+	fn = func() {
+		defer s.at(time.Duration(1000+s.rnd.IntN(1000))*time.Millisecond, fn)
+		if h.m == nil {
+			return
+		}
+		r := map[Pair]float64{}
+		for _, p := range s.pairs {
+			if h.local[p.Src] && s.active[p] {
+				r[p] = s.rate[p]
+			}
+		}
+		before := h.m.Count.Swaps
+		s.apply(h, h.m.Rates(s.wall(), r))
+		if n := h.m.Count.Swaps - before; n > 0 {
+			s.swaps += int(n)
+			s.logt("%s: %d key swaps", h.name, n)
+			if s.now > faultPhase+calmPhase*2/3 {
+				s.lateSwaps = append(s.lateSwaps, fmt.Sprintf("%s at %s", h.name, s.now))
+			}
+		}
 	}
 	return fn
 }
@@ -610,6 +655,9 @@ func (s *sim) startAgent(h *simHost, restarted bool) {
 	}
 	cfg := simConfig
 	cfg.Keys = len(s.keys)
+	if s.evict {
+		cfg.Eviction = Eviction{On: true, Factor: 2, MinRate: 100, Hold: time.Second, MaxSwaps: 2}
+	}
 	h.m = New(cfg, s.wall())
 	sent, recv := s.list(h)
 	egress := map[Pair]EgressFlow{}
@@ -869,6 +917,9 @@ func (s *sim) liveness() error {
 				bad = append(bad, fmt.Sprintf("%s->%s ready without the receiver's Restore", p.Src, p.Dst))
 			}
 		}
+	}
+	if len(s.lateSwaps) > 0 {
+		bad = append(bad, fmt.Sprintf("keys still changing hands with traffic steady: swaps on %s", strings.Join(s.lateSwaps, ", ")))
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("seed %d: liveness: after %s without faults: %s", s.seed, calmPhase, strings.Join(bad, "; "))
