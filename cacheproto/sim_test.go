@@ -68,8 +68,8 @@ func TestSimulate(t *testing.T) {
 	workers := max(1, runtime.GOMAXPROCS(0))
 	type result struct {
 		steps, packets, drops, swaps int
-		seed                  uint64
-		err                   error
+		seed                         uint64
+		err                          error
 	}
 	results := make(chan result, workers)
 	var next atomic.Int64
@@ -223,8 +223,8 @@ type sim struct {
 	// lateSwaps are swaps in the calm phase after it settled: with
 	// traffic steady, keys must stop changing hands (hysteresis).
 	lateSwaps []string
-	pairs    []Pair
-	hostOf   map[netip.Addr]*simHost
+	pairs     []Pair
+	hostOf    map[netip.Addr]*simHost
 
 	// Fault rates, drawn per schedule.
 	pLoseFR, pLosePunt, pLoseWatch, pCommitLost float64
