@@ -330,6 +330,10 @@ func (a *Agent) setup(ctx context.Context) error {
 		keys := a.cfg.KeySet()
 		pc := cacheproto.DefaultConfig()
 		pc.Quarantine, pc.PendingTimeout, pc.Keys = a.cfg.Cache.Quarantine, a.cfg.Cache.PendingTimeout, keys.Len()
+		if a.cfg.Cache.Eviction == EvictionTraffic {
+			pc.Eviction = cacheproto.DefaultEviction()
+			pc.Eviction.Factor, pc.Eviction.Hold = a.cfg.Cache.EvictionFactor, a.cfg.Cache.EvictionHold
+		}
 		alloc := keyalloc.New(a.reg.Raw(), a.cfg.Etcd.Prefix, keys,
 			keyalloc.WithLogger(a.log), keyalloc.WithBadRecordHandler(a.metrics.badRecord))
 		a.cache = newCache(a, alloc, flows.Rewrite{SendIdle: a.cfg.Cache.SendIdle, FallbackRetry: fallbackRetry,

@@ -316,6 +316,7 @@ func (c *cache) reconciled(ctx context.Context, sent, recv *cacheWatch) {
 	go c.follow(ctx, recv.ch, c.onRecv)
 	go c.tick(ctx)
 	go c.antiEntropyLoop(ctx)
+	go c.rateLoop(ctx)
 }
 
 // dumpEgress reads br-int's EgressCache entries.
@@ -737,6 +738,13 @@ func matchIPv4(m openflow.Match, f *openflow.Field) netip.Addr {
 		}
 	}
 	return netip.Addr{}
+}
+
+// entry is a pair's sender entry.
+func (c *cache) entry(p cacheproto.Pair) (cacheproto.Send, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m.Entry(p)
 }
 
 // stateOf names a pair's sender entry state for keyroutectl cache.

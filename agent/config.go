@@ -150,7 +150,24 @@ type CacheConfig struct {
 	ProbePort uint16 `yaml:"probe_port"`
 	// ProbeInterval is how often each path is checked again.
 	ProbeInterval time.Duration `yaml:"probe_interval"`
+	// Eviction is what happens when every key towards a peer is taken:
+	// "traffic" lets a pair carrying more than EvictionFactor times the
+	// bytes/s of the quietest keyed pair take its key (the loser goes to
+	// VXLAN), "none" leaves keys with the pairs that have them until they
+	// idle out (DESIGN.md "Key space").
+	Eviction string `yaml:"eviction"`
+	// EvictionFactor is how much busier a pair must be to take a key.
+	EvictionFactor float64 `yaml:"eviction_factor"`
+	// EvictionHold is how long a pair keeps a new key before it can lose
+	// it to a busier one.
+	EvictionHold time.Duration `yaml:"eviction_hold"`
 }
+
+// Eviction policies (cache.eviction).
+const (
+	EvictionNone    = "none"
+	EvictionTraffic = "traffic"
+)
 
 // Modes.
 const (
@@ -188,6 +205,9 @@ func DefaultConfig() Config {
 			PuntRate:       1000,
 			ProbePort:      9477,
 			ProbeInterval:  30 * time.Second,
+			Eviction:       EvictionTraffic,
+			EvictionFactor: 2,
+			EvictionHold:   5 * time.Second,
 		},
 		MetricsAddr:  "127.0.0.1:9476",
 		RuleMaxFlows: 10000,
@@ -296,6 +316,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.ProbePort != 0 && (c.Cache.ProbeInterval < time.Second || c.Cache.ProbeInterval > time.Hour) {
 		bad("cache.probe_interval", c.Cache.ProbeInterval, "must be between 1s and 1h")
+	}
+	switch c.Cache.Eviction {
+	case EvictionNone:
+	case EvictionTraffic:
+		if c.Cache.EvictionFactor < 1.1 || c.Cache.EvictionFactor > 1000 {
+			bad("cache.eviction_factor", c.Cache.EvictionFactor, "must be between 1.1 and 1000: a pair must be clearly busier to take a key, or keys flap")
+		}
+		if c.Cache.EvictionHold < time.Second || c.Cache.EvictionHold > time.Hour {
+			bad("cache.eviction_hold", c.Cache.EvictionHold, "must be between 1s and 1h")
+		}
+	default:
+		bad("cache.eviction", c.Cache.Eviction, "use %q or %q", EvictionTraffic, EvictionNone)
 	}
 	if c.Cache.PuntRate == 0 {
 		bad("cache.punt_rate", c.Cache.PuntRate, "must be at least 1 packet/s")

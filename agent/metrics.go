@@ -209,14 +209,15 @@ func (c *cache) collector() prometheus.Collector {
 		"Packets that matched a cache entry, by side: egress (EgressCache entries in any state; pending and fallback ones send through VXLAN) "+
 			"and restore. Flow counters of the entries installed now plus the final counts of the removed ones.", []string{"side"}, nil)
 	keys := prometheus.NewDesc("keyroute_cache_keys_in_use", "Keys this host holds as sender, by peer host: pending and ready entries, and keys draining, quarantined or being released.", []string{"peer"}, nil)
-	fallbackDesc := prometheus.NewDesc("keyroute_cache_fallbacks_total", "Pairs left on VXLAN without a key, by reason (keys_exhausted, etcd, no_next_hop, not_ready, key_conflict, dscp_path).", []string{"reason"}, nil)
+	fallbackDesc := prometheus.NewDesc("keyroute_cache_fallbacks_total", "Pairs left on VXLAN without a key, by reason (keys_exhausted, evicted, etcd, no_next_hop, not_ready, key_conflict, dscp_path).", []string{"reason"}, nil)
 	repairDesc := prometheus.NewDesc("keyroute_cache_repairs_total",
 		"Differences between key records and flows found and repaired, by kind: at start-up (adopted, record_without_flow, flow_without_record), "+
 			"by anti-entropy (egress_flow_lost, record_lost, orphan_record, restore_missing, restore_stale, exhausted_key_free), and from punts (punt_after_install) and watches (record_deleted_elsewhere).", []string{"kind"}, nil)
 	puntDropDesc := prometheus.NewDesc("keyroute_cache_punts_ignored_total", "Punts the key protocol ignored: before start-up finished (unsynced), while the pair's previous key is still held (busy), for an entry just installed (stale); and those whose allocation waited out the first quarantine after start-up (deferred).", []string{"outcome"}, nil)
 	releasedDesc := prometheus.NewDesc("keyroute_cache_keys_released_total", "Keys this host freed as sender, each after the confirmed removal of its flow and the quarantine.", nil, nil)
 	retriedDesc := prometheus.NewDesc("keyroute_cache_fallback_retries_total", "Fallback entries of pairs out of keys dropped so that the pair bootstraps again, because a key towards its peer was freed.", nil, nil)
-	return collectorFunc{descs: []*prometheus.Desc{hits, keys, fallbackDesc, repairDesc, puntDropDesc, releasedDesc, retriedDesc}, collect: func(ch chan<- prometheus.Metric) {
+	swapsDesc := prometheus.NewDesc("keyroute_cache_key_swaps_total", "Keyed pairs that gave their key to a pair carrying more traffic (cache.eviction: traffic); each loser went to VXLAN and its key was freed through the quarantine.", nil, nil)
+	return collectorFunc{descs: []*prometheus.Desc{hits, keys, fallbackDesc, repairDesc, puntDropDesc, releasedDesc, retriedDesc, swapsDesc}, collect: func(ch chan<- prometheus.Metric) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		for i, t := range []flows.Table{flows.EgressCache, flows.Restore} {
@@ -254,6 +255,7 @@ func (c *cache) collector() prometheus.Collector {
 		}
 		ch <- prometheus.MustNewConstMetric(releasedDesc, prometheus.CounterValue, float64(count.Released))
 		ch <- prometheus.MustNewConstMetric(retriedDesc, prometheus.CounterValue, float64(count.Retried))
+		ch <- prometheus.MustNewConstMetric(swapsDesc, prometheus.CounterValue, float64(count.Swaps))
 		for peer, n := range perPeer {
 			ch <- prometheus.MustNewConstMetric(keys, prometheus.GaugeValue, float64(n), peer)
 		}

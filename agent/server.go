@@ -341,6 +341,9 @@ func (a *Agent) Keys(ctx context.Context) ([]api.Key, error) {
 			if st, ok := a.cache.recordState(r.CreateRevision); ok && st >= cacheproto.StateDraining {
 				k.State = st.String()
 			}
+			if e, ok := a.cache.entry(cacheproto.Pair{Src: r.Src, Dst: r.Dst}); ok && e.Rec.CreateRevision == r.CreateRevision {
+				k.RateBps = e.Rate
+			}
 		}
 		out = append(out, k)
 	}

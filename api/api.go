@@ -163,6 +163,9 @@ type Key struct {
 	Dst     string `json:"dst"`
 	State   string `json:"state"`
 	AgeSec  int64  `json:"age_sec"`
+	// RateBps is the pair's traffic in bytes/s, as its sender last read
+	// it (only the sending host's agent knows it; 0 elsewhere).
+	RateBps float64 `json:"rate_bps,omitempty"`
 }
 
 // CacheEntry is one of this host's cache flows: an EgressCache entry

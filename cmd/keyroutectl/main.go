@@ -321,13 +321,33 @@ func keysCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.print(cmd.OutOrStdout(), ks, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "SRC HOST\tDST HOST\tKEY\tSRC\tDST\tSTATE\tAGE")
+				fmt.Fprintln(w, "SRC HOST\tDST HOST\tKEY\tSRC\tDST\tSTATE\tAGE\tRATE")
 				for _, k := range ks {
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%ds\n", k.SrcHost, k.DstHost, k.Key, k.Src, k.Dst, k.State, k.AgeSec)
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%ds\t%s\n", k.SrcHost, k.DstHost, k.Key, k.Src, k.Dst, k.State, k.AgeSec, rate(k))
 				}
 			})
 		},
 	}
+}
+
+// rate prints a pair's traffic as its sender measured it; "-" where this
+// agent is not the sender and so does not know it.
+func rate(k api.Key) string {
+	if k.RateBps == 0 {
+		return "-"
+	}
+	return humanRate(k.RateBps)
+}
+
+// humanRate prints bytes/s in B/s, kB/s, MB/s or GB/s.
+func humanRate(bps float64) string {
+	for _, u := range []string{"B/s", "kB/s", "MB/s"} {
+		if bps < 1000 {
+			return fmt.Sprintf("%.3g %s", bps, u)
+		}
+		bps /= 1000
+	}
+	return fmt.Sprintf("%.3g GB/s", bps)
 }
 
 func cacheCmd(g *globals) *cobra.Command {
