@@ -220,7 +220,7 @@ func (c *cache) collector() prometheus.Collector {
 	return collectorFunc{descs: []*prometheus.Desc{hits, keys, fallbackDesc, repairDesc, puntDropDesc, releasedDesc, retriedDesc, swapsDesc}, collect: func(ch chan<- prometheus.Metric) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		for i, t := range []flows.Table{flows.EgressCache, flows.Restore} {
+		for i, t := range []flows.IntTable{flows.EgressCache, flows.Restore} {
 			stats, err := c.a.intSw.FlowStats(ctx, &openflow.FlowStatsRequest{Table: uint8(t), OutPort: openflow.PortAny, OutGroup: openflow.GroupAny})
 			if err != nil {
 				continue // no figure rather than a wrong one

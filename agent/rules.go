@@ -538,7 +538,7 @@ func (e *ruleEngine) Stats(ctx context.Context) ([]api.RuleStats, error) {
 	}
 	cookies := e.cookies
 	e.mu.Unlock()
-	for _, t := range []flows.Table{flows.EgressRules, flows.IngressRules} {
+	for _, t := range []flows.IntTable{flows.EgressRules, flows.IngressRules} {
 		st, err := e.a.intSw.FlowStats(ctx, &openflow.FlowStatsRequest{Table: uint8(t), OutPort: openflow.PortAny, OutGroup: openflow.GroupAny,
 			Cookie: flows.Cookie(flows.CatRule, 0), CookieMask: flows.CategoryMask})
 		if err != nil {

@@ -282,9 +282,9 @@ func toAPIEndpoint(ep registry.Endpoint) api.Endpoint {
 
 // Flows dumps both bridges' flows with counters; table filters br-int's.
 func (a *Agent) Flows(ctx context.Context, table string) ([]api.Flow, error) {
-	var only *flows.Table
+	var only *flows.IntTable
 	if table != "" {
-		t, err := flows.ParseTable(table)
+		t, err := flows.ParseIntTable(table)
 		if err != nil {
 			return nil, badRequest("%v", err)
 		}
@@ -357,7 +357,7 @@ func (a *Agent) Cache(ctx context.Context) ([]api.CacheEntry, error) {
 		return nil, errNotRewrite
 	}
 	var out []api.CacheEntry
-	for _, t := range []flows.Table{flows.EgressCache, flows.Restore} {
+	for _, t := range []flows.IntTable{flows.EgressCache, flows.Restore} {
 		stats, err := a.intSw.FlowStats(ctx, &openflow.FlowStatsRequest{Table: uint8(t), OutPort: openflow.PortAny, OutGroup: openflow.GroupAny})
 		if err != nil {
 			return nil, fmt.Errorf("dump %s: %w", t.Name(), err)

@@ -59,9 +59,9 @@ type OFTrace struct {
 	FinalFlow       string `json:"final_flow"`
 	Megaflow        string `json:"megaflow,omitempty"`
 	DatapathActions string `json:"datapath_actions"`
-	// Verdict: "output" (leaves through Outputs), "tunnel" (VXLAN, see
-	// Tunnel), "drop", or "controller" (only to the agent).
-	Verdict string       `json:"verdict"`
+	// Verdict: output (leaves through Outputs), tunnel (VXLAN, see
+	// Tunnel), drop, or controller (only to the agent); see OFVerdict.
+	Verdict OFVerdict    `json:"verdict"`
 	Outputs []string     `json:"outputs,omitempty"`
 	Tunnel  *TunnelOuter `json:"tunnel,omitempty"`
 	// DropStep indexes Steps: the flow whose actions dropped the packet

@@ -46,7 +46,7 @@ type Config struct {
 	// Paths selects the data-plane paths to measure (empty: all; O only
 	// where OVN is found). A clusters that no selected path needs are not
 	// built.
-	Paths []string `json:"paths,omitempty"`
+	Paths []Path `json:"paths,omitempty"`
 	// NoControlPlane skips the control-plane phase.
 	NoControlPlane bool `json:"no_control_plane,omitempty"`
 	// CPHosts × CPContainers containers for the control-plane phase.
@@ -107,14 +107,14 @@ func (c Config) Validate() error {
 	}
 	for _, p := range c.Paths {
 		if !slices.Contains(PathOrder, p) {
-			return fmt.Errorf("path %q: want one of %s", p, strings.Join(PathOrder, ", "))
+			return fmt.Errorf("path %q: want one of %s", p, PathNames(PathOrder, ", "))
 		}
 	}
 	return nil
 }
 
 // measures reports whether the run measures path p.
-func (c Config) measures(p string) bool { return len(c.Paths) == 0 || slices.Contains(c.Paths, p) }
+func (c Config) measures(p Path) bool { return len(c.Paths) == 0 || slices.Contains(c.Paths, p) }
 
 // Machine describes where the run happened.
 type Machine struct {
@@ -136,7 +136,7 @@ type Result struct {
 	Machine  Machine            `json:"machine"`
 	Phases   map[string]float64 `json:"phase_seconds"`
 	// Paths are the measured paths in their interleaving order.
-	Paths   []string `json:"paths"`
+	Paths   []Path   `json:"paths"`
 	Samples []Sample `json:"samples"`
 	// TSONote is ovs-vswitchd's own line about userspace TSO after the
 	// restart; TSOChecks what each path did with TSO on.
@@ -147,7 +147,7 @@ type Result struct {
 	CPError      string        `json:"control_plane_error,omitempty"`
 	OVN          string        `json:"ovn"`
 	Errors       []string      `json:"errors,omitempty"`
-	Broken       []string      `json:"broken_paths,omitempty"`
+	Broken       []Path        `json:"broken_paths,omitempty"`
 }
 
 // ovnHowTo says how to make path O available.
@@ -225,7 +225,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	var errs []error
 	if len(res.Broken) > 0 {
-		errs = append(errs, fmt.Errorf("paths that did not work at all: %s", strings.Join(res.Broken, ", ")))
+		errs = append(errs, fmt.Errorf("paths that did not work at all: %s", PathNames(res.Broken, ", ")))
 	}
 	if !cfg.NoControlPlane && (res.ControlPlane == nil || res.ControlPlane.Ready == 0) {
 		errs = append(errs, fmt.Errorf("control plane: no pair reached the fast path (%s)", res.CPError))
@@ -240,7 +240,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 // interleaved, then (with TSO) the TSO variant, and removes everything.
 func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result) (err error) {
 	t0 := time.Now()
-	want := func(ps ...string) bool {
+	want := func(ps ...Path) bool {
 		for _, p := range ps {
 			if cfg.measures(p) {
 				return true
@@ -248,7 +248,7 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 		}
 		return false
 	}
-	paths := map[string]*path{}
+	paths := map[Path]*path{}
 	var prefixes []string
 	var allOVS []*simhost.OVS
 	if want(PathK, PathD) {
@@ -353,7 +353,7 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 		}
 		res.TSONote = note
 	}
-	for _, name := range []string{PathA, PathB, PathC} {
+	for _, name := range []Path{PathA, PathB, PathC} {
 		p := paths[name]
 		if p == nil || !cfg.measures(name) {
 			continue
@@ -390,9 +390,9 @@ func cleanupStaleKernelNets() {
 }
 
 // brokenPaths lists paths (and variants) of which no sample succeeded.
-func brokenPaths(samples []Sample) []string {
-	ok := map[string]bool{}
-	var order []string
+func brokenPaths(samples []Sample) []Path {
+	ok := map[Path]bool{}
+	var order []Path
 	for _, s := range samples {
 		if s.Variant != "" {
 			continue // the TSO variant is reported, not required
@@ -405,7 +405,7 @@ func brokenPaths(samples []Sample) []string {
 			ok[s.Path] = true
 		}
 	}
-	var out []string
+	var out []Path
 	for _, p := range order {
 		if !ok[p] {
 			out = append(out, p)

@@ -210,11 +210,11 @@ func TestValidate(t *testing.T) {
 		t.Error("0 repetitions accepted")
 	}
 	sel := c
-	sel.Paths = []string{PathC, PathR}
+	sel.Paths = []Path{PathC, PathR}
 	if err := sel.Validate(); err != nil || !sel.measures(PathR) || sel.measures(PathB) || !c.measures(PathB) {
 		t.Errorf("paths C,R: %v; measures R %v, B %v; default measures B %v", err, sel.measures(PathR), sel.measures(PathB), c.measures(PathB))
 	}
-	sel.Paths = []string{PathC, "X"}
+	sel.Paths = []Path{PathC, "X"}
 	if err := sel.Validate(); err == nil || !strings.Contains(err.Error(), `"X"`) {
 		t.Errorf("unknown path: %v", err)
 	}
@@ -282,11 +282,11 @@ func TestBrokenPaths(t *testing.T) {
 // every repetition, whatever the repetition's speed.
 func synthetic() *Result {
 	res := &Result{Started: time.Now(), Finished: time.Now(), Config: DefaultConfig(false), Phases: map[string]float64{},
-		Paths: []string{PathA, PathB, PathC, PathK, PathD}, OVN: "not measured: test"}
+		Paths: []Path{PathA, PathB, PathC, PathK, PathD}, OVN: "not measured: test"}
 	for rep := 1; rep <= 3; rep++ {
 		speed := float64(rep) // a noisy machine: every path slower or faster together
 		for _, p := range res.Paths {
-			g := map[string]float64{PathA: 1, PathB: 1, PathC: 1.1, PathK: 5, PathD: 10}[p] * speed
+			g := map[Path]float64{PathA: 1, PathB: 1, PathC: 1.1, PathK: 5, PathD: 10}[p] * speed
 			for _, test := range []string{TestTCP1, TestTCP4, TestRR} {
 				s := newSample(rep, p, test, "")
 				s.ForeignPct = Num(10 * rep)

@@ -46,7 +46,7 @@ func (r rangePoints) YError(i int) (float64, float64) {
 
 // dotPlot draws medians with min–max bars per path, on a log Y axis so the
 // OVS paths and the kernel's are readable in one picture.
-func dotPlot(file, title, ylabel string, paths []string, ss []series) error {
+func dotPlot(file, title, ylabel string, paths []Path, ss []series) error {
 	p := plot.New()
 	p.Title.Text = title
 	p.Y.Label.Text = ylabel
@@ -95,7 +95,7 @@ func dotPlot(file, title, ylabel string, paths []string, ss []series) error {
 		}
 	}
 	p.Y.Min, p.Y.Max = math.Pow(10, math.Floor(math.Log10(lo))), math.Pow(10, math.Ceil(math.Log10(hi)))
-	p.NominalX(paths...)
+	p.NominalX(pathStrings(paths)...)
 	p.X.Min, p.X.Max = -0.6, float64(len(paths))-0.4
 	p.Add(plotter.NewGrid())
 	return p.Save(16*vg.Centimeter, 10*vg.Centimeter, file)
@@ -103,7 +103,7 @@ func dotPlot(file, title, ylabel string, paths []string, ss []series) error {
 
 // barPlot draws grouped bars of medians per path (the report's tables
 // carry the ranges).
-func barPlot(file, title, ylabel string, paths []string, ss []series) error {
+func barPlot(file, title, ylabel string, paths []Path, ss []series) error {
 	p := plot.New()
 	p.Title.Text = title
 	p.Y.Label.Text = ylabel
@@ -145,7 +145,7 @@ func barPlot(file, title, ylabel string, paths []string, ss []series) error {
 		}
 	}
 	p.Y.Min, p.Y.Max = 0, 1.4*top
-	p.NominalX(paths...)
+	p.NominalX(pathStrings(paths)...)
 	p.Add(plotter.NewGrid())
 	return p.Save(16*vg.Centimeter, 10*vg.Centimeter, file)
 }
@@ -211,7 +211,7 @@ func cdfPlot(file string, curves []cdf) error {
 // WriteCharts writes the PNGs into dir and returns the names written.
 func WriteCharts(dir string, res *Result) ([]string, error) {
 	s := res.Samples
-	sums := func(test, variant string, m metric, paths []string) []Summary {
+	sums := func(test, variant string, m metric, paths []Path) []Summary {
 		out := make([]Summary, len(paths))
 		for i, p := range paths {
 			out[i] = summarize(s, p, test, variant, m)
@@ -231,7 +231,7 @@ func WriteCharts(dir string, res *Result) ([]string, error) {
 		[]series{{"1 stream", sums(TestTCP1, "", mGbps, res.Paths)}, {"4 streams", sums(TestTCP4, "", mGbps, res.Paths)}}))
 	add(ChartLatency, dotPlot(filepath.Join(dir, ChartLatency), "UDP request/response latency (64 B; median, min–max)", "µs (log scale)", res.Paths,
 		[]series{{"p50", sums(TestRR, "", mP50, res.Paths)}, {"p99", sums(TestRR, "", mP99, res.Paths)}}))
-	var ovsPaths []string
+	var ovsPaths []Path
 	for _, p := range res.Paths {
 		if ovsPath(p) {
 			ovsPaths = append(ovsPaths, p)

@@ -35,7 +35,7 @@ const (
 // JSON.
 type Sample struct {
 	Rep  int    `json:"rep"`
-	Path string `json:"path"`
+	Path Path   `json:"path"`
 	Test string `json:"test"`
 	// Variant is "" for the default configuration, "tso" for userspace TSO.
 	Variant string    `json:"variant,omitempty"`
@@ -94,7 +94,7 @@ func (n *Num) UnmarshalJSON(b []byte) error {
 	return err
 }
 
-func newSample(rep int, p, test, variant string) Sample {
+func newSample(rep int, p Path, test, variant string) Sample {
 	return Sample{Rep: rep, Path: p, Test: test, Variant: variant, Start: time.Now(),
 		Gbps: NaN, GB: NaN, Retransmits: NaN, P50us: NaN, P99us: NaN, TPS: NaN, Lost: NaN,
 		VswitchdSec: NaN, CPUSecPerGB: NaN, NsPerPkt: NaN, PassesPerPkt: NaN, UpcallsPer10k: NaN, LookupsPerPass: NaN, BusyPct: NaN, ForeignPct: NaN, SoftirqdPct: NaN}
@@ -114,8 +114,8 @@ type sampler struct {
 
 // startServers starts iperf3 -s and the rr server on p's server side.
 func (s *sampler) startServers(p *path) error {
-	tag := strings.ToLower(p.name)
-	ip, err := startServer("iperf3 server "+p.name, p.server.ns, filepath.Join(s.dir, "iperf3-server-"+tag+".log"),
+	tag := strings.ToLower(string(p.name))
+	ip, err := startServer("iperf3 server "+string(p.name), p.server.ns, filepath.Join(s.dir, "iperf3-server-"+tag+".log"),
 		"iperf3", "-s", "-p", strconv.Itoa(iperfPort))
 	if err != nil {
 		return err
@@ -124,7 +124,7 @@ func (s *sampler) startServers(p *path) error {
 	if err := waitListening(p.server.ns, "t", iperfPort, ip); err != nil {
 		return fmt.Errorf("path %s: %w", p.name, err)
 	}
-	rr, err := startServer("rr server "+p.name, p.server.ns, filepath.Join(s.dir, "rr-server-"+tag+".log"),
+	rr, err := startServer("rr server "+string(p.name), p.server.ns, filepath.Join(s.dir, "rr-server-"+tag+".log"),
 		s.self, "rr-server", "0.0.0.0:"+strconv.Itoa(rrPort))
 	if err != nil {
 		return err

@@ -13,26 +13,44 @@ import (
 	"github.com/keyroute/keyroute/simhost"
 )
 
-// Path names, in the order every repetition measures them.
+// Path is one measured data-plane setup, by the letter the report, the
+// --paths flag and results.json name it with. It names a whole setup, not
+// how a packet leaves a host (trace.Path): K, D and O have no keyroute in
+// them, and on keyroute's hosts A crosses as trace.PathHostStack, B as
+// trace.PathVXLAN, C and R both as trace.PathFast.
+type Path string
+
+// Paths, in the order every repetition measures them.
 const (
-	PathA = "A" // host to host over br-phy
-	PathB = "B" // keyroute tunnel mode (VXLAN)
-	PathC = "C" // keyroute rewrite mode, cache warm
-	PathR = "R" // C with 1,000 network rules installed
-	PathK = "K" // Linux kernel VXLAN, flannel-style, no OVS
-	PathD = "D" // one veth between two namespaces
-	PathO = "O" // OVN, Geneve (when OVN is available)
+	PathA Path = "A" // host to host over br-phy
+	PathB Path = "B" // keyroute tunnel mode (VXLAN)
+	PathC Path = "C" // keyroute rewrite mode, cache warm
+	PathR Path = "R" // C with 1,000 network rules installed
+	PathK Path = "K" // Linux kernel VXLAN, flannel-style, no OVS
+	PathD Path = "D" // one veth between two namespaces
+	PathO Path = "O" // OVN, Geneve (when OVN is available)
 )
 
 // PathOrder is the interleaving order of one repetition (O only when OVN
 // could be brought up).
-var PathOrder = []string{PathA, PathB, PathC, PathR, PathK, PathD, PathO}
+var PathOrder = []Path{PathA, PathB, PathC, PathR, PathK, PathD, PathO}
+
+// PathNames joins paths' letters with sep.
+func PathNames(ps []Path, sep string) string { return strings.Join(pathStrings(ps), sep) }
+
+func pathStrings(ps []Path) []string {
+	ss := make([]string, len(ps))
+	for i, p := range ps {
+		ss[i] = string(p)
+	}
+	return ss
+}
 
 // RulesLoad is how many network rules path R has installed.
 const RulesLoad = 1000
 
 // PathInfo describes a path for the report.
-var PathInfo = map[string]string{
+var PathInfo = map[Path]string{
 	PathA: "host ↔ host: the two simulated hosts' own IPs, through br-phy of each host's OVS (netdev) and the fabric bridge; no container, no overlay. Runs on the rewrite cluster's hosts.",
 	PathB: "keyroute tunnel mode: container ↔ container through br-int, userspace VXLAN (tnl_push / tnl_pop + recirculation) and br-phy.",
 	PathC: "keyroute rewrite mode after bootstrap: container ↔ container, the packet rewritten in place to host addresses with a DSCP key (one datapath pass per side); the cache is warmed and checked ready before every sample.",
@@ -43,7 +61,7 @@ var PathInfo = map[string]string{
 }
 
 // ovsPath reports whether a path runs through ovs-vswitchd.
-func ovsPath(p string) bool {
+func ovsPath(p Path) bool {
 	return p == PathA || p == PathB || p == PathC || p == PathR || p == PathO
 }
 
@@ -55,7 +73,7 @@ type endpoint struct {
 
 // path is what a sample needs to know about a path.
 type path struct {
-	name    string
+	name    Path
 	client  endpoint
 	server  endpoint
 	ovs     []*simhost.OVS
@@ -191,7 +209,7 @@ func (o *overlay) vswitchds() []*simhost.OVS {
 
 // containerPath is B, or C and R: c1 → c2 with nRules network rules
 // installed.
-func (o *overlay) containerPath(name string, nRules int) *path {
+func (o *overlay) containerPath(name Path, nRules int) *path {
 	p := &path{name: name, client: endpoint{o.c1.NS.Name, o.c1.IP}, server: endpoint{o.c2.NS.Name, o.c2.IP}, ovs: o.vswitchds()}
 	if o.mode == "rewrite" {
 		var before uint64

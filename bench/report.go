@@ -27,7 +27,7 @@ var (
 
 // values collects m over the successful samples of path/test/variant, by
 // repetition.
-func values(samples []Sample, path, test, variant string, m metric) map[int]float64 {
+func values(samples []Sample, path Path, test, variant string, m metric) map[int]float64 {
 	out := map[int]float64{}
 	for _, s := range samples {
 		if s.Path == path && s.Test == test && s.Variant == variant && s.Err == "" {
@@ -39,7 +39,7 @@ func values(samples []Sample, path, test, variant string, m metric) map[int]floa
 	return out
 }
 
-func summarize(samples []Sample, path, test, variant string, m metric) Summary {
+func summarize(samples []Sample, path Path, test, variant string, m metric) Summary {
 	var xs []float64
 	for _, v := range values(samples, path, test, variant, m) {
 		xs = append(xs, v)
@@ -48,7 +48,7 @@ func summarize(samples []Sample, path, test, variant string, m metric) Summary {
 }
 
 // ratio of path a over path b for one test and figure, pair by pair.
-func ratio(samples []Sample, a, b, test string, m metric) Summary {
+func ratio(samples []Sample, a, b Path, test string, m metric) Summary {
 	return Summarize(PairedRatios(values(samples, a, test, "", m), values(samples, b, test, "", m)))
 }
 
@@ -93,7 +93,7 @@ func (t Target) met() (bool, bool) {
 func targets(res *Result) []Target {
 	s := res.Samples
 	med := func(x Summary) float64 { return x.Median }
-	ns := func(p string) string { return f(summarize(s, p, TestTCP1, "", mNsPkt).Median, 0) }
+	ns := func(p Path) string { return f(summarize(s, p, TestTCP1, "", mNsPkt).Median, 0) }
 	perPkt := fmt.Sprintf("vswitchd CPU per packet: A %s ns, B %s ns, C %s ns", ns(PathA), ns(PathB), ns(PathC))
 	ts := []Target{
 		{What: "C / A throughput, 1 stream", Measured: med(ratio(s, PathC, PathA, TestTCP1, mGbps)), Goal: 1.00, Higher: true, Unit: "×",
@@ -146,7 +146,7 @@ func Report(res *Result, charts []string) string {
 		kind = "quick (CI)"
 	}
 	w("# keyroute benchmark: %s\n\n", res.Started.UTC().Format("2006-01-02 15:04 UTC"))
-	order := strings.Join(res.Paths, " ")
+	order := PathNames(res.Paths, " ")
 	w("%s run, %d repetition(s) interleaved (%s, %s, …), iperf3 %s per run (1 and 4 streams), "+
 		"UDP request/response %s per run; whole run %s.\n\n", kind, c.Reps, order, order, c.Duration, c.RRDuration,
 		res.Finished.Sub(res.Started).Round(time.Second))
@@ -213,9 +213,9 @@ func Report(res *Result, charts []string) string {
 		"what 1,000 rules cost a flow's packets.\n\n")
 
 	w("## Ratios (per repetition, then median, min–max)\n\n| ratio | TCP 1 stream | TCP 4 streams | RR p50 | RR transactions/s | vswitchd CPU/GB (1 stream) |\n|---|---|---|---|---|---|\n")
-	pairs := [][2]string{{PathC, PathA}, {PathC, PathB}, {PathC, PathK}, {PathB, PathA}, {PathR, PathC}}
+	pairs := [][2]Path{{PathC, PathA}, {PathC, PathB}, {PathC, PathK}, {PathB, PathA}, {PathR, PathC}}
 	if slices.Contains(res.Paths, PathO) {
-		pairs = append(pairs, [2]string{PathC, PathO}, [2]string{PathO, PathB})
+		pairs = append(pairs, [2]Path{PathC, PathO}, [2]Path{PathO, PathB})
 	}
 	for _, pr := range pairs {
 		cpu := "n/a"
@@ -390,7 +390,7 @@ func Report(res *Result, charts []string) string {
 		w("- O runs OVN's own choices (Geneve with UDP checksums, MTU 1442), not tuned; the userspace-TSO variant leaves O out.\n")
 	}
 	if len(res.Broken) > 0 {
-		w("- Paths with no successful sample: %s.\n", strings.Join(res.Broken, ", "))
+		w("- Paths with no successful sample: %s.\n", PathNames(res.Broken, ", "))
 	}
 	for _, e := range res.Errors {
 		w("- error: %s\n", mdEscape(firstLine(e)))
@@ -425,7 +425,7 @@ func mapVals(ms ...map[int]float64) []float64 {
 	return out
 }
 
-func firstErr(samples []Sample, path, variant string) string {
+func firstErr(samples []Sample, path Path, variant string) string {
 	for _, s := range samples {
 		if s.Path == path && s.Variant == variant && s.Err != "" {
 			return firstLine(s.Err)

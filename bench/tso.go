@@ -19,7 +19,7 @@ import (
 // throughput samples: whether the path passed traffic at all and how the
 // TCP checksums of the frames on the fabric looked.
 type TSOCheck struct {
-	Path      string `json:"path"`
+	Path      Path   `json:"path"`
 	PingOK    bool   `json:"ping_ok"`
 	PingError string `json:"ping_error,omitempty"`
 	// Segments counts captured TCP frames on the sender's fabric port,
@@ -134,7 +134,7 @@ func checkWire(ctx context.Context, o *overlay, p *path, tc *TSOCheck) {
 		tc.PingOK = true
 	}
 	fab := o.cl.Fabric.Name
-	dump, err := startServer("tcpdump "+p.name, fab, filepath.Join(o.cl.Dir, "tso-wire-"+p.name+".txt"),
+	dump, err := startServer("tcpdump "+string(p.name), fab, filepath.Join(o.cl.Dir, "tso-wire-"+string(p.name)+".txt"),
 		"tcpdump", "-i", o.cl.Host(1).Name, "-nn", "-vv", "-c", "40", "-l", "greater 200")
 	if err != nil {
 		tc.Error = err.Error()

@@ -147,7 +147,7 @@ func TestTraceOutputs(t *testing.T) {
 	// Fast path: the cache entry rewrites, the fabric sees host IPs and
 	// the key in DSCP, h2 restores and delivers.
 	r := e.trace("c1", "c2", "udp/5001", "--sport", "7000")
-	if r.Path != "fast-path" || r.Wire == nil || r.Wire.Kind != "rewritten" || r.Wire.Key == 0 || r.Wire.DSCP != r.Wire.Key {
+	if r.Path != trace.PathFast || r.Wire == nil || r.Wire.Kind != trace.WireRewritten || r.Wire.Key == 0 || r.Wire.DSCP != r.Wire.Key {
 		t.Fatalf("fast path: path %q wire %+v (verdict %s)", r.Path, r.Wire, r.Verdict)
 	}
 	if w := r.Wire.Tuple; w.Src.String() != "198.18.0.1" || w.Dst.String() != "198.18.0.2" || w.SPort != 7000 || w.DPort != 5001 {
@@ -166,7 +166,7 @@ func TestTraceOutputs(t *testing.T) {
 
 	// VXLAN: c1 has never sent to c4.
 	r = e.trace("c1", "c4", "tcp/80")
-	if r.Path != "vxlan" || r.Wire == nil || r.Wire.VNI != e.cl.VNI || !r.Wire.SportUnknown || r.Wire.Tuple.DPort != e.cl.VXLANPort {
+	if r.Path != trace.PathVXLAN || r.Wire == nil || r.Wire.VNI != e.cl.VNI || !r.Wire.SportUnknown || r.Wire.Tuple.DPort != e.cl.VXLANPort {
 		t.Fatalf("vxlan: path %q wire %+v", r.Path, r.Wire)
 	}
 	if s := steps(r.Dest); !slices.Contains(s, "TunnelIn/peer") || s[len(s)-1] != "Deliver/endpoint" {
@@ -178,26 +178,26 @@ func TestTraceOutputs(t *testing.T) {
 
 	// Same host.
 	r = e.trace("c1", "c3", "icmp")
-	if r.Path != "same-host" || r.Wire != nil || !strings.Contains(r.Verdict, "same host") {
+	if r.Path != trace.PathSameHost || r.Wire != nil || !strings.Contains(r.Verdict, "same host") {
 		t.Errorf("same host: path %q wire %+v verdict %s", r.Path, r.Wire, r.Verdict)
 	}
 
 	// Outside: through the gateway port, masqueraded, towards gw1.
 	r = e.trace("c1", "198.18.255.9", "udp/53")
-	if r.Path != "outside" || r.Wire == nil || r.Wire.Tuple.Src.String() != "198.18.0.1" || len(r.Fabric) != 1 ||
+	if r.Path != trace.PathOutside || r.Wire == nil || r.Wire.Tuple.Src.String() != "198.18.0.1" || len(r.Fabric) != 1 ||
 		r.Fabric[0].Path.Hops[len(r.Fabric[0].Path.Hops)-1].Device != "gw1" {
 		t.Errorf("outside: path %q wire %+v fabric %+v err %s", r.Path, r.Wire, r.Fabric, r.FabricError)
 	}
 
 	// Dropped: no host holds 198.19.250.0/24; Forward drops it.
 	r = e.trace("c1", "198.19.250.9", "udp/9")
-	if r.Path != "dropped" || r.Source.DropStep < 0 || r.Source.Steps[r.Source.DropStep].TableName != "Forward" || !strings.Contains(r.Verdict, "Forward") {
+	if r.Path != trace.PathDropped || r.Source.DropStep < 0 || r.Source.Steps[r.Source.DropStep].TableName != "Forward" || !strings.Contains(r.Verdict, "Forward") {
 		t.Errorf("dropped: path %q verdict %s", r.Path, r.Verdict)
 	}
 
 	// Host to host (the host stack leaves through br-phy LOCAL).
 	r = e.trace("h1", "h2", "tcp/2379")
-	if r.Path != "host-stack" || r.Wire == nil || r.Wire.Tuple.Src.String() != "198.18.0.1" {
+	if r.Path != trace.PathHostStack || r.Wire == nil || r.Wire.Tuple.Src.String() != "198.18.0.1" {
 		t.Errorf("host to host: path %q wire %+v verdict %s", r.Path, r.Wire, r.Verdict)
 	}
 
@@ -234,7 +234,7 @@ func TestTracePredictsFabricCounters(t *testing.T) {
 		}
 		sport := netip.MustParseAddrPort(conn.LocalAddr().String()).Port()
 		r := e.trace("c1", "c2", "udp/"+strconv.Itoa(dport), "--sport", strconv.Itoa(int(sport)))
-		if r.Path != "fast-path" || len(r.Fabric) != 1 {
+		if r.Path != trace.PathFast || len(r.Fabric) != 1 {
 			t.Fatalf("dport %d: path %s fabric %+v", dport, r.Path, r.Fabric)
 		}
 		want := r.Fabric[0].Path.Hops[1].Device
@@ -330,7 +330,7 @@ func TestDiagnoseFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := simhost.WaitFor(5*time.Second, func() error {
-		if r := e.trace(pair...); r.Path != "dropped" {
+		if r := e.trace(pair...); r.Path != trace.PathDropped {
 			return fmt.Errorf("trace after the deny rule: %s", r.Verdict)
 		}
 		return nil

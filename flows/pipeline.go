@@ -62,8 +62,11 @@ const (
 	prioMiss    = 0
 )
 
+// table is either bridge's table type.
+type table interface{ IntTable | PhyTable }
+
 // flow is a small constructor so the builders read like ovs-ofctl lines.
-func flow(t Table, prio uint16, cookie uint64, match []openflow.OXM, ins ...openflow.Instruction) *openflow.FlowMod {
+func flow[T table](t T, prio uint16, cookie uint64, match []openflow.OXM, ins ...openflow.Instruction) *openflow.FlowMod {
 	return &openflow.FlowMod{
 		Command:      openflow.FlowAdd,
 		Table:        uint8(t),
@@ -76,7 +79,7 @@ func flow(t Table, prio uint16, cookie uint64, match []openflow.OXM, ins ...open
 
 func apply(acts ...openflow.Action) openflow.Instruction { return openflow.ApplyActions(acts...) }
 
-func gotoTable(t Table) openflow.Instruction { return openflow.GotoTable(uint8(t)) }
+func gotoTable[T table](t T) openflow.Instruction { return openflow.GotoTable(uint8(t)) }
 
 func m(fields ...openflow.OXM) []openflow.OXM { return fields }
 
@@ -84,11 +87,9 @@ func setf(o openflow.OXM) openflow.Action { return openflow.NewSetField(o) }
 
 func out(port uint32) openflow.Action { return openflow.OutputPort(port) }
 
-func move(src, dst *openflow.Field) openflow.Action {
-	return &openflow.Move{Src: openflow.Whole(src), Dst: openflow.Whole(dst)}
-}
+func move(src, dst openflow.Subfield) openflow.Action { return &openflow.Move{Src: src, Dst: dst} }
 
-func pipelineCookie(t Table) uint64 { return Cookie(CatPipeline, uint64(t)) }
+func pipelineCookie(t IntTable) uint64 { return Cookie(CatPipeline, uint64(t)) }
 
 // ip4ID is an IPv4 address as a cookie's object id. The builders skip
 // inputs that are not IPv4 before they get here (see SkippedInputs); for
@@ -186,17 +187,19 @@ func IntPipeline(h Host) []*openflow.FlowMod {
 }
 
 // arpReply turns an ARP request into the reply "tpa is at mac", sent back
-// out of the port it came in on.
+// out of the port it came in on. The two protocol addresses swap through
+// ARPSwap.
 func arpReply(mac net.HardwareAddr) []openflow.Action {
+	w := openflow.Whole
 	return []openflow.Action{
-		move(openflow.FieldEthSrc, openflow.FieldEthDst),
+		move(w(openflow.FieldEthSrc), w(openflow.FieldEthDst)),
 		setf(openflow.MatchEthSrc(mac)),
 		setf(openflow.MatchARPOp(arpReplyOp)),
-		move(openflow.FieldARPSHA, openflow.FieldARPTHA),
+		move(w(openflow.FieldARPSHA), w(openflow.FieldARPTHA)),
 		setf(openflow.MatchARPSHA(mac)),
-		move(openflow.FieldARPTPA, openflow.FieldReg[0]),
-		move(openflow.FieldARPSPA, openflow.FieldARPTPA),
-		move(openflow.FieldReg[0], openflow.FieldARPSPA),
+		move(w(openflow.FieldARPTPA), ARPSwap.Subfield()),
+		move(w(openflow.FieldARPSPA), w(openflow.FieldARPTPA)),
+		move(ARPSwap.Subfield(), w(openflow.FieldARPSPA)),
 		out(openflow.PortInPort),
 	}
 }

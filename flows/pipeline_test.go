@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,12 +38,75 @@ func testHost() Host {
 	}
 }
 
-func golden(t *testing.T, name string, fs []*openflow.FlowMod) {
+// bridgeFlows are one bridge's flows and its table names: golden files
+// print table numbers by name, as `ovs-ofctl --names dump-flows` does
+// once the agent has named the tables in OVSDB.
+type bridgeFlows struct {
+	tables map[uint8]string
+	flows  []*openflow.FlowMod
+}
+
+func intFlows(fs []*openflow.FlowMod) bridgeFlows { return bridgeFlows{IntTableNames(), fs} }
+func phyFlows(fs []*openflow.FlowMod) bridgeFlows { return bridgeFlows{PhyTableNames(), fs} }
+
+var tableRefRE = regexp.MustCompile(`^table=(\d+)|goto_table:(\d+)`)
+
+// namedTables rewrites a flow's table numbers (table=N, goto_table:N) as
+// names; numbers without a name stay numbers, as in ovs-ofctl.
+func namedTables(line string, names map[uint8]string) string {
+	return tableRefRE.ReplaceAllStringFunc(line, func(ref string) string {
+		i := strings.LastIndexAny(ref, "=:")
+		n, err := strconv.ParseUint(ref[i+1:], 10, 8)
+		if name, ok := names[uint8(n)]; ok && err == nil {
+			return ref[:i+1] + name
+		}
+		return ref
+	})
+}
+
+// numberedTables undoes namedTables, as `ovs-ofctl --names` does with the
+// table names it reads from the switch. The two bridges' names differ, so
+// a name alone says its number.
+func numberedTables(line string) string {
+	for _, names := range []map[uint8]string{IntTableNames(), PhyTableNames()} {
+		for n, name := range names {
+			line = regexp.MustCompile(`(^table=|goto_table:)`+name+`\b`).ReplaceAllString(line, "${1}"+strconv.Itoa(int(n)))
+		}
+	}
+	return line
+}
+
+// parsesInOVS checks that ovs-ofctl accepts every flow of a golden file.
+// parse-flows has no switch to read table names from, so the lines go to
+// it numbered.
+func parsesInOVS(t *testing.T, name string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.SplitAfter(string(b), "\n") {
+		lines = append(lines, numberedTables(l))
+	}
+	numbered := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(numbered, []byte(strings.Join(lines, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ovs-ofctl", "-O", "OpenFlow13", "parse-flows", numbered).CombinedOutput()
+	if err != nil {
+		t.Errorf("ovs-ofctl parse-flows %s: %v\n%s", name, err, out)
+	}
+}
+
+func golden(t *testing.T, name string, parts ...bridgeFlows) {
 	t.Helper()
 	var b strings.Builder
-	for _, f := range fs {
-		b.WriteString(f.String())
-		b.WriteByte('\n')
+	for _, p := range parts {
+		for _, f := range p.flows {
+			b.WriteString(namedTables(f.String(), p.tables))
+			b.WriteByte('\n')
+		}
 	}
 	path := filepath.Join("testdata", name)
 	if *update {
@@ -69,11 +134,11 @@ func TestIntFlowsGolden(t *testing.T) {
 		{IP: netip.MustParseAddr("198.19.2.9"), Host: nil},
 		{IP: netip.MustParseAddr("198.19.1.9"), Host: &peers[0]},
 	}
-	golden(t, "br-int.txt", IntFlows(h, eps, peers, roaming))
+	golden(t, "br-int.txt", intFlows(IntFlows(h, eps, peers, roaming)))
 }
 
 func TestPhyPipelineGolden(t *testing.T) {
-	golden(t, "br-phy.txt", PhyPipeline(testHost()))
+	golden(t, "br-phy.txt", phyFlows(PhyPipeline(testHost())))
 }
 
 // Every flow must be unique by (table, priority, match): the controller's
@@ -125,13 +190,13 @@ func TestCookie(t *testing.T) {
 	}
 }
 
-func TestParseTable(t *testing.T) {
-	for in, want := range map[string]Table{"Forward": Forward, "forward": Forward, "9": Deliver, "0": Classify} {
-		if got, err := ParseTable(in); err != nil || got != want {
-			t.Errorf("ParseTable(%q) = %v, %v", in, got, err)
+func TestParseIntTable(t *testing.T) {
+	for in, want := range map[string]IntTable{"Forward": Forward, "forward": Forward, "9": Deliver, "0": Classify} {
+		if got, err := ParseIntTable(in); err != nil || got != want {
+			t.Errorf("ParseIntTable(%q) = %v, %v", in, got, err)
 		}
 	}
-	if _, err := ParseTable("Nope"); err == nil || !strings.Contains(err.Error(), "Classify") {
+	if _, err := ParseIntTable("Nope"); err == nil || !strings.Contains(err.Error(), "Classify") {
 		t.Errorf("unknown table error should list names, got %v", err)
 	}
 }
@@ -141,10 +206,7 @@ func TestParseTable(t *testing.T) {
 func TestGoldenParsesInOVS(t *testing.T) {
 	testenv.Require(t, "ovs-ofctl")
 	for _, name := range []string{"br-int.txt", "br-phy.txt", "rewrite.txt"} {
-		out, err := exec.Command("ovs-ofctl", "-O", "OpenFlow13", "parse-flows", filepath.Join("testdata", name)).CombinedOutput()
-		if err != nil {
-			t.Errorf("ovs-ofctl parse-flows %s: %v\n%s", name, err, out)
-		}
+		parsesInOVS(t, name)
 	}
 }
 
@@ -163,8 +225,7 @@ func TestRewriteFlowsGolden(t *testing.T) {
 	fb.Key = 0
 	fs = append(fs, CacheFlow(h, r, fb, CacheFallback))
 	fs = append(fs, RestoreFlow(h, peer.IP, 2, netip.MustParseAddr("198.19.2.2"), netip.MustParseAddr("198.19.1.2")))
-	fs = append(fs, PhyRewriteFlows(h, r, []Peer{peer})...)
-	golden(t, "rewrite.txt", fs)
+	golden(t, "rewrite.txt", intFlows(fs), phyFlows(PhyRewriteFlows(h, r, []Peer{peer})))
 	// Key DSCPs are cleared only on the host's traffic towards a peer
 	// host: no Underlay flow matches a DSCP, and LOCAL's traffic reaches
 	// UnderlayClear only with a peer's address as destination.

@@ -8,24 +8,30 @@ import (
 	"strings"
 )
 
-// Table is a br-int or br-phy table. Numbers only ever increase along the
-// pipeline, as goto_table requires.
-type Table uint8
+// IntTable is a br-int table and PhyTable a br-phy table: both bridges
+// number their tables from 0, so each has its own type and a table number
+// always names a table of its own bridge. Numbers only ever increase along
+// a pipeline, as goto_table requires.
+type (
+	IntTable uint8
+	PhyTable uint8
+)
 
 // br-int tables (DESIGN.md "Pipeline"). The names are what
-// `ovs-ofctl --names dump-flows` prints, what `keyroutectl flows --table`
-// takes, and what the docs use.
+// `ovs-ofctl --names dump-flows` prints (the agent sets them in OVSDB's
+// Flow_Table), what `keyroutectl flows --table` takes, and what the docs
+// use.
 const (
-	Classify     Table = 0
-	SpoofGuard   Table = 1
-	ArpResponder Table = 2
-	EgressRules  Table = 3
-	EgressCache  Table = 4
-	Forward      Table = 5
-	TunnelIn     Table = 6
-	Restore      Table = 7
-	IngressRules Table = 8
-	Deliver      Table = 9
+	Classify     IntTable = 0
+	SpoofGuard   IntTable = 1
+	ArpResponder IntTable = 2
+	EgressRules  IntTable = 3
+	EgressCache  IntTable = 4
+	Forward      IntTable = 5
+	TunnelIn     IntTable = 6
+	Restore      IntTable = 7
+	IngressRules IntTable = 8
+	Deliver      IntTable = 9
 )
 
 // br-phy tables: Underlay sorts uplink, LOCAL and patch traffic;
@@ -33,42 +39,52 @@ const (
 // host is a keyed one for br-int or the host's own; UnderlayClear (rewrite
 // mode) clears key DSCPs on the host's own traffic towards peer hosts.
 const (
-	Underlay      Table = 0
-	UnderlayKeys  Table = 1
-	UnderlayClear Table = 2
+	Underlay      PhyTable = 0
+	UnderlayKeys  PhyTable = 1
+	UnderlayClear PhyTable = 2
 )
 
-var intTableNames = map[Table]string{
-	Classify: "Classify", SpoofGuard: "SpoofGuard", ArpResponder: "ArpResponder",
-	EgressRules: "EgressRules", EgressCache: "EgressCache", Forward: "Forward",
-	TunnelIn: "TunnelIn", Restore: "Restore", IngressRules: "IngressRules", Deliver: "Deliver",
-}
+var (
+	intTableNames = map[IntTable]string{
+		Classify: "Classify", SpoofGuard: "SpoofGuard", ArpResponder: "ArpResponder",
+		EgressRules: "EgressRules", EgressCache: "EgressCache", Forward: "Forward",
+		TunnelIn: "TunnelIn", Restore: "Restore", IngressRules: "IngressRules", Deliver: "Deliver",
+	}
+	phyTableNames = map[PhyTable]string{
+		Underlay: "Underlay", UnderlayKeys: "UnderlayKeys", UnderlayClear: "UnderlayClear",
+	}
+)
 
 // IntTableNames returns br-int's table names by number (for OVSDB
 // Flow_Table rows).
-func IntTableNames() map[uint8]string {
-	m := make(map[uint8]string, len(intTableNames))
-	for t, n := range intTableNames {
+func IntTableNames() map[uint8]string { return byNumber(intTableNames) }
+
+// PhyTableNames returns br-phy's table names by number.
+func PhyTableNames() map[uint8]string { return byNumber(phyTableNames) }
+
+func byNumber[T ~uint8](names map[T]string) map[uint8]string {
+	m := make(map[uint8]string, len(names))
+	for t, n := range names {
 		m[uint8(t)] = n
 	}
 	return m
 }
 
-// PhyTableNames returns br-phy's table names by number.
-func PhyTableNames() map[uint8]string {
-	return map[uint8]string{uint8(Underlay): "Underlay", uint8(UnderlayKeys): "UnderlayKeys", uint8(UnderlayClear): "UnderlayClear"}
-}
+// Name returns t's br-int table name.
+func (t IntTable) Name() string { return tableName(intTableNames, t) }
 
-// Name returns the br-int name of t.
-func (t Table) Name() string {
-	if n, ok := intTableNames[t]; ok {
+// Name returns t's br-phy table name.
+func (t PhyTable) Name() string { return tableName(phyTableNames, t) }
+
+func tableName[T ~uint8](names map[T]string, t T) string {
+	if n, ok := names[t]; ok {
 		return n
 	}
 	return fmt.Sprintf("table%d", uint8(t))
 }
 
-// ParseTable resolves a br-int table name (case-insensitive) or number.
-func ParseTable(s string) (Table, error) {
+// ParseIntTable resolves a br-int table name (case-insensitive) or number.
+func ParseIntTable(s string) (IntTable, error) {
 	for t, n := range intTableNames {
 		if strings.EqualFold(n, s) {
 			return t, nil
@@ -76,8 +92,8 @@ func ParseTable(s string) (Table, error) {
 	}
 	var n uint8
 	if _, err := fmt.Sscanf(s, "%d", &n); err == nil {
-		if _, ok := intTableNames[Table(n)]; ok {
-			return Table(n), nil
+		if _, ok := intTableNames[IntTable(n)]; ok {
+			return IntTable(n), nil
 		}
 	}
 	return 0, fmt.Errorf("unknown table %q: use one of Classify, SpoofGuard, ArpResponder, EgressRules, EgressCache, Forward, TunnelIn, Restore, IngressRules, Deliver", s)

@@ -18,6 +18,7 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/keyroute/keyroute/simhost"
+	"github.com/keyroute/keyroute/trace"
 )
 
 // Capture is a tcpdump writing a pcap file, started by StartCapture.
@@ -209,16 +210,19 @@ type CapturedPacket struct {
 	DecodeErr string
 }
 
-// Path names how a packet crossed the fabric.
-type Path string
+// Path names how a packet crossed the fabric, in the words `keyroutectl
+// trace` uses for the header it predicts on the fabric (trace.WireKind),
+// so a test can hold a trace against a capture.
+type Path = trace.WireKind
 
 // Paths.
 const (
 	// PathVXLAN is the overlay: UDP to the VXLAN port.
-	PathVXLAN Path = "vxlan"
+	PathVXLAN = trace.WireVXLAN
 	// PathRewrite is a rewritten packet: plain IPv4 carrying a DSCP key.
-	PathRewrite Path = "rewrite"
-	// PathPlain is IPv4 without encapsulation or key.
+	PathRewrite = trace.WireRewritten
+	// PathPlain is IPv4 without encapsulation or key: a trace's host or
+	// masqueraded header, which a capture cannot tell apart.
 	PathPlain Path = "plain"
 	// PathOther is anything that is not IPv4 (ARP, ...).
 	PathOther Path = "other"

@@ -24,22 +24,31 @@ type DiagnoseOptions struct {
 	Capture bool
 }
 
-// point is one counted place on the path.
+// point is one counted place on the path: a host's flow or a fabric
+// device's flow whose packet counter should rise by the probe count.
 type point struct {
 	check api.NodeCheck
-	read  func(context.Context) (uint64, error)
+	// read returns the counter (nil: nothing to count here).
+	read func(context.Context) (uint64, error)
 	// drop: the trace says this node drops the packet.
-	drop     string
+	drop string
+	// before is the counter ahead of the probes; readable says it was
+	// read, so the point takes part in polling and blame.
 	before   uint64
 	readable bool
-	// linkFrom names the previous device and its out port, for blaming a
-	// link when this device sees nothing.
+	// prevDev and prevPort name the previous fabric device and its out
+	// port, inPort this device's in port: the link blamed when this
+	// device sees nothing.
 	prevDev, prevPort, inPort string
 	dev                       *fabric.Device
 }
 
 // Diagnose traces r, checks each node's health, sends bounded probes and
-// finds the first node on the path where the counters stop rising.
+// finds the first node on the path where the counters stop rising. It runs
+// in phases: the counted points along the traced path (pathPoints), their
+// counters before the probes (readBaselines), the probes themselves
+// (sendProbes, with an optional capture), the counters after them
+// (pollCounters), and the first node at fault (blame).
 func Diagnose(ctx context.Context, e Env, r Request, opt DiagnoseOptions) (api.Diagnosis, Result, error) {
 	if opt.Probes <= 0 {
 		opt.Probes = 50
@@ -56,100 +65,171 @@ func Diagnose(ctx context.Context, e Env, r Request, opt DiagnoseOptions) (api.D
 	if err != nil {
 		return d, res, err
 	}
-	// Health of the hosts on the path.
+	hosts := pathHosts(cl, res)
+	pts, notes := e.pathPoints(ctx, cl, res, hosts)
+	d.Checks = append(d.Checks, notes...)
+	readBaselines(ctx, pts)
+	var capture func() []string
+	if opt.Capture && len(hosts) > 1 && res.Wire != nil {
+		capture = e.startCapture(ctx, hosts[1], res.Wire, opt)
+	}
+	if d.Probes, err = e.sendProbes(ctx, r, res, opt.Probes); err != nil {
+		return d, res, err
+	}
+	pollCounters(ctx, pts, d.Probes, opt.Wait)
+	for _, p := range pts {
+		d.Checks = append(d.Checks, p.check)
+	}
+	if capture != nil {
+		d.Capture = capture()
+	}
+	d.Suspect = e.blame(ctx, pts, d.Probes)
+	if d.Suspect != nil {
+		d.Verdict = fmt.Sprintf("suspect %s %s: %s", d.Suspect.Kind, d.Suspect.Node, d.Suspect.Why)
+	} else {
+		d.Verdict = "no fault found: " + res.Verdict
+	}
+	return d, res, nil
+}
+
+// pathHosts lists the hosts on the traced path: the source host, and the
+// keyroute host the packet is addressed to on the fabric when that is
+// another one.
+func pathHosts(cl cluster, res Result) []string {
 	hosts := []string{res.Src.Host}
 	if res.Wire != nil {
 		if h, ok := cl.hostByIP(res.Wire.Tuple.Dst.String()); ok && h.Name != res.Src.Host {
 			hosts = append(hosts, h.Name)
 		}
 	}
+	return hosts
+}
+
+// pathPoints builds the counted points in path order, each host's with its
+// health: the source host, the fabric's hops, the destination host. Checks
+// that count nothing (several possible fabric paths) come back apart.
+func (e Env) pathPoints(ctx context.Context, cl cluster, res Result, hosts []string) ([]*point, []api.NodeCheck) {
 	health := map[string][]string{}
 	for _, h := range hosts {
 		health[h] = e.hostHealth(ctx, cl, h)
 	}
-	var pts []*point
-	// Source host: the last br-int flow before the packet leaves.
-	if res.Source != nil && len(res.Source.Steps) > 0 {
-		st := lastOn(res.Source.Steps, "br-int")
-		p := &point{check: api.NodeCheck{Node: res.Src.Host, Kind: "host", Point: stepWords(st), Health: health[res.Src.Host]}}
-		p.read = e.hostFlowReader(res.Src.Host, st)
-		if res.Source.Verdict == "drop" {
-			p.drop = stepWords(res.Source.Steps[max(res.Source.DropStep, 0)])
-		}
-		pts = append(pts, p)
-	} else {
-		pts = append(pts, &point{check: api.NodeCheck{Node: res.Src.Host, Kind: "host", Point: "agent", Health: append(health[res.Src.Host], "not traced: "+res.SourceError)}})
+	pts := []*point{e.sourcePoint(res, health[res.Src.Host])}
+	var notes []api.NodeCheck
+	switch {
+	case len(res.Fabric) == 1 && res.Wire != nil:
+		pts = append(pts, e.fabricPoints(ctx, res)...)
+	case len(res.Fabric) > 1:
+		// Only a single known path can be counted hop by hop.
+		notes = append(notes, api.NodeCheck{Node: "fabric", Kind: api.CheckFabric, Note: fmt.Sprintf("%d possible paths (VXLAN source port from OVS's hash): fabric hops not counted", len(res.Fabric))})
 	}
-	// Fabric: only a single known path can be counted hop by hop.
-	if len(res.Fabric) == 1 && res.Wire != nil {
-		hops := res.Fabric[0].Path.Hops
-		for i, hop := range hops {
-			dev, _ := e.Fabric.Device(hop.Device)
-			p := &point{check: api.NodeCheck{Node: hop.Device, Kind: "fabric"}, dev: dev, inPort: hop.InPort}
-			if i > 0 {
-				p.prevDev, p.prevPort = hops[i-1].Device, hops[i-1].OutPort
-			}
-			if dev.OVS == nil {
-				p.check.Note = "no counters (not an OVS device in the model)"
-			} else {
-				e.fabricPoint(ctx, p, res, hop)
-			}
-			pts = append(pts, p)
-		}
-	} else if len(res.Fabric) > 1 {
-		d.Checks = append(d.Checks, api.NodeCheck{Node: "fabric", Kind: "fabric", Note: fmt.Sprintf("%d possible paths (VXLAN source port from OVS's hash): fabric hops not counted", len(res.Fabric))})
-	}
-	// Destination host.
 	if len(hosts) > 1 {
-		dh := hosts[1]
-		p := &point{check: api.NodeCheck{Node: dh, Kind: "host", Health: health[dh]}}
-		if res.Dest != nil && len(res.Dest.Steps) > 0 {
-			st := res.Dest.Steps[len(res.Dest.Steps)-1]
-			if res.Dest.Verdict == "drop" && res.Dest.DropStep >= 0 {
-				st = res.Dest.Steps[res.Dest.DropStep]
-				p.drop = stepWords(st)
-				if st.TableName == "Restore" && st.Category == "pipeline" && res.Wire.Key != 0 {
-					p.drop = fmt.Sprintf("%s: no Restore entry for key %d from %s, so the table's miss flow drops the keyed packet",
-						stepWords(st), res.Wire.Key, res.Wire.Tuple.Src)
-				}
-			}
-			p.check.Point = stepWords(st)
-			p.read = e.hostFlowReader(dh, st)
-		} else {
-			p.check.Point = "agent"
-			p.check.Health = append(p.check.Health, "not traced: "+res.DestError)
-		}
-		pts = append(pts, p)
+		pts = append(pts, e.destPoint(res, hosts[1], health[hosts[1]]))
 	}
 	e.cacheNotes(ctx, res, pts)
-	// Probes, only from a container (the host stack cannot be injected
-	// into a pipeline as a container can).
+	return pts, notes
+}
+
+// sourcePoint counts the source host's last br-int flow before the packet
+// leaves; an untraced source host is a point without a counter.
+func (e Env) sourcePoint(res Result, health []string) *point {
+	if res.Source == nil || len(res.Source.Steps) == 0 {
+		return &point{check: api.NodeCheck{Node: res.Src.Host, Kind: api.CheckHost, Point: "agent", Health: append(health, "not traced: "+res.SourceError)}}
+	}
+	st := lastOn(res.Source.Steps, "br-int")
+	p := &point{check: api.NodeCheck{Node: res.Src.Host, Kind: api.CheckHost, Point: stepWords(st), Health: health}}
+	p.read = e.hostFlowReader(res.Src.Host, st)
+	if res.Source.Verdict == api.VerdictDrop {
+		p.drop = stepWords(res.Source.Steps[max(res.Source.DropStep, 0)])
+	}
+	return p
+}
+
+// fabricPoints counts each hop of the single fabric path on its device's
+// OVS; a device the model gives no OVS for is a point without a counter.
+func (e Env) fabricPoints(ctx context.Context, res Result) []*point {
+	hops := res.Fabric[0].Path.Hops
+	pts := make([]*point, 0, len(hops))
+	for i, hop := range hops {
+		dev, _ := e.Fabric.Device(hop.Device)
+		p := &point{check: api.NodeCheck{Node: hop.Device, Kind: api.CheckFabric}, dev: dev, inPort: hop.InPort}
+		if i > 0 {
+			p.prevDev, p.prevPort = hops[i-1].Device, hops[i-1].OutPort
+		}
+		if dev.OVS == nil {
+			p.check.Note = "no counters (not an OVS device in the model)"
+		} else {
+			e.fabricPoint(ctx, p, res, hop)
+		}
+		pts = append(pts, p)
+	}
+	return pts
+}
+
+// destPoint counts the destination host's last flow, or the one that drops
+// the packet; a keyed packet dropped by Restore's miss flow is named as a
+// missing Restore entry.
+func (e Env) destPoint(res Result, node string, health []string) *point {
+	p := &point{check: api.NodeCheck{Node: node, Kind: api.CheckHost, Health: health}}
+	if res.Dest == nil || len(res.Dest.Steps) == 0 {
+		p.check.Point = "agent"
+		p.check.Health = append(p.check.Health, "not traced: "+res.DestError)
+		return p
+	}
+	st := res.Dest.Steps[len(res.Dest.Steps)-1]
+	if res.Dest.Verdict == api.VerdictDrop && res.Dest.DropStep >= 0 {
+		st = res.Dest.Steps[res.Dest.DropStep]
+		p.drop = stepWords(st)
+		if st.TableName == "Restore" && st.Category == "pipeline" && res.Wire.Key != 0 {
+			p.drop = fmt.Sprintf("%s: no Restore entry for key %d from %s, so the table's miss flow drops the keyed packet",
+				stepWords(st), res.Wire.Key, res.Wire.Tuple.Src)
+		}
+	}
+	p.check.Point = stepWords(st)
+	p.read = e.hostFlowReader(node, st)
+	return p
+}
+
+// readBaselines reads every point's counter before the probes; a point
+// whose counter cannot be read says why and is left out of polling.
+func readBaselines(ctx context.Context, pts []*point) {
 	for _, p := range pts {
-		if p.read != nil {
-			if v, err := p.read(ctx); err == nil {
-				p.before, p.readable = v, true
-			} else {
-				p.check.Note = "counter unreadable: " + err.Error()
-			}
+		if p.read == nil {
+			continue
+		}
+		if v, err := p.read(ctx); err == nil {
+			p.before, p.readable = v, true
+		} else {
+			p.check.Note = "counter unreadable: " + err.Error()
 		}
 	}
-	var capture func() []string
-	if opt.Capture && len(hosts) > 1 && res.Wire != nil {
-		capture = e.startCapture(ctx, hosts[1], res.Wire, opt)
+}
+
+// sendProbes sends count test packets into the source container's br-int
+// pipeline and returns how many went out. Probes go only from a container
+// (the host stack cannot be injected into a pipeline as a container can)
+// and not when the trace already shows the source host drops the packet;
+// without the source host's agent none are sent.
+func (e Env) sendProbes(ctx context.Context, r Request, res Result, count int) (int, error) {
+	if res.Src.Kind != EndpointContainer || res.Path == PathDropped {
+		return 0, nil
 	}
-	if res.Src.Kind == "container" && res.Path != "dropped" {
-		if c, err := e.agent(res.Src.Host); err == nil {
-			pr, err := c.Probe(ctx, api.ProbeRequest{Bridge: "br-int", InPort: res.Src.Port, SrcMAC: res.Src.MAC, DstMAC: gatewayMAC,
-				Src: res.Src.IP, Dst: res.Dst.IP, Proto: fabric.ProtoName(r.Proto), SPort: r.SPort, DPort: r.DPort, Count: opt.Probes})
-			if err != nil {
-				return d, res, fmt.Errorf("send probes from %s: %w", res.Src.Name, err)
-			}
-			d.Probes = pr.Sent
-		}
+	c, err := e.agent(res.Src.Host)
+	if err != nil {
+		return 0, nil // reported by the source host's health
 	}
-	// Counters: poll until every readable point has risen by the probe
-	// count or the wait is over.
-	deadline := time.Now().Add(opt.Wait)
+	pr, err := c.Probe(ctx, api.ProbeRequest{Bridge: "br-int", InPort: res.Src.Port, SrcMAC: res.Src.MAC, DstMAC: gatewayMAC,
+		Src: res.Src.IP, Dst: res.Dst.IP, Proto: fabric.ProtoName(r.Proto), SPort: r.SPort, DPort: r.DPort, Count: count})
+	if err != nil {
+		return 0, fmt.Errorf("send probes from %s: %w", res.Src.Name, err)
+	}
+	return pr.Sent, nil
+}
+
+// pollCounters reads the readable points until each has risen by the
+// probe count or wait is over, and records each point's rise and whether
+// it passed. Without probes it reads once.
+func pollCounters(ctx context.Context, pts []*point, probes int, wait time.Duration) {
+	deadline := time.Now().Add(wait)
 	for {
 		done := true
 		for _, p := range pts {
@@ -159,28 +239,14 @@ func Diagnose(ctx context.Context, e Env, r Request, opt DiagnoseOptions) (api.D
 			if v, err := p.read(ctx); err == nil {
 				p.check.Delta = int64(v - p.before)
 			}
-			p.check.Passed = d.Probes > 0 && p.check.Delta >= int64(d.Probes)
+			p.check.Passed = probes > 0 && p.check.Delta >= int64(probes)
 			done = done && p.check.Passed
 		}
-		if done || d.Probes == 0 || time.Now().After(deadline) {
-			break
+		if done || probes == 0 || time.Now().After(deadline) {
+			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	for _, p := range pts {
-		d.Checks = append(d.Checks, p.check)
-	}
-	if capture != nil {
-		d.Capture = capture()
-	}
-	d.Suspect = e.blame(ctx, pts, d.Probes)
-	d.Verdict = res.Verdict
-	if d.Suspect != nil {
-		d.Verdict = fmt.Sprintf("suspect %s %s: %s", d.Suspect.Kind, d.Suspect.Node, d.Suspect.Why)
-	} else {
-		d.Verdict = "no fault found: " + res.Verdict
-	}
-	return d, res, nil
 }
 
 // blame walks the path in order and names the first node at fault.
@@ -189,12 +255,12 @@ func (e Env) blame(ctx context.Context, pts []*point, probes int) *api.Suspect {
 		c := p.check
 		if p.drop != "" {
 			kind := api.SuspectHostTable
-			if c.Kind == "fabric" {
+			if c.Kind == api.CheckFabric {
 				kind = api.SuspectDevice
 			}
 			return &api.Suspect{Kind: kind, Node: c.Node, Where: p.drop, Why: "the packet is dropped by " + p.drop}
 		}
-		if c.Kind == "host" && !p.readable {
+		if c.Kind == api.CheckHost && !p.readable {
 			for _, h := range c.Health {
 				if strings.HasPrefix(h, "agent") || strings.HasPrefix(h, "not traced") {
 					return &api.Suspect{Kind: api.SuspectAgent, Node: c.Node, Why: strings.Join(c.Health, "; ")}
@@ -202,7 +268,7 @@ func (e Env) blame(ctx context.Context, pts []*point, probes int) *api.Suspect {
 			}
 		}
 		if p.readable && probes > 0 && !c.Passed {
-			if c.Kind == "fabric" {
+			if c.Kind == api.CheckFabric {
 				if why := e.linkDown(ctx, p); why != "" {
 					return &api.Suspect{Kind: api.SuspectLink, Node: p.prevDev + "-" + c.Node,
 						Where: fmt.Sprintf("%s:%s <-> %s:%s", p.prevDev, p.prevPort, c.Node, p.inPort), Why: why}
@@ -221,7 +287,7 @@ func (e Env) blame(ctx context.Context, pts []*point, probes int) *api.Suspect {
 		}
 	}
 	for _, p := range pts {
-		if len(p.check.Health) > 0 && p.check.Kind == "host" {
+		if len(p.check.Health) > 0 && p.check.Kind == api.CheckHost {
 			kind := api.SuspectHostPort
 			if strings.HasPrefix(p.check.Health[0], "agent") {
 				kind = api.SuspectAgent
@@ -262,7 +328,7 @@ func (e Env) fabricPoint(ctx context.Context, p *point, res Result, hop fabric.H
 	}
 	st := t.Steps[len(t.Steps)-1]
 	p.check.Point = fmt.Sprintf("%s priority %d %s -> %s", hop.Device, st.Priority, st.Match, strings.Join(st.Actions, ","))
-	if t.Verdict == "drop" {
+	if t.Verdict == api.VerdictDrop {
 		p.drop = fmt.Sprintf("%s flow priority %d %s (actions %s)", hop.Device, st.Priority, st.Match, strings.Join(st.Actions, ","))
 	}
 	acc := p.dev.OVS
@@ -393,11 +459,11 @@ type NodeCount struct {
 // destination checks: the egress entry on the sender, the Restore entry on
 // the receiver.
 func (e Env) cacheNotes(ctx context.Context, res Result, pts []*point) {
-	if res.Src.Kind != "container" || res.Dst.Kind != "container" || res.Src.Host == res.Dst.Host {
+	if res.Src.Kind != EndpointContainer || res.Dst.Kind != EndpointContainer || res.Src.Host == res.Dst.Host {
 		return
 	}
 	for _, p := range pts {
-		if p.check.Kind != "host" {
+		if p.check.Kind != api.CheckHost {
 			continue
 		}
 		side := map[string]string{res.Src.Host: "egress", res.Dst.Host: "restore"}[p.check.Node]

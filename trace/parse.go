@@ -140,7 +140,7 @@ func classify(t *api.OFTrace) {
 	dp := t.DatapathActions
 	switch {
 	case strings.Contains(dp, "tnl_push("):
-		t.Verdict = "tunnel"
+		t.Verdict = api.VerdictTunnel
 		tun := &api.TunnelOuter{SportTBD: true}
 		if m := vniRE.FindStringSubmatch(dp); m != nil {
 			v, _ := strconv.ParseUint(m[1], 0, 32)
@@ -162,16 +162,16 @@ func classify(t *api.OFTrace) {
 		}
 		t.Tunnel = tun
 	case dp == "drop" || dp == "":
-		t.Verdict = "drop"
+		t.Verdict = api.VerdictDrop
 		t.DropStep = dropStep(t.Steps)
 	default:
-		t.Verdict = "output"
+		t.Verdict = api.VerdictOutput
 		if onlyUserspace(dp) {
 			// A punt copies the packet to the agent; if the pipeline
 			// then drops it, the packet itself is dropped.
-			t.Verdict = "controller"
+			t.Verdict = api.VerdictController
 			if i := dropStep(t.Steps); i >= 0 && i == len(t.Steps)-1 {
-				t.Verdict, t.DropStep = "drop", i
+				t.Verdict, t.DropStep = api.VerdictDrop, i
 			}
 		}
 	}

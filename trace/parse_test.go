@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/keyroute/keyroute/api"
 )
 
 // The testdata files are ofproto/trace answers captured from a live
@@ -24,7 +26,7 @@ func TestParseFastPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tr.Verdict != "output" || len(tr.Steps) != 5 {
+	if tr.Verdict != api.VerdictOutput || len(tr.Steps) != 5 {
 		t.Fatalf("verdict %s, %d steps: %+v", tr.Verdict, len(tr.Steps), tr.Steps)
 	}
 	c := tr.Steps[3]
@@ -52,7 +54,7 @@ func TestParseVXLAN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tr.Verdict != "tunnel" || tr.Tunnel == nil {
+	if tr.Verdict != api.VerdictTunnel || tr.Tunnel == nil {
 		t.Fatalf("verdict %s tunnel %+v", tr.Verdict, tr.Tunnel)
 	}
 	tun := *tr.Tunnel
@@ -77,7 +79,7 @@ func TestParseDrop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tr.Verdict != "drop" || tr.DropStep != 1 || tr.Steps[1].TableName != "SpoofGuard" || tr.Steps[1].Category != "pipeline" {
+	if tr.Verdict != api.VerdictDrop || tr.DropStep != 1 || tr.Steps[1].TableName != "SpoofGuard" || tr.Steps[1].Category != "pipeline" {
 		t.Fatalf("verdict %s drop step %d: %+v", tr.Verdict, tr.DropStep, tr.Steps)
 	}
 }
@@ -92,11 +94,11 @@ func TestParseDestination(t *testing.T) {
 		names = append(names, s.Bridge+"/"+s.TableName+"/"+s.Category)
 	}
 	want := "br-phy/Underlay/peer br-phy/UnderlayKeys/underlay br-int/Classify/pipeline br-int/Restore/restore br-int/IngressRules/pipeline br-int/Deliver/endpoint"
-	if strings.Join(names, " ") != want || tr.Verdict != "output" {
+	if strings.Join(names, " ") != want || tr.Verdict != api.VerdictOutput {
 		t.Errorf("steps %v verdict %s", names, tr.Verdict)
 	}
 	tr, err = ParseOFProto("br-int", load(t, "vxlan-dst.txt"))
-	if err != nil || tr.Steps[1].TableName != "TunnelIn" || tr.Verdict != "output" {
+	if err != nil || tr.Steps[1].TableName != "TunnelIn" || tr.Verdict != api.VerdictOutput {
 		t.Errorf("vxlan dst: %+v %v", tr, err)
 	}
 }
@@ -115,7 +117,7 @@ func TestParsePuntThenDrop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tr.Verdict != "drop" || tr.DropStep != len(tr.Steps)-1 || tr.Steps[tr.DropStep].TableName != "Forward" {
+	if tr.Verdict != api.VerdictDrop || tr.DropStep != len(tr.Steps)-1 || tr.Steps[tr.DropStep].TableName != "Forward" {
 		t.Errorf("verdict %s, drop step %d: %+v", tr.Verdict, tr.DropStep, tr.Steps)
 	}
 }

@@ -43,17 +43,17 @@ type Request struct {
 
 // Endpoint is a resolved end of the flow.
 type Endpoint struct {
-	Kind string `json:"kind"` // container, host or outside
-	Name string `json:"name,omitempty"`
-	IP   string `json:"ip"`
-	Host string `json:"host,omitempty"`
-	Port string `json:"port,omitempty"`
-	MAC  string `json:"mac,omitempty"`
+	Kind EndpointKind `json:"kind"`
+	Name string       `json:"name,omitempty"`
+	IP   string       `json:"ip"`
+	Host string       `json:"host,omitempty"`
+	Port string       `json:"port,omitempty"`
+	MAC  string       `json:"mac,omitempty"`
 }
 
 // Wire is the header as the fabric sees it.
 type Wire struct {
-	Kind  string       `json:"kind"` // rewritten, vxlan, host
+	Kind  WireKind     `json:"kind"`
 	Tuple fabric.Tuple `json:"tuple"`
 	DSCP  uint8        `json:"dscp"`
 	Key   uint8        `json:"key,omitempty"`
@@ -69,7 +69,7 @@ type Result struct {
 	Request     Request             `json:"request"`
 	Src         Endpoint            `json:"src"`
 	Dst         Endpoint            `json:"dst"`
-	Path        string              `json:"path"` // fast-path, vxlan, same-host, outside, host-stack, dropped, controller
+	Path        Path                `json:"path"`
 	Source      *api.OFTrace        `json:"source,omitempty"`
 	SourceError string              `json:"source_error,omitempty"`
 	Wire        *Wire               `json:"wire,omitempty"`
@@ -125,16 +125,16 @@ func (cl cluster) resolve(s string) (Endpoint, error) {
 	hostPart, name, scoped := strings.Cut(s, "/")
 	for _, ep := range cl.eps {
 		if ep.IP == s || (!scoped && ep.Name == s) || (scoped && ep.Host == hostPart && ep.Name == name) {
-			return Endpoint{Kind: "container", Name: ep.Name, IP: ep.IP, Host: ep.Host, Port: ep.Port, MAC: ep.MAC}, nil
+			return Endpoint{Kind: EndpointContainer, Name: ep.Name, IP: ep.IP, Host: ep.Host, Port: ep.Port, MAC: ep.MAC}, nil
 		}
 	}
 	for _, h := range cl.hosts {
 		if h.IP == s || h.Name == s {
-			return Endpoint{Kind: "host", Name: h.Name, IP: h.IP, Host: h.Name, MAC: h.MAC}, nil
+			return Endpoint{Kind: EndpointHost, Name: h.Name, IP: h.IP, Host: h.Name, MAC: h.MAC}, nil
 		}
 	}
 	if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
-		return Endpoint{Kind: "outside", IP: s}, nil
+		return Endpoint{Kind: EndpointOutside, IP: s}, nil
 	}
 	return Endpoint{}, fmt.Errorf("%q is not a container, host or IPv4 address of this cluster", s)
 }
@@ -179,7 +179,7 @@ func Trace(ctx context.Context, e Env, r Request) (Result, error) {
 	if res.Dst, err = cl.resolve(r.Dst); err != nil {
 		return res, fmt.Errorf("destination: %w", err)
 	}
-	if res.Src.Kind == "outside" {
+	if res.Src.Kind == EndpointOutside {
 		return res, fmt.Errorf("source %s: trace starts at a container or a host", r.Src)
 	}
 	sa, err1 := netip.ParseAddr(res.Src.IP)
@@ -190,9 +190,9 @@ func Trace(ctx context.Context, e Env, r Request) (Result, error) {
 	inner := Header{Src: sa, Dst: da, Proto: r.Proto, SPort: r.SPort, DPort: r.DPort}
 	bridge, inPort := "br-int", res.Src.Port
 	switch {
-	case res.Src.Kind == "container":
+	case res.Src.Kind == EndpointContainer:
 		inner.SrcMAC, inner.DstMAC = res.Src.MAC, gatewayMAC
-	case res.Dst.Kind == "container":
+	case res.Dst.Kind == EndpointContainer:
 		// The host routes the pod CIDR through its gateway port.
 		inPort, inner.SrcMAC, inner.DstMAC = ofGateway, gwPortMAC, gatewayMAC
 	default:
@@ -230,7 +230,7 @@ func Trace(ctx context.Context, e Env, r Request) (Result, error) {
 	} else if res.Wire != nil {
 		res.FabricError = fabric.ErrNoModel.Error()
 	}
-	if res.Wire != nil && res.Path != "outside" {
+	if res.Wire != nil && res.Path != PathOutside {
 		e.traceDest(ctx, &res, cl, inner)
 	}
 	res.Verdict = verdict(res)
@@ -241,13 +241,13 @@ func Trace(ctx context.Context, e Env, r Request) (Result, error) {
 func (e Env) classifySource(res *Result, cl cluster, inner Header) {
 	t := res.Source
 	switch t.Verdict {
-	case "drop":
-		res.Path = "dropped"
-	case "controller":
-		res.Path = "controller"
-	case "tunnel":
-		res.Path = "vxlan"
-		w := &Wire{Kind: "vxlan", VNI: t.Tunnel.VNI, DSCP: t.Tunnel.DSCP, SportUnknown: true,
+	case api.VerdictDrop:
+		res.Path = PathDropped
+	case api.VerdictController:
+		res.Path = PathController
+	case api.VerdictTunnel:
+		res.Path = PathVXLAN
+		w := &Wire{Kind: WireVXLAN, VNI: t.Tunnel.VNI, DSCP: t.Tunnel.DSCP, SportUnknown: true,
 			Note: "outer UDP source port comes from OVS's packet hash: the fabric path is one of several"}
 		src, err1 := netip.ParseAddr(t.Tunnel.Src)
 		dst, err2 := netip.ParseAddr(t.Tunnel.Dst)
@@ -261,27 +261,27 @@ func (e Env) classifySource(res *Result, cl cluster, inner Header) {
 			w.Note += fmt.Sprintf("; keyed VNI: cache entry pending for key %d", w.Key)
 		}
 		res.Wire = w
-	case "output":
+	case api.VerdictOutput:
 		fin := t.FinalFlow
 		if fin == "unchanged" || fin == "" {
 			fin = t.Flow
 		}
 		h, err := FinalHeader(fin)
 		if err != nil {
-			res.Path = "unknown"
+			res.Path = PathUnknown
 			res.SourceError = err.Error()
 			return
 		}
 		switch {
-		case slices.Contains(t.Outputs, uplinkOut) && h.DSCP != 0 && res.Src.Kind == "container":
-			res.Path = "fast-path"
-			res.Wire = &Wire{Kind: "rewritten", Tuple: h.Tuple(), DSCP: h.DSCP, Key: h.DSCP,
+		case slices.Contains(t.Outputs, uplinkOut) && h.DSCP != 0 && res.Src.Kind == EndpointContainer:
+			res.Path = PathFast
+			res.Wire = &Wire{Kind: WireRewritten, Tuple: h.Tuple(), DSCP: h.DSCP, Key: h.DSCP,
 				Note: "container addresses rewritten to host addresses; the key is in DSCP"}
 		case slices.Contains(t.Outputs, uplinkOut):
-			res.Path = "host-stack"
-			res.Wire = &Wire{Kind: "host", Tuple: h.Tuple(), DSCP: h.DSCP}
-		case slices.Contains(t.Outputs, gatewayOut) && res.Dst.Kind == "outside":
-			res.Path = "outside"
+			res.Path = PathHostStack
+			res.Wire = &Wire{Kind: WireHost, Tuple: h.Tuple(), DSCP: h.DSCP}
+		case slices.Contains(t.Outputs, gatewayOut) && res.Dst.Kind == EndpointOutside:
+			res.Path = PathOutside
 			// The host masquerades it; the fabric sees the host's address
 			// (and possibly another source port).
 			src, _ := cl.host(res.Src.Host)
@@ -289,11 +289,11 @@ func (e Env) classifySource(res *Result, cl cluster, inner Header) {
 			if a, err := netip.ParseAddr(src.IP); err == nil {
 				tup.Src = a
 			}
-			res.Wire = &Wire{Kind: "masqueraded", Tuple: tup, Note: "via the gateway port into the host stack, masqueraded to the host IP (the source port may change)"}
+			res.Wire = &Wire{Kind: WireMasqueraded, Tuple: tup, Note: "via the gateway port into the host stack, masqueraded to the host IP (the source port may change)"}
 		case slices.Contains(t.Outputs, gatewayOut):
-			res.Path = "host-stack"
+			res.Path = PathHostStack
 		default:
-			res.Path = "same-host"
+			res.Path = PathSameHost
 		}
 	}
 }
@@ -313,7 +313,7 @@ func (e Env) traceDest(ctx context.Context, res *Result, cl cluster, inner Heade
 	}
 	var req api.OFTraceRequest
 	switch res.Wire.Kind {
-	case "vxlan":
+	case WireVXLAN:
 		req = api.OFTraceRequest{Bridge: "br-int", Flow: inner.OVSFlow(ofVXLAN,
 			fmt.Sprintf("tun_id=0x%x", res.Wire.VNI), "tun_src="+res.Wire.Tuple.Src.String(), "tun_dst="+res.Wire.Tuple.Dst.String())}
 	default:
@@ -338,23 +338,23 @@ func stepWords(s api.TraceStep) string {
 
 func verdict(r Result) string {
 	switch r.Path {
-	case "dropped":
+	case PathDropped:
 		if i := r.Source.DropStep; i >= 0 {
 			return fmt.Sprintf("dropped on %s at %s", r.Src.Host, stepWords(r.Source.Steps[i]))
 		}
 		return "dropped on " + r.Src.Host + " (datapath actions: drop)"
-	case "controller":
+	case PathController:
 		return "sent only to " + r.Src.Host + "'s agent"
-	case "same-host":
+	case PathSameHost:
 		return "delivered on " + r.Src.Host + " without leaving it (same host)"
-	case "outside":
+	case PathOutside:
 		return "leaves " + r.Src.Host + " through the gateway port, masqueraded to the host IP, towards " + r.Dst.IP
 	}
-	how := map[string]string{"fast-path": "fast path (no encapsulation, key in DSCP)", "vxlan": "VXLAN", "host-stack": "host to host"}[r.Path]
-	if r.Path == "fast-path" {
+	how := map[Path]string{PathFast: "fast path (no encapsulation, key in DSCP)", PathVXLAN: "VXLAN", PathHostStack: "host to host"}[r.Path]
+	if r.Path == PathFast {
 		how = fmt.Sprintf("fast path (no encapsulation, key %d in DSCP)", r.Wire.Key)
 	}
-	if r.Path == "vxlan" {
+	if r.Path == PathVXLAN {
 		how = fmt.Sprintf("VXLAN (VNI 0x%x)", r.Wire.VNI)
 	}
 	switch {
@@ -362,7 +362,7 @@ func verdict(r Result) string {
 		return how + "; destination side not traced: " + r.DestError
 	case r.Dest == nil:
 		return how
-	case r.Dest.Verdict == "drop":
+	case r.Dest.Verdict == api.VerdictDrop:
 		if i := r.Dest.DropStep; i >= 0 {
 			return fmt.Sprintf("%s; dropped on the destination host at %s", how, stepWords(r.Dest.Steps[i]))
 		}

@@ -45,7 +45,7 @@ func run() int {
 	cpPer := flag.Int("cp-containers", 0, "control-plane containers per host, at most 7 (default 5; --quick 3)")
 	cpPace := flag.Int("cp-pace", 0, "new pairs per second in the paced control-plane phase (default 100)")
 	noFlows := flag.Bool("no-flow-install", false, "skip the controller's flow install benchmark (needs the Go toolchain)")
-	paths := flag.String("paths", "", "data-plane paths to measure, comma-separated, e.g. C,R (default: all: "+strings.Join(bench.PathOrder, ",")+")")
+	paths := flag.String("paths", "", "data-plane paths to measure, comma-separated, e.g. C,R (default: all: "+bench.PathNames(bench.PathOrder, ",")+")")
 	noCP := flag.Bool("no-control-plane", false, "skip the control-plane phase")
 	out := flag.String("out", "", "output directory (default bench/results/<timestamp> in the source tree)")
 	ovnRoot := flag.String("ovn-root", os.Getenv("KEYROUTE_OVN_ROOT"), "a `dpkg -x` tree of Debian's ovn-common, ovn-host and ovn-central for path O (env KEYROUTE_OVN_ROOT; default: installed OVN, else O is left out)")
@@ -91,7 +91,9 @@ func run() int {
 	cfg.FlowInstall = cfg.FlowInstall && !*noFlows
 	cfg.NoControlPlane = *noCP
 	if *paths != "" {
-		cfg.Paths = strings.Split(*paths, ",")
+		for _, p := range strings.Split(*paths, ",") {
+			cfg.Paths = append(cfg.Paths, bench.Path(p))
+		}
 	}
 	cfg.BinDir = simcluster.DefaultBinDir(*bin)
 	cfg.OVNRoot = *ovnRoot
