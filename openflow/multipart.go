@@ -261,7 +261,13 @@ func decodeMultipartRequest(body []byte) (Message, error) {
 		return nil, truncated("MULTIPART_REQUEST", HeaderLen, multipartHeaderLen, len(body))
 	}
 	t := binary.BigEndian.Uint16(body)
+	flags := binary.BigEndian.Uint16(body[2:])
 	b := body[multipartHeaderLen:]
+	if flags != 0 {
+		// The typed requests carry no flags (keyroute sends none); keep
+		// such a request whole rather than lose OFPMPF_REQ_MORE.
+		return &MultipartRequest{MPType: t, Flags: flags, Body: msgCopy(b)}, nil
+	}
 	u32 := func(what string) (uint32, error) {
 		if len(b) < 8 {
 			return 0, truncated(what, HeaderLen+multipartHeaderLen, 8, len(b))
@@ -291,7 +297,7 @@ func decodeMultipartRequest(body []byte) (Message, error) {
 		}
 		return &MeterStatsRequest{MeterID: id}, nil
 	}
-	return &MultipartRequest{MPType: t, Flags: binary.BigEndian.Uint16(body[2:]), Body: msgCopy(b)}, nil
+	return &MultipartRequest{MPType: t, Body: msgCopy(b)}, nil
 }
 
 // FlowStats is one entry of an OFPMP_FLOW reply.

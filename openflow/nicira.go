@@ -76,16 +76,20 @@ const (
 // PacketIn2 is NXT_PACKET_IN2, OVS's property-based packet-in. Metadata
 // holds the packet's metadata fields (in_port, registers, tunnel fields...)
 // as OVS reports them; Userdata is what the controller(userdata=...) action
-// carried. Continuations are not kept.
+// carried. Continuation is the opaque NXPINT_CONTINUATION property value
+// of a paused packet (controller(pause)), kept so that re-encoding keeps
+// the packet resumable. Properties OVS does not know are ignored, as OVS
+// ignores them.
 type PacketIn2 struct {
-	Packet   []byte
-	FullLen  uint32
-	BufferID uint32
-	Table    uint8
-	Cookie   uint64
-	Reason   uint8
-	Metadata Match
-	Userdata []byte
+	Packet       []byte
+	FullLen      uint32
+	BufferID     uint32
+	Table        uint8
+	Cookie       uint64
+	Reason       uint8
+	Metadata     Match
+	Userdata     []byte
+	Continuation []byte
 }
 
 func (*PacketIn2) Type() MsgType                  { return TypeExperimenter }
@@ -142,6 +146,11 @@ func (m *PacketIn2) AppendBody(b []byte) ([]byte, error) {
 	}
 	if m.Userdata != nil {
 		if b, err = msgAppendProp(b, nxpintUserdata, m.Userdata); err != nil {
+			return b[:start], err
+		}
+	}
+	if m.Continuation != nil {
+		if b, err = msgAppendProp(b, nxpintContinuation, m.Continuation); err != nil {
 			return b[:start], err
 		}
 	}
@@ -224,8 +233,13 @@ func decodePacketIn2(body []byte) (Message, error) {
 			if m.Userdata == nil {
 				m.Userdata = []byte{}
 			}
+		case nxpintContinuation:
+			m.Continuation = msgCopy(v)
+			if m.Continuation == nil {
+				m.Continuation = []byte{}
+			}
 		}
-		// NXPINT_CONTINUATION and unknown properties are skipped.
+		// Unknown properties are skipped, as OVS skips them.
 		return nil
 	})
 	if err != nil {
@@ -245,6 +259,9 @@ func (m *PacketIn2) String() string {
 	}
 	if m.BufferID != NoBuffer {
 		s += fmt.Sprintf(" buffer=0x%08x", m.BufferID)
+	}
+	if m.Continuation != nil {
+		s += fmt.Sprintf(" continuation of %d bytes", len(m.Continuation))
 	}
 	return s
 }

@@ -2,6 +2,7 @@ package openflow
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -109,6 +110,11 @@ func init() {
 	}
 }
 
+// errUnknownField is wrapped by decode errors for an NXM/OXM header this
+// package has no field for: the action is then kept raw (UnknownAction),
+// since OVS knows many more fields (ct_mark, ...) than keyroute names.
+var errUnknownField = errors.New("unknown field")
+
 // fieldByHeader resolves a 32-bit NXM/OXM header (unmasked) at offset off.
 func fieldByHeader(h uint32, what string, off int) (*Field, error) {
 	k := fieldKey{uint16(h >> 16), uint8(h>>9) & 0x7f, 0}
@@ -118,7 +124,7 @@ func fieldByHeader(h uint32, what string, off int) (*Field, error) {
 	}
 	switch {
 	case !ok:
-		return nil, &DecodeError{What: what, Offset: off, Err: fmt.Errorf("unknown field header 0x%08x", h)}
+		return nil, &DecodeError{What: what, Offset: off, Err: fmt.Errorf("%w header 0x%08x", errUnknownField, h)}
 	case h&0x100 != 0:
 		return nil, &DecodeError{What: what, Offset: off, Err: fmt.Errorf("masked header 0x%08x for %s", h, f.Name)}
 	case int(h&0xff) != f.Len:
@@ -269,8 +275,19 @@ const (
 	ctlPropMeterID  = 5
 )
 
-// ctlPropLens are the fixed value lengths of NXAST_CONTROLLER2 properties.
-var ctlPropLens = map[uint16]int{ctlPropMaxLen: 2, ctlPropID: 2, ctlPropReason: 1, ctlPropPause: 0, ctlPropMeterID: 4}
+// ctlPropLen gives, per NXAST_CONTROLLER2 property, the value length and
+// whether a longer value is accepted. OVS reads its 8- and 16-bit
+// properties leniently (OpenFlow pads a property to 8 bytes, so senders
+// emit 4-byte or longer values for them): it takes the leading bytes of any
+// value at least that long. The 32-bit meter_id must be exact, and pause
+// is a flag whose value OVS ignores.
+var ctlPropLen = map[uint16]struct {
+	n       int
+	atLeast bool
+}{
+	ctlPropMaxLen: {2, true}, ctlPropID: {2, true}, ctlPropReason: {1, true},
+	ctlPropPause: {0, true}, ctlPropMeterID: {4, false},
+}
 
 func appendCtlProp(b []byte, typ uint16, v []byte) []byte {
 	n := 4 + len(v)
@@ -376,8 +393,12 @@ func decodeController2(b []byte) (Action, error) {
 			return nil, &DecodeError{What: what + " property", Offset: off + 2, Err: fmt.Errorf("length %d with %d bytes left", n, len(b)-off)}
 		}
 		v := b[off+4 : off+n]
-		if w, ok := ctlPropLens[typ]; ok && len(v) != w {
-			return nil, &DecodeError{What: what + " property", Offset: off + 2, Err: fmt.Errorf("property %d of %d bytes, want %d", typ, len(v), w)}
+		if w, ok := ctlPropLen[typ]; ok && (len(v) < w.n || !w.atLeast && len(v) != w.n) {
+			want := fmt.Sprint(w.n)
+			if w.atLeast {
+				want = "at least " + want
+			}
+			return nil, &DecodeError{What: what + " property", Offset: off + 2, Err: fmt.Errorf("property %d of %d bytes, want %s", typ, len(v), want)}
 		}
 		switch typ {
 		case ctlPropMaxLen:
