@@ -63,6 +63,7 @@ func (h *Hello) AppendBody(b []byte) ([]byte, error) {
 
 func decodeHello(body []byte) (Message, error) {
 	h := &Hello{}
+	var words [helloMaxVersion/32 + 1]uint32
 	for off := 0; off < len(body); {
 		if len(body)-off < 4 {
 			return nil, truncated("HELLO element", HeaderLen+off, 4, len(body)-off)
@@ -79,18 +80,18 @@ func decodeHello(body []byte) (Message, error) {
 		if typ != helloElemVersionBitmap {
 			h.Elements = append(h.Elements, body[off:end]...)
 		} else {
-			for i, w := 0, off+4; w+4 <= off+n; i, w = i+1, w+4 {
-				bits := binary.BigEndian.Uint32(body[w:])
-				for j := range 32 {
-					// Bit 0 names no version.
-					if v := i*32 + j; bits&(1<<j) != 0 && v > 0 && v <= helloMaxVersion {
-						h.Versions = append(h.Versions, uint8(v))
-					}
-				}
+			// Several bitmaps offer their union.
+			for i, w := 0, off+4; w+4 <= off+n && i < len(words); i, w = i+1, w+4 {
+				words[i] |= binary.BigEndian.Uint32(body[w:])
 			}
 		}
 		// Elements are padded to 8 bytes; tolerate a missing final pad.
 		off = end
+	}
+	for v := 1; v <= helloMaxVersion; v++ { // bit 0 names no version
+		if words[v/32]&(1<<(v%32)) != 0 {
+			h.Versions = append(h.Versions, uint8(v))
+		}
 	}
 	return h, nil
 }

@@ -255,14 +255,32 @@ func (r ControllerReason) String() string {
 // Controller sends the packet to the controller (NXAST_CONTROLLER2, which
 // carries userdata and a meter). Zero values mean OVS's defaults: MaxLen 0
 // sends the whole packet (65535), ID 0 is the default connection, MeterID 0
-// is no meter.
+// is no meter. A real max_len of 0 (send no packet bytes, which OVS
+// honours) is MaxLen 0 with ZeroMaxLen set; decoding sets it.
 type Controller struct {
-	MaxLen   uint16
-	ID       uint16
-	Reason   ControllerReason
-	Userdata []byte
-	Pause    bool
-	MeterID  uint32
+	MaxLen     uint16
+	ZeroMaxLen bool
+	ID         uint16
+	Reason     ControllerReason
+	Userdata   []byte
+	Pause      bool
+	MeterID    uint32
+}
+
+// maxLen is the max_len OVS applies.
+func (a *Controller) maxLen() uint16 {
+	if a.MaxLen == 0 && !a.ZeroMaxLen {
+		return 0xffff
+	}
+	return a.MaxLen
+}
+
+// setMaxLen maps a wire max_len to MaxLen and ZeroMaxLen.
+func (a *Controller) setMaxLen(v uint16) {
+	a.MaxLen, a.ZeroMaxLen = v, v == 0
+	if v == 0xffff {
+		a.MaxLen = 0
+	}
 }
 
 // NXAC2PT_* properties of NXAST_CONTROLLER2.
@@ -303,8 +321,8 @@ func appendCtlProp(b []byte, typ uint16, v []byte) []byte {
 func (a *Controller) AppendAction(b []byte) ([]byte, error) {
 	start, b := beginNX(b, nxastController2)
 	b = append(b, 0, 0, 0, 0, 0, 0)
-	if a.MaxLen != 0 && a.MaxLen != 0xffff {
-		b = appendCtlProp(b, ctlPropMaxLen, []byte{byte(a.MaxLen >> 8), byte(a.MaxLen)})
+	if ml := a.maxLen(); ml != 0xffff {
+		b = appendCtlProp(b, ctlPropMaxLen, []byte{byte(ml >> 8), byte(ml)})
 	}
 	if a.ID != 0 {
 		b = appendCtlProp(b, ctlPropID, []byte{byte(a.ID >> 8), byte(a.ID)})
@@ -325,10 +343,7 @@ func (a *Controller) AppendAction(b []byte) ([]byte, error) {
 }
 
 func (a *Controller) String() string {
-	maxLen := a.MaxLen
-	if maxLen == 0 {
-		maxLen = 0xffff
-	}
+	maxLen := a.maxLen()
 	if a.Reason == ControllerReasonAction && a.ID == 0 && len(a.Userdata) == 0 && !a.Pause && a.MeterID == 0 {
 		return fmt.Sprintf("CONTROLLER:%d", maxLen)
 	}
@@ -370,10 +385,8 @@ func decodeController(b []byte) (Action, error) {
 	if err := wantLen("controller action", b, 16); err != nil {
 		return nil, err
 	}
-	a := &Controller{MaxLen: binary.BigEndian.Uint16(b[10:]), ID: binary.BigEndian.Uint16(b[12:]), Reason: controllerReasonFromWire(b[14])}
-	if a.MaxLen == 0xffff {
-		a.MaxLen = 0
-	}
+	a := &Controller{ID: binary.BigEndian.Uint16(b[12:]), Reason: controllerReasonFromWire(b[14])}
+	a.setMaxLen(binary.BigEndian.Uint16(b[10:]))
 	return a, nil
 }
 
@@ -402,10 +415,7 @@ func decodeController2(b []byte) (Action, error) {
 		}
 		switch typ {
 		case ctlPropMaxLen:
-			a.MaxLen = binary.BigEndian.Uint16(v)
-			if a.MaxLen == 0xffff {
-				a.MaxLen = 0
-			}
+			a.setMaxLen(binary.BigEndian.Uint16(v))
 		case ctlPropID:
 			a.ID = binary.BigEndian.Uint16(v)
 		case ctlPropReason:
@@ -415,10 +425,8 @@ func decodeController2(b []byte) (Action, error) {
 		case ctlPropPause:
 			a.Pause = true
 		case ctlPropMeterID:
+			// 0 is no meter; OVS takes 0xffffffff as a meter id.
 			a.MeterID = binary.BigEndian.Uint32(v)
-			if a.MeterID == 0xffffffff {
-				a.MeterID = 0
-			}
 		default:
 			return nil, &DecodeError{What: what + " property", Offset: off, Err: fmt.Errorf("unknown property type %d", typ)}
 		}
