@@ -255,6 +255,12 @@ func wireCases() []wireCase {
 				}
 			}},
 		{name: "port stats request", raw: wMsg(TypeMultipartRequest, wBE16(MultipartPortStats), wZeros(6), wBE32(1), wZeros(4)), ovs: []string{"OFPST_PORT request", "port_no=1"}},
+		{name: "port stats request with nonzero padding", raw: wMsg(TypeMultipartRequest, wBE16(MultipartPortStats), wZeros(6), wBE32(1), []byte{1, 2, 3, 4}), ovs: []string{"OFPST_PORT request", "port_no=1"},
+			check: func(t *testing.T, m Message) {
+				if _, ok := m.(*MultipartRequest); !ok {
+					t.Errorf("decoded %#v, want a MultipartRequest keeping the bytes", m)
+				}
+			}},
 		{name: "port desc request", raw: wMsg(TypeMultipartRequest, wBE16(MultipartPortDesc), wZeros(6)), ovs: []string{"OFPST_PORT_DESC request"}},
 		{name: "meter stats request", raw: wMsg(TypeMultipartRequest, wBE16(MultipartMeter), wZeros(6), wBE32(7), wZeros(4)), ovs: []string{"OFPST_METER request", "meter=7"}},
 		{name: "desc request", raw: wMsg(TypeMultipartRequest, wBE16(MultipartDesc), wZeros(6)), ovs: []string{"OFPST_DESC request"}},
