@@ -205,8 +205,11 @@ func decodePacketIn2(body []byte) (Message, error) {
 				m.BufferID = binary.BigEndian.Uint32(v)
 			}
 		case nxpintTableID, nxpintReason:
-			if err := msgPropLen("NXT_PACKET_IN2 table_id/reason", v, voff, 1); err != nil {
-				return err
+			// 8-bit values are read leniently, as OVS reads them: the
+			// first byte of a value at least that long (senders pad
+			// them to 4 bytes).
+			if len(v) < 1 {
+				return msgPropLen("NXT_PACKET_IN2 table_id/reason", v, voff, 1)
 			}
 			if typ == nxpintTableID {
 				m.Table = v[0]

@@ -273,6 +273,12 @@ func wireCases() []wireCase {
 					t.Errorf("continuation %x, want %x", p.Continuation, cont)
 				}
 			}},
+		{name: "packet-in2 with 4-byte table_id and reason values",
+			raw: wNXMsg(nxtPacketIn2, wProp(nxpintPacket, udp[:20]), wProp(nxpintTableID, []byte{3, 0, 0, 0}),
+				wProp(nxpintCookie, wCat(wZeros(4), wBE64(5))), wProp(nxpintReason, []byte{1, 0, 0, 0})),
+			canon: wNXMsg(nxtPacketIn2, wProp(nxpintPacket, udp[:20]), wProp(nxpintTableID, []byte{3}),
+				wProp(nxpintCookie, wCat(wZeros(4), wBE64(5))), wProp(nxpintReason, []byte{1})),
+			ovs: []string{"table_id=3 cookie=0x5 total_len=20  (via action) data_len=20"}},
 		{name: "bundle control", raw: wMsg(TypeExperimenter, wBE32(ONFExperimenter), wBE32(onftBundleControl), wBE32(5), wBE16(BundleOpenRequest), wBE16(BundleAtomic)),
 			ovs: []string{"bundle_id=0x5 type=OPEN_REQUEST flags=atomic"}},
 		{name: "bundle control with a property", raw: wMsg(TypeExperimenter, wBE32(ONFExperimenter), wBE32(onftBundleControl), wBE32(5), wBE16(BundleCommitRequest), wBE16(0), wProp(0xffff, wBE32(NiciraExperimenter))),
