@@ -169,6 +169,8 @@ func TestDecodeRejectsBadActions(t *testing.T) {
 	decodeErrAt(t, "move of zero bits", at(nxAction(nxastRegMove, 0, 0, 0, 0, 0, 0, 0, 1, 0, 4, 0, 1, 2, 4)), 20, "outside")
 	decodeErrAt(t, "controller2 property length", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 3)), 26, "length 3")
 	decodeErrAt(t, "controller2 property size", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 6, 0, 1)), 26, "property 5 of 2 bytes, want 4")
+	decodeErrAt(t, "controller2 max_len of 1 byte", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 1)), 26, "property 0 of 1 bytes, want at least 2")
+	decodeErrAt(t, "controller2 meter_id of 8 bytes", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0)), 26, "property 5 of 8 bytes, want 4")
 	decodeErrAt(t, "controller2 unknown property", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 4)), 24, "unknown property type 9")
 	learnHdr := make([]byte, learnFixedLen-nxActionHdrLen)
 	decodeErrAt(t, "learn bad spec", at(nxAction(nxastLearn, append(learnHdr, 0x38, 0x01)...)), 40, "bad flow_mod_spec header 0x3801")
