@@ -197,8 +197,8 @@ func wireCases() []wireCase {
 			raw: wAdd(wMatch(wEthIP), nxAction(nxastNote, 1, 2, 3, 0, 0, 0),
 				nxAction(nxastRegMove, wCat(wBE16(32), wBE16(0), wBE16(0), wBE32(0x80001604), wBE32(0x00010004))...),
 				nxAction(nxastLearn, wCat(wBE16(10), wBE16(0), wBE16(20), wBE64(0x99), wBE16(1), []byte{5, 0}, wZeros(4),
-					wBE16(0x0010), wBE32(0x80000a02), wBE16(0), wBE32(0x80000a02), wBE16(0), // match eth_type=eth_type... via a field
-					wBE16(0x2010), wBE16(0x0800), wBE32(0x80000a02), wBE16(0))...)),
+					wBE16(0x0010), wBE32(0x80000a02), wBE16(0), wBE32(0x80000a02), wBE16(0), // match eth_type on its own value
+					wBE16(0x2010), wBE16(0x0800), wBE32(0x80000a02), wBE16(0))...)), // and on 0x800
 			ovs: []string{"note:01.02.03.00.00.00", "move:NXM_OF_IP_SRC[]->NXM_NX_REG0[]", "learn(table=5,idle_timeout=10,priority=20,send_flow_rem,cookie=0x99,NXM_OF_ETH_TYPE[],eth_type=0x800)"}},
 		{name: "an unknown experimenter action", raw: wAdd(wMatch(), wTLV(ActionTypeExperimenter, wBE32(0x00abcdef), wBE32(1))), ovs: []string{"OFPT_FLOW_MOD"}, rejects: "OFPBAC_BAD_VENDOR"},
 
@@ -294,7 +294,7 @@ func wireCases() []wireCase {
 	}
 }
 
-// wireSameMeaning compares two decodings after putting match fields in the
+// wireSameMeaning compares two decodings after putting (in place) match fields in the
 // order encoding sends them.
 func wireSameMeaning(a, b Message) bool {
 	wireNormMatches(reflect.ValueOf(a))
