@@ -2,6 +2,7 @@ package openflow
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -97,9 +98,13 @@ func DecodeActions(b []byte) ([]Action, error) {
 			fn = actionDecoders[typ]
 		}
 		var a Action
-		if fn == nil {
+		if fn != nil {
+			a, err = fn(raw)
+		}
+		switch {
+		case fn == nil || errors.Is(err, errUnknownField):
 			a = &UnknownAction{Raw: append([]byte(nil), raw...)}
-		} else if a, err = fn(raw); err != nil {
+		case err != nil:
 			if de, ok := err.(*DecodeError); ok {
 				de.Offset += off
 			}

@@ -121,8 +121,12 @@ func decodeSetField(b []byte) (Action, error) {
 	if o.Mask != nil {
 		return nil, &DecodeError{What: "set_field action", Offset: actionHdrLen, Err: fmt.Errorf("field %s is masked", o.Field.Name)}
 	}
-	if pad8(actionHdrLen+n) != len(b) {
-		return nil, &DecodeError{What: "set_field action", Offset: 2, Err: fmt.Errorf("length %d, want %d for a %d-byte OXM", len(b), pad8(actionHdrLen+n), n)}
+	// OVS accepts padding beyond the next multiple of 8 if it is zero
+	// (and rejects nonzero padding); encoding sends the shortest form.
+	for i := actionHdrLen + n; i < len(b); i++ {
+		if b[i] != 0 {
+			return nil, &DecodeError{What: "set_field action", Offset: i, Err: fmt.Errorf("nonzero padding after the %d-byte OXM", n)}
+		}
 	}
 	return &SetField{o}, nil
 }

@@ -45,6 +45,9 @@ type BundleControl struct {
 	BundleID uint32
 	CtrlType uint16
 	Flags    uint16
+	// Properties are the bundle properties after the fixed part, raw
+	// (OVS sends none).
+	Properties []byte
 }
 
 func (*BundleControl) Type() MsgType                  { return TypeExperimenter }
@@ -54,18 +57,19 @@ func (m *BundleControl) AppendBody(b []byte) ([]byte, error) {
 	b = appendONFHeader(b, onftBundleControl)
 	b = binary.BigEndian.AppendUint32(b, m.BundleID)
 	b = binary.BigEndian.AppendUint16(b, m.CtrlType)
-	return binary.BigEndian.AppendUint16(b, m.Flags), nil
+	b = binary.BigEndian.AppendUint16(b, m.Flags)
+	return append(b, m.Properties...), nil
 }
 
 func decodeBundleControl(body []byte) (Message, error) {
 	if len(body) < bundleCtrlLen {
 		return nil, truncated("BUNDLE_CONTROL", nxBodyOff, bundleCtrlLen, len(body))
 	}
-	// Properties after the fixed part are ignored; OVS sends none.
 	return &BundleControl{
-		BundleID: binary.BigEndian.Uint32(body),
-		CtrlType: binary.BigEndian.Uint16(body[4:]),
-		Flags:    binary.BigEndian.Uint16(body[6:]),
+		BundleID:   binary.BigEndian.Uint32(body),
+		CtrlType:   binary.BigEndian.Uint16(body[4:]),
+		Flags:      binary.BigEndian.Uint16(body[6:]),
+		Properties: msgCopy(body[bundleCtrlLen:]),
 	}, nil
 }
 
@@ -105,6 +109,9 @@ type BundleAdd struct {
 	Flags    uint16
 	Xid      uint32
 	Message  Message
+	// Properties is what follows the inner message (padding and bundle
+	// properties), raw; keyroute sends none.
+	Properties []byte
 }
 
 func (*BundleAdd) Type() MsgType                  { return TypeExperimenter }
@@ -123,7 +130,7 @@ func (m *BundleAdd) AppendBody(b []byte) ([]byte, error) {
 	if err != nil {
 		return b[:start], fmt.Errorf("bundle add: %w", err)
 	}
-	return b, nil
+	return append(b, m.Properties...), nil
 }
 
 func decodeBundleAdd(body []byte) (Message, error) {
@@ -139,17 +146,17 @@ func decodeBundleAdd(body []byte) (Message, error) {
 	if int(h.Length) > len(inner) {
 		return nil, truncated("BUNDLE_ADD_MESSAGE inner message", nxBodyOff+bundleCtrlLen, int(h.Length), len(inner))
 	}
-	// Properties may follow the inner message; keyroute uses none.
 	_, msg, err := Decode(inner[:h.Length])
 	if err != nil {
 		msgShiftOffset(err, nxBodyOff+bundleCtrlLen)
 		return nil, fmt.Errorf("BUNDLE_ADD_MESSAGE inner %s: %w", h.Type, err)
 	}
 	return &BundleAdd{
-		BundleID: binary.BigEndian.Uint32(body),
-		Flags:    binary.BigEndian.Uint16(body[6:]),
-		Xid:      h.Xid,
-		Message:  msg,
+		BundleID:   binary.BigEndian.Uint32(body),
+		Flags:      binary.BigEndian.Uint16(body[6:]),
+		Xid:        h.Xid,
+		Message:    msg,
+		Properties: msgCopy(inner[h.Length:]),
 	}, nil
 }
 

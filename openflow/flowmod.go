@@ -59,12 +59,12 @@ const DefaultPriority = 0x8000
 
 // FlowMod is OFPT_FLOW_MOD.
 //
-// Zero values that OpenFlow reserves are replaced on the wire, so a plain
-// literal is a valid message: BufferID 0 is sent as NoBuffer (OVS never
-// buffers packets, so there is no buffer 0 to name), OutPort 0 as PortAny
-// and OutGroup 0 as GroupAny (port 0 does not exist; a filter on group 0 is
-// not expressible). Decoding maps those wire values back to 0, so
-// Decode(Marshal(m)) equals m.
+// A zero BufferID, OutPort or OutGroup means "unset", so a plain literal is
+// a valid message: it is sent as NoBuffer, PortAny and GroupAny. Decoding
+// maps those wire values back to 0. A message that really carries 0 there
+// (buffer 0, a filter on port 0 or group 0, as other controllers send) has
+// the field's bit in WireZero: Decode sets it and encoding then sends 0,
+// so decode and encode keep the meaning both ways.
 type FlowMod struct {
 	Cookie, CookieMask       uint64
 	Table                    uint8
@@ -73,17 +73,31 @@ type FlowMod struct {
 	Priority                 uint16
 	BufferID                 uint32
 	OutPort, OutGroup        uint32
-	Flags                    FlowModFlags
-	Match                    Match
-	Instructions             []Instruction
+	// WireZero marks which of BufferID, OutPort and OutGroup are a real 0
+	// on the wire; a bit is ignored while its field is non-zero.
+	WireZero     WireZero
+	Flags        FlowModFlags
+	Match        Match
+	Instructions []Instruction
 }
+
+// WireZero names FlowMod fields whose 0 is a wire value, not "unset".
+type WireZero uint8
+
+const (
+	ZeroBufferID WireZero = 1 << iota
+	ZeroOutPort
+	ZeroOutGroup
+)
 
 const flowModFixedLen = 40 // body bytes before the match
 
 func (*FlowMod) Type() MsgType { return TypeFlowMod }
 
-func orAll(v, all uint32) uint32 {
-	if v == 0 {
+// orAll is v as sent: all ("none"/"any") for an unset 0, unless the zero
+// bit says the 0 is the wire value.
+func orAll(v, all uint32, zero bool) uint32 {
+	if v == 0 && !zero {
 		return all
 	}
 	return v
@@ -97,9 +111,9 @@ func (m *FlowMod) AppendBody(b []byte) ([]byte, error) {
 	b = binary.BigEndian.AppendUint16(b, m.IdleTimeout)
 	b = binary.BigEndian.AppendUint16(b, m.HardTimeout)
 	b = binary.BigEndian.AppendUint16(b, m.Priority)
-	b = binary.BigEndian.AppendUint32(b, orAll(m.BufferID, NoBuffer))
-	b = binary.BigEndian.AppendUint32(b, orAll(m.OutPort, PortAny))
-	b = binary.BigEndian.AppendUint32(b, orAll(m.OutGroup, GroupAny))
+	b = binary.BigEndian.AppendUint32(b, orAll(m.BufferID, NoBuffer, m.WireZero&ZeroBufferID != 0))
+	b = binary.BigEndian.AppendUint32(b, orAll(m.OutPort, PortAny, m.WireZero&ZeroOutPort != 0))
+	b = binary.BigEndian.AppendUint32(b, orAll(m.OutGroup, GroupAny, m.WireZero&ZeroOutGroup != 0))
 	b = binary.BigEndian.AppendUint16(b, uint16(m.Flags))
 	b = append(b, 0, 0)
 	b, err := m.Match.AppendTo(b)
@@ -112,9 +126,13 @@ func (m *FlowMod) AppendBody(b []byte) ([]byte, error) {
 	return b, nil
 }
 
-func zeroIfAll(v, all uint32) uint32 {
-	if v == all {
+// zeroIfAll maps the wire's "none"/"any" to 0 and reports a wire 0 in bit.
+func zeroIfAll(v, all uint32, zero *WireZero, bit WireZero) uint32 {
+	switch v {
+	case all:
 		return 0
+	case 0:
+		*zero |= bit
 	}
 	return v
 }
@@ -133,11 +151,11 @@ func decodeFlowMod(body []byte) (Message, error) {
 		IdleTimeout: binary.BigEndian.Uint16(body[18:]),
 		HardTimeout: binary.BigEndian.Uint16(body[20:]),
 		Priority:    binary.BigEndian.Uint16(body[22:]),
-		BufferID:    zeroIfAll(binary.BigEndian.Uint32(body[24:]), NoBuffer),
-		OutPort:     zeroIfAll(binary.BigEndian.Uint32(body[28:]), PortAny),
-		OutGroup:    zeroIfAll(binary.BigEndian.Uint32(body[32:]), GroupAny),
 		Flags:       FlowModFlags(binary.BigEndian.Uint16(body[36:])),
 	}
+	m.BufferID = zeroIfAll(binary.BigEndian.Uint32(body[24:]), NoBuffer, &m.WireZero, ZeroBufferID)
+	m.OutPort = zeroIfAll(binary.BigEndian.Uint32(body[28:]), PortAny, &m.WireZero, ZeroOutPort)
+	m.OutGroup = zeroIfAll(binary.BigEndian.Uint32(body[32:]), GroupAny, &m.WireZero, ZeroOutGroup)
 	if m.Command > FlowDeleteStrict {
 		return nil, &DecodeError{What: "FLOW_MOD", Offset: HeaderLen + 17, Err: fmt.Errorf("unknown command %d", m.Command)}
 	}
@@ -250,10 +268,10 @@ func (m *FlowMod) OfpPrint() string {
 	if m.HardTimeout != 0 {
 		fmt.Fprintf(&sb, "hard:%d ", m.HardTimeout)
 	}
-	if m.BufferID != 0 {
+	if m.BufferID != 0 || m.WireZero&ZeroBufferID != 0 {
 		fmt.Fprintf(&sb, "buf:0x%x ", m.BufferID)
 	}
-	if m.OutPort != 0 {
+	if m.OutPort != 0 || m.WireZero&ZeroOutPort != 0 {
 		sb.WriteString("out_port:" + ovsPortString(m.OutPort) + " ")
 	}
 	for _, w := range m.Flags.words() {
@@ -288,10 +306,10 @@ func (m *FlowMod) String() string {
 		p = append(p, fmt.Sprintf("hard_timeout=%d", m.HardTimeout))
 	}
 	p = append(p, m.Flags.words()...)
-	if m.OutPort != 0 {
+	if m.OutPort != 0 || m.WireZero&ZeroOutPort != 0 {
 		p = append(p, "out_port="+ovsPortString(m.OutPort))
 	}
-	if m.OutGroup != 0 {
+	if m.OutGroup != 0 || m.WireZero&ZeroOutGroup != 0 {
 		p = append(p, fmt.Sprintf("out_group=%d", m.OutGroup))
 	}
 	if s := m.Match.String(); s != "" {

@@ -119,6 +119,11 @@ func FuzzDecodeInstructions(f *testing.F) {
 func FuzzDecodeFlowMod(f *testing.F) {
 	msgs, _, _, _ := seedParts(f)
 	addSeeds(f, msgs)
+	for _, c := range wireCases() {
+		if c.raw[1] == byte(TypeFlowMod) {
+			f.Add(c.raw)
+		}
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, m, err := Decode(b)
 		fm, ok := m.(*FlowMod)

@@ -3,6 +3,7 @@ package openflow
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -17,14 +18,24 @@ func msgSeedCaptured(f *testing.F, add func(raw []byte)) {
 		}
 		add(b)
 	}
+	for _, c := range wireCases() {
+		add(c.raw)
+	}
 }
 
-// msgCheckReencode: a decoded message that encodes again must decode again to
-// the same encoding (decode and encode agree on every byte they keep).
+// msgCheckReencode: a decoded message encodes again, and that decodes to
+// the same value (decode → encode keeps the meaning) and encodes to the
+// same bytes (decode and encode agree on every byte they keep).
 func msgCheckReencode(t *testing.T, h Header, m Message) {
 	enc, err := Marshal(m, h.Xid)
 	if err != nil {
-		return // e.g. a masked OXM for a field that cannot be masked
+		// Re-encoding may add bytes a maximum-size input has no room for
+		// (packet-in2 properties OVS leaves out, a hello's bitmap); a
+		// version-0 HELLO offering nothing is not ours to send.
+		if msg := err.Error(); strings.Contains(msg, "exceeds the OpenFlow limit") || strings.Contains(msg, "hello offers no version") {
+			return
+		}
+		t.Fatalf("decoded %T does not encode: %v", m, err)
 	}
 	h2, m2, err := Decode(enc)
 	if err != nil {
@@ -33,6 +44,9 @@ func msgCheckReencode(t *testing.T, h Header, m Message) {
 	enc2, err := Marshal(m2, h2.Xid)
 	if err != nil || !bytes.Equal(enc, enc2) {
 		t.Fatalf("%T: encoding not stable (%v):\n%x\n%x", m, err, enc, enc2)
+	}
+	if !wireSameMeaning(m, m2) {
+		t.Fatalf("%T: decode → encode → decode changed the value:\n%#v\n%#v", m, m, m2)
 	}
 }
 

@@ -10,9 +10,12 @@ import (
 const helloElemVersionBitmap = 1
 
 // Hello is OFPT_HELLO. Versions lists the OpenFlow wire versions the sender
-// offers (0x04 = 1.3); it is sent as a version-bitmap element.
+// offers (0x04 = 1.3); it is sent as a version-bitmap element. Elements
+// holds any other elements raw (receivers ignore types they do not know),
+// sent after the bitmap.
 type Hello struct {
 	Versions []uint8
+	Elements []byte
 }
 
 // NewHello returns the HELLO keyroute sends: OpenFlow 1.3 only.
@@ -54,11 +57,13 @@ func (h *Hello) AppendBody(b []byte) ([]byte, error) {
 	for _, w := range words[:n] {
 		b = binary.BigEndian.AppendUint32(b, w)
 	}
-	return append(b, make([]byte, pad8(elen)-elen)...), nil
+	b = append(b, make([]byte, pad8(elen)-elen)...)
+	return append(b, h.Elements...), nil
 }
 
 func decodeHello(body []byte) (Message, error) {
 	h := &Hello{}
+	var words [helloMaxVersion/32 + 1]uint32
 	for off := 0; off < len(body); {
 		if len(body)-off < 4 {
 			return nil, truncated("HELLO element", HeaderLen+off, 4, len(body)-off)
@@ -71,19 +76,22 @@ func decodeHello(body []byte) (Message, error) {
 		if n > len(body)-off {
 			return nil, truncated("HELLO element", HeaderLen+off, n, len(body)-off)
 		}
-		if typ == helloElemVersionBitmap {
-			for i, w := 0, off+4; w+4 <= off+n; i, w = i+1, w+4 {
-				bits := binary.BigEndian.Uint32(body[w:])
-				for j := range 32 {
-					// Bit 0 names no version.
-					if v := i*32 + j; bits&(1<<j) != 0 && v > 0 && v <= helloMaxVersion {
-						h.Versions = append(h.Versions, uint8(v))
-					}
-				}
+		end := min(off+pad8(n), len(body))
+		if typ != helloElemVersionBitmap {
+			h.Elements = append(h.Elements, body[off:end]...)
+		} else {
+			// Several bitmaps offer their union.
+			for i, w := 0, off+4; w+4 <= off+n && i < len(words); i, w = i+1, w+4 {
+				words[i] |= binary.BigEndian.Uint32(body[w:])
 			}
 		}
 		// Elements are padded to 8 bytes; tolerate a missing final pad.
-		off = min(off+pad8(n), len(body))
+		off = end
+	}
+	for v := 1; v <= helloMaxVersion; v++ { // bit 0 names no version
+		if words[v/32]&(1<<(v%32)) != 0 {
+			h.Versions = append(h.Versions, uint8(v))
+		}
 	}
 	return h, nil
 }

@@ -1,6 +1,7 @@
 package openflow
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"net/netip"
@@ -157,11 +158,10 @@ func TestDecodeRejectsBadActions(t *testing.T) {
 	decodeErrAt(t, "zero length", at([]byte{0, 0, 0, 0}), 10, "length 0")
 	decodeErrAt(t, "experimenter too short", at([]byte{0xff, 0xff, 0, 8, 0, 0, 0x23, 0x20}), 8, "truncated")
 	decodeErrAt(t, "set_field with a mask", at([]byte{0, 25, 0, 16, 0x80, 0, 0x17, 8, 1, 2, 3, 4, 0xff, 0xff, 0xff, 0}), 12, "is masked")
-	decodeErrAt(t, "set_field length", at([]byte{0, 25, 0, 24, 0x80, 0, 0x16, 4, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}), 10, "length 24, want 16")
+	decodeErrAt(t, "set_field nonzero padding", at([]byte{0, 25, 0, 24, 0x80, 0, 0x16, 4, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}), 31, "nonzero padding")
 	decodeErrAt(t, "set_field OXM past end", at([]byte{0, 25, 0, 8, 0x80, 0, 0x16, 4}), 16, "truncated")
 	decodeErrAt(t, "set_field unmaskable", at([]byte{0, 25, 0, 16, 0x80, 0, 0x0b, 4, 8, 0, 0xff, 0xff, 0, 0, 0, 0}), 14, "eth_type cannot be masked")
 	decodeErrAt(t, "resubmit length", at(nxAction(nxastResubmitTable, 0, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)), 10, "length 24, want 16")
-	decodeErrAt(t, "load unknown field", at(nxAction(nxastRegLoad, 0, 31, 0x12, 0x34, 0x02, 4, 0, 0, 0, 0, 0, 0, 0, 1)), 20, "unknown field header 0x12340204")
 	decodeErrAt(t, "load bits past field", at(nxAction(nxastRegLoad, 0x07, 0xc7, 0, 1, 0, 4, 0, 0, 0, 0, 0, 0, 0, 1)), 18, "NXM_NX_REG0[31..38] outside")
 	decodeErrAt(t, "load value too wide", at(nxAction(nxastRegLoad, 0, 3, 0, 1, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0x10)), 24, "does not fit 4 bits")
 	decodeErrAt(t, "load masked header", at(nxAction(nxastRegLoad, 0, 3, 0, 1, 1, 4, 0, 0, 0, 0, 0, 0, 0, 1)), 20, "masked header")
@@ -169,6 +169,8 @@ func TestDecodeRejectsBadActions(t *testing.T) {
 	decodeErrAt(t, "move of zero bits", at(nxAction(nxastRegMove, 0, 0, 0, 0, 0, 0, 0, 1, 0, 4, 0, 1, 2, 4)), 20, "outside")
 	decodeErrAt(t, "controller2 property length", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 3)), 26, "length 3")
 	decodeErrAt(t, "controller2 property size", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 6, 0, 1)), 26, "property 5 of 2 bytes, want 4")
+	decodeErrAt(t, "controller2 max_len of 1 byte", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 1)), 26, "property 0 of 1 bytes, want at least 2")
+	decodeErrAt(t, "controller2 meter_id of 8 bytes", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0)), 26, "property 5 of 8 bytes, want 4")
 	decodeErrAt(t, "controller2 unknown property", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 4)), 24, "unknown property type 9")
 	learnHdr := make([]byte, learnFixedLen-nxActionHdrLen)
 	decodeErrAt(t, "learn bad spec", at(nxAction(nxastLearn, append(learnHdr, 0x38, 0x01)...)), 40, "bad flow_mod_spec header 0x3801")
@@ -177,10 +179,17 @@ func TestDecodeRejectsBadActions(t *testing.T) {
 	decodeErrAt(t, "learn garbage after specs", at(nxAction(nxastLearn, append(learnHdr, 0, 0, 0, 7)...)), 43, "nonzero byte")
 	decodeErrAt(t, "learn too short", at([]byte{0xff, 0xff, 0, 16, 0, 0, 0x23, 0x20, 0, 16, 0, 0, 0, 0, 0, 0}), 8, "truncated")
 
-	// Unknown actions are kept, not rejected, so a flow dump still prints.
+	// Unknown actions are kept, not rejected, so a flow dump still prints;
+	// so are Nicira actions on a field this package does not name.
 	acts, err := DecodeActions(at([]byte{0, 99, 0, 8, 1, 2, 3, 4}))
 	if err != nil || len(acts) != 2 || acts[1].String() != "unknown_action(0063000801020304)" {
 		t.Errorf("unknown action: %v %v", acts, err)
+	}
+	load := nxAction(nxastRegLoad, 0, 31, 0x12, 0x34, 0x02, 4, 0, 0, 0, 0, 0, 0, 0, 1)
+	if acts, err = DecodeActions(at(load)); err != nil || len(acts) != 2 {
+		t.Errorf("load on an unknown field: %v %v", acts, err)
+	} else if ua, ok := acts[1].(*UnknownAction); !ok || !bytes.Equal(ua.Raw, load) {
+		t.Errorf("load on an unknown field decodes to %v, want it kept raw", acts[1])
 	}
 }
 

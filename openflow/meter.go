@@ -23,26 +23,50 @@ const (
 
 // Meter band types (ofp_meter_band_type).
 const (
-	MeterBandDrop       uint16 = 1
-	MeterBandDSCPRemark uint16 = 2
+	MeterBandDrop         uint16 = 1
+	MeterBandDSCPRemark   uint16 = 2
+	MeterBandExperimenter uint16 = 0xffff
 )
 
 // MeterBand is one band of a meter. PrecLevel is used by DSCP remark bands.
+// Experimenter is an experimenter band's experimenter id (for a band type
+// OpenFlow 1.3 does not define, the same four bytes, kept raw), and Data
+// what a band carries after its 16 bytes (an experimenter band's payload;
+// drop and DSCP remark bands have none, and OVS rejects them with any).
+// OVS itself rejects experimenter bands (OFPMMFC_BAD_BAND), but other
+// switches and controllers use them.
 type MeterBand struct {
-	Type      uint16
-	Rate      uint32
-	BurstSize uint32
-	PrecLevel uint8
+	Type         uint16
+	Rate         uint32
+	BurstSize    uint32
+	PrecLevel    uint8
+	Experimenter uint32
+	Data         []byte
 }
 
 const meterBandLen = 16
 
-func (mb *MeterBand) appendTo(b []byte) []byte {
+// known reports whether the band is one whose bytes after burst_size are
+// PrecLevel and padding.
+func (mb *MeterBand) known() bool {
+	return mb.Type == MeterBandDrop || mb.Type == MeterBandDSCPRemark
+}
+
+func (mb *MeterBand) appendTo(b []byte) ([]byte, error) {
+	n := meterBandLen + len(mb.Data)
+	if n%8 != 0 || n > 0xffff {
+		return b, fmt.Errorf("meter band data of %d bytes: the band must be a multiple of 8 bytes long", len(mb.Data))
+	}
 	b = binary.BigEndian.AppendUint16(b, mb.Type)
-	b = binary.BigEndian.AppendUint16(b, meterBandLen)
+	b = binary.BigEndian.AppendUint16(b, uint16(n))
 	b = binary.BigEndian.AppendUint32(b, mb.Rate)
 	b = binary.BigEndian.AppendUint32(b, mb.BurstSize)
-	return append(b, mb.PrecLevel, 0, 0, 0)
+	if mb.known() {
+		b = append(b, mb.PrecLevel, 0, 0, 0)
+	} else {
+		b = binary.BigEndian.AppendUint32(b, mb.Experimenter)
+	}
+	return append(b, mb.Data...), nil
 }
 
 // String prints the band in ovs-ofctl add-meter syntax.
@@ -53,6 +77,8 @@ func (mb *MeterBand) String() string {
 		s = "type=drop"
 	case MeterBandDSCPRemark:
 		s = "type=dscp_remark"
+	case MeterBandExperimenter:
+		s = fmt.Sprintf("type=experimenter,experimenter=0x%x", mb.Experimenter)
 	default:
 		s = fmt.Sprintf("type=%d", mb.Type)
 	}
@@ -81,9 +107,14 @@ func decodeMeterBands(b []byte, off int) ([]MeterBand, error) {
 			return nil, truncated("meter band", off+i, n, len(b)-i)
 		}
 		mb := MeterBand{Type: binary.BigEndian.Uint16(b[i:]), Rate: binary.BigEndian.Uint32(b[i+4:]), BurstSize: binary.BigEndian.Uint32(b[i+8:])}
-		if mb.Type == MeterBandDSCPRemark {
+		switch {
+		case mb.Type == MeterBandDSCPRemark:
 			mb.PrecLevel = b[i+12]
+		case !mb.known():
+			mb.Experimenter = binary.BigEndian.Uint32(b[i+12:])
 		}
+		// Keep what follows, so re-encoding sends the same band.
+		mb.Data = msgCopy(b[i+meterBandLen : i+n])
 		bands = append(bands, mb)
 		i += n
 	}
@@ -106,8 +137,12 @@ func (m *MeterMod) AppendBody(b []byte) ([]byte, error) {
 	b = binary.BigEndian.AppendUint16(b, m.Command)
 	b = binary.BigEndian.AppendUint16(b, m.Flags)
 	b = binary.BigEndian.AppendUint32(b, m.MeterID)
+	start := len(b)
 	for i := range m.Bands {
-		b = m.Bands[i].appendTo(b)
+		var err error
+		if b, err = m.Bands[i].appendTo(b); err != nil {
+			return b[:start], fmt.Errorf("meter %d band %d: %w", m.MeterID, i, err)
+		}
 	}
 	return b, nil
 }

@@ -1,6 +1,7 @@
 package openflow
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 )
@@ -261,7 +262,29 @@ func decodeMultipartRequest(body []byte) (Message, error) {
 		return nil, truncated("MULTIPART_REQUEST", HeaderLen, multipartHeaderLen, len(body))
 	}
 	t := binary.BigEndian.Uint16(body)
+	flags := binary.BigEndian.Uint16(body[2:])
 	b := body[multipartHeaderLen:]
+	generic := &MultipartRequest{MPType: t, Flags: flags, Body: msgCopy(b)}
+	if flags != 0 {
+		// The typed requests carry no flags (keyroute sends none); keep
+		// such a request whole rather than lose OFPMPF_REQ_MORE.
+		return generic, nil
+	}
+	m, err := decodeTypedMultipartRequest(t, b)
+	if err != nil || m == nil {
+		return generic, err
+	}
+	// A typed request that would not re-encode to these bytes (trailing
+	// bytes, nonzero padding, match fields out of order) is kept whole.
+	if enc, err := m.AppendBody(nil); err != nil || !bytes.Equal(enc, body) {
+		return generic, nil
+	}
+	return m, nil
+}
+
+// decodeTypedMultipartRequest decodes the body b of a request of type t
+// into its typed form; it returns nil for types without one.
+func decodeTypedMultipartRequest(t uint16, b []byte) (Message, error) {
 	u32 := func(what string) (uint32, error) {
 		if len(b) < 8 {
 			return 0, truncated(what, HeaderLen+multipartHeaderLen, 8, len(b))
@@ -270,10 +293,17 @@ func decodeMultipartRequest(body []byte) (Message, error) {
 	}
 	switch t {
 	case MultipartFlow:
-		return decodeFlowStatsRequest(b)
+		r, err := decodeFlowStatsRequest(b)
+		if err != nil {
+			return nil, err
+		}
+		return r, nil
 	case MultipartAggregate:
 		r, err := decodeFlowStatsRequest(b)
-		return (*AggregateStatsRequest)(r), err
+		if err != nil {
+			return nil, err
+		}
+		return (*AggregateStatsRequest)(r), nil
 	case MultipartTable:
 		return &TableStatsRequest{}, nil
 	case MultipartPortDesc:
@@ -291,7 +321,7 @@ func decodeMultipartRequest(body []byte) (Message, error) {
 		}
 		return &MeterStatsRequest{MeterID: id}, nil
 	}
-	return &MultipartRequest{MPType: t, Flags: binary.BigEndian.Uint16(body[2:]), Body: msgCopy(b)}, nil
+	return nil, nil
 }
 
 // FlowStats is one entry of an OFPMP_FLOW reply.

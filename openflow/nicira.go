@@ -76,16 +76,20 @@ const (
 // PacketIn2 is NXT_PACKET_IN2, OVS's property-based packet-in. Metadata
 // holds the packet's metadata fields (in_port, registers, tunnel fields...)
 // as OVS reports them; Userdata is what the controller(userdata=...) action
-// carried. Continuations are not kept.
+// carried. Continuation is the opaque NXPINT_CONTINUATION property value
+// of a paused packet (controller(pause)), kept so that re-encoding keeps
+// the packet resumable. Properties OVS does not know are ignored, as OVS
+// ignores them.
 type PacketIn2 struct {
-	Packet   []byte
-	FullLen  uint32
-	BufferID uint32
-	Table    uint8
-	Cookie   uint64
-	Reason   uint8
-	Metadata Match
-	Userdata []byte
+	Packet       []byte
+	FullLen      uint32
+	BufferID     uint32
+	Table        uint8
+	Cookie       uint64
+	Reason       uint8
+	Metadata     Match
+	Userdata     []byte
+	Continuation []byte
 }
 
 func (*PacketIn2) Type() MsgType                  { return TypeExperimenter }
@@ -145,6 +149,11 @@ func (m *PacketIn2) AppendBody(b []byte) ([]byte, error) {
 			return b[:start], err
 		}
 	}
+	if m.Continuation != nil {
+		if b, err = msgAppendProp(b, nxpintContinuation, m.Continuation); err != nil {
+			return b[:start], err
+		}
+	}
 	return b, nil
 }
 
@@ -196,8 +205,11 @@ func decodePacketIn2(body []byte) (Message, error) {
 				m.BufferID = binary.BigEndian.Uint32(v)
 			}
 		case nxpintTableID, nxpintReason:
-			if err := msgPropLen("NXT_PACKET_IN2 table_id/reason", v, voff, 1); err != nil {
-				return err
+			// 8-bit values are read leniently, as OVS reads them: the
+			// first byte of a value at least that long (senders pad
+			// them to 4 bytes).
+			if len(v) < 1 {
+				return msgPropLen("NXT_PACKET_IN2 table_id/reason", v, voff, 1)
 			}
 			if typ == nxpintTableID {
 				m.Table = v[0]
@@ -224,8 +236,13 @@ func decodePacketIn2(body []byte) (Message, error) {
 			if m.Userdata == nil {
 				m.Userdata = []byte{}
 			}
+		case nxpintContinuation:
+			m.Continuation = msgCopy(v)
+			if m.Continuation == nil {
+				m.Continuation = []byte{}
+			}
 		}
-		// NXPINT_CONTINUATION and unknown properties are skipped.
+		// Unknown properties are skipped, as OVS skips them.
 		return nil
 	})
 	if err != nil {
@@ -245,6 +262,9 @@ func (m *PacketIn2) String() string {
 	}
 	if m.BufferID != NoBuffer {
 		s += fmt.Sprintf(" buffer=0x%08x", m.BufferID)
+	}
+	if m.Continuation != nil {
+		s += fmt.Sprintf(" continuation of %d bytes", len(m.Continuation))
 	}
 	return s
 }

@@ -2,6 +2,7 @@ package openflow
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -109,6 +110,11 @@ func init() {
 	}
 }
 
+// errUnknownField is wrapped by decode errors for an NXM/OXM header this
+// package has no field for: the action is then kept raw (UnknownAction),
+// since OVS knows many more fields (ct_mark, ...) than keyroute names.
+var errUnknownField = errors.New("unknown field")
+
 // fieldByHeader resolves a 32-bit NXM/OXM header (unmasked) at offset off.
 func fieldByHeader(h uint32, what string, off int) (*Field, error) {
 	k := fieldKey{uint16(h >> 16), uint8(h>>9) & 0x7f, 0}
@@ -118,7 +124,7 @@ func fieldByHeader(h uint32, what string, off int) (*Field, error) {
 	}
 	switch {
 	case !ok:
-		return nil, &DecodeError{What: what, Offset: off, Err: fmt.Errorf("unknown field header 0x%08x", h)}
+		return nil, &DecodeError{What: what, Offset: off, Err: fmt.Errorf("%w header 0x%08x", errUnknownField, h)}
 	case h&0x100 != 0:
 		return nil, &DecodeError{What: what, Offset: off, Err: fmt.Errorf("masked header 0x%08x for %s", h, f.Name)}
 	case int(h&0xff) != f.Len:
@@ -249,14 +255,32 @@ func (r ControllerReason) String() string {
 // Controller sends the packet to the controller (NXAST_CONTROLLER2, which
 // carries userdata and a meter). Zero values mean OVS's defaults: MaxLen 0
 // sends the whole packet (65535), ID 0 is the default connection, MeterID 0
-// is no meter.
+// is no meter. A real max_len of 0 (send no packet bytes, which OVS
+// honours) is MaxLen 0 with ZeroMaxLen set; decoding sets it.
 type Controller struct {
-	MaxLen   uint16
-	ID       uint16
-	Reason   ControllerReason
-	Userdata []byte
-	Pause    bool
-	MeterID  uint32
+	MaxLen     uint16
+	ZeroMaxLen bool
+	ID         uint16
+	Reason     ControllerReason
+	Userdata   []byte
+	Pause      bool
+	MeterID    uint32
+}
+
+// maxLen is the max_len OVS applies.
+func (a *Controller) maxLen() uint16 {
+	if a.MaxLen == 0 && !a.ZeroMaxLen {
+		return 0xffff
+	}
+	return a.MaxLen
+}
+
+// setMaxLen maps a wire max_len to MaxLen and ZeroMaxLen.
+func (a *Controller) setMaxLen(v uint16) {
+	a.MaxLen, a.ZeroMaxLen = v, v == 0
+	if v == 0xffff {
+		a.MaxLen = 0
+	}
 }
 
 // NXAC2PT_* properties of NXAST_CONTROLLER2.
@@ -269,8 +293,19 @@ const (
 	ctlPropMeterID  = 5
 )
 
-// ctlPropLens are the fixed value lengths of NXAST_CONTROLLER2 properties.
-var ctlPropLens = map[uint16]int{ctlPropMaxLen: 2, ctlPropID: 2, ctlPropReason: 1, ctlPropPause: 0, ctlPropMeterID: 4}
+// ctlPropLen gives, per NXAST_CONTROLLER2 property, the value length and
+// whether a longer value is accepted. OVS reads its 8- and 16-bit
+// properties leniently (OpenFlow pads a property to 8 bytes, so senders
+// emit 4-byte or longer values for them): it takes the leading bytes of any
+// value at least that long. The 32-bit meter_id must be exact, and pause
+// is a flag whose value OVS ignores.
+var ctlPropLen = map[uint16]struct {
+	n       int
+	atLeast bool
+}{
+	ctlPropMaxLen: {2, true}, ctlPropID: {2, true}, ctlPropReason: {1, true},
+	ctlPropPause: {0, true}, ctlPropMeterID: {4, false},
+}
 
 func appendCtlProp(b []byte, typ uint16, v []byte) []byte {
 	n := 4 + len(v)
@@ -286,8 +321,8 @@ func appendCtlProp(b []byte, typ uint16, v []byte) []byte {
 func (a *Controller) AppendAction(b []byte) ([]byte, error) {
 	start, b := beginNX(b, nxastController2)
 	b = append(b, 0, 0, 0, 0, 0, 0)
-	if a.MaxLen != 0 && a.MaxLen != 0xffff {
-		b = appendCtlProp(b, ctlPropMaxLen, []byte{byte(a.MaxLen >> 8), byte(a.MaxLen)})
+	if ml := a.maxLen(); ml != 0xffff {
+		b = appendCtlProp(b, ctlPropMaxLen, []byte{byte(ml >> 8), byte(ml)})
 	}
 	if a.ID != 0 {
 		b = appendCtlProp(b, ctlPropID, []byte{byte(a.ID >> 8), byte(a.ID)})
@@ -308,10 +343,7 @@ func (a *Controller) AppendAction(b []byte) ([]byte, error) {
 }
 
 func (a *Controller) String() string {
-	maxLen := a.MaxLen
-	if maxLen == 0 {
-		maxLen = 0xffff
-	}
+	maxLen := a.maxLen()
 	if a.Reason == ControllerReasonAction && a.ID == 0 && len(a.Userdata) == 0 && !a.Pause && a.MeterID == 0 {
 		return fmt.Sprintf("CONTROLLER:%d", maxLen)
 	}
@@ -353,10 +385,8 @@ func decodeController(b []byte) (Action, error) {
 	if err := wantLen("controller action", b, 16); err != nil {
 		return nil, err
 	}
-	a := &Controller{MaxLen: binary.BigEndian.Uint16(b[10:]), ID: binary.BigEndian.Uint16(b[12:]), Reason: controllerReasonFromWire(b[14])}
-	if a.MaxLen == 0xffff {
-		a.MaxLen = 0
-	}
+	a := &Controller{ID: binary.BigEndian.Uint16(b[12:]), Reason: controllerReasonFromWire(b[14])}
+	a.setMaxLen(binary.BigEndian.Uint16(b[10:]))
 	return a, nil
 }
 
@@ -376,15 +406,16 @@ func decodeController2(b []byte) (Action, error) {
 			return nil, &DecodeError{What: what + " property", Offset: off + 2, Err: fmt.Errorf("length %d with %d bytes left", n, len(b)-off)}
 		}
 		v := b[off+4 : off+n]
-		if w, ok := ctlPropLens[typ]; ok && len(v) != w {
-			return nil, &DecodeError{What: what + " property", Offset: off + 2, Err: fmt.Errorf("property %d of %d bytes, want %d", typ, len(v), w)}
+		if w, ok := ctlPropLen[typ]; ok && (len(v) < w.n || !w.atLeast && len(v) != w.n) {
+			want := fmt.Sprint(w.n)
+			if w.atLeast {
+				want = "at least " + want
+			}
+			return nil, &DecodeError{What: what + " property", Offset: off + 2, Err: fmt.Errorf("property %d of %d bytes, want %s", typ, len(v), want)}
 		}
 		switch typ {
 		case ctlPropMaxLen:
-			a.MaxLen = binary.BigEndian.Uint16(v)
-			if a.MaxLen == 0xffff {
-				a.MaxLen = 0
-			}
+			a.setMaxLen(binary.BigEndian.Uint16(v))
 		case ctlPropID:
 			a.ID = binary.BigEndian.Uint16(v)
 		case ctlPropReason:
@@ -394,10 +425,8 @@ func decodeController2(b []byte) (Action, error) {
 		case ctlPropPause:
 			a.Pause = true
 		case ctlPropMeterID:
+			// 0 is no meter; OVS takes 0xffffffff as a meter id.
 			a.MeterID = binary.BigEndian.Uint32(v)
-			if a.MeterID == 0xffffffff {
-				a.MeterID = 0
-			}
 		default:
 			return nil, &DecodeError{What: what + " property", Offset: off, Err: fmt.Errorf("unknown property type %d", typ)}
 		}

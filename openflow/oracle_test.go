@@ -574,6 +574,8 @@ func TestOracleModifyDelete(t *testing.T) {
 			&FlowMod{Command: FlowDeleteStrict, Table: 2, Priority: 7, Match: Match{Fields: ms(ipM, MatchIPv4DstMasked(pfx("10.0.0.0/8")))}}},
 		{[]string{"del-flows"}, "cookie=0x200000000/0xff00000000,out_port=LOCAL",
 			&FlowMod{Command: FlowDelete, Table: TableAll, Cookie: 0x200000000, CookieMask: 0xff00000000, OutPort: PortLocal, Priority: DefaultPriority}},
+		{[]string{"del-flows"}, "out_port=0,out_group=0",
+			&FlowMod{Command: FlowDelete, Table: TableAll, Priority: DefaultPriority, WireZero: ZeroOutPort | ZeroOutGroup}},
 		{[]string{"del-flows"}, "tun_id=0x5,in_port=2",
 			&FlowMod{Command: FlowDelete, Table: TableAll, Priority: DefaultPriority, Match: Match{Fields: ms(MatchTunnelID(5), MatchInPort(2))}}},
 	}

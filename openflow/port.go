@@ -70,7 +70,9 @@ func decodePort(b []byte, off int) (Port, error) {
 	if len(b) < portLen {
 		return Port{}, truncated("port", off, portLen, len(b))
 	}
-	name := b[16:32]
+	// The name is NUL-terminated within its 16 bytes; like OVS, read at
+	// most 15 bytes of one that is not.
+	name := b[16 : 16+portNameLen-1]
 	if i := bytes.IndexByte(name, 0); i >= 0 {
 		name = name[:i]
 	}

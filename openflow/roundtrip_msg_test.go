@@ -207,6 +207,9 @@ func TestMultipartReassembly(t *testing.T) {
 // input: scribbling over it after decoding changes nothing.
 func TestDecodeCopies(t *testing.T) {
 	msgs := msgAllCaptured(t)
+	for _, c := range wireCases() {
+		msgs = append(msgs, c.raw)
+	}
 	for _, m := range msgSamples() {
 		b, _ := Marshal(m, 3)
 		msgs = append(msgs, b)
