@@ -9,6 +9,7 @@ import (
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/fabric"
+	"github.com/keyroute/keyroute/hostlayout"
 )
 
 // DiagnoseOptions bounds a diagnosis.
@@ -68,9 +69,9 @@ func Diagnose(ctx context.Context, e Env, r Request, opt DiagnoseOptions) (api.D
 		health[h] = e.hostHealth(ctx, cl, h)
 	}
 	var pts []*point
-	// Source host: the last br-int flow before the packet leaves.
+	// Source host: the last integration bridge flow before the packet leaves.
 	if res.Source != nil && len(res.Source.Steps) > 0 {
-		st := lastOn(res.Source.Steps, "br-int")
+		st := lastOn(res.Source.Steps, cl.bridges(res.Src.Host).Integration)
 		p := &point{check: api.NodeCheck{Node: res.Src.Host, Kind: "host", Point: stepWords(st), Health: health[res.Src.Host]}}
 		p.read = e.hostFlowReader(res.Src.Host, st)
 		if res.Source.Verdict == "drop" {
@@ -139,7 +140,7 @@ func Diagnose(ctx context.Context, e Env, r Request, opt DiagnoseOptions) (api.D
 	}
 	if res.Src.Kind == "container" && res.Path != "dropped" {
 		if c, err := e.agent(res.Src.Host); err == nil {
-			pr, err := c.Probe(ctx, api.ProbeRequest{Bridge: "br-int", InPort: res.Src.Port, SrcMAC: res.Src.MAC, DstMAC: gatewayMAC,
+			pr, err := c.Probe(ctx, api.ProbeRequest{Bridge: cl.bridges(res.Src.Host).Integration, InPort: res.Src.Port, SrcMAC: res.Src.MAC, DstMAC: cl.gatewayMAC,
 				Src: res.Src.IP, Dst: res.Dst.IP, Proto: fabric.ProtoName(r.Proto), SPort: r.SPort, DPort: r.DPort, Count: opt.Probes})
 			if err != nil {
 				return d, res, fmt.Errorf("send probes from %s: %w", res.Src.Name, err)
@@ -342,7 +343,7 @@ func (e Env) hostHealth(ctx context.Context, cl cluster, node string) []string {
 		return append(out, "port state unreadable: "+err.Error())
 	}
 	for _, p := range ports {
-		if p.Bridge == "br-phy" && p.OFPort == 1 && (!p.LinkUp || !p.AdminUp) {
+		if p.Bridge == cl.bridges(node).Physical && p.OFPort == hostlayout.OFPortUplink && (!p.LinkUp || !p.AdminUp) {
 			out = append(out, fmt.Sprintf("uplink port %s is down", p.Name))
 		}
 		if p.RxErrors+p.TxErrors > 0 {

@@ -95,7 +95,7 @@ func statusCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "node:\t%s\n", s.Node)
 				fmt.Fprintf(w, "mode:\t%s\n", s.Mode)
 				fmt.Fprintf(w, "host:\t%s (%s)\n", s.HostIP, s.HostMAC)
-				fmt.Fprintf(w, "pod subnet:\t%s (gateway %s)\n", s.PodSubnet, s.Gateway)
+				fmt.Fprintf(w, "pod subnet:\t%s (gateway %s, MAC %s)\n", s.PodSubnet, s.Gateway, s.GatewayMAC)
 				fmt.Fprintf(w, "datapath:\t%s: %s\n", s.Datapath, s.DatapathReason)
 				for _, b := range s.Bridges {
 					state := "connected"
