@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -233,9 +234,21 @@ func formatIDs(m map[string]string) string {
 	slices.Sort(keys)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s=%q", k, m[k])
+		parts[i] = quoteID(k) + "=" + quoteID(m[k])
 	}
 	return "{" + strings.Join(parts, ", ") + "}"
+}
+
+// quoteID quotes s as ovs-vsctl does: only when it is empty or holds
+// anything but letters, digits and -_.:/ (a hostile value cannot forge
+// the text around it).
+func quoteID(s string) string {
+	if s == "" || strings.ContainsFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:/", r))
+	}) {
+		return strconv.Quote(s)
+	}
+	return s
 }
 
 // CheckOwnership returns a *ForeignError for the first of bridges that

@@ -456,7 +456,7 @@ func TestIntegrationEnsure(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = c.CheckOwnership(ctx, []string{"br-int", "br-nope", "br-foreign"}, nil)
-	if !errors.As(err, &fe) || fe.Name != "br-foreign" || !strings.Contains(err.Error(), `owner="neutron"`) {
+	if !errors.As(err, &fe) || fe.Name != "br-foreign" || !strings.Contains(err.Error(), "owner=neutron") {
 		t.Errorf("CheckOwnership(br-foreign): err = %v, want a ForeignError naming owner=neutron", err)
 	}
 	err = c.CheckOwnership(ctx, []string{"br-int"}, []string{"sys0", "ghost9", "fp1"})
