@@ -57,7 +57,7 @@ func TestForeignBridge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("refused: %s", out[max(0, strings.LastIndex(out, "level=ERROR")):])
+	t.Logf("refused: %s", out[max(0, strings.LastIndex(out, "keyroute-agent:")):])
 	for _, want := range []string{"bridge br-int exists and is not keyroute's", "owner=neutron", "bridge-id=int-1",
 		"bridges.integration and bridges.physical"} {
 		if !strings.Contains(out, want) {
