@@ -365,11 +365,18 @@ func (a *Agent) ensureBridges(ctx context.Context, hostIP netip.Addr, uplinkMAC 
 	if err := a.db.CheckOwnership(ctx, []string{br.Physical, br.Integration},
 		[]string{a.cfg.Uplink, hostlayout.PortVXLAN, intPatch, phyPatch, hostlayout.PortGateway}); err != nil {
 		var fe *ovsdb.ForeignError
-		if errors.As(err, &fe) && fe.Kind == "bridge" {
+		switch {
+		case !errors.As(err, &fe):
+			return err
+		case fe.Kind == "bridge":
 			return fmt.Errorf("%w; keyroute never takes over a bridge it did not create: give keyroute other bridge names "+
 				"(bridges.integration and bridges.physical in the agent config, e.g. kr-int and kr-phy)", err)
+		case fe.Name == a.cfg.Uplink:
+			return fmt.Errorf("%w; the uplink must be keyroute's alone: give keyroute another interface (uplink)", err)
+		default:
+			return fmt.Errorf("%w; keyroute needs this port name on its own bridges and never takes over another owner's port "+
+				"(the patch ports are named after bridges.*; vxlan0 and kr-gw are fixed)", err)
 		}
-		return err
 	}
 	steps := []struct {
 		what string
