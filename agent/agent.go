@@ -5,6 +5,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/keyroute/keyroute/cacheproto"
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/hostlayout"
 	"github.com/keyroute/keyroute/keyalloc"
 	"github.com/keyroute/keyroute/openflow"
 	"github.com/keyroute/keyroute/ovsdb"
@@ -24,22 +26,9 @@ import (
 	"github.com/keyroute/keyroute/registry"
 )
 
-// Bridge and port names. They are part of what users see in ovs-vsctl and
-// ovs-ofctl output, so they are fixed.
+// Bridge names come from the config (bridges.*); port names and numbers
+// from hostlayout.
 const (
-	BridgeInt   = "br-int"
-	BridgePhy   = "br-phy"
-	PortVXLAN   = "vxlan0"
-	PortGateway = "kr-gw"
-	PortPatch   = "patch-phy" // br-int's end of the patch pair
-	PortPhyPat  = "patch-int" // br-phy's end
-	// Fixed OpenFlow port numbers for the infrastructure ports, so flows
-	// and traces read the same on every host.
-	ofVXLAN   = 1
-	ofPatch   = 2
-	ofGateway = 3
-	ofUplink  = 1
-	ofPhyPat  = 2
 	// flowOwner names the agent's desired flow set in the controller.
 	flowOwner = "agent"
 	// hostTTL is the etcd lease of this agent's alive/ record: how long
@@ -53,10 +42,6 @@ const (
 // flowOwners are the controller's desired-state owners on the bridges: the
 // pipeline, rewrite mode's cache entries and the network rules.
 var flowOwners = []string{flowOwner, cacheOwner, rulesOwner}
-
-// gatewayPortMAC is the gateway port's own MAC. It only ever appears between
-// br-int and this host's kernel, so every host can use the same one.
-var gatewayPortMAC = net.HardwareAddr{0x0a, 0x00, 0x00, 0x00, 0x00, 0x02}
 
 // Agent is one host's agent.
 type Agent struct {
@@ -186,6 +171,7 @@ func (a *Agent) hostRecord() registry.Host {
 	return registry.Host{
 		Name: a.cfg.Node, UnderlayIP: a.host.IP, UnderlayMAC: a.host.MAC,
 		PodSubnet: a.host.Subnet, Datapath: a.dp.Datapath, AgentVersion: Version,
+		Bridges: a.cfg.Bridges,
 	}
 }
 
@@ -229,7 +215,7 @@ func (a *Agent) setup(ctx context.Context) error {
 	if a.cfg.HostIP != "" {
 		want = netip.MustParseAddr(a.cfg.HostIP)
 	}
-	addr, err := findHostAddr(a.cfg.Uplink, BridgePhy, want)
+	addr, err := findHostAddr(a.cfg.Uplink, a.cfg.Bridges.Physical, want)
 	if err != nil {
 		return fmt.Errorf("find host IP: %w", err)
 	}
@@ -250,10 +236,10 @@ func (a *Agent) setup(ctx context.Context) error {
 	}
 	a.host = flows.Host{
 		Name: a.cfg.Node, IP: addr.Prefix.Addr(), MAC: uplink.HardwareAddr,
-		GatewayMAC: a.cfg.GatewayMAC(), GatewayPortMAC: gatewayPortMAC,
+		GatewayMAC: a.cfg.GatewayMAC(), GatewayPortMAC: hostlayout.GatewayPortMAC,
 		Cluster: a.cfg.PodCIDR(), VNI: a.cfg.Cluster.VNI,
-		VXLANPort: ofVXLAN, GatewayPort: ofGateway, PatchPort: ofPatch,
-		UplinkPort: ofUplink, PhyPatchPort: ofPhyPat,
+		VXLANPort: hostlayout.OFPortVXLAN, GatewayPort: hostlayout.OFPortGateway, PatchPort: hostlayout.OFPortPatch,
+		UplinkPort: hostlayout.OFPortUplink, PhyPatchPort: hostlayout.OFPortPhysicalPatch,
 		TunnelUDPPort: a.cfg.Cluster.VXLANPort, ProtectedTCPPorts: a.cfg.ProtectedTCPPorts(),
 	}
 	a.containerMTU = mtu
@@ -261,16 +247,16 @@ func (a *Agent) setup(ctx context.Context) error {
 	// br-phy forwards before the host IP moves onto it: with fail_mode
 	// secure and no flows, the host would be cut off (from etcd, too).
 	if err := a.phySw.SetDesired(ctx, flowOwner, flows.PhyPipeline(a.host)); err != nil {
-		return fmt.Errorf("install %s pipeline: %w", BridgePhy, err)
+		return fmt.Errorf("install %s pipeline: %w", a.cfg.Bridges.Physical, err)
 	}
 	if err := a.startSwitch(ctx, a.phySw); err != nil {
 		return err
 	}
 	if addr.Link == a.cfg.Uplink {
-		if err := moveHostAddr(addr.Prefix, a.cfg.Uplink, BridgePhy); err != nil {
-			return fmt.Errorf("move host IP onto %s: %w", BridgePhy, err)
+		if err := moveHostAddr(addr.Prefix, a.cfg.Uplink, a.cfg.Bridges.Physical); err != nil {
+			return fmt.Errorf("move host IP onto %s: %w", a.cfg.Bridges.Physical, err)
 		}
-		a.log.Info("moved host IP", "addr", addr.Prefix, "from", a.cfg.Uplink, "to", BridgePhy)
+		a.log.Info("moved host IP", "addr", addr.Prefix, "from", a.cfg.Uplink, "to", a.cfg.Bridges.Physical)
 	}
 	if err := isolatePort(a.cfg.Uplink); err != nil {
 		return fmt.Errorf("keep the host stack off the uplink %s: %w", a.cfg.Uplink, err)
@@ -294,7 +280,7 @@ func (a *Agent) setup(ctx context.Context) error {
 			return err
 		}
 		if err := a.phySw.SetDesired(ctx, flowOwner, flows.PhyPipeline(a.host)); err != nil {
-			return fmt.Errorf("install %s pipeline: %w", BridgePhy, err)
+			return fmt.Errorf("install %s pipeline: %w", a.cfg.Bridges.Physical, err)
 		}
 	}
 	subnet, err := a.reg.ClaimSubnet(ctx, a.cfg.Node, a.cfg.PodCIDR(), a.cfg.Cluster.SubnetBits)
@@ -306,7 +292,7 @@ func (a *Agent) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register host in etcd: %w", err)
 	}
-	if err := ensureGatewayAddr(PortGateway, a.host.Gateway, subnet, a.host.Cluster); err != nil {
+	if err := ensureGatewayAddr(hostlayout.PortGateway, a.host.Gateway, subnet, a.host.Cluster); err != nil {
 		return fmt.Errorf("configure gateway port: %w", err)
 	}
 	if err := ensureMasquerade(a.host.Cluster); err != nil {
@@ -373,40 +359,62 @@ func (a *Agent) setup(ctx context.Context) error {
 }
 
 func (a *Agent) ensureBridges(ctx context.Context, hostIP netip.Addr, uplinkMAC net.HardwareAddr) error {
+	br := a.cfg.Bridges
+	intPatch, phyPatch := br.IntegrationPatch(), br.PhysicalPatch()
 	ids := map[string]string{"keyroute-node": a.cfg.Node}
+	// Nothing is written before every bridge and port is known to be free
+	// or keyroute's: an existing bridge of another OVS user is never
+	// taken over, not even half-way (the uplink moved into our physical
+	// bridge while the integration bridge is refused).
+	if err := a.db.CheckOwnership(ctx, []string{br.Physical, br.Integration},
+		[]string{a.cfg.Uplink, hostlayout.PortVXLAN, intPatch, phyPatch, hostlayout.PortGateway}); err != nil {
+		var fe *ovsdb.ForeignError
+		switch {
+		case !errors.As(err, &fe):
+			return err
+		case fe.Kind == "bridge":
+			return fmt.Errorf("%w; keyroute never takes over a bridge it did not create: give keyroute other bridge names "+
+				"(bridges.integration and bridges.physical in the agent config, e.g. kr-int and kr-phy)", err)
+		case fe.Name == a.cfg.Uplink:
+			return fmt.Errorf("%w; the uplink must be keyroute's alone: give keyroute another interface (uplink)", err)
+		default:
+			return fmt.Errorf("%w; keyroute needs this port name on its own bridges and never takes over another owner's port "+
+				"(the patch ports are named after bridges.*; vxlan0 and kr-gw are fixed)", err)
+		}
+	}
 	steps := []struct {
 		what string
 		fn   func() error
 	}{
-		{"bridge " + BridgePhy, func() error {
-			// br-phy's LOCAL port takes over the uplink's MAC with its IP,
-			// so neighbours' ARP caches stay right.
-			return a.db.EnsureBridge(ctx, ovsdb.BridgeSpec{Name: BridgePhy, DatapathType: a.dp.Datapath,
+		{"bridge " + br.Physical, func() error {
+			// The physical bridge's LOCAL port takes over the uplink's MAC
+			// with its IP, so neighbours' ARP caches stay right.
+			return a.db.EnsureBridge(ctx, ovsdb.BridgeSpec{Name: br.Physical, DatapathType: a.dp.Datapath,
 				HWAddr: uplinkMAC, TableNames: flows.PhyTableNames(), ExternalIDs: ids})
 		}},
 		{"uplink port " + a.cfg.Uplink, func() error {
-			return a.db.EnsurePort(ctx, BridgePhy, ovsdb.PortSpec{Name: a.cfg.Uplink, OFPortRequest: ofUplink, ExternalIDs: ids})
+			return a.db.EnsurePort(ctx, br.Physical, ovsdb.PortSpec{Name: a.cfg.Uplink, OFPortRequest: int(hostlayout.OFPortUplink), ExternalIDs: ids})
 		}},
-		{"bridge " + BridgeInt, func() error {
-			return a.db.EnsureBridge(ctx, ovsdb.BridgeSpec{Name: BridgeInt, DatapathType: a.dp.Datapath,
+		{"bridge " + br.Integration, func() error {
+			return a.db.EnsureBridge(ctx, ovsdb.BridgeSpec{Name: br.Integration, DatapathType: a.dp.Datapath,
 				TableNames: flows.IntTableNames(), ExternalIDs: ids})
 		}},
-		{"tunnel port " + PortVXLAN, func() error {
-			return a.db.EnsurePort(ctx, BridgeInt, ovsdb.PortSpec{Name: PortVXLAN, Type: "vxlan", OFPortRequest: ofVXLAN,
+		{"tunnel port " + hostlayout.PortVXLAN, func() error {
+			return a.db.EnsurePort(ctx, br.Integration, ovsdb.PortSpec{Name: hostlayout.PortVXLAN, Type: "vxlan", OFPortRequest: int(hostlayout.OFPortVXLAN),
 				Options: map[string]string{"remote_ip": "flow", "key": "flow", "local_ip": hostIP.String(),
 					"dst_port": fmt.Sprint(a.cfg.Cluster.VXLANPort)}, ExternalIDs: ids})
 		}},
-		{"patch port " + PortPatch, func() error {
-			return a.db.EnsurePort(ctx, BridgeInt, ovsdb.PortSpec{Name: PortPatch, Type: "patch",
-				Options: map[string]string{"peer": PortPhyPat}, OFPortRequest: ofPatch, ExternalIDs: ids})
+		{"patch port " + intPatch, func() error {
+			return a.db.EnsurePort(ctx, br.Integration, ovsdb.PortSpec{Name: intPatch, Type: "patch",
+				Options: map[string]string{"peer": phyPatch}, OFPortRequest: int(hostlayout.OFPortPatch), ExternalIDs: ids})
 		}},
-		{"patch port " + PortPhyPat, func() error {
-			return a.db.EnsurePort(ctx, BridgePhy, ovsdb.PortSpec{Name: PortPhyPat, Type: "patch",
-				Options: map[string]string{"peer": PortPatch}, OFPortRequest: ofPhyPat, ExternalIDs: ids})
+		{"patch port " + phyPatch, func() error {
+			return a.db.EnsurePort(ctx, br.Physical, ovsdb.PortSpec{Name: phyPatch, Type: "patch",
+				Options: map[string]string{"peer": intPatch}, OFPortRequest: int(hostlayout.OFPortPhysicalPatch), ExternalIDs: ids})
 		}},
-		{"gateway port " + PortGateway, func() error {
-			return a.db.EnsurePort(ctx, BridgeInt, ovsdb.PortSpec{Name: PortGateway, Type: "internal",
-				OFPortRequest: ofGateway, MAC: gatewayPortMAC.String(), ExternalIDs: ids})
+		{"gateway port " + hostlayout.PortGateway, func() error {
+			return a.db.EnsurePort(ctx, br.Integration, ovsdb.PortSpec{Name: hostlayout.PortGateway, Type: "internal",
+				OFPortRequest: int(hostlayout.OFPortGateway), MAC: hostlayout.GatewayPortMAC.String(), ExternalIDs: ids})
 		}},
 	}
 	for _, s := range steps {
@@ -414,7 +422,7 @@ func (a *Agent) ensureBridges(ctx context.Context, hostIP netip.Addr, uplinkMAC 
 			return fmt.Errorf("set up %s: %w", s.what, err)
 		}
 	}
-	for _, p := range []string{a.cfg.Uplink, PortVXLAN, PortPatch, PortPhyPat, PortGateway} {
+	for _, p := range []string{a.cfg.Uplink, hostlayout.PortVXLAN, intPatch, phyPatch, hostlayout.PortGateway} {
 		if err := a.waitPort(ctx, p); err != nil {
 			return fmt.Errorf("set up port %s: %w", p, err)
 		}
@@ -443,7 +451,7 @@ func (a *Agent) newSwitches() {
 		Logger:      a.log,
 		OwnedCookie: flows.Owned,
 	}
-	a.phySw = controller.New("unix:"+filepath.Join(a.cfg.OVS.RunDir, BridgePhy+".mgmt"), opts)
+	a.phySw = controller.New("unix:"+filepath.Join(a.cfg.OVS.RunDir, a.cfg.Bridges.Physical+".mgmt"), opts)
 	if a.cfg.Mode == ModeRewrite {
 		// Handlers reach a.cache, which exists before br-int connects.
 		opts.OnPacketIn = func(p *openflow.PacketIn2) { a.cache.onPunt(p) }
@@ -452,7 +460,7 @@ func (a *Agent) newSwitches() {
 			return ensureMeter(ctx, sw, flows.PuntMeter, a.cfg.Cache.PuntRate)
 		}
 	}
-	a.intSw = controller.New("unix:"+filepath.Join(a.cfg.OVS.RunDir, BridgeInt+".mgmt"), opts)
+	a.intSw = controller.New("unix:"+filepath.Join(a.cfg.OVS.RunDir, a.cfg.Bridges.Integration+".mgmt"), opts)
 }
 
 // startSwitch runs a switch connection (for the agent's lifetime) and waits
@@ -621,11 +629,11 @@ func (a *Agent) program(ctx context.Context) error {
 		}
 		phy := append(flows.PhyPipeline(a.host), flows.PhyRewriteFlows(a.host, a.cache.rw, peers)...)
 		if err := a.phySw.SetDesired(ctx, flowOwner, phy); err != nil {
-			return fmt.Errorf("install %s flows: %w", BridgePhy, err)
+			return fmt.Errorf("install %s flows: %w", a.cfg.Bridges.Physical, err)
 		}
 	}
 	if err := a.intSw.SetDesired(ctx, flowOwner, fs); err != nil {
-		return fmt.Errorf("install %s flows: %w", BridgeInt, err)
+		return fmt.Errorf("install %s flows: %w", a.cfg.Bridges.Integration, err)
 	}
 	a.metrics.setCounts(len(eps), len(peers))
 	return nil
@@ -690,7 +698,7 @@ func (a *Agent) setTunnelNeighbour(h registry.Host) {
 	if !h.UnderlayIP.IsValid() || len(h.UnderlayMAC) == 0 {
 		return
 	}
-	if _, err := a.appctl("tnl/arp/set", BridgePhy, h.UnderlayIP.String(), h.UnderlayMAC.String()); err != nil {
+	if _, err := a.appctl("tnl/arp/set", a.cfg.Bridges.Physical, h.UnderlayIP.String(), h.UnderlayMAC.String()); err != nil {
 		a.log.Warn("set tunnel neighbour", "peer", h.Name, "err", err)
 	}
 }

@@ -688,7 +688,7 @@ func (c *cache) nextHop(peer netip.Addr, registered net.HardwareAddr) net.Hardwa
 			target = gw
 		}
 	}
-	if link, err := netlink.LinkByName(BridgePhy); err == nil {
+	if link, err := netlink.LinkByName(c.a.cfg.Bridges.Physical); err == nil {
 		if neighs, err := netlink.NeighList(link.Attrs().Index, netlink.FAMILY_V4); err == nil {
 			for _, n := range neighs {
 				if ip, ok := netip.AddrFromSlice(n.IP.To4()); ok && ip == target && len(n.HardwareAddr) == 6 &&

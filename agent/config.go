@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/hostlayout"
 	"github.com/keyroute/keyroute/keyalloc"
 	"github.com/keyroute/keyroute/registry"
 )
@@ -26,11 +27,15 @@ import (
 type Config struct {
 	// Node is this host's name in the cluster (default: the hostname).
 	Node string `yaml:"node"`
-	// Uplink is the physical interface put into br-phy.
+	// Uplink is the physical interface put into the physical bridge.
 	Uplink string `yaml:"uplink"`
-	// HostIP is the underlay address; default: the uplink's (or br-phy's,
-	// after a restart) first IPv4 address.
+	// HostIP is the underlay address; default: the uplink's (or the
+	// physical bridge's, after a restart) first IPv4 address.
 	HostIP string `yaml:"host_ip"`
+	// Bridges names this host's two OVS bridges (default br-int and
+	// br-phy). The agent creates them and refuses to start if a bridge of
+	// that name exists that it did not create (another OVS user's).
+	Bridges hostlayout.Bridges `yaml:"bridges"`
 	// Etcd selects the cluster store.
 	Etcd EtcdConfig `yaml:"etcd"`
 	// Cluster holds the cluster-wide addressing plan.
@@ -180,6 +185,7 @@ func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
 		Node:     host,
+		Bridges:  hostlayout.Default(),
 		Datapath: "auto",
 		Mode:     ModeRewrite,
 		Etcd: EtcdConfig{
@@ -258,8 +264,9 @@ func (c *Config) Validate() error {
 		bad("node", c.Node, "set a host name without '/' or spaces")
 	}
 	if c.Uplink == "" {
-		bad("uplink", c.Uplink, "name the physical interface to put into br-phy (e.g. eth1)")
+		bad("uplink", c.Uplink, "name the physical interface to put into the physical bridge (e.g. eth1)")
 	}
+	c.validateBridges(bad)
 	if c.HostIP != "" {
 		if a, err := netip.ParseAddr(c.HostIP); err != nil || !a.Is4() {
 			bad("host_ip", c.HostIP, "give an IPv4 address, or leave empty to use the uplink's")
@@ -367,6 +374,28 @@ func (c *Config) Validate() error {
 		bad("log_level", c.LogLevel, "must be debug, info, warn or error")
 	}
 	return errors.Join(errs...)
+}
+
+// validateBridges checks bridges.*: each a valid name, the two distinct,
+// none the name of a port keyroute creates.
+func (c *Config) validateBridges(bad func(field string, v any, fix string, args ...any)) {
+	const fix = "%v: give a name of up to 15 letters, digits, '-', '_' or '.' (e.g. %s)"
+	b := c.Bridges
+	okInt, okPhy := hostlayout.ValidateName(b.Integration), hostlayout.ValidateName(b.Physical)
+	if okInt != nil {
+		bad("bridges.integration", b.Integration, fix, okInt, hostlayout.DefaultIntegration)
+	}
+	if okPhy != nil {
+		bad("bridges.physical", b.Physical, fix, okPhy, hostlayout.DefaultPhysical)
+	}
+	if okInt == nil && okPhy == nil {
+		if err := b.Validate(); err != nil {
+			bad("bridges.physical", b.Physical, "%v: give the two bridges distinct names that are not keyroute's port names (e.g. kr-int and kr-phy)", err)
+		}
+	}
+	if c.Uplink != "" && (c.Uplink == b.Integration || c.Uplink == b.Physical) {
+		bad("uplink", c.Uplink, "is also a bridge name (bridges.*): name the physical interface, e.g. eth1")
+	}
 }
 
 // plaintextFix is the fix named for a plaintext etcd URL on a

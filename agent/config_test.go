@@ -181,6 +181,12 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{func(c *Config) { c.HostIP = "::1" }, "host_ip=::1: give an IPv4 address"},
 		{func(c *Config) { c.Cluster.VNI = 1 << 24 }, "cluster.vni=16777216: must be 1..16777215"},
 		{func(c *Config) { c.MetricsAddr = "9476" }, "metrics_addr=9476: give host:port"},
+		{func(c *Config) { c.Bridges.Integration = "" }, "bridges.integration=: empty: give a name of up to 15 letters"},
+		{func(c *Config) { c.Bridges.Physical = "a-physical-bridge" }, "bridges.physical=a-physical-bridge: \"a-physical-bridge\" is longer than 15"},
+		{func(c *Config) { c.Bridges.Integration = "br int" }, "bridges.integration=br int: \"br int\": use letters"},
+		{func(c *Config) { c.Bridges.Physical = "br-int" }, "bridges.physical=br-int: integration and physical bridge are both \"br-int\": give the two bridges distinct names"},
+		{func(c *Config) { c.Bridges.Integration = "kr-gw" }, "is also the name of keyroute's port kr-gw"},
+		{func(c *Config) { c.Uplink = "br-phy" }, "uplink=br-phy: is also a bridge name"},
 	}
 	for _, tc := range cases {
 		c := DefaultConfig()
@@ -203,8 +209,13 @@ func TestLoadConfig(t *testing.T) {
 		return p
 	}
 	c, err := LoadConfig(write("uplink: eth9\ncache:\n  send_idle: 5s\n"))
-	if err != nil || c.Uplink != "eth9" || c.Cache.SendIdle != 5*time.Second || c.Cache.Quarantine != time.Second {
+	if err != nil || c.Uplink != "eth9" || c.Cache.SendIdle != 5*time.Second || c.Cache.Quarantine != time.Second ||
+		c.Bridges.Integration != "br-int" || c.Bridges.Physical != "br-phy" {
 		t.Fatalf("got %+v, %v", c, err)
+	}
+	c, err = LoadConfig(write("uplink: eth9\nbridges:\n  integration: kr-int\n  physical: kr-phy\n"))
+	if err != nil || c.Bridges.Integration != "kr-int" || c.Bridges.Physical != "kr-phy" {
+		t.Fatalf("bridges: got %+v, %v", c.Bridges, err)
 	}
 	if _, err := LoadConfig(write("uplnk: eth9\n")); err == nil || !strings.Contains(err.Error(), "field uplnk not found") {
 		t.Fatalf("typo must be an error, got %v", err)

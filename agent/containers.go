@@ -75,7 +75,7 @@ func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (regi
 	undo := func() {
 		releasePort(port)
 		deleteLink(port)
-		a.db.DeletePort(context.Background(), BridgeInt, port)
+		a.db.DeletePort(context.Background(), a.cfg.Bridges.Integration, port)
 		a.reg.DeleteEndpoint(context.Background(), ep.IP, a.cfg.Node)
 	}
 	// A container's MAC follows from its IP, so no second write is needed
@@ -89,17 +89,17 @@ func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (regi
 		undo()
 		return registry.Endpoint{}, fmt.Errorf("keep the host stack off %s: %w", port, err)
 	}
-	if err := a.db.EnsurePort(ctx, BridgeInt, ovsdb.PortSpec{Name: port, ExternalIDs: map[string]string{
+	if err := a.db.EnsurePort(ctx, a.cfg.Bridges.Integration, ovsdb.PortSpec{Name: port, ExternalIDs: map[string]string{
 		"keyroute-container": name, "keyroute-ip": ep.IP.String(), "attached-mac": ep.MAC.String()}}); err != nil {
 		undo()
-		return registry.Endpoint{}, fmt.Errorf("add %s to %s: %w", port, BridgeInt, err)
+		return registry.Endpoint{}, fmt.Errorf("add %s to %s: %w", port, a.cfg.Bridges.Integration, err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	ofport, err := a.db.WaitOFPort(wctx, port)
 	cancel()
 	if err != nil {
 		undo()
-		return registry.Endpoint{}, fmt.Errorf("add %s to %s: %w", port, BridgeInt, err)
+		return registry.Endpoint{}, fmt.Errorf("add %s to %s: %w", port, a.cfg.Bridges.Integration, err)
 	}
 	a.mu.Lock()
 	a.endpoints[name] = ep
@@ -159,7 +159,7 @@ func (a *Agent) Detach(ctx context.Context, name string) error {
 	if a.cache != nil {
 		a.cache.invalidateEndpoint(ctx, ep.IP)
 	}
-	if err := a.db.DeletePort(ctx, BridgeInt, ep.Port); err != nil && !errors.Is(err, ovsdb.ErrNotFound) {
+	if err := a.db.DeletePort(ctx, a.cfg.Bridges.Integration, ep.Port); err != nil && !errors.Is(err, ovsdb.ErrNotFound) {
 		return fmt.Errorf("remove port %s of %s: %w", ep.Port, name, err)
 	}
 	releasePort(ep.Port)

@@ -104,7 +104,7 @@ func (a *Agent) registerSwitchMetrics() {
 			name  string
 			sw    *controller.Switch
 			names map[uint8]string
-		}{{BridgeInt, a.intSw, flows.IntTableNames()}, {BridgePhy, a.phySw, flows.PhyTableNames()}} {
+		}{{a.cfg.Bridges.Integration, a.intSw, flows.IntTableNames()}, {a.cfg.Bridges.Physical, a.phySw, flows.PhyTableNames()}} {
 			perTable := map[uint8]int{}
 			for _, owner := range flowOwners {
 				for _, f := range b.sw.Desired(owner) {
@@ -115,8 +115,8 @@ func (a *Agent) registerSwitchMetrics() {
 				ch <- prometheus.MustNewConstMetric(flowsDesc, prometheus.GaugeValue, float64(perTable[t]), b.name, name)
 			}
 		}
-		ch <- prometheus.MustNewConstMetric(reconn, prometheus.CounterValue, float64(st.Reconnects), BridgeInt)
-		ch <- prometheus.MustNewConstMetric(reconn, prometheus.CounterValue, float64(a.phySw.Stats().Reconnects), BridgePhy)
+		ch <- prometheus.MustNewConstMetric(reconn, prometheus.CounterValue, float64(st.Reconnects), a.cfg.Bridges.Integration)
+		ch <- prometheus.MustNewConstMetric(reconn, prometheus.CounterValue, float64(a.phySw.Stats().Reconnects), a.cfg.Bridges.Physical)
 	}})
 	if a.cache != nil {
 		a.metrics.reg.MustRegister(a.cache.collector())

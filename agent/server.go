@@ -169,7 +169,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	eps, peers, _ := a.snapshot()
 	s := api.Status{
 		Node: a.cfg.Node, Mode: a.cfg.Mode, HostIP: a.host.IP.String(), HostMAC: a.host.MAC.String(),
-		PodSubnet: a.host.Subnet.String(), Gateway: a.host.Gateway.String(),
+		PodSubnet: a.host.Subnet.String(), Gateway: a.host.Gateway.String(), GatewayMAC: a.host.GatewayMAC.String(),
 		Datapath: a.dp.Datapath, DatapathReason: a.dp.Reason,
 		Etcd:   api.EtcdStatus{Endpoints: a.etcdEPs, Embedded: a.embedded != nil},
 		Counts: api.StatusCounts{Hosts: len(peers) + 1, Endpoints: len(eps)},
@@ -183,7 +183,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	for _, b := range []struct {
 		name string
 		sw   *controller.Switch
-	}{{BridgeInt, a.intSw}, {BridgePhy, a.phySw}} {
+	}{{a.cfg.Bridges.Integration, a.intSw}, {a.cfg.Bridges.Physical, a.phySw}} {
 		br := api.Bridge{Name: b.name, Connected: b.sw.Connected()}
 		ports, err := a.db.ListPorts(ctx, b.name)
 		if err == nil {
@@ -223,7 +223,7 @@ func (a *Agent) Hosts(ctx context.Context) ([]api.Host, error) {
 	out := make([]api.Host, 0, len(hs))
 	for _, h := range hs {
 		ah := api.Host{Name: h.Name, IP: h.UnderlayIP.String(), MAC: h.UnderlayMAC.String(),
-			PodSubnet: h.PodSubnet.String(), Datapath: h.Datapath, Agent: api.AgentDown}
+			PodSubnet: h.PodSubnet.String(), Datapath: h.Datapath, Bridges: h.Bridges.OrDefault(), Agent: api.AgentDown}
 		if al, ok := alive[h.Name]; ok {
 			ah.Agent, ah.AgentSince = api.AgentUp, al.Since.Format(time.RFC3339)
 		}
@@ -295,8 +295,8 @@ func (a *Agent) Flows(ctx context.Context, table string) ([]api.Flow, error) {
 		name  string
 		sw    *controller.Switch
 		names map[uint8]string
-	}{{BridgeInt, a.intSw, flows.IntTableNames()}, {BridgePhy, a.phySw, flows.PhyTableNames()}} {
-		if only != nil && b.name != BridgeInt {
+	}{{a.cfg.Bridges.Integration, a.intSw, flows.IntTableNames()}, {a.cfg.Bridges.Physical, a.phySw, flows.PhyTableNames()}} {
+		if only != nil && b.name != a.cfg.Bridges.Integration {
 			continue
 		}
 		req := &openflow.FlowStatsRequest{Table: openflow.TableAll, OutPort: openflow.PortAny, OutGroup: openflow.GroupAny}

@@ -37,18 +37,18 @@ var flowSpecRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:=,/x-]*$`)
 
 func (a *Agent) bridgeSwitch(name string) (*controller.Switch, error) {
 	switch name {
-	case BridgeInt, "":
+	case a.cfg.Bridges.Integration, "":
 		return a.intSw, nil
-	case BridgePhy:
+	case a.cfg.Bridges.Physical:
 		return a.phySw, nil
 	}
-	return nil, badRequest("bridge %q: use %s or %s", name, BridgeInt, BridgePhy)
+	return nil, badRequest("bridge %q: use %s or %s", name, a.cfg.Bridges.Integration, a.cfg.Bridges.Physical)
 }
 
 // OFTrace runs ofproto/trace on one of this host's bridges and parses it.
 func (a *Agent) OFTrace(ctx context.Context, r api.OFTraceRequest) (api.OFTrace, error) {
 	if r.Bridge == "" {
-		r.Bridge = BridgeInt
+		r.Bridge = a.cfg.Bridges.Integration
 	}
 	if _, err := a.bridgeSwitch(r.Bridge); err != nil {
 		return api.OFTrace{}, err
@@ -60,7 +60,7 @@ func (a *Agent) OFTrace(ctx context.Context, r api.OFTraceRequest) (api.OFTrace,
 	if err != nil {
 		return api.OFTrace{}, badRequest("trace on %s: %v", r.Bridge, err)
 	}
-	t, err := trace.ParseOFProto(r.Bridge, out)
+	t, err := trace.ParseOFProto(a.cfg.Bridges, r.Bridge, out)
 	if err != nil {
 		return api.OFTrace{}, err
 	}
@@ -106,7 +106,7 @@ func (a *Agent) Ports(ctx context.Context) ([]api.PortState, error) {
 	for _, b := range []struct {
 		name string
 		sw   *controller.Switch
-	}{{BridgeInt, a.intSw}, {BridgePhy, a.phySw}} {
+	}{{a.cfg.Bridges.Integration, a.intSw}, {a.cfg.Bridges.Physical, a.phySw}} {
 		desc, err := b.sw.PortDesc(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("%s ports: %w", b.name, err)

@@ -15,10 +15,11 @@ import (
 )
 
 // Uninstall undoes what the agent set up on this host, for a host leaving
-// keyroute: the host IP (and its routes) move back from br-phy to the
-// uplink, the masquerade table goes, and the bridges and ports keyroute
-// created are deleted. Containers' veths go with br-int's ports. The agent
-// must be stopped first.
+// keyroute: the host IP (and its routes) move back from the physical
+// bridge to the uplink, the masquerade table goes, and the bridges and
+// ports keyroute created are deleted; another OVS user's bridges and ports
+// stay as they are. Containers' veths go with the integration bridge's
+// ports. The agent must be stopped first.
 //
 // Last, if it can reach etcd, it removes this host's membership record
 // (hosts/<node>, with its alive/ key), so peers drop their flows to it and
@@ -40,21 +41,38 @@ func uninstallHost(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := removeNftables(); err != nil {
 		errs = append(errs, err)
 	}
-	if addrs, err := linkAddrs(BridgePhy); err == nil {
-		for _, p := range addrs {
-			if err := moveHostAddr(p, BridgePhy, cfg.Uplink); err != nil {
-				errs = append(errs, fmt.Errorf("move %s back to %s: %w", p, cfg.Uplink, err))
-			} else {
-				log.Info("moved host IP back", "addr", p, "to", cfg.Uplink)
-			}
-		}
-	}
 	db, err := ovsdb.Dial(ctx, cfg.OVS.DBSocket, ovsdb.Options{Logger: log})
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("connect to OVSDB at %s: %w", cfg.OVS.DBSocket, err))...)
 	}
 	defer db.Close()
-	if ports, err := db.ListPorts(ctx, BridgeInt); err == nil {
+	br := cfg.Bridges
+	// Only bridges keyroute created are touched: with names of another
+	// OVS user's bridges in the config, its addresses and ports stay.
+	owned := map[string]bool{}
+	for _, name := range []string{br.Physical, br.Integration} {
+		var fe *ovsdb.ForeignError
+		switch err := db.CheckOwnership(ctx, []string{name}, nil); {
+		case err == nil:
+			owned[name] = true
+		case errors.As(err, &fe):
+			log.Warn("leaving a bridge keyroute did not create as it is", "bridge", name, "owner_external_ids", fe.ExternalIDs)
+		default:
+			errs = append(errs, err)
+		}
+	}
+	if owned[br.Physical] {
+		if addrs, err := linkAddrs(br.Physical); err == nil {
+			for _, p := range addrs {
+				if err := moveHostAddr(p, br.Physical, cfg.Uplink); err != nil {
+					errs = append(errs, fmt.Errorf("move %s back to %s: %w", p, cfg.Uplink, err))
+				} else {
+					log.Info("moved host IP back", "addr", p, "to", cfg.Uplink)
+				}
+			}
+		}
+	}
+	if ports, err := db.ListPorts(ctx, br.Integration); err == nil && owned[br.Integration] {
 		for _, p := range ports {
 			if p.ExternalIDs["keyroute-container"] != "" {
 				if err := deleteLink(p.Name); err != nil {

@@ -15,6 +15,8 @@ import (
 	"net/url"
 	"os"
 	"time"
+
+	"github.com/keyroute/keyroute/hostlayout"
 )
 
 // Paths served by the agent.
@@ -32,12 +34,16 @@ const (
 
 // Status is what `keyroutectl status` shows.
 type Status struct {
-	Node           string       `json:"node"`
-	Mode           string       `json:"mode"`
-	HostIP         string       `json:"host_ip"`
-	HostMAC        string       `json:"host_mac"`
-	PodSubnet      string       `json:"pod_subnet"`
-	Gateway        string       `json:"gateway"`
+	Node      string `json:"node"`
+	Mode      string `json:"mode"`
+	HostIP    string `json:"host_ip"`
+	HostMAC   string `json:"host_mac"`
+	PodSubnet string `json:"pod_subnet"`
+	Gateway   string `json:"gateway"`
+	// GatewayMAC is the cluster's virtual gateway MAC (cluster.gateway_mac
+	// as agreed in etcd): the destination MAC of every packet a container
+	// sends off its subnet.
+	GatewayMAC     string       `json:"gateway_mac"`
 	Datapath       string       `json:"datapath"`
 	DatapathReason string       `json:"datapath_reason"`
 	Bridges        []Bridge     `json:"bridges"`
@@ -113,6 +119,8 @@ type Host struct {
 	MAC       string `json:"mac"`
 	PodSubnet string `json:"pod_subnet"`
 	Datapath  string `json:"datapath"`
+	// Bridges are the host's bridge names (its config's bridges.*).
+	Bridges hostlayout.Bridges `json:"bridges"`
 	// Agent is AgentUp while the host's agent runs (its etcd lease lives),
 	// else AgentDown; the host stays a member either way.
 	Agent string `json:"agent"`

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyroute/keyroute/hostlayout"
 	"github.com/keyroute/keyroute/internal/testenv"
 	"github.com/keyroute/keyroute/openflow"
 )
@@ -31,9 +32,10 @@ func testHost() Host {
 	return Host{
 		Name: "h1", IP: netip.MustParseAddr("198.18.0.1"), MAC: mac("02:00:00:00:00:01"),
 		Subnet: netip.MustParsePrefix("198.19.1.0/24"), Gateway: netip.MustParseAddr("198.19.1.1"),
-		GatewayMAC: mac("0a:00:00:00:00:01"), GatewayPortMAC: mac("0a:00:00:00:00:02"),
+		GatewayMAC: mac("0a:00:00:00:00:01"), GatewayPortMAC: hostlayout.GatewayPortMAC,
 		Cluster: netip.MustParsePrefix("198.19.0.0/16"), VNI: 100,
-		VXLANPort: 1, PatchPort: 2, GatewayPort: 3, UplinkPort: 1, PhyPatchPort: 2,
+		VXLANPort: hostlayout.OFPortVXLAN, PatchPort: hostlayout.OFPortPatch, GatewayPort: hostlayout.OFPortGateway,
+		UplinkPort: hostlayout.OFPortUplink, PhyPatchPort: hostlayout.OFPortPhysicalPatch,
 		TunnelUDPPort: 4789, ProtectedTCPPorts: []uint16{2379, 2380, 9476},
 	}
 }

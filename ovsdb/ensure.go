@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -203,10 +204,96 @@ func sameMAC(a, b string) bool {
 	return err1 == nil && err2 == nil && ha.String() == hb.String()
 }
 
+// ForeignError is an existing bridge or port that the client's owner did
+// not create: it lacks external_ids:keyroute-owner=<owner> (a port: the
+// bridge holding it lacks it). ExternalIDs are the object's, which usually
+// say who does own it.
+type ForeignError struct {
+	Kind        string // "bridge" or "port"
+	Name        string
+	Bridge      string // a port's bridge
+	Owner       string // the owner mark the client looked for
+	ExternalIDs map[string]string
+}
+
+func (e *ForeignError) Error() string {
+	what := "bridge " + e.Name
+	if e.Kind == "port" {
+		what = fmt.Sprintf("port %s on bridge %s", e.Name, e.Bridge)
+	}
+	return fmt.Sprintf("%s exists and is not %s's (no external_ids:%s=%s); its external_ids: %s",
+		what, e.Owner, OwnerKey, e.Owner, formatIDs(e.ExternalIDs))
+}
+
+// formatIDs prints a string map as ovs-vsctl does: {a=b, c=d}, keys sorted.
+func formatIDs(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = quoteID(k) + "=" + quoteID(m[k])
+	}
+	return "{" + strings.Join(parts, ", ") + "}"
+}
+
+// quoteID quotes s as ovs-vsctl does: only when it is empty or holds
+// anything but letters, digits and -_.:/ (a hostile value cannot forge
+// the text around it).
+func quoteID(s string) string {
+	if s == "" || strings.ContainsFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:/", r))
+	}) {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+// CheckOwnership returns a *ForeignError for the first of bridges that
+// exists without the client's owner mark, or of ports that exists on such
+// a bridge. Absent bridges and ports are free. It reads and writes
+// nothing else, so a caller can check everything before it changes
+// anything.
+func (c *Client) CheckOwnership(ctx context.Context, bridges, ports []string) error {
+	res, err := c.Transact(ctx, DB,
+		Select("Bridge", nil, "_uuid", "name", "ports", "external_ids"),
+		Select("Port", nil, "_uuid", "name", "external_ids"))
+	if err != nil {
+		return fmt.Errorf("check ownership of bridges %v and ports %v: %w", bridges, ports, err)
+	}
+	byName := map[string]Row{}
+	holder := map[UUID]Row{}
+	for _, b := range res[0].Rows {
+		byName[b.String("name")] = b
+		for _, p := range b.UUIDs("ports") {
+			holder[p] = b
+		}
+	}
+	ours := func(b Row) bool { return b.StringMap("external_ids")[OwnerKey] == c.owner }
+	for _, name := range bridges {
+		if b, ok := byName[name]; ok && !ours(b) {
+			return &ForeignError{Kind: "bridge", Name: name, Owner: c.owner, ExternalIDs: b.StringMap("external_ids")}
+		}
+	}
+	for _, p := range res[1].Rows {
+		if !slices.Contains(ports, p.String("name")) {
+			continue
+		}
+		if b, ok := holder[p.UUID()]; ok && !ours(b) {
+			return &ForeignError{Kind: "port", Name: p.String("name"), Bridge: b.String("name"), Owner: c.owner,
+				ExternalIDs: p.StringMap("external_ids")}
+		}
+	}
+	return nil
+}
+
 // EnsureBridge creates the bridge with its internal LOCAL port and links it
 // into Open_vSwitch.bridges, or brings an existing one in line with spec.
-// Up to date, it writes nothing. An existing bridge marked with another
-// owner is an error; one without a mark is updated but not marked.
+// Up to date, it writes nothing. An existing bridge without the client's
+// owner mark is a *ForeignError: it belongs to another OVS user and is
+// never changed.
 func (c *Client) EnsureBridge(ctx context.Context, spec BridgeSpec) error {
 	if err := spec.validate(); err != nil {
 		return fmt.Errorf("ensure bridge %s: %w", spec.Name, err)
@@ -271,8 +358,8 @@ func (c *Client) createBridgeOps(spec *BridgeSpec, root UUID) []Operation {
 }
 
 func (c *Client) updateBridgeOps(spec *BridgeSpec, br Row, ports, ifaces, flowTables []Row) ([]Operation, error) {
-	if o := br.StringMap("external_ids")[OwnerKey]; o != "" && o != c.owner {
-		return nil, fmt.Errorf("bridge belongs to owner %q, not %q", o, c.owner)
+	if br.StringMap("external_ids")[OwnerKey] != c.owner {
+		return nil, &ForeignError{Kind: "bridge", Name: spec.Name, Owner: c.owner, ExternalIDs: br.StringMap("external_ids")}
 	}
 	bu := br.UUID()
 	var ops []Operation

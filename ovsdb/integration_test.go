@@ -441,6 +441,31 @@ func TestIntegrationEnsure(t *testing.T) {
 	if err := c.EnsureBridge(ctx, BridgeSpec{Name: "br-other", DatapathType: "netdev"}); err == nil || !strings.Contains(err.Error(), "someone-else") {
 		t.Errorf("EnsureBridge on another owner's bridge: err = %v", err)
 	}
+	// A bridge without our mark is another OVS user's: refused, untouched,
+	// and CheckOwnership says so before anything is written.
+	foreignBefore, _ := o.Vsctl("--columns=datapath_type,fail_mode,protocols,external_ids", "list", "bridge", "br-foreign")
+	var fe *ForeignError
+	err = c.EnsureBridge(ctx, BridgeSpec{Name: "br-foreign", DatapathType: "netdev", ExternalIDs: map[string]string{"x": "y"}})
+	if !errors.As(err, &fe) || fe.Kind != "bridge" || fe.Name != "br-foreign" {
+		t.Errorf("EnsureBridge on an unmarked bridge: err = %v, want a ForeignError", err)
+	}
+	if after, _ := o.Vsctl("--columns=datapath_type,fail_mode,protocols,external_ids", "list", "bridge", "br-foreign"); after != foreignBefore {
+		t.Errorf("refused EnsureBridge changed br-foreign:\n%s\n->\n%s", foreignBefore, after)
+	}
+	if _, err := o.Vsctl("br-set-external-id", "br-foreign", "owner", "neutron"); err != nil {
+		t.Fatal(err)
+	}
+	err = c.CheckOwnership(ctx, []string{"br-int", "br-nope", "br-foreign"}, nil)
+	if !errors.As(err, &fe) || fe.Name != "br-foreign" || !strings.Contains(err.Error(), "owner=neutron") {
+		t.Errorf("CheckOwnership(br-foreign): err = %v, want a ForeignError naming owner=neutron", err)
+	}
+	err = c.CheckOwnership(ctx, []string{"br-int"}, []string{"sys0", "ghost9", "fp1"})
+	if !errors.As(err, &fe) || fe.Kind != "port" || fe.Name != "fp1" || fe.Bridge != "br-foreign" {
+		t.Errorf("CheckOwnership(fp1): err = %v, want a ForeignError for port fp1 on br-foreign", err)
+	}
+	if err := c.CheckOwnership(ctx, []string{"br-int", "br-phy", "br-nope"}, []string{"sys0", "ghost9"}); err != nil {
+		t.Errorf("CheckOwnership of our own and absent objects: %v", err)
+	}
 	if err := c.EnsurePort(ctx, "br-foreign", PortSpec{Name: "own0", Type: "internal"}); err != nil {
 		t.Fatal(err)
 	}

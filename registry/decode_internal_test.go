@@ -48,7 +48,11 @@ func TestDecodeHost(t *testing.T) {
 	if h, err := c.decodeHost(kv("hosts/h1", goodHost)); err != nil || h.Name != "h1" {
 		t.Fatalf("good host: %+v, %v", h, err)
 	}
-	with := func(field, value string) string {
+	withBridges := goodHost[:len(goodHost)-1] + `,"bridges":{"integration":"kr-int","physical":"kr-phy"}}`
+	if h, err := c.decodeHost(kv("hosts/h1", withBridges)); err != nil || h.Bridges.Integration != "kr-int" || h.Bridges.Physical != "kr-phy" {
+		t.Fatalf("host with bridges: %+v, %v", h, err)
+	}
+	with := func(field string, value any) string {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(goodHost), &m); err != nil {
 			t.Fatal(err)
@@ -84,6 +88,10 @@ func TestDecodeHost(t *testing.T) {
 		{"datapath", "hosts/h1", with("datapath", "dpdk"), `datapath "dpdk"`},
 		{"version", "hosts/h1", with("agentVersion", "1\n2"), "agent version"},
 		{"long version", "hosts/h1", with("agentVersion", strings.Repeat("v", 65)), "agent version"},
+		{"bridge name", "hosts/h1", with("bridges", map[string]string{"integration": "a b", "physical": "kr-phy"}), "bridges: integration bridge"},
+		{"one bridge", "hosts/h1", with("bridges", map[string]string{"integration": "kr-int"}), "bridges: physical bridge: empty"},
+		{"same bridges", "hosts/h1", with("bridges", map[string]string{"integration": "kr", "physical": "kr"}), "bridges: integration and physical bridge are both"},
+		{"bridges not an object", "hosts/h1", with("bridges", "br-int"), "bridges"},
 		{"not JSON", "hosts/h1", "{", "unexpected end of JSON"},
 		{"null", "hosts/h1", "null", "host name: empty name"},
 		{"oversize", "hosts/h1", goodHost[:len(goodHost)-1] + `,"pad":"` + strings.Repeat("x", MaxRecordSize) + `"}`, "exceeds the 65536-byte limit"},

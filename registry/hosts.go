@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/keyroute/keyroute/hostlayout"
 	"github.com/keyroute/keyroute/registry/kvwatch"
 )
 
@@ -28,20 +29,25 @@ type Host struct {
 	PodSubnet    netip.Prefix
 	Datapath     string // "system" or "netdev"
 	AgentVersion string
+	// Bridges are the host's bridge names (its config's bridges.*), which
+	// a trace needs to read the host. Zero in records of agents that did
+	// not publish them: those hosts use the defaults.
+	Bridges hostlayout.Bridges
 }
 
 type hostJSON struct {
-	Name         string       `json:"name"`
-	UnderlayIP   netip.Addr   `json:"underlayIP"`
-	UnderlayMAC  string       `json:"underlayMAC"`
-	PodSubnet    netip.Prefix `json:"podSubnet"`
-	Datapath     string       `json:"datapath,omitempty"`
-	AgentVersion string       `json:"agentVersion,omitempty"`
+	Name         string             `json:"name"`
+	UnderlayIP   netip.Addr         `json:"underlayIP"`
+	UnderlayMAC  string             `json:"underlayMAC"`
+	PodSubnet    netip.Prefix       `json:"podSubnet"`
+	Datapath     string             `json:"datapath,omitempty"`
+	AgentVersion string             `json:"agentVersion,omitempty"`
+	Bridges      hostlayout.Bridges `json:"bridges,omitzero"`
 }
 
 // MarshalJSON writes the MAC as "aa:bb:cc:dd:ee:ff".
 func (h Host) MarshalJSON() ([]byte, error) {
-	return json.Marshal(hostJSON{h.Name, h.UnderlayIP, h.UnderlayMAC.String(), h.PodSubnet, h.Datapath, h.AgentVersion})
+	return json.Marshal(hostJSON{h.Name, h.UnderlayIP, h.UnderlayMAC.String(), h.PodSubnet, h.Datapath, h.AgentVersion, h.Bridges})
 }
 
 // UnmarshalJSON reads what MarshalJSON writes; it does not validate.
@@ -57,7 +63,7 @@ func (h *Host) UnmarshalJSON(b []byte) error {
 			return fmt.Errorf("underlay MAC: %w", err)
 		}
 	}
-	*h = Host{j.Name, j.UnderlayIP, mac, j.PodSubnet, j.Datapath, j.AgentVersion}
+	*h = Host{j.Name, j.UnderlayIP, mac, j.PodSubnet, j.Datapath, j.AgentVersion, j.Bridges}
 	return nil
 }
 
@@ -88,6 +94,11 @@ func (h Host) Validate() error {
 	}
 	if err := validateText(h.AgentVersion, maxVersionLen); err != nil {
 		return fmt.Errorf("host %s: agent version: %w", h.Name, err)
+	}
+	if h.Bridges != (hostlayout.Bridges{}) {
+		if err := h.Bridges.Validate(); err != nil {
+			return fmt.Errorf("host %s: bridges: %w", h.Name, err)
+		}
 	}
 	return nil
 }

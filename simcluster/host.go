@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/keyroute/keyroute/hostlayout"
 	"github.com/keyroute/keyroute/pki"
 	"github.com/keyroute/keyroute/simhost"
 )
@@ -41,6 +42,8 @@ type Host struct {
 	Dir, APISocket, LogPath, ConfigPath string
 	// MetricsAddr is where the agent serves metrics inside NS ("" if off).
 	MetricsAddr string
+	// Bridges are the agent's bridge names, as its config sets them.
+	Bridges hostlayout.Bridges
 
 	// AgentArgs are extra command-line arguments for the agent's next
 	// starts (e.g. --adopt-cluster-settings).
@@ -140,17 +143,18 @@ func (h *Host) writeConfig() error {
 		return fmt.Errorf("write %s agent config: %w", h.Name, err)
 	}
 	// Read back what the hook may have changed.
-	var c struct {
-		MetricsAddr string `yaml:"metrics_addr"`
+	c := struct {
+		MetricsAddr string             `yaml:"metrics_addr"`
+		Bridges     hostlayout.Bridges `yaml:"bridges"`
 		Cluster     struct {
 			VNI       uint32 `yaml:"vni"`
 			VXLANPort uint16 `yaml:"vxlan_port"`
 		} `yaml:"cluster"`
-	}
+	}{Bridges: hostlayout.Default()}
 	if err := yaml.Unmarshal(b, &c); err != nil {
 		return fmt.Errorf("write %s agent config: %w", h.Name, err)
 	}
-	h.MetricsAddr = c.MetricsAddr
+	h.MetricsAddr, h.Bridges = c.MetricsAddr, c.Bridges
 	if h.Index == 1 {
 		// Captures are read with host 1's overlay settings.
 		h.cl.VNI, h.cl.VXLANPort = c.Cluster.VNI, c.Cluster.VXLANPort
@@ -325,7 +329,7 @@ func (h *Host) RestartVswitchd(timeout time.Duration) error {
 		}
 		out := map[string]float64{}
 		for _, line := range strings.Split(m, "\n") {
-			for _, br := range []string{"br-int", "br-phy"} {
+			for _, br := range []string{h.Bridges.Integration, h.Bridges.Physical} {
 				if strings.HasPrefix(line, `keyroute_openflow_reconnects_total{bridge="`+br+`"}`) {
 					f := strings.Fields(line)
 					out[br], _ = strconv.ParseFloat(f[len(f)-1], 64)
@@ -333,7 +337,7 @@ func (h *Host) RestartVswitchd(timeout time.Duration) error {
 			}
 		}
 		if len(out) != 2 {
-			return nil, fmt.Errorf("%s metrics: keyroute_openflow_reconnects_total for br-int and br-phy not found", h.Name)
+			return nil, fmt.Errorf("%s metrics: keyroute_openflow_reconnects_total for %s and %s not found", h.Name, h.Bridges.Integration, h.Bridges.Physical)
 		}
 		return out, nil
 	}
@@ -355,18 +359,18 @@ func (h *Host) RestartVswitchd(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	left := func() time.Duration { return max(time.Until(deadline), time.Second) }
 	err = simhost.WaitFor(left(), func() error {
-		if _, err := h.Exec("ip", "link", "set", "br-phy", "up"); err != nil {
+		if _, err := h.Exec("ip", "link", "set", h.Bridges.Physical, "up"); err != nil {
 			return err
 		}
-		_, err := h.Exec("ip", "addr", "replace", h.IP.String()+"/24", "dev", "br-phy")
+		_, err := h.Exec("ip", "addr", "replace", h.IP.String()+"/24", "dev", h.Bridges.Physical)
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("%s: host IP back on br-phy after restarting ovs-vswitchd: %w", h.Name, err)
+		return fmt.Errorf("%s: host IP back on %s after restarting ovs-vswitchd: %w", h.Name, h.Bridges.Physical, err)
 	}
 	for _, peer := range h.cl.Hosts() {
 		if peer != h {
-			if _, err := h.OVS.Appctl("tnl/arp/set", "br-phy", peer.IP.String(), peer.MAC.String()); err != nil {
+			if _, err := h.OVS.Appctl("tnl/arp/set", h.Bridges.Physical, peer.IP.String(), peer.MAC.String()); err != nil {
 				return fmt.Errorf("%s: tunnel neighbour %s after restarting ovs-vswitchd: %w", h.Name, peer.Name, err)
 			}
 		}

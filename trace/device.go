@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/fabric"
+	"github.com/keyroute/keyroute/hostlayout"
 )
 
 // This file reads OVS-based fabric devices (fabric.OVSAccess): their
@@ -35,7 +36,7 @@ func DeviceTrace(ctx context.Context, acc *fabric.OVSAccess, flow string) (api.O
 	if err != nil {
 		return api.OFTrace{}, err
 	}
-	return ParseOFProto(acc.Bridge, out)
+	return ParseOFProto(hostlayout.Bridges{}, acc.Bridge, out)
 }
 
 var (

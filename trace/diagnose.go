@@ -9,6 +9,7 @@ import (
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/fabric"
+	"github.com/keyroute/keyroute/hostlayout"
 )
 
 // DiagnoseOptions bounds a diagnosis.
@@ -73,7 +74,7 @@ func Diagnose(ctx context.Context, e Env, r Request, opt DiagnoseOptions) (api.D
 	if opt.Capture && len(hosts) > 1 && res.Wire != nil {
 		capture = e.startCapture(ctx, hosts[1], res.Wire, opt)
 	}
-	if d.Probes, err = e.sendProbes(ctx, r, res, opt.Probes); err != nil {
+	if d.Probes, err = e.sendProbes(ctx, cl, r, res, opt.Probes); err != nil {
 		return d, res, err
 	}
 	pollCounters(ctx, pts, d.Probes, opt.Wait)
@@ -113,7 +114,7 @@ func (e Env) pathPoints(ctx context.Context, cl cluster, res Result, hosts []str
 	for _, h := range hosts {
 		health[h] = e.hostHealth(ctx, cl, h)
 	}
-	pts := []*point{e.sourcePoint(res, health[res.Src.Host])}
+	pts := []*point{e.sourcePoint(res, health[res.Src.Host], cl.bridges(res.Src.Host).Integration)}
 	var notes []api.NodeCheck
 	switch {
 	case len(res.Fabric) == 1 && res.Wire != nil:
@@ -131,11 +132,11 @@ func (e Env) pathPoints(ctx context.Context, cl cluster, res Result, hosts []str
 
 // sourcePoint counts the source host's last br-int flow before the packet
 // leaves; an untraced source host is a point without a counter.
-func (e Env) sourcePoint(res Result, health []string) *point {
+func (e Env) sourcePoint(res Result, health []string, integration string) *point {
 	if res.Source == nil || len(res.Source.Steps) == 0 {
 		return &point{check: api.NodeCheck{Node: res.Src.Host, Kind: api.CheckHost, Point: "agent", Health: append(health, "not traced: "+res.SourceError)}}
 	}
-	st := lastOn(res.Source.Steps, "br-int")
+	st := lastOn(res.Source.Steps, integration)
 	p := &point{check: api.NodeCheck{Node: res.Src.Host, Kind: api.CheckHost, Point: stepWords(st), Health: health}}
 	p.read = e.hostFlowReader(res.Src.Host, st)
 	if res.Source.Verdict == api.VerdictDrop {
@@ -209,7 +210,7 @@ func readBaselines(ctx context.Context, pts []*point) {
 // (the host stack cannot be injected into a pipeline as a container can)
 // and not when the trace already shows the source host drops the packet;
 // without the source host's agent none are sent.
-func (e Env) sendProbes(ctx context.Context, r Request, res Result, count int) (int, error) {
+func (e Env) sendProbes(ctx context.Context, cl cluster, r Request, res Result, count int) (int, error) {
 	if res.Src.Kind != EndpointContainer || res.Path == PathDropped {
 		return 0, nil
 	}
@@ -217,7 +218,7 @@ func (e Env) sendProbes(ctx context.Context, r Request, res Result, count int) (
 	if err != nil {
 		return 0, nil // reported by the source host's health
 	}
-	pr, err := c.Probe(ctx, api.ProbeRequest{Bridge: "br-int", InPort: res.Src.Port, SrcMAC: res.Src.MAC, DstMAC: gatewayMAC,
+	pr, err := c.Probe(ctx, api.ProbeRequest{Bridge: cl.bridges(res.Src.Host).Integration, InPort: res.Src.Port, SrcMAC: res.Src.MAC, DstMAC: cl.gatewayMAC,
 		Src: res.Src.IP, Dst: res.Dst.IP, Proto: fabric.ProtoName(r.Proto), SPort: r.SPort, DPort: r.DPort, Count: count})
 	if err != nil {
 		return 0, fmt.Errorf("send probes from %s: %w", res.Src.Name, err)
@@ -408,7 +409,7 @@ func (e Env) hostHealth(ctx context.Context, cl cluster, node string) []string {
 		return append(out, "port state unreadable: "+err.Error())
 	}
 	for _, p := range ports {
-		if p.Bridge == "br-phy" && p.OFPort == 1 && (!p.LinkUp || !p.AdminUp) {
+		if p.Bridge == cl.bridges(node).Physical && p.OFPort == hostlayout.OFPortUplink && (!p.LinkUp || !p.AdminUp) {
 			out = append(out, fmt.Sprintf("uplink port %s is down", p.Name))
 		}
 		if p.RxErrors+p.TxErrors > 0 {

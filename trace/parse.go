@@ -14,6 +14,7 @@ import (
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/hostlayout"
 )
 
 var (
@@ -24,13 +25,14 @@ var (
 	noMatchRE = regexp.MustCompile(`^(\d+)\. No match`)
 )
 
-// tableNames gives each keyroute bridge's table names.
-func tableName(bridge string, t uint8) string {
+// tableName names table t of bridge, one of the host's bridges hb (or
+// another bridge, whose tables have no names).
+func tableName(hb hostlayout.Bridges, bridge string, t uint8) string {
 	var names map[uint8]string
 	switch bridge {
-	case "br-int":
+	case hb.Integration:
 		names = flows.IntTableNames()
-	case "br-phy":
+	case hb.Physical:
 		names = flows.PhyTableNames()
 	}
 	if n, ok := names[t]; ok {
@@ -49,8 +51,9 @@ func CookieCategory(cookie uint64) string {
 }
 
 // ParseOFProto parses `ovs-appctl ofproto/trace` output for a trace that
-// started on bridge.
-func ParseOFProto(bridge, raw string) (api.OFTrace, error) {
+// started on bridge, on a host whose keyroute bridges are hb (zero: not a
+// keyroute host, e.g. a fabric device).
+func ParseOFProto(hb hostlayout.Bridges, bridge, raw string) (api.OFTrace, error) {
 	t := api.OFTrace{Bridge: bridge, DropStep: -1, Raw: raw}
 	cur := bridge
 	var step *api.TraceStep
@@ -81,7 +84,7 @@ func ParseOFProto(bridge, raw string) (api.OFTrace, error) {
 			m := stepRE.FindStringSubmatch(s)
 			tbl, _ := strconv.Atoi(m[1])
 			prio, _ := strconv.Atoi(m[3])
-			step = &api.TraceStep{Bridge: cur, Table: uint8(tbl), TableName: tableName(cur, uint8(tbl)), Priority: prio, Match: m[2]}
+			step = &api.TraceStep{Bridge: cur, Table: uint8(tbl), TableName: tableName(hb, cur, uint8(tbl)), Priority: prio, Match: m[2]}
 			if step.Match == "" {
 				step.Match = "(any)"
 			}
@@ -97,7 +100,7 @@ func ParseOFProto(bridge, raw string) (api.OFTrace, error) {
 		case noMatchRE.MatchString(s):
 			flush()
 			tbl, _ := strconv.Atoi(noMatchRE.FindStringSubmatch(s)[1])
-			step = &api.TraceStep{Bridge: cur, Table: uint8(tbl), TableName: tableName(cur, uint8(tbl)), Match: "(no match: table miss)", Actions: []string{"drop"}}
+			step = &api.TraceStep{Bridge: cur, Table: uint8(tbl), TableName: tableName(hb, cur, uint8(tbl)), Match: "(no match: table miss)", Actions: []string{"drop"}}
 		case step != nil && (strings.HasPrefix(s, "->") || strings.HasPrefix(s, ">>")):
 			step.Notes = append(step.Notes, s)
 		case step != nil:

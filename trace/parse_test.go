@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/keyroute/keyroute/api"
+	"github.com/keyroute/keyroute/hostlayout"
 )
 
 // The testdata files are ofproto/trace answers captured from a live
@@ -22,7 +23,7 @@ func load(t *testing.T, name string) string {
 }
 
 func TestParseFastPath(t *testing.T) {
-	tr, err := ParseOFProto("br-int", load(t, "fastpath-src.txt"))
+	tr, err := ParseOFProto(hostlayout.Default(), "br-int", load(t, "fastpath-src.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +51,7 @@ func TestParseFastPath(t *testing.T) {
 }
 
 func TestParseVXLAN(t *testing.T) {
-	tr, err := ParseOFProto("br-int", load(t, "vxlan-src.txt"))
+	tr, err := ParseOFProto(hostlayout.Default(), "br-int", load(t, "vxlan-src.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +76,7 @@ func TestParseVXLAN(t *testing.T) {
 }
 
 func TestParseDrop(t *testing.T) {
-	tr, err := ParseOFProto("br-int", load(t, "spoof-drop.txt"))
+	tr, err := ParseOFProto(hostlayout.Default(), "br-int", load(t, "spoof-drop.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +86,7 @@ func TestParseDrop(t *testing.T) {
 }
 
 func TestParseDestination(t *testing.T) {
-	tr, err := ParseOFProto("br-phy", load(t, "fastpath-dst.txt"))
+	tr, err := ParseOFProto(hostlayout.Default(), "br-phy", load(t, "fastpath-dst.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,14 +98,14 @@ func TestParseDestination(t *testing.T) {
 	if strings.Join(names, " ") != want || tr.Verdict != api.VerdictOutput {
 		t.Errorf("steps %v verdict %s", names, tr.Verdict)
 	}
-	tr, err = ParseOFProto("br-int", load(t, "vxlan-dst.txt"))
+	tr, err = ParseOFProto(hostlayout.Default(), "br-int", load(t, "vxlan-dst.txt"))
 	if err != nil || tr.Steps[1].TableName != "TunnelIn" || tr.Verdict != api.VerdictOutput {
 		t.Errorf("vxlan dst: %+v %v", tr, err)
 	}
 }
 
 func TestParseErrors(t *testing.T) {
-	if _, err := ParseOFProto("br-int", "Bad openflow flow syntax: x"); err == nil || !strings.Contains(err.Error(), "Bad openflow") {
+	if _, err := ParseOFProto(hostlayout.Default(), "br-int", "Bad openflow flow syntax: x"); err == nil || !strings.Contains(err.Error(), "Bad openflow") {
 		t.Errorf("error %v", err)
 	}
 }
@@ -113,11 +114,34 @@ func TestParseErrors(t *testing.T) {
 // format of the captured files): a copy is punted to the
 // agent, the packet itself is dropped by Forward.
 func TestParsePuntThenDrop(t *testing.T) {
-	tr, err := ParseOFProto("br-int", load(t, "punt-drop.txt"))
+	tr, err := ParseOFProto(hostlayout.Default(), "br-int", load(t, "punt-drop.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if tr.Verdict != api.VerdictDrop || tr.DropStep != len(tr.Steps)-1 || tr.Steps[tr.DropStep].TableName != "Forward" {
 		t.Errorf("verdict %s, drop step %d: %+v", tr.Verdict, tr.DropStep, tr.Steps)
+	}
+}
+
+// A host with other bridge names (bridges.*) reads the same: table names
+// follow the bridge's role, not its name.
+func TestParseOtherBridgeNames(t *testing.T) {
+	raw := strings.NewReplacer("br-int", "kr-int", "br-phy", "kr-phy").Replace(load(t, "fastpath-dst.txt"))
+	tr, err := ParseOFProto(hostlayout.Bridges{Integration: "kr-int", Physical: "kr-phy"}, "kr-phy", raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range tr.Steps {
+		got = append(got, s.Bridge+"/"+s.TableName)
+	}
+	want := "kr-phy/Underlay kr-phy/UnderlayKeys kr-int/Classify kr-int/Restore kr-int/IngressRules kr-int/Deliver"
+	if strings.Join(got, " ") != want {
+		t.Errorf("steps %v, want %s", got, want)
+	}
+	// The default names mean nothing on such a host.
+	tr, _ = ParseOFProto(hostlayout.Default(), "kr-phy", raw)
+	if tr.Steps[0].TableName != "table0" {
+		t.Errorf("kr-phy read with default names: table %q, want table0", tr.Steps[0].TableName)
 	}
 }

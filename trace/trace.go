@@ -4,27 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/fabric"
 	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/hostlayout"
 )
 
-// Fixed parts of every keyroute host (agent.go): OpenFlow port numbers and
-// the gateway MACs of the default cluster config.
-const (
-	ofVXLAN      = "1"
-	ofGateway    = "3"
-	ofUplink     = "1"
-	gatewayMAC   = "0a:00:00:00:00:01"
-	gwPortMAC    = "0a:00:00:00:00:02"
-	gatewayOut   = "br-int:3"
-	uplinkOut    = "br-phy:1"
-	keyedVNIMask = flows.KeyedVNIFlag
-)
+const keyedVNIMask = flows.KeyedVNIFlag
 
 // Env is what a trace reads: every host's agent by node name, and the
 // fabric model (nil: no fabric hops).
@@ -84,9 +76,12 @@ type Result struct {
 type cluster struct {
 	hosts []api.Host
 	eps   []api.Endpoint
+	// gatewayMAC is the cluster's (cluster.gateway_mac), as an agent
+	// reports it.
+	gatewayMAC string
 }
 
-func (e Env) anyAgent(ctx context.Context) (*api.Client, error) {
+func (e Env) anyAgent(ctx context.Context) (*api.Client, api.Status, error) {
 	names := make([]string, 0, len(e.Agents))
 	for n := range e.Agents {
 		names = append(names, n)
@@ -94,17 +89,17 @@ func (e Env) anyAgent(ctx context.Context) (*api.Client, error) {
 	slices.Sort(names)
 	var errs []error
 	for _, n := range names {
-		if _, err := e.Agents[n].Status(ctx); err == nil {
-			return e.Agents[n], nil
+		if st, err := e.Agents[n].Status(ctx); err == nil {
+			return e.Agents[n], st, nil
 		} else {
 			errs = append(errs, fmt.Errorf("%s: %w", n, err))
 		}
 	}
-	return nil, fmt.Errorf("no agent answers: %w", errors.Join(errs...))
+	return nil, api.Status{}, fmt.Errorf("no agent answers: %w", errors.Join(errs...))
 }
 
 func (e Env) load(ctx context.Context) (cluster, error) {
-	c, err := e.anyAgent(ctx)
+	c, st, err := e.anyAgent(ctx)
 	if err != nil {
 		return cluster{}, err
 	}
@@ -116,7 +111,17 @@ func (e Env) load(ctx context.Context) (cluster, error) {
 	if err != nil {
 		return cluster{}, err
 	}
-	return cluster{hosts: hs, eps: eps}, nil
+	if _, err := net.ParseMAC(st.GatewayMAC); err != nil {
+		return cluster{}, fmt.Errorf("the cluster's gateway MAC %q from %s's status: %w", st.GatewayMAC, st.Node, err)
+	}
+	return cluster{hosts: hs, eps: eps, gatewayMAC: st.GatewayMAC}, nil
+}
+
+// bridges returns a host's bridge names (the defaults for a host that does
+// not publish them, or is unknown).
+func (cl cluster) bridges(host string) hostlayout.Bridges {
+	h, _ := cl.host(host)
+	return h.Bridges.OrDefault()
 }
 
 // resolve finds a container (name, host/name or IP), a host (name or IP),
@@ -188,15 +193,16 @@ func Trace(ctx context.Context, e Env, r Request) (Result, error) {
 		return res, fmt.Errorf("addresses of %s and %s: %w", r.Src, r.Dst, err)
 	}
 	inner := Header{Src: sa, Dst: da, Proto: r.Proto, SPort: r.SPort, DPort: r.DPort}
-	bridge, inPort := "br-int", res.Src.Port
+	hb := cl.bridges(res.Src.Host)
+	bridge, inPort := hb.Integration, res.Src.Port
 	switch {
 	case res.Src.Kind == EndpointContainer:
-		inner.SrcMAC, inner.DstMAC = res.Src.MAC, gatewayMAC
+		inner.SrcMAC, inner.DstMAC = res.Src.MAC, cl.gatewayMAC
 	case res.Dst.Kind == EndpointContainer:
 		// The host routes the pod CIDR through its gateway port.
-		inPort, inner.SrcMAC, inner.DstMAC = ofGateway, gwPortMAC, gatewayMAC
+		inPort, inner.SrcMAC, inner.DstMAC = strconv.Itoa(int(hostlayout.OFPortGateway)), hostlayout.GatewayPortMAC.String(), cl.gatewayMAC
 	default:
-		bridge, inPort, inner.SrcMAC = "br-phy", "LOCAL", res.Src.MAC
+		bridge, inPort, inner.SrcMAC = hb.Physical, "LOCAL", res.Src.MAC
 		if h, ok := cl.hostByIP(res.Dst.IP); ok {
 			inner.DstMAC = h.MAC
 		}
@@ -240,6 +246,8 @@ func Trace(ctx context.Context, e Env, r Request) (Result, error) {
 // classifySource reads where the packet leaves the source host.
 func (e Env) classifySource(res *Result, cl cluster, inner Header) {
 	t := res.Source
+	hb := cl.bridges(res.Src.Host)
+	gatewayOut, uplinkOut := hb.GatewayOutput(), hb.UplinkOutput()
 	switch t.Verdict {
 	case api.VerdictDrop:
 		res.Path = PathDropped
@@ -312,9 +320,10 @@ func (e Env) traceDest(ctx context.Context, res *Result, cl cluster, inner Heade
 		return
 	}
 	var req api.OFTraceRequest
+	hb := cl.bridges(dh.Name)
 	switch res.Wire.Kind {
 	case WireVXLAN:
-		req = api.OFTraceRequest{Bridge: "br-int", Flow: inner.OVSFlow(ofVXLAN,
+		req = api.OFTraceRequest{Bridge: hb.Integration, Flow: inner.OVSFlow(strconv.Itoa(int(hostlayout.OFPortVXLAN)),
 			fmt.Sprintf("tun_id=0x%x", res.Wire.VNI), "tun_src="+res.Wire.Tuple.Src.String(), "tun_dst="+res.Wire.Tuple.Dst.String())}
 	default:
 		h := Header{Src: res.Wire.Tuple.Src, Dst: res.Wire.Tuple.Dst, Proto: res.Wire.Tuple.Proto, SPort: res.Wire.Tuple.SPort,
@@ -322,7 +331,7 @@ func (e Env) traceDest(ctx context.Context, res *Result, cl cluster, inner Heade
 		if sh, ok := cl.hostByIP(h.Src.String()); ok {
 			h.SrcMAC = sh.MAC
 		}
-		req = api.OFTraceRequest{Bridge: "br-phy", Flow: h.OVSFlow(ofUplink)}
+		req = api.OFTraceRequest{Bridge: hb.Physical, Flow: h.OVSFlow(strconv.Itoa(int(hostlayout.OFPortUplink)))}
 	}
 	t, err := c.OFTrace(ctx, req)
 	if err != nil {

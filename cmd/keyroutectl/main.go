@@ -95,7 +95,7 @@ func statusCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "node:\t%s\n", s.Node)
 				fmt.Fprintf(w, "mode:\t%s\n", s.Mode)
 				fmt.Fprintf(w, "host:\t%s (%s)\n", s.HostIP, s.HostMAC)
-				fmt.Fprintf(w, "pod subnet:\t%s (gateway %s)\n", s.PodSubnet, s.Gateway)
+				fmt.Fprintf(w, "pod subnet:\t%s (gateway %s, MAC %s)\n", s.PodSubnet, s.Gateway, s.GatewayMAC)
 				fmt.Fprintf(w, "datapath:\t%s: %s\n", s.Datapath, s.DatapathReason)
 				for _, b := range s.Bridges {
 					state := "connected"
@@ -233,9 +233,17 @@ func flowsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Bridges in the agent's order (the integration bridge first,
+			// whatever the names), then tables along the pipeline.
+			rank := map[string]int{}
+			for _, f := range fs {
+				if _, ok := rank[f.Bridge]; !ok {
+					rank[f.Bridge] = len(rank)
+				}
+			}
 			sort.SliceStable(fs, func(i, j int) bool {
 				if fs[i].Bridge != fs[j].Bridge {
-					return fs[i].Bridge > fs[j].Bridge // br-int before br-phy
+					return rank[fs[i].Bridge] < rank[fs[j].Bridge]
 				}
 				if fs[i].Table != fs[j].Table {
 					return fs[i].Table < fs[j].Table
