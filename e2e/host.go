@@ -64,6 +64,8 @@ func (h *Host) config() map[string]any {
 		etcd["insecure"] = true
 	}
 	switch {
+	case cl.opts.EtcdMembers > 0:
+		cl.memberEtcdConfig(h, etcd)
 	case cl.opts.ExternalEtcd || h.Index != 1:
 		etcd["endpoints"] = []string{cl.EtcdEndpoint}
 	default:
