@@ -418,9 +418,9 @@ func (c *Config) validateEtcd(bad func(field string, v any, fix string, args ...
 // ProtectedTCPPorts are the control plane's TCP ports on this host, which
 // containers may not reach on the host's own addresses (flows.GuardFlows):
 // etcd's client and peer ports (2379, 2380 and those of the embedded
-// server's URLs), and the metrics and pprof listeners when they listen on
-// a non-loopback address. The agent's API is a unix socket; it has no
-// other TCP listener. The one place this set is made.
+// server's URLs and this node's etcd.members entry), and the metrics,
+// pprof and api_listen (the read-only API over TCP) listeners when they
+// listen on a non-loopback address. The one place this set is made.
 func (c *Config) ProtectedTCPPorts() []uint16 {
 	set := map[uint16]bool{2379: true, 2380: true}
 	for _, u := range []string{c.Etcd.EmbeddedClientURL, c.Etcd.EmbeddedPeerURL, c.Etcd.Members[c.Node]} {

@@ -1,6 +1,6 @@
 // Package registry owns keyroute's cluster state in etcd: hosts, pod
-// subnets, endpoints (which double as IPAM), and the embedded single-node
-// etcd server.
+// subnets, endpoints (which double as IPAM), and the embedded etcd server
+// (single-node, or one member of a cluster).
 //
 // Layout under the root prefix (default /keyroute/):
 //
