@@ -172,6 +172,7 @@ func (a *Agent) hostRecord() registry.Host {
 		Name: a.cfg.Node, UnderlayIP: a.host.IP, UnderlayMAC: a.host.MAC,
 		PodSubnet: a.host.Subnet, Datapath: a.dp.Datapath, AgentVersion: Version,
 		Bridges: a.cfg.Bridges,
+		APIAddr: a.cfg.APIAddr(a.host.IP),
 	}
 }
 
@@ -486,7 +487,7 @@ func (a *Agent) connectEtcd(ctx context.Context, hostIP netip.Addr) error {
 		clientURL, peerURL := a.cfg.EmbeddedURLs(hostIP.String())
 		e, err := registry.StartEmbedded(ctx, registry.EmbeddedConfig{
 			DataDir: filepath.Join(a.cfg.StateDir, "etcd"), ClientURL: clientURL,
-			PeerURL: peerURL, Name: a.cfg.Node, Logger: a.log,
+			PeerURL: peerURL, Name: a.cfg.Node, Logger: a.log, Members: a.cfg.Etcd.Members,
 			TLS: a.cfg.EtcdTLS(), Insecure: a.cfg.Etcd.Insecure,
 		})
 		if err != nil {
@@ -498,12 +499,21 @@ func (a *Agent) connectEtcd(ctx context.Context, hostIP netip.Addr) error {
 	// The registry checks records against this agent's cluster settings
 	// too: a peer's pod subnet of another size, or an endpoint outside the
 	// pod CIDR, is skipped like any other bad record.
-	reg, err := registry.New(a.etcdEPs, registry.WithPrefix(a.cfg.Etcd.Prefix), registry.WithLogger(a.log),
+	opts := []registry.Option{registry.WithPrefix(a.cfg.Etcd.Prefix), registry.WithLogger(a.log),
 		registry.WithDialTimeout(a.cfg.Etcd.DialTimeout), registry.WithTLS(a.cfg.ClientTLS(a.etcdEPs)),
 		registry.WithCluster(a.cfg.PodCIDR(), a.cfg.Cluster.SubnetBits),
-		registry.WithBadRecordHandler(a.metrics.badRecord))
+		registry.WithBadRecordHandler(a.metrics.badRecord)}
+	if len(a.cfg.Etcd.Members) > 0 {
+		// A member's agent starts with its own member's URL and learns
+		// the others' from etcd, so it fails over to them like any client.
+		opts = append(opts, registry.WithAutoSync(30*time.Second))
+	}
+	reg, err := registry.New(a.etcdEPs, opts...)
 	if err != nil {
 		return fmt.Errorf("connect to etcd %v: %w", a.etcdEPs, err)
+	}
+	if len(a.cfg.Etcd.Members) > 0 {
+		a.etcdEPs = reg.Raw().Endpoints()
 	}
 	a.reg = reg
 	return nil

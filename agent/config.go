@@ -62,6 +62,12 @@ type Config struct {
 	RuleMaxFlows int `yaml:"rule_max_flows"`
 	// APISocket is the local unix socket keyroutectl talks to.
 	APISocket string `yaml:"api_socket"`
+	// APIListen, if set (host:port, e.g. 198.18.0.1:9478 or :9478 for
+	// the host IP), serves the read-only part of the API (what trace and
+	// diagnose need) over TCP with the cluster's mutual TLS (etcd.ca,
+	// etcd.cert, etcd.key), for keyroutectl on other hosts. The address
+	// is published in this host's record.
+	APIListen string `yaml:"api_listen"`
 	// StateDir keeps the agent's local state: the node ID (node-id) and
 	// the embedded etcd's data.
 	StateDir string `yaml:"state_dir"`
@@ -89,6 +95,12 @@ type EtcdConfig struct {
 	// https://127.0.0.1:2380 with CA, Cert and Key, else
 	// http://127.0.0.1:2380.
 	EmbeddedPeerURL string `yaml:"embedded_peer_url"`
+	// Members makes the embedded server one member of a cluster: member
+	// (node) name to peer URL, the same map on every member's agent, e.g.
+	// {h1: https://198.18.0.1:2380, h2: …, h3: …}. This node must be one
+	// of them; hosts that are not leave it out and list the members'
+	// client URLs as Endpoints. Empty: a single-node embedded server.
+	Members map[string]string `yaml:"members"`
 	// DialTimeout bounds each connection attempt.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
 	// CA, Cert and Key are PEM files with etcd's flags' meaning (etcdctl
@@ -348,6 +360,7 @@ func (c *Config) Validate() error {
 	if c.APISocket == "" {
 		bad("api_socket", c.APISocket, "give a unix socket path for keyroutectl")
 	}
+	c.validateAPIListen(bad)
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			bad("metrics_addr", c.MetricsAddr, "give host:port, or empty to disable")
@@ -444,6 +457,9 @@ func (c *Config) validateEtcd(bad func(field string, v any, fix string, args ...
 	if len(schemes) > 1 {
 		bad("etcd.endpoints", e.Endpoints, "use one scheme for every endpoint: the etcd client takes TLS or plaintext from the first one")
 	}
+	if len(e.Members) > 0 {
+		c.validateMembers(bad, withTLS)
+	}
 	if !embedded {
 		return
 	}
@@ -463,19 +479,19 @@ func (c *Config) validateEtcd(bad func(field string, v any, fix string, args ...
 // ProtectedTCPPorts are the control plane's TCP ports on this host, which
 // containers may not reach on the host's own addresses (flows.GuardFlows):
 // etcd's client and peer ports (2379, 2380 and those of the embedded
-// server's URLs), and the metrics and pprof listeners when they listen on
-// a non-loopback address. The agent's API is a unix socket; it has no
-// other TCP listener. The one place this set is made.
+// server's URLs and this node's etcd.members entry), and the metrics,
+// pprof and api_listen (the read-only API over TCP) listeners when they
+// listen on a non-loopback address. The one place this set is made.
 func (c *Config) ProtectedTCPPorts() []uint16 {
 	set := map[uint16]bool{2379: true, 2380: true}
-	for _, u := range []string{c.Etcd.EmbeddedClientURL, c.Etcd.EmbeddedPeerURL} {
+	for _, u := range []string{c.Etcd.EmbeddedClientURL, c.Etcd.EmbeddedPeerURL, c.Etcd.Members[c.Node]} {
 		if pu, err := url.Parse(u); err == nil && pu.Port() != "" {
 			if p, err := strconv.ParseUint(pu.Port(), 10, 16); err == nil && p != 0 {
 				set[uint16(p)] = true
 			}
 		}
 	}
-	for _, addr := range []string{c.MetricsAddr, c.PprofAddr} {
+	for _, addr := range []string{c.MetricsAddr, c.PprofAddr, c.APIListen} {
 		host, port, err := net.SplitHostPort(addr)
 		if err != nil {
 			continue
@@ -516,6 +532,9 @@ func (c *Config) EmbeddedURLs(hostIP string) (client, peer string) {
 	}
 	if peer == "" {
 		peer = scheme + "://127.0.0.1:2380"
+		if m, ok := c.Etcd.Members[c.Node]; ok {
+			peer = m
+		}
 	}
 	return client, peer
 }

@@ -76,6 +76,14 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	}))
 	a.registerRuleRoutes(mux)
 	a.traceHandlers(mux)
+	if a.cfg.APIListen != "" {
+		rln, err := a.listenRemoteAPI()
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		go a.serveRemoteAPI(ctx, rln, mux)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -224,6 +232,9 @@ func (a *Agent) Hosts(ctx context.Context) ([]api.Host, error) {
 	for _, h := range hs {
 		ah := api.Host{Name: h.Name, IP: h.UnderlayIP.String(), MAC: h.UnderlayMAC.String(),
 			PodSubnet: h.PodSubnet.String(), Datapath: h.Datapath, Bridges: h.Bridges.OrDefault(), Agent: api.AgentDown}
+		if h.APIAddr.IsValid() {
+			ah.API = h.APIAddr.String()
+		}
 		if al, ok := alive[h.Name]; ok {
 			ah.Agent, ah.AgentSince = api.AgentUp, al.Since.Format(time.RFC3339)
 		}

@@ -126,6 +126,9 @@ type Host struct {
 	Agent string `json:"agent"`
 	// AgentSince is when the running agent registered (RFC 3339).
 	AgentSince string `json:"agent_since,omitempty"`
+	// API is where the host's agent serves its read-only API over TCP
+	// with the cluster's mutual TLS (host:port), empty if it does not.
+	API string `json:"api,omitempty"`
 }
 
 // Host.Agent values.
@@ -210,10 +213,13 @@ type Error struct {
 	Error string `json:"error"`
 }
 
-// Client talks to one agent's socket.
+// Client talks to one agent: on its unix socket (NewClient), or on its
+// TCP API with mutual TLS (NewRemoteClient).
 type Client struct {
 	Socket string
-	http   *http.Client
+	// Addr is the remote agent's host:port ("" for a socket).
+	Addr string
+	http *http.Client
 }
 
 // NewClient returns a client for the agent listening on socket.
@@ -238,6 +244,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		body = bytes.NewReader(b)
 	}
 	u := "http://agent" + path
+	if c.Addr != "" {
+		u = "https://" + c.Addr + path
+	}
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
@@ -246,6 +255,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		return err
 	}
 	resp, err := c.http.Do(req)
+	if err != nil && c.Addr != "" {
+		return fmt.Errorf("agent API at %s (TCP, mutual TLS): %w", c.Addr, err)
+	}
 	if err != nil {
 		if _, serr := os.Stat(c.Socket); serr != nil {
 			return fmt.Errorf("%w: no socket at %s (start keyroute-agent, or pass --socket)", ErrAgentDown, c.Socket)

@@ -52,6 +52,10 @@ func TestDecodeHost(t *testing.T) {
 	if h, err := c.decodeHost(kv("hosts/h1", withBridges)); err != nil || h.Bridges.Integration != "kr-int" || h.Bridges.Physical != "kr-phy" {
 		t.Fatalf("host with bridges: %+v, %v", h, err)
 	}
+	withAPI := goodHost[:len(goodHost)-1] + `,"apiAddr":"198.18.0.1:9478"}`
+	if h, err := c.decodeHost(kv("hosts/h1", withAPI)); err != nil || h.APIAddr != netip.MustParseAddrPort("198.18.0.1:9478") {
+		t.Fatalf("good host with API address: %+v, %v", h, err)
+	}
 	with := func(field string, value any) string {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(goodHost), &m); err != nil {
@@ -92,6 +96,11 @@ func TestDecodeHost(t *testing.T) {
 		{"one bridge", "hosts/h1", with("bridges", map[string]string{"integration": "kr-int"}), "bridges: physical bridge: empty"},
 		{"same bridges", "hosts/h1", with("bridges", map[string]string{"integration": "kr", "physical": "kr"}), "bridges: integration and physical bridge are both"},
 		{"bridges not an object", "hosts/h1", with("bridges", "br-int"), "bridges"},
+		{"API address without port", "hosts/h1", with("apiAddr", "198.18.0.1"), "API address"},
+		{"API address port 0", "hosts/h1", with("apiAddr", "198.18.0.1:0"), "API address 198.18.0.1:0: port 0"},
+		{"API address loopback", "hosts/h1", with("apiAddr", "127.0.0.1:9478"), "API address: 127.0.0.1 is not a unicast"},
+		{"API address IPv6", "hosts/h1", with("apiAddr", "[2001:db8::1]:9478"), "API address: 2001:db8::1 is not IPv4"},
+		{"API address unspecified", "hosts/h1", with("apiAddr", "0.0.0.0:9478"), "API address: 0.0.0.0 is not a unicast"},
 		{"not JSON", "hosts/h1", "{", "unexpected end of JSON"},
 		{"null", "hosts/h1", "null", "host name: empty name"},
 		{"oversize", "hosts/h1", goodHost[:len(goodHost)-1] + `,"pad":"` + strings.Repeat("x", MaxRecordSize) + `"}`, "exceeds the 65536-byte limit"},
@@ -228,6 +237,8 @@ func FuzzDecodeHost(f *testing.F) {
 	f.Add("h1", []byte(`{"name":"h1","underlayIP":"::ffff:198.18.0.1","underlayMAC":"02:00:00:00:00:01","podSubnet":"198.19.1.0/24"}`))
 	f.Add("h1", []byte(`{"name":"h1","underlayIP":"198.18.0.1","underlayMAC":"02:00:00:00:00:01","podSubnet":"fd00::/64"}`))
 	f.Add("h1", []byte(`null`))
+	f.Add("h1", []byte(`{"name":"h1","underlayIP":"198.18.0.1","underlayMAC":"02:00:00:00:00:01","podSubnet":"198.19.1.0/24","apiAddr":"198.18.0.1:9478"}`))
+	f.Add("h1", []byte(`{"name":"h1","underlayIP":"198.18.0.1","underlayMAC":"02:00:00:00:00:01","podSubnet":"198.19.1.0/24","apiAddr":"[::ffff:198.18.0.1]:9478"}`))
 	c := testClient()
 	f.Fuzz(func(t *testing.T, name string, value []byte) {
 		h, err := c.decodeHost(&mvccpb.KeyValue{Key: []byte(c.hostKey(name)), Value: value})

@@ -16,12 +16,19 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// EmbeddedConfig configures a single-node etcd server run inside the agent.
+// EmbeddedConfig configures the etcd server run inside the agent: a
+// single-node cluster, or one member of a cluster (Members).
 type EmbeddedConfig struct {
 	DataDir   string // required; survives restarts
 	ClientURL string // default http://127.0.0.1:2379
 	PeerURL   string // default http://127.0.0.1:2380
 	Name      string // member name, default "keyroute"
+	// Members, if set, is the whole cluster's membership at bootstrap,
+	// member name to peer URL (etcd's --initial-cluster); it must name
+	// Name with PeerURL. Without it the server is a cluster of one. It
+	// is read only when DataDir holds no data yet: a member restarted
+	// with its data dir rejoins with the membership it keeps there.
+	Members map[string]string
 	// TLS, if set, serves every https URL with TLS.Cert and requires
 	// clients (and peers) to present a certificate signed by TLS.CA. An
 	// https URL without TLS is an error.
@@ -80,6 +87,14 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	ec.ListenPeerUrls = []url.URL{*purl}
 	ec.AdvertisePeerUrls = []url.URL{*purl}
 	ec.InitialCluster = ec.InitialClusterFromName(cfg.Name)
+	if len(cfg.Members) > 0 {
+		if ec.InitialCluster, err = initialCluster(cfg.Name, purl.String(), cfg.Members); err != nil {
+			return nil, fmt.Errorf("start embedded etcd: %w", err)
+		}
+		// Members of different keyroute clusters never join each other
+		// by mistake: etcd refuses a peer with another token.
+		ec.InitialClusterToken = "keyroute"
+	}
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = "1h"
 	if cfg.TLS != nil {
@@ -105,6 +120,11 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		}
 		return nil, fmt.Errorf("start embedded etcd in %s: %w", cfg.DataDir, err)
 	}
+	if len(cfg.Members) > 0 {
+		// Ready needs a quorum: at a cluster's first start, until enough
+		// of the other members' agents have started too.
+		orDefault(cfg.Logger).Info("embedded etcd member started; waiting for a quorum of members", "member", cfg.Name, "cluster", ec.InitialCluster)
+	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
@@ -117,6 +137,31 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		return nil, fmt.Errorf("start embedded etcd: %w", ctx.Err())
 	}
 	return &Embedded{etcd: e, endpoints: []string{curl.String()}, stopping: core.stopping}, nil
+}
+
+// initialCluster renders members as etcd's --initial-cluster
+// ("a=https://…,b=https://…", sorted), after checking that it names this
+// member with its own peer URL and every peer URL once.
+func initialCluster(name, peerURL string, members map[string]string) (string, error) {
+	if got, ok := members[name]; !ok {
+		return "", fmt.Errorf("members %v do not name this member %q", members, name)
+	} else if got != peerURL {
+		return "", fmt.Errorf("members give member %q the peer URL %s, but it serves %s", name, got, peerURL)
+	}
+	seen := map[string]string{}
+	parts := make([]string, 0, len(members))
+	for n, u := range members {
+		if _, err := parseURL("member "+n+" peer", u); err != nil {
+			return "", err
+		}
+		if other, dup := seen[u]; dup {
+			return "", fmt.Errorf("members %q and %q share the peer URL %s", other, n, u)
+		}
+		seen[u] = n
+		parts = append(parts, n+"="+u)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ","), nil
 }
 
 func parseURL(what, s string) (*url.URL, error) {

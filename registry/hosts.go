@@ -33,6 +33,10 @@ type Host struct {
 	// a trace needs to read the host. Zero in records of agents that did
 	// not publish them: those hosts use the defaults.
 	Bridges hostlayout.Bridges
+	// APIAddr is where the agent serves its read-only API over TCP with
+	// the cluster's mutual TLS (config api_listen), for keyroutectl
+	// trace and diagnose on other hosts; zero when it does not.
+	APIAddr netip.AddrPort
 }
 
 type hostJSON struct {
@@ -43,11 +47,16 @@ type hostJSON struct {
 	Datapath     string             `json:"datapath,omitempty"`
 	AgentVersion string             `json:"agentVersion,omitempty"`
 	Bridges      hostlayout.Bridges `json:"bridges,omitzero"`
+	APIAddr      string             `json:"apiAddr,omitempty"`
 }
 
 // MarshalJSON writes the MAC as "aa:bb:cc:dd:ee:ff".
 func (h Host) MarshalJSON() ([]byte, error) {
-	return json.Marshal(hostJSON{h.Name, h.UnderlayIP, h.UnderlayMAC.String(), h.PodSubnet, h.Datapath, h.AgentVersion, h.Bridges})
+	j := hostJSON{h.Name, h.UnderlayIP, h.UnderlayMAC.String(), h.PodSubnet, h.Datapath, h.AgentVersion, h.Bridges, ""}
+	if h.APIAddr.IsValid() {
+		j.APIAddr = h.APIAddr.String()
+	}
+	return json.Marshal(j)
 }
 
 // UnmarshalJSON reads what MarshalJSON writes; it does not validate.
@@ -63,7 +72,14 @@ func (h *Host) UnmarshalJSON(b []byte) error {
 			return fmt.Errorf("underlay MAC: %w", err)
 		}
 	}
-	*h = Host{j.Name, j.UnderlayIP, mac, j.PodSubnet, j.Datapath, j.AgentVersion, j.Bridges}
+	var api netip.AddrPort
+	if j.APIAddr != "" {
+		var err error
+		if api, err = netip.ParseAddrPort(j.APIAddr); err != nil {
+			return fmt.Errorf("API address: %w", err)
+		}
+	}
+	*h = Host{j.Name, j.UnderlayIP, mac, j.PodSubnet, j.Datapath, j.AgentVersion, j.Bridges, api}
 	return nil
 }
 
@@ -98,6 +114,16 @@ func (h Host) Validate() error {
 	if h.Bridges != (hostlayout.Bridges{}) {
 		if err := h.Bridges.Validate(); err != nil {
 			return fmt.Errorf("host %s: bridges: %w", h.Name, err)
+		}
+	}
+	if h.APIAddr.IsValid() || h.APIAddr.Port() != 0 {
+		// keyroutectl dials it with the cluster's TLS: it must be a
+		// host's unicast address, never loopback or a broadcast.
+		if err := ValidateAddr(h.APIAddr.Addr()); err != nil {
+			return fmt.Errorf("host %s: API address: %w", h.Name, err)
+		}
+		if h.APIAddr.Port() == 0 {
+			return fmt.Errorf("host %s: API address %s: port 0", h.Name, h.APIAddr)
 		}
 	}
 	return nil

@@ -1,6 +1,6 @@
 // Package registry owns keyroute's cluster state in etcd: hosts, pod
-// subnets, endpoints (which double as IPAM), and the embedded single-node
-// etcd server.
+// subnets, endpoints (which double as IPAM), and the embedded etcd server
+// (single-node, or one member of a cluster).
 //
 // Layout under the root prefix (default /keyroute/):
 //
@@ -23,6 +23,7 @@
 package registry
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,6 +81,7 @@ type options struct {
 	cluster     Cluster
 	onBad       func(key string, err error)
 	tls         *TLSFiles
+	autoSync    time.Duration
 }
 
 // Option configures New.
@@ -100,6 +102,11 @@ func WithDialTimeout(d time.Duration) Option { return func(o *options) { o.dialT
 // presents f.Cert (etcd's --cacert, --cert and --key). The endpoints must
 // be https URLs.
 func WithTLS(f *TLSFiles) Option { return func(o *options) { o.tls = f } }
+
+// WithAutoSync makes the client learn the cluster's members' client URLs
+// from etcd's membership every d (and once at New, best effort), so it
+// fails over to any member, not only the endpoints it was given.
+func WithAutoSync(d time.Duration) Option { return func(o *options) { o.autoSync = d } }
 
 // WithBadRecordHandler is called for every record skipped because it failed
 // validation, in addition to counting and logging it. err is a
@@ -138,9 +145,10 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 		}
 	}
 	cc := clientv3.Config{
-		Endpoints:   endpoints,
-		DialTimeout: o.dialTimeout,
-		Logger:      zapLogger(o.log).Named("etcd-client"),
+		Endpoints:        endpoints,
+		DialTimeout:      o.dialTimeout,
+		Logger:           zapLogger(o.log).Named("etcd-client"),
+		AutoSyncInterval: o.autoSync,
 	}
 	if o.tls != nil {
 		// The client takes its transport security from the first
@@ -158,6 +166,15 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	cli, err := clientv3.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+	}
+	if o.autoSync > 0 {
+		// Best effort: without it the client learns the members at the
+		// first AutoSyncInterval.
+		sctx, cancel := context.WithTimeout(context.Background(), o.dialTimeout)
+		if err := cli.Sync(sctx); err != nil {
+			o.log.Warn("etcd: could not learn the cluster's members yet; using the given endpoints", "endpoints", endpoints, "err", err)
+		}
+		cancel()
 	}
 	return &Client{cli: cli, prefix: o.prefix, log: o.log, cluster: o.cluster, onBad: o.onBad,
 		badLog: NewBadRecordLog(o.log)}, nil

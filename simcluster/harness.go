@@ -72,6 +72,11 @@ type Options struct {
 	// for the harness's own etcd clients and, with ExternalEtcd,
 	// etcd.crt/.key for the server (keyroutectl pki writes this layout).
 	PKIDir string
+	// EtcdMembers, if 3, 5 or 7, runs the embedded etcd as that many
+	// members on hosts 1..EtcdMembers (etcd.members), started together;
+	// the other hosts' agents use all members' client URLs
+	// (e2e/etcdmembers.go).
+	EtcdMembers int
 	// NoAgents builds the fabric, hosts and OVS instances but starts no
 	// agent (for testing the harness itself, or agent-less experiments).
 	NoAgents bool
@@ -171,6 +176,9 @@ func NewCluster(ctx context.Context, opts Options) (*Cluster, error) {
 			opts.Logger.Warn("clean up stale namespaces", "err", err)
 		}
 	}
+	if err := (&Cluster{opts: opts}).checkEtcdMembers(); err != nil {
+		return nil, err
+	}
 	if !prefixRE.MatchString(opts.Prefix) {
 		return nil, fmt.Errorf("new cluster: Prefix=%q: use up to 16 letters, digits, '.', '_' or '-'", opts.Prefix)
 	}
@@ -238,7 +246,12 @@ func (cl *Cluster) start(ctx context.Context) error {
 		return nil
 	}
 	first := 0
-	if !cl.opts.ExternalEtcd {
+	if cl.opts.EtcdMembers > 0 {
+		if err := cl.startMembers(ctx); err != nil {
+			return err
+		}
+		first = cl.opts.EtcdMembers
+	} else if !cl.opts.ExternalEtcd {
 		// The others need host 1's embedded etcd to come up at all.
 		if err := cl.hosts[0].startAgent(ctx); err != nil {
 			return err

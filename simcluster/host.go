@@ -67,6 +67,8 @@ func (h *Host) config() map[string]any {
 		etcd["insecure"] = true
 	}
 	switch {
+	case cl.opts.EtcdMembers > 0:
+		cl.memberEtcdConfig(h, etcd)
 	case cl.opts.ExternalEtcd || h.Index != 1:
 		etcd["endpoints"] = []string{cl.EtcdEndpoint}
 	default:
@@ -204,7 +206,7 @@ func (h *Host) waitReady(ctx context.Context) error {
 		if ended, err := h.agent.Exited(); ended {
 			return fmt.Errorf("%s agent exited while starting (%v); last lines of %s:\n%s", h.Name, err, h.LogPath, h.agent.LogTail(30))
 		}
-		_, last = h.ctl(ctx, 5*time.Second, "status", "-o", "json")
+		_, last = h.CtlContext(ctx, 5*time.Second, "status", "-o", "json")
 		if last == nil {
 			h.cl.log.Info("agent ready", "host", h.Name, "pid", h.agent.PID(), "after", time.Since(start).Round(time.Millisecond))
 			return nil
@@ -262,10 +264,11 @@ func (h *Host) Cluster() *Cluster { return h.cl }
 // Ctl runs `keyroutectl --socket <APISocket> args...` and returns its
 // stdout; an error carries stderr.
 func (h *Host) Ctl(args ...string) (string, error) {
-	return h.ctl(context.Background(), 60*time.Second, args...)
+	return h.CtlContext(context.Background(), 60*time.Second, args...)
 }
 
-func (h *Host) ctl(ctx context.Context, timeout time.Duration, args ...string) (string, error) {
+// CtlContext is Ctl with a context and a timeout of its own.
+func (h *Host) CtlContext(ctx context.Context, timeout time.Duration, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	argv := append([]string{"--socket", h.APISocket}, args...)

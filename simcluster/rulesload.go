@@ -33,7 +33,7 @@ func (cl *Cluster) EtcdClient() (*clientv3.Client, error) {
 		ns = cl.Fabric
 	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{cl.EtcdEndpoint},
+		Endpoints:   cl.EtcdEndpoints(),
 		DialTimeout: 5 * time.Second,
 		TLS:         cl.EtcdTLS(),
 		Logger:      zap.NewNop(),

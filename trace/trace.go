@@ -165,7 +165,7 @@ func (cl cluster) hostByIP(ip string) (api.Host, bool) {
 func (e Env) agent(node string) (*api.Client, error) {
 	c, ok := e.Agents[node]
 	if !ok {
-		return nil, fmt.Errorf("no API socket for host %s (pass --agents %s=SOCKET or --hosts-file)", node, node)
+		return nil, fmt.Errorf("no API for host %s: its agent publishes none (set api_listen there), or pass --agents %s=SOCKET or --hosts-file", node, node)
 	}
 	return c, nil
 }

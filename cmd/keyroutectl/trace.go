@@ -25,6 +25,7 @@ type pathFlags struct {
 	hostsFile string
 	fabric    string
 	sport     uint16
+	remote    remoteFlags
 }
 
 func (f *pathFlags) add(c *cobra.Command) {
@@ -34,11 +35,13 @@ func (f *pathFlags) add(c *cobra.Command) {
 	fl.StringVar(&f.hostsFile, "hosts-file", envOr("KEYROUTE_HOSTS_FILE", ""), "YAML map of node name to agent API socket (env KEYROUTE_HOSTS_FILE)")
 	fl.StringVar(&f.fabric, "fabric", envOr("KEYROUTE_FABRIC", ""), "fabric model YAML, e.g. configs/fabric.yaml (env KEYROUTE_FABRIC)")
 	fl.Uint16Var(&f.sport, "sport", 0, "source port of the traced packet (tcp/udp; default 40000)")
+	f.remote.add(c)
 }
 
 // env builds the agents map: --hosts-file, then --agents, then the
-// --socket agent under its own node name.
-func (f *pathFlags) env(ctx context.Context, g *globals) (trace.Env, error) {
+// --socket agent under its own node name, then every other host's TCP API
+// from its host record.
+func (f *pathFlags) env(ctx context.Context, g *globals, warn io.Writer) (trace.Env, error) {
 	e := trace.Env{Agents: map[string]*api.Client{}}
 	if f.hostsFile != "" {
 		b, err := os.ReadFile(f.hostsFile)
@@ -62,6 +65,7 @@ func (f *pathFlags) env(ctx context.Context, g *globals) (trace.Env, error) {
 	}
 	if st, err := g.client().Status(ctx); err == nil {
 		e.Agents[st.Node] = g.client()
+		f.remote.addRemoteAgents(ctx, e, g.client(), st.Node, warn)
 	} else if len(e.Agents) == 0 {
 		return e, err
 	}
@@ -108,15 +112,18 @@ packet leaves (fast path with its key, VXLAN with its VNI and outer header,
 dropped and by which flow), computes the fabric hops from the fabric model,
 and traces the destination host's bridges through that host's agent.
 
-Other hosts' agents are reached through --agents NODE=SOCKET or a
---hosts-file (YAML: "h2: /run/keyroute/h2.sock").`,
+Other hosts' agents are reached at the TCP API their host records publish
+(agent setting api_listen), with mutual TLS: keyroutectl presents the
+certificate in --pki-dir (default /etc/keyroute/pki, the agent's) named
+after the local node (or --cert). --agents NODE=SOCKET or a --hosts-file
+(YAML: "h2: /run/keyroute/h2.sock") override that per host.`,
 		Args: cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := f.request(args)
 			if err != nil {
 				return err
 			}
-			e, err := f.env(cmd.Context(), g)
+			e, err := f.env(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -227,7 +234,7 @@ the destination host's agent runs tcpdump on its uplink for the probes.`,
 			if err != nil {
 				return err
 			}
-			e, err := f.env(cmd.Context(), g)
+			e, err := f.env(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -261,7 +268,8 @@ the destination host's agent runs tcpdump on its uplink for the probes.`,
 func saveDiagnosis(ctx context.Context, local *api.Client, e trace.Env, d api.Diagnosis) (api.Diagnosis, error) {
 	clients := []*api.Client{local}
 	for _, c := range e.Agents {
-		if c.Socket != local.Socket {
+		// Other hosts' TCP APIs do not store diagnoses: that writes etcd.
+		if c.Socket != "" && c.Socket != local.Socket {
 			clients = append(clients, c)
 		}
 	}
