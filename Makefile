@@ -18,10 +18,15 @@ GOTESTFLAGS  ?=
 # staticcheck 2026.2.2; the first release line that knows Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo clean
+# The version every binary reports (keyroute-agent --version, keyroutectl
+# version, host records): git describe, else the Go default (dev-<commit>).
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+LDFLAGS      := $(if $(VERSION),-X github.com/keyroute/keyroute/internal/version.Version=$(VERSION))
+
+.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo package clean
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 deps:
 	@scripts/install-deps.sh

@@ -22,22 +22,23 @@ import (
 	"github.com/keyroute/keyroute/registry"
 )
 
-// serveAPI answers keyroutectl on the local unix socket until ctx ends.
-func (a *Agent) serveAPI(ctx context.Context) error {
+// listenAPI binds the local unix socket keyroutectl talks to.
+func (a *Agent) listenAPI() (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(a.cfg.APISocket), 0o755); err != nil {
-		return fmt.Errorf("API socket dir: %w", err)
+		return nil, fmt.Errorf("API socket dir: %w", err)
 	}
 	// A socket file left by a crashed agent blocks bind; one that still
 	// answers belongs to a running agent.
 	if c, err := net.DialTimeout("unix", a.cfg.APISocket, time.Second); err == nil {
 		c.Close()
-		return fmt.Errorf("another agent answers on %s", a.cfg.APISocket)
+		return nil, fmt.Errorf("another agent answers on %s", a.cfg.APISocket)
 	}
 	os.Remove(a.cfg.APISocket)
-	ln, err := listenPrivateUnix(a.cfg.APISocket)
-	if err != nil {
-		return err
-	}
+	return listenPrivateUnix(a.cfg.APISocket)
+}
+
+// serveAPI answers keyroutectl on ln until ctx ends.
+func (a *Agent) serveAPI(ctx context.Context, ln net.Listener) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.PathStatus, a.handle(func(r *http.Request) (any, error) { return a.Status(r.Context()), nil }))
 	mux.HandleFunc("GET "+api.PathHosts, a.handle(func(r *http.Request) (any, error) { return a.Hosts(r.Context()) }))
