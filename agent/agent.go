@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/cacheproto"
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
@@ -88,6 +89,8 @@ type Agent struct {
 	programMu sync.Mutex                       // one snapshot-and-install at a time, so an older snapshot never lands last
 	dirty     chan struct{}
 	ready     chan struct{} // closed once the agent serves its API
+	etcd      etcdHealth
+	lastHosts []api.Host // the last hosts answer read from etcd, for stale answers
 }
 
 // Ready is closed once Run has set the host up and the API socket serves
@@ -145,6 +148,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.programLoop(ctx)
 	go a.refreshTunnelNeighbours(ctx)
 	go a.keepRegistered(ctx)
+	a.etcd.set(nil) // setup just read and wrote etcd
+	go a.monitorEtcd(ctx)
 	a.log.Info("agent ready", "node", a.cfg.Node, "host_ip", a.host.IP, "pod_subnet", a.host.Subnet,
 		"datapath", a.dp.Datapath, "mode", a.cfg.Mode, "version", version.String())
 	close(a.ready)

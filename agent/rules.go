@@ -580,6 +580,9 @@ func (a *Agent) registerRuleRoutes(mux *http.ServeMux) {
 	e := a.rules
 	mux.HandleFunc("GET "+api.PathRules, a.handle(func(r *http.Request) (any, error) {
 		rs, err := e.store.List(r.Context())
+		if etcdUnreachable(err) {
+			return nil, a.unreachableError("list rules", err)
+		}
 		if rs == nil {
 			rs = []rules.Rule{}
 		}
@@ -595,6 +598,9 @@ func (a *Agent) registerRuleRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+api.PathRules, a.handle(func(r *http.Request) (any, error) {
 		var rule rules.Rule
 		if err := decodeBody(r, &rule); err != nil {
+			return nil, err
+		}
+		if err := a.requireEtcd("add rule " + rule.ID); err != nil {
 			return nil, err
 		}
 		rule.Normalize()
@@ -614,6 +620,9 @@ func (a *Agent) registerRuleRoutes(mux *http.ServeMux) {
 		id := r.PathValue("id")
 		if err := rules.ValidateID(id); err != nil {
 			return nil, badRequest("%v", err)
+		}
+		if err := a.requireEtcd("delete rule " + id); err != nil {
+			return nil, err
 		}
 		if err := e.store.Delete(r.Context(), id); err != nil {
 			return nil, ruleErr(err)
