@@ -84,7 +84,8 @@ func etcdUnreachable(err error) bool {
 	return false
 }
 
-// unreachableError says which etcd did not answer, e.g. "etcd at
+// unreachableError says which etcd did not answer (what, if given, is the
+// operation), e.g. "etcd at
 // https://198.18.0.1:2379 unreachable (no answer within 1s; last answered
 // 12:00:01)".
 func (a *Agent) unreachableError(what string, err error) error {
@@ -93,8 +94,12 @@ func (a *Agent) unreachableError(what string, err error) error {
 	if !lastOK.IsZero() {
 		last = "last answered " + lastOK.Format(time.RFC3339)
 	}
-	return fmt.Errorf("%s: etcd at %s unreachable (no answer within %s; %s): %w",
-		what, strings.Join(a.etcdEPs, ","), etcdAnswerTimeout, last, err)
+	err = fmt.Errorf("etcd at %s unreachable (no answer within %s; %s): %w",
+		strings.Join(a.etcdEPs, ","), etcdAnswerTimeout, last, err)
+	if what != "" {
+		err = fmt.Errorf("%s: %w", what, err)
+	}
+	return err
 }
 
 // requireEtcd refuses a change at once while etcd is known unreachable,

@@ -245,7 +245,7 @@ func (a *Agent) Hosts(ctx context.Context) ([]api.Host, error) {
 			return nil, fmt.Errorf("list hosts from etcd: %w", err)
 		}
 		a.etcd.set(err)
-		return a.staleHosts(a.unreachableError("list hosts", err)), nil
+		return a.staleHosts(a.unreachableError("", err)), nil
 	}
 	out := make([]api.Host, 0, len(hs))
 	for _, h := range hs {
