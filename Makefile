@@ -28,6 +28,14 @@ LDFLAGS      := $(if $(VERSION),-X github.com/keyroute/keyroute/internal/version
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
+# A .deb (dpkg-deb) of keyroute-agent, keyroutectl, keyroute-cni when
+# cmd/keyroute-cni exists, the systemd unit and /etc/keyroute/agent.yaml;
+# into PKG_DIR. Static binaries (CGO off), so they run on any Debian.
+PKG_DIR      ?= $(CURDIR)/dist
+package:
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/keyroute-agent ./cmd/keyroutectl $(addprefix ./,$(wildcard cmd/keyroute-cni))
+	@scripts/build-deb.sh $(BIN) $(PKG_DIR) '$(VERSION)'
+
 deps:
 	@scripts/install-deps.sh
 
@@ -91,4 +99,4 @@ demo: deps build
 	fi
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(CURDIR)/dist
