@@ -17,9 +17,8 @@ import (
 // (issue 12), measured as the whole process's wall time.
 const cliBudget = 2 * time.Second
 
-// timedCtl runs keyroutectl against h's agent and returns its stdout,
-// stderr, exit error and wall time.
-func timedCtl(t *testing.T, h *Host, args ...string) (stdout, stderr string, err error, took time.Duration) {
+// timedCtl runs keyroutectl against h's agent.
+func timedCtl(t *testing.T, h *Host, args ...string) (stdout, stderr string, took time.Duration, err error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -28,7 +27,7 @@ func timedCtl(t *testing.T, h *Host, args ...string) (stdout, stderr string, err
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
 	err = cmd.Run()
-	return out.String(), errb.String(), err, time.Since(start)
+	return out.String(), errb.String(), time.Since(start), err
 }
 
 // The etcd host's agent stops like a service (SIGTERM returns in ≤ 2 s
@@ -52,7 +51,7 @@ func TestServiceStopAndCLIWithEtcdDown(t *testing.T) {
 			t.Fatalf("h2 hosts: %+v, want every agent up with its version, nothing stale", h)
 		}
 	}
-	out, _, err, _ := timedCtl(t, h2, "version")
+	out, _, _, err := timedCtl(t, h2, "version")
 	if err != nil || !strings.Contains(out, "keyroutectl:") || !strings.Contains(out, "agent:") || !strings.Contains(out, hs[1].AgentVersion+" (node h2)") {
 		t.Fatalf("keyroutectl version: %v\n%s", err, out)
 	}
@@ -67,37 +66,37 @@ func TestServiceStopAndCLIWithEtcdDown(t *testing.T) {
 		t.Errorf("h1 agent took %s to stop after SIGTERM, want ≤ 2 s", stopTook.Round(time.Millisecond))
 	}
 
-	out, errOut, err, took := timedCtl(t, h2, "hosts")
+	out, errOut, took, err := timedCtl(t, h2, "hosts")
 	t.Logf("h2 keyroutectl hosts with etcd down (%s):\n%s%s", took.Round(time.Millisecond), errOut, out)
 	if err != nil || took > cliBudget || !strings.Contains(errOut, "STALE") || !strings.Contains(errOut, "etcd at "+cl.EtcdEndpoint+" unreachable") ||
 		!strings.Contains(out, "h1") || !strings.Contains(out, "(stale)") {
 		t.Errorf("h2 keyroutectl hosts with etcd down: %v after %s, want the hosts marked stale naming etcd at %s within %s",
 			err, took.Round(time.Millisecond), cl.EtcdEndpoint, cliBudget)
 	}
-	out, _, err, took = timedCtl(t, h2, "hosts", "-o", "json")
+	out, _, took, err = timedCtl(t, h2, "hosts", "-o", "json")
 	hs = nil
 	if jerr := json.Unmarshal([]byte(out), &hs); err != nil || jerr != nil || took > cliBudget || len(hs) != 2 || hs[0].StaleSince == "" || hs[0].StaleReason == "" {
 		t.Errorf("h2 keyroutectl hosts -o json with etcd down: %v, %v after %s: %s", err, jerr, took.Round(time.Millisecond), out)
 	}
-	out, errOut, err, took = timedCtl(t, h2, "status")
+	out, errOut, took, err = timedCtl(t, h2, "status")
 	t.Logf("h2 keyroutectl status with etcd down (%s):\n%s%s", took.Round(time.Millisecond), errOut, out)
 	if err != nil || took > cliBudget || !strings.Contains(out, "UNHEALTHY") || !strings.Contains(out, "etcd at "+cl.EtcdEndpoint+" unreachable") {
 		t.Errorf("h2 keyroutectl status with etcd down: %v after %s, want etcd UNHEALTHY naming %s within %s", err, took.Round(time.Millisecond), cl.EtcdEndpoint, cliBudget)
 	}
 	for _, args := range [][]string{{"keys"}, {"endpoints"}, {"rule", "list"}} {
-		_, errOut, err, took = timedCtl(t, h2, args...)
+		_, errOut, took, err = timedCtl(t, h2, args...)
 		if err == nil || took > cliBudget || !strings.Contains(errOut, "etcd at "+cl.EtcdEndpoint+" unreachable") || strings.Contains(errOut, "not running") {
 			t.Errorf("h2 keyroutectl %s with etcd down: %v after %s: %q; want an error naming the unreachable etcd within %s",
 				strings.Join(args, " "), err, took.Round(time.Millisecond), errOut, cliBudget)
 		}
 	}
 	// A change is refused at once, not after the deadline.
-	_, errOut, err, took = timedCtl(t, h2, "detach", "--name", "nobody")
+	_, errOut, took, err = timedCtl(t, h2, "detach", "--name", "nobody")
 	if err == nil || took > cliBudget || !strings.Contains(errOut, "etcd at "+cl.EtcdEndpoint+" unreachable") {
 		t.Errorf("h2 keyroutectl detach with etcd down: %v after %s: %q", err, took.Round(time.Millisecond), errOut)
 	}
 	// h1's own CLI: the agent is really not running now.
-	_, errOut, err, _ = timedCtl(t, h1, "status")
+	_, errOut, _, err = timedCtl(t, h1, "status")
 	if err == nil || !strings.Contains(errOut, "agent not running") {
 		t.Errorf("h1 keyroutectl status with its agent stopped: %v: %q, want agent not running", err, errOut)
 	}
