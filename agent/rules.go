@@ -579,7 +579,9 @@ func (e *ruleEngine) Stats(ctx context.Context) ([]api.RuleStats, error) {
 func (a *Agent) registerRuleRoutes(mux *http.ServeMux) {
 	e := a.rules
 	mux.HandleFunc("GET "+api.PathRules, a.handle(func(r *http.Request) (any, error) {
-		rs, err := e.store.List(r.Context())
+		ctx, cancel := context.WithTimeout(r.Context(), etcdAnswerTimeout)
+		defer cancel()
+		rs, err := e.store.List(ctx)
 		if etcdUnreachable(err) {
 			return nil, a.unreachableError("list rules", err)
 		}
@@ -592,7 +594,12 @@ func (a *Agent) registerRuleRoutes(mux *http.ServeMux) {
 		if err := rules.ValidateID(r.PathValue("id")); err != nil {
 			return nil, badRequest("%v", err)
 		}
-		rule, err := e.store.Get(r.Context(), r.PathValue("id"))
+		ctx, cancel := context.WithTimeout(r.Context(), etcdAnswerTimeout)
+		defer cancel()
+		rule, err := e.store.Get(ctx, r.PathValue("id"))
+		if etcdUnreachable(err) {
+			return nil, a.unreachableError("get rule", err)
+		}
 		return rule, ruleErr(err)
 	}))
 	mux.HandleFunc("POST "+api.PathRules, a.handle(func(r *http.Request) (any, error) {

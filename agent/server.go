@@ -158,16 +158,8 @@ func decodeBody(r *http.Request, v any) error {
 	return nil
 }
 
-// apiReadBudget bounds a question (GET), inside the client's 2 s default.
-const apiReadBudget = 1500 * time.Millisecond
-
 func (a *Agent) handle(fn func(*http.Request) (any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			ctx, cancel := context.WithTimeout(r.Context(), apiReadBudget)
-			defer cancel()
-			r = r.WithContext(ctx)
-		}
 		v, err := fn(r)
 		w.Header().Set("Content-Type", "application/json")
 		if err != nil {
@@ -322,7 +314,9 @@ func (a *Agent) Endpoints(ctx context.Context, all bool) ([]api.Endpoint, error)
 	if all {
 		f = registry.EndpointFilter{}
 	}
-	eps, err := a.reg.ListEndpoints(ctx, f)
+	ectx, cancel := context.WithTimeout(ctx, etcdAnswerTimeout)
+	defer cancel()
+	eps, err := a.reg.ListEndpoints(ectx, f)
 	if etcdUnreachable(err) {
 		return nil, a.unreachableError("list endpoints", err)
 	}
@@ -391,7 +385,9 @@ func (a *Agent) Keys(ctx context.Context) ([]api.Key, error) {
 	if a.cache == nil {
 		return nil, errNotRewrite
 	}
-	recs, err := a.cache.alloc.List(ctx, keyalloc.Filter{})
+	ectx, cancel := context.WithTimeout(ctx, etcdAnswerTimeout)
+	defer cancel()
+	recs, err := a.cache.alloc.List(ectx, keyalloc.Filter{})
 	if etcdUnreachable(err) {
 		return nil, a.unreachableError("list keys", err)
 	}

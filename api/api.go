@@ -223,6 +223,9 @@ type Error struct {
 const (
 	DefaultReadTimeout  = 2 * time.Second
 	DefaultWriteTimeout = 30 * time.Second
+	// dumpTimeout bounds flow and cache dumps, which answer from OVS
+	// (not etcd) and grow with the number of flows.
+	dumpTimeout = 10 * time.Second
 )
 
 // Client talks to one agent's socket.
@@ -322,7 +325,13 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		u += "?" + q.Encode()
 	}
 	timeout := c.WriteTimeout
-	if method == http.MethodGet {
+	switch {
+	case method == http.MethodGet && path == PathCapture:
+		// Waits for a capture to finish, like a change.
+	case method == http.MethodGet && (path == PathFlows || path == PathCache):
+		// Dumps from OVS, whose size grows with the flows installed.
+		timeout = max(c.ReadTimeout, dumpTimeout)
+	case method == http.MethodGet:
 		timeout = c.ReadTimeout
 	}
 	if d, ok := ctx.Deadline(); timeout > 0 && (!ok || time.Until(d) > timeout) {
