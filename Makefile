@@ -18,10 +18,23 @@ GOTESTFLAGS  ?=
 # staticcheck 2026.2.2; the first release line that knows Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo clean
+# The version every binary reports (keyroute-agent --version, keyroutectl
+# version, host records): git describe, else the Go default (dev-<commit>).
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+LDFLAGS      := $(if $(VERSION),-X github.com/keyroute/keyroute/internal/version.Version=$(VERSION))
+
+.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo package clean
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+# A .deb (dpkg-deb) of keyroute-agent, keyroutectl, keyroute-cni when
+# cmd/keyroute-cni exists, the systemd unit and /etc/keyroute/agent.yaml;
+# into PKG_DIR. Static binaries (CGO off), so they run on any Debian.
+PKG_DIR      ?= $(CURDIR)/dist
+package:
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/keyroute-agent ./cmd/keyroutectl $(addprefix ./,$(wildcard cmd/keyroute-cni))
+	@scripts/build-deb.sh $(BIN) $(PKG_DIR) '$(VERSION)'
 
 deps:
 	@scripts/install-deps.sh
@@ -86,4 +99,4 @@ demo: deps build
 	fi
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(CURDIR)/dist

@@ -15,10 +15,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/cacheproto"
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/hostlayout"
+	"github.com/keyroute/keyroute/internal/version"
 	"github.com/keyroute/keyroute/keyalloc"
 	"github.com/keyroute/keyroute/openflow"
 	"github.com/keyroute/keyroute/ovsdb"
@@ -35,8 +37,6 @@ const (
 	// after a crash peers show its agent as down. Membership (hosts/) has
 	// no lease; see registry.RegisterHost.
 	hostTTL = 15 * time.Second
-	// Version is reported in the host record.
-	Version = "0.1.0"
 )
 
 // flowOwners are the controller's desired-state owners on the bridges: the
@@ -73,7 +73,14 @@ type Agent struct {
 	attachMu  sync.Mutex                       // serialises attach/detach
 	programMu sync.Mutex                       // one snapshot-and-install at a time, so an older snapshot never lands last
 	dirty     chan struct{}
+	ready     chan struct{} // closed once the agent serves its API
+	etcd      etcdHealth
+	lastHosts []api.Host // the last hosts answer read from etcd, for stale answers
 }
+
+// Ready is closed once Run has set the host up and the API socket serves
+// (what systemd's READY=1 means).
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
 
 // New validates cfg and returns an agent ready to Run.
 func New(cfg Config, log *slog.Logger) (*Agent, error) {
@@ -88,6 +95,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		peers:     map[string]registry.Host{},
 		roaming:   map[netip.Addr]registry.Endpoint{},
 		dirty:     make(chan struct{}, 1),
+		ready:     make(chan struct{}),
 		metrics:   newMetrics(),
 	}, nil
 }
@@ -101,7 +109,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	errc := make(chan error, 4)
-	go func() { errc <- a.serveAPI(ctx) }()
+	ln, err := a.listenAPI()
+	if err != nil {
+		return err
+	}
+	go func() { errc <- a.serveAPI(ctx, ln) }()
 	if a.cfg.MetricsAddr != "" {
 		go func() { errc <- a.serveMetrics(ctx) }()
 	}
@@ -121,8 +133,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.programLoop(ctx)
 	go a.refreshTunnelNeighbours(ctx)
 	go a.keepRegistered(ctx)
+	a.etcd.set(nil) // setup just read and wrote etcd
+	go a.monitorEtcd(ctx)
 	a.log.Info("agent ready", "node", a.cfg.Node, "host_ip", a.host.IP, "pod_subnet", a.host.Subnet,
-		"datapath", a.dp.Datapath, "mode", a.cfg.Mode)
+		"datapath", a.dp.Datapath, "mode", a.cfg.Mode, "version", version.String())
+	close(a.ready)
 	select {
 	case <-ctx.Done():
 		a.log.Info("agent stopping; flows stay installed")
@@ -170,7 +185,7 @@ func (a *Agent) keepRegistered(ctx context.Context) {
 func (a *Agent) hostRecord() registry.Host {
 	return registry.Host{
 		Name: a.cfg.Node, UnderlayIP: a.host.IP, UnderlayMAC: a.host.MAC,
-		PodSubnet: a.host.Subnet, Datapath: a.dp.Datapath, AgentVersion: Version,
+		PodSubnet: a.host.Subnet, Datapath: a.dp.Datapath, AgentVersion: version.String(),
 		Bridges: a.cfg.Bridges,
 		APIAddr: a.cfg.APIAddr(a.host.IP),
 	}
@@ -183,7 +198,9 @@ func (a *Agent) close() {
 	if lease != nil {
 		// Revoking takes only alive/: peers show the agent down at once
 		// instead of after the TTL, and keep the host's flows and keys.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		// Bounded well inside a service stop's 2 s: with etcd unreachable
+		// the lease simply expires.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		if err := lease.Revoke(ctx); err != nil {
 			a.log.Warn("agent liveness stays in etcd until its lease expires", "err", err)
 		}

@@ -579,7 +579,12 @@ func (e *ruleEngine) Stats(ctx context.Context) ([]api.RuleStats, error) {
 func (a *Agent) registerRuleRoutes(mux *http.ServeMux) {
 	e := a.rules
 	mux.HandleFunc("GET "+api.PathRules, a.handle(func(r *http.Request) (any, error) {
-		rs, err := e.store.List(r.Context())
+		ctx, cancel := context.WithTimeout(r.Context(), etcdAnswerTimeout)
+		defer cancel()
+		rs, err := e.store.List(ctx)
+		if etcdUnreachable(err) {
+			return nil, a.unreachableError("list rules", err)
+		}
 		if rs == nil {
 			rs = []rules.Rule{}
 		}
@@ -589,12 +594,20 @@ func (a *Agent) registerRuleRoutes(mux *http.ServeMux) {
 		if err := rules.ValidateID(r.PathValue("id")); err != nil {
 			return nil, badRequest("%v", err)
 		}
-		rule, err := e.store.Get(r.Context(), r.PathValue("id"))
+		ctx, cancel := context.WithTimeout(r.Context(), etcdAnswerTimeout)
+		defer cancel()
+		rule, err := e.store.Get(ctx, r.PathValue("id"))
+		if etcdUnreachable(err) {
+			return nil, a.unreachableError("get rule", err)
+		}
 		return rule, ruleErr(err)
 	}))
 	mux.HandleFunc("POST "+api.PathRules, a.handle(func(r *http.Request) (any, error) {
 		var rule rules.Rule
 		if err := decodeBody(r, &rule); err != nil {
+			return nil, err
+		}
+		if err := a.requireEtcd("add rule " + rule.ID); err != nil {
 			return nil, err
 		}
 		rule.Normalize()
@@ -614,6 +627,9 @@ func (a *Agent) registerRuleRoutes(mux *http.ServeMux) {
 		id := r.PathValue("id")
 		if err := rules.ValidateID(id); err != nil {
 			return nil, badRequest("%v", err)
+		}
+		if err := a.requireEtcd("delete rule " + id); err != nil {
+			return nil, err
 		}
 		if err := e.store.Delete(r.Context(), id); err != nil {
 			return nil, ruleErr(err)

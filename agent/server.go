@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -17,32 +19,37 @@ import (
 	"github.com/keyroute/keyroute/cacheproto"
 	"github.com/keyroute/keyroute/controller"
 	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/internal/version"
 	"github.com/keyroute/keyroute/keyalloc"
 	"github.com/keyroute/keyroute/openflow"
 	"github.com/keyroute/keyroute/registry"
 )
 
-// serveAPI answers keyroutectl on the local unix socket until ctx ends.
-func (a *Agent) serveAPI(ctx context.Context) error {
+// listenAPI binds the local unix socket keyroutectl talks to.
+func (a *Agent) listenAPI() (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(a.cfg.APISocket), 0o755); err != nil {
-		return fmt.Errorf("API socket dir: %w", err)
+		return nil, fmt.Errorf("API socket dir: %w", err)
 	}
 	// A socket file left by a crashed agent blocks bind; one that still
 	// answers belongs to a running agent.
 	if c, err := net.DialTimeout("unix", a.cfg.APISocket, time.Second); err == nil {
 		c.Close()
-		return fmt.Errorf("another agent answers on %s", a.cfg.APISocket)
+		return nil, fmt.Errorf("another agent answers on %s", a.cfg.APISocket)
 	}
 	os.Remove(a.cfg.APISocket)
-	ln, err := listenPrivateUnix(a.cfg.APISocket)
-	if err != nil {
-		return err
-	}
+	return listenPrivateUnix(a.cfg.APISocket)
+}
+
+// serveAPI answers keyroutectl on ln until ctx ends.
+func (a *Agent) serveAPI(ctx context.Context, ln net.Listener) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.PathStatus, a.handle(func(r *http.Request) (any, error) { return a.Status(r.Context()), nil }))
 	mux.HandleFunc("GET "+api.PathHosts, a.handle(func(r *http.Request) (any, error) { return a.Hosts(r.Context()) }))
 	mux.HandleFunc("DELETE "+api.PathHost, a.handle(func(r *http.Request) (any, error) {
 		name := r.PathValue("name")
+		if err := a.requireEtcd("remove host " + name); err != nil {
+			return nil, err
+		}
 		if err := a.RemoveHost(r.Context(), name, r.URL.Query().Get("force") != ""); err != nil {
 			return nil, err
 		}
@@ -61,6 +68,9 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 		if err := decodeBody(r, &req); err != nil {
 			return nil, err
 		}
+		if err := a.requireEtcd("attach " + req.Name); err != nil {
+			return nil, err
+		}
 		ep, err := a.Attach(r.Context(), req.NetNS, req.Name, req.IP)
 		if err != nil {
 			return nil, err
@@ -70,6 +80,9 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	mux.HandleFunc("POST "+api.PathDetach, a.handle(func(r *http.Request) (any, error) {
 		var req api.DetachRequest
 		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		if err := a.requireEtcd("detach " + req.Name); err != nil {
 			return nil, err
 		}
 		return map[string]string{"detached": req.Name}, a.Detach(r.Context(), req.Name)
@@ -176,7 +189,7 @@ func (a *Agent) handle(fn func(*http.Request) (any, error)) http.HandlerFunc {
 func (a *Agent) Status(ctx context.Context) api.Status {
 	eps, peers, _ := a.snapshot()
 	s := api.Status{
-		Node: a.cfg.Node, Mode: a.cfg.Mode, HostIP: a.host.IP.String(), HostMAC: a.host.MAC.String(),
+		Node: a.cfg.Node, Version: version.String(), Mode: a.cfg.Mode, HostIP: a.host.IP.String(), HostMAC: a.host.MAC.String(),
 		PodSubnet: a.host.Subnet.String(), Gateway: a.host.Gateway.String(), GatewayMAC: a.host.GatewayMAC.String(),
 		Datapath: a.dp.Datapath, DatapathReason: a.dp.Reason,
 		Etcd:   api.EtcdStatus{Endpoints: a.etcdEPs, Embedded: a.embedded != nil},
@@ -208,39 +221,79 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 			s.Counts.Flows += len(b.sw.Desired(owner))
 		}
 	}
-	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if _, err := a.reg.Raw().Get(hctx, "health"); err != nil {
-		s.Etcd.Error = err.Error()
+	if err := a.checkEtcd(ctx); err != nil {
+		s.Etcd.Error = a.unreachableError("health check", err).Error()
 	} else {
 		s.Etcd.Healthy = true
 	}
 	return s
 }
 
-// Hosts lists the cluster's hosts with their agents' state.
+// Hosts lists the cluster's hosts with their agents' state. When etcd does
+// not answer within etcdAnswerTimeout it answers from the agent's own
+// state, each host marked stale.
 func (a *Agent) Hosts(ctx context.Context) ([]api.Host, error) {
-	hs, err := a.reg.ListHosts(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list hosts from etcd: %w", err)
+	ectx, cancel := context.WithTimeout(ctx, etcdAnswerTimeout)
+	defer cancel()
+	hs, err := a.reg.ListHosts(ectx)
+	var alive map[string]registry.Alive
+	if err == nil {
+		alive, err = a.reg.ListAlive(ectx)
 	}
-	alive, err := a.reg.ListAlive(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list running agents from etcd: %w", err)
+		if ctx.Err() != nil || !etcdUnreachable(err) {
+			return nil, fmt.Errorf("list hosts from etcd: %w", err)
+		}
+		a.etcd.set(err)
+		return a.staleHosts(a.unreachableError("", err)), nil
 	}
 	out := make([]api.Host, 0, len(hs))
 	for _, h := range hs {
 		ah := api.Host{Name: h.Name, IP: h.UnderlayIP.String(), MAC: h.UnderlayMAC.String(),
-			PodSubnet: h.PodSubnet.String(), Datapath: h.Datapath, Bridges: h.Bridges.OrDefault(), Agent: api.AgentDown}
+			PodSubnet: h.PodSubnet.String(), Datapath: h.Datapath, Bridges: h.Bridges.OrDefault(), Agent: api.AgentDown, AgentVersion: h.AgentVersion}
 		if h.APIAddr.IsValid() {
 			ah.API = h.APIAddr.String()
 		}
 		if al, ok := alive[h.Name]; ok {
 			ah.Agent, ah.AgentSince = api.AgentUp, al.Since.Format(time.RFC3339)
+			if al.AgentVersion != "" {
+				ah.AgentVersion = al.AgentVersion
+			}
 		}
 		out = append(out, ah)
 	}
+	a.etcd.set(nil)
+	a.mu.Lock()
+	a.lastHosts = out
+	a.mu.Unlock()
 	return out, nil
+}
+
+// staleHosts answers hosts from the agent's own state: the last answer
+// etcd gave, else the membership its watch saw (agents' state unknown).
+func (a *Agent) staleHosts(why error) []api.Host {
+	_, lastOK, _ := a.etcd.get()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []api.Host
+	if a.lastHosts != nil {
+		out = append(out, a.lastHosts...)
+	} else {
+		self := a.hostRecord()
+		for _, h := range append([]registry.Host{self}, slices.Collect(maps.Values(a.peers))...) {
+			ah := api.Host{Name: h.Name, IP: h.UnderlayIP.String(), MAC: h.UnderlayMAC.String(),
+				PodSubnet: h.PodSubnet.String(), Datapath: h.Datapath, Agent: api.AgentUnknown, AgentVersion: h.AgentVersion}
+			if h.Name == a.cfg.Node {
+				ah.Agent, ah.AgentSince = api.AgentUp, a.started.UTC().Format(time.RFC3339)
+			}
+			out = append(out, ah)
+		}
+		slices.SortFunc(out, func(x, y api.Host) int { return strings.Compare(x.Name, y.Name) })
+	}
+	for i := range out {
+		out[i].StaleSince, out[i].StaleReason = lastOK.UTC().Format(time.RFC3339), why.Error()
+	}
+	return out
 }
 
 // RemoveHost ends another host's membership, so every agent drops its
@@ -272,7 +325,12 @@ func (a *Agent) Endpoints(ctx context.Context, all bool) ([]api.Endpoint, error)
 	if all {
 		f = registry.EndpointFilter{}
 	}
-	eps, err := a.reg.ListEndpoints(ctx, f)
+	ectx, cancel := context.WithTimeout(ctx, etcdAnswerTimeout)
+	defer cancel()
+	eps, err := a.reg.ListEndpoints(ectx, f)
+	if etcdUnreachable(err) {
+		return nil, a.unreachableError("list endpoints", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list endpoints from etcd: %w", err)
 	}
@@ -338,7 +396,12 @@ func (a *Agent) Keys(ctx context.Context) ([]api.Key, error) {
 	if a.cache == nil {
 		return nil, errNotRewrite
 	}
-	recs, err := a.cache.alloc.List(ctx, keyalloc.Filter{})
+	ectx, cancel := context.WithTimeout(ctx, etcdAnswerTimeout)
+	defer cancel()
+	recs, err := a.cache.alloc.List(ectx, keyalloc.Filter{})
+	if etcdUnreachable(err) {
+		return nil, a.unreachableError("list keys", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list keys from etcd: %w", err)
 	}

@@ -14,6 +14,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/user"
+	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/keyroute/keyroute/hostlayout"
@@ -34,7 +37,9 @@ const (
 
 // Status is what `keyroutectl status` shows.
 type Status struct {
-	Node      string `json:"node"`
+	Node string `json:"node"`
+	// Version is the agent's (keyroute-agent --version).
+	Version   string `json:"version"`
 	Mode      string `json:"mode"`
 	HostIP    string `json:"host_ip"`
 	HostMAC   string `json:"host_mac"`
@@ -129,12 +134,24 @@ type Host struct {
 	// API is where the host's agent serves its read-only API over TCP
 	// with the cluster's mutual TLS (host:port), empty if it does not.
 	API string `json:"api,omitempty"`
+	// AgentVersion is the version of the host's agent: the running one's,
+	// else the last one that registered the host.
+	AgentVersion string `json:"agent_version,omitempty"`
+	// StaleSince is set when the answering agent could not reach etcd and
+	// answered from its own state: that state is as of this time (RFC
+	// 3339), the last time etcd answered it; StaleReason says what is
+	// unreachable. Agent is then the last state the agent saw, or
+	// AgentUnknown.
+	StaleSince  string `json:"stale_since,omitempty"`
+	StaleReason string `json:"stale_reason,omitempty"`
 }
 
 // Host.Agent values.
 const (
 	AgentUp   = "up"
 	AgentDown = "down"
+	// AgentUnknown: etcd is unreachable and the agent never saw it.
+	AgentUnknown = "unknown"
 )
 
 // Endpoint is an attached container.
@@ -213,26 +230,103 @@ type Error struct {
 	Error string `json:"error"`
 }
 
+// Default per-request deadlines of a Client: a question (GET) is answered
+// from the agent's own state or with an error naming what is unreachable
+// well inside ReadTimeout; a change (attach, rule add, trace) may take
+// longer.
+const (
+	DefaultReadTimeout  = 2 * time.Second
+	DefaultWriteTimeout = 30 * time.Second
+	// dumpTimeout bounds flow and cache dumps, which answer from OVS
+	// (not etcd) and grow with the number of flows.
+	dumpTimeout = 10 * time.Second
+)
+
 // Client talks to one agent: on its unix socket (NewClient), or on its
 // TCP API with mutual TLS (NewRemoteClient).
 type Client struct {
 	Socket string
 	// Addr is the remote agent's host:port ("" for a socket).
 	Addr string
-	http *http.Client
+	// ReadTimeout and WriteTimeout bound each GET and each other request
+	// when the caller's context has no earlier deadline (0: no bound).
+	ReadTimeout, WriteTimeout time.Duration
+	http                      *http.Client
 }
 
-// NewClient returns a client for the agent listening on socket.
+// NewClient returns a client for the agent listening on socket, with the
+// default deadlines.
 func NewClient(socket string) *Client {
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", socket)
 	}}
-	return &Client{Socket: socket, http: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+	return &Client{Socket: socket, ReadTimeout: DefaultReadTimeout, WriteTimeout: DefaultWriteTimeout,
+		http: &http.Client{Transport: tr}}
 }
 
-// ErrAgentDown means nothing answers on the socket.
-var ErrAgentDown = errors.New("agent not running")
+// Why a request did not reach the agent, or got no answer in time.
+var (
+	// ErrAgentDown: no socket, or nothing listens on it.
+	ErrAgentDown = errors.New("agent not running")
+	// ErrPermission: the socket exists but this user may not connect.
+	ErrPermission = errors.New("permission denied on the agent's socket")
+	// ErrAgentTimeout: the agent accepted the request but did not answer
+	// within the deadline (busy or hung); it is running.
+	ErrAgentTimeout = errors.New("agent did not answer in time")
+)
+
+// classify turns a failed request into an error that says whether the
+// agent runs: no socket or connection refused (not running), permission
+// denied (running, not for this user), or no answer within timeout
+// (running, busy or hung). Any other error passes through with context.
+func classify(socket string, err error, timeout time.Duration) error {
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("%w: no socket at %s (start keyroute-agent, e.g. systemctl start keyroute-agent, or pass --socket)", ErrAgentDown, socket)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%w: nothing listens on %s (a socket file left by a stopped agent; start keyroute-agent)", ErrAgentDown, socket)
+	case errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("%w %s%s: keyroutectl needs root, or membership in the socket's group with a group-accessible socket", ErrPermission, socket, socketOwner(socket))
+	case errors.Is(err, context.DeadlineExceeded) || os.IsTimeout(err):
+		return fmt.Errorf("%w: %s accepted the request but gave no answer within %s (agent busy or unresponsive; see its log, e.g. journalctl -u keyroute-agent; --timeout waits longer)", ErrAgentTimeout, socket, timeout)
+	}
+	return fmt.Errorf("talk to the agent at %s: %w", socket, err)
+}
+
+// socketOwner describes the socket's owner, group and mode for a
+// permission error, e.g. " (owner root, group root, mode 0600)".
+func socketOwner(socket string) string {
+	st, err := os.Stat(socket)
+	if err != nil {
+		return ""
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	name := func(lookup func(string) (string, error), id uint32) string {
+		if n, err := lookup(strconv.FormatUint(uint64(id), 10)); err == nil {
+			return n
+		}
+		return strconv.FormatUint(uint64(id), 10)
+	}
+	owner := name(func(id string) (string, error) {
+		u, err := user.LookupId(id)
+		if err != nil {
+			return "", err
+		}
+		return u.Username, nil
+	}, sys.Uid)
+	group := name(func(id string) (string, error) {
+		g, err := user.LookupGroupId(id)
+		if err != nil {
+			return "", err
+		}
+		return g.Name, nil
+	}, sys.Gid)
+	return fmt.Sprintf(" (owner %s, group %s, mode %04o)", owner, group, st.Mode().Perm())
+}
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
 	var body io.Reader
@@ -250,6 +344,23 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
+	timeout := c.WriteTimeout
+	switch {
+	case method == http.MethodGet && path == PathCapture:
+		// Waits for a capture to finish, like a change.
+	case method == http.MethodGet && (path == PathFlows || path == PathCache):
+		// Dumps from OVS, whose size grows with the flows installed.
+		timeout = max(c.ReadTimeout, dumpTimeout)
+	case method == http.MethodGet:
+		timeout = c.ReadTimeout
+	}
+	if d, ok := ctx.Deadline(); timeout > 0 && (!ok || time.Until(d) > timeout) {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	} else if ok {
+		timeout = time.Until(d).Round(time.Millisecond)
+	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		return err
@@ -259,15 +370,15 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		return fmt.Errorf("agent API at %s (TCP, mutual TLS): %w", c.Addr, err)
 	}
 	if err != nil {
-		if _, serr := os.Stat(c.Socket); serr != nil {
-			return fmt.Errorf("%w: no socket at %s (start keyroute-agent, or pass --socket)", ErrAgentDown, c.Socket)
+		if errors.Is(err, context.Canceled) {
+			return err
 		}
-		return fmt.Errorf("%w: %s: %v", ErrAgentDown, c.Socket, err)
+		return classify(c.Socket, err, timeout)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("read agent answer: %w", err)
+		return classify(c.Socket, fmt.Errorf("read agent answer: %w", err), timeout)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e Error

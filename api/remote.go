@@ -12,7 +12,7 @@ import (
 // what trace and diagnose need is served there.
 func NewRemoteClient(addr string, tc *tls.Config) *Client {
 	tr := &http.Transport{TLSClientConfig: tc, TLSHandshakeTimeout: 5 * time.Second}
-	return &Client{Addr: addr, http: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+	return &Client{Addr: addr, ReadTimeout: DefaultReadTimeout, WriteTimeout: DefaultWriteTimeout, http: &http.Client{Transport: tr}}
 }
 
 // Where names the agent the client talks to: its socket or its address.

@@ -14,6 +14,9 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // EmbeddedConfig configures the etcd server run inside the agent: a
@@ -47,7 +50,37 @@ type Embedded struct {
 	etcd      *embed.Etcd
 	endpoints []string
 	stopping  *atomic.Bool
+	// endStreams ends every client's watch and lease keep-alive stream.
+	endStreams context.CancelFunc
 }
+
+// streamEnder ends long-lived gRPC streams when its context is cancelled.
+// etcd's Close waits for open streams (other agents' watches and lease
+// keep-alives) until its request timeout, 7 s with the default election
+// timeout, before it drops them; ending them first lets Close return in
+// well under a second. Clients see the stream end as etcd unavailable and
+// retry another endpoint.
+type streamEnder struct {
+	ctx context.Context
+}
+
+func (s streamEnder) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if s.ctx.Err() != nil {
+		return status.Error(codes.Unavailable, "etcd server stopping")
+	}
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
+	return handler(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+}
+
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c *ctxStream) Context() context.Context { return c.ctx }
 
 // StartEmbedded starts a single-node etcd server and waits until it serves
 // clients. It fails if a URL's port is taken, if ctx ends first, or if the
@@ -112,8 +145,13 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	core := &slogCore{log: orDefault(cfg.Logger), stopping: new(atomic.Bool)}
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(core).Named("etcd"))
 
+	streamsCtx, endStreams := context.WithCancel(context.Background())
+	ec.GRPCAdditionalServerOptions = append(ec.GRPCAdditionalServerOptions,
+		grpc.ChainStreamInterceptor(streamEnder{streamsCtx}.intercept))
+
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
+		endStreams()
 		core.stopping.Store(true)
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fmt.Errorf("start embedded etcd (client %s, peer %s): port already in use: %w", cfg.ClientURL, cfg.PeerURL, err)
@@ -128,15 +166,17 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
+		endStreams()
 		core.stopping.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("start embedded etcd: server failed: %w", err)
 	case <-ctx.Done():
+		endStreams()
 		core.stopping.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("start embedded etcd: %w", ctx.Err())
 	}
-	return &Embedded{etcd: e, endpoints: []string{curl.String()}, stopping: core.stopping}, nil
+	return &Embedded{etcd: e, endpoints: []string{curl.String()}, stopping: core.stopping, endStreams: endStreams}, nil
 }
 
 // initialCluster renders members as etcd's --initial-cluster
@@ -207,10 +247,11 @@ func checkEmbeddedTLS(cfg EmbeddedConfig, client, peer string) error {
 // Endpoints returns the client URLs to pass to New.
 func (e *Embedded) Endpoints() []string { return append([]string(nil), e.endpoints...) }
 
-// Close stops the server and waits until it has released its ports and
-// data directory.
+// Close ends the clients' streams, stops the server and waits until it has
+// released its ports and data directory.
 func (e *Embedded) Close() error {
 	e.stopping.Store(true)
+	e.endStreams()
 	e.etcd.Close()
 	return nil
 }

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -12,7 +11,11 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/cobra"
+
 	"github.com/keyroute/keyroute/agent"
+	"github.com/keyroute/keyroute/internal/version"
 )
 
 func main() {
@@ -22,51 +25,97 @@ func main() {
 	}
 }
 
+// overrides are the flags that replace config fields when given.
+type overrides struct {
+	node, uplink, hostIP, etcd, mode, datapath, dbSocket, runDir, apiSocket string
+	metrics, stateDir, logLevel, podCIDR, etcdCA, etcdCert, etcdKey         string
+	etcdInsecure                                                            bool
+}
+
 func run(args []string) error {
-	fs := flag.NewFlagSet("keyroute-agent", flag.ContinueOnError)
-	configPath := fs.String("config", "", "YAML config file (configs/agent.yaml documents every field)")
-	check := fs.Bool("check-config", false, "validate the config, print it, and exit")
-	adopt := fs.Bool("adopt-cluster-settings", false, "where this config's cluster.pod_cidr, cluster.subnet_bits, cluster.vni, cluster.vxlan_port, cluster.gateway_mac, cache.keys, cache.send_idle, cache.quarantine or cache.pending_timeout differ from the cluster's settings in etcd, take the cluster's (each logged) instead of refusing to start")
-	uninstall := fs.Bool("uninstall", false, "undo this host's setup (host IP back to the uplink, bridges and NAT removed, host record removed from etcd if reachable) and exit; stop the agent first")
-	// Overrides: each flag, when given, replaces the config file's value.
-	var o struct {
-		node, uplink, hostIP, etcd, mode, datapath, dbSocket, runDir, apiSocket string
-		metrics, stateDir, logLevel, podCIDR, etcdCA, etcdCert, etcdKey         string
-		etcdInsecure                                                            bool
+	cmd := newRoot()
+	cmd.SetArgs(args)
+	return cmd.Execute()
+}
+
+func newRoot() *cobra.Command {
+	var (
+		configPath              string
+		check, adopt, uninstall bool
+		o                       overrides
+	)
+	root := &cobra.Command{
+		Use:   "keyroute-agent [--config FILE] [flags]",
+		Short: "keyroute's host agent: sets up br-int and br-phy, registers the host in etcd, attaches containers",
+		Long: `keyroute-agent is keyroute's host agent. It reads one YAML config
+(--config; configs/agent.yaml documents every field) and each flag below,
+when given, overrides the config's field. It runs until SIGTERM or SIGINT;
+the dataplane keeps forwarding while it is stopped. Under systemd
+(Type=notify) it reports READY=1 once its API socket serves.`,
+		Version:       version.String(),
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := agent.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			o.apply(&cfg, cmd)
+			cfg.AdoptClusterSettings = adopt
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("invalid configuration:\n%w", err)
+			}
+			if check {
+				if w := cfg.InsecureWarning(orDefault(cfg.HostIP, "<host_ip>")); w != "" {
+					fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%+v\n", cfg)
+				return nil
+			}
+			var level slog.Level
+			level.UnmarshalText([]byte(cfg.LogLevel))
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if uninstall {
+				return agent.Uninstall(context.Background(), cfg, log)
+			}
+			return serve(cfg, log)
+		},
 	}
-	fs.StringVar(&o.node, "node", "", "override node")
-	fs.StringVar(&o.uplink, "uplink", "", "override uplink")
-	fs.StringVar(&o.hostIP, "host-ip", "", "override host_ip")
-	fs.StringVar(&o.etcd, "etcd-endpoints", "", "override etcd.endpoints (comma-separated URLs; \"embedded\" for the embedded server)")
-	fs.StringVar(&o.etcdCA, "etcd-ca", "", "override etcd.ca (the cluster CA, ca.crt of keyroutectl pki init)")
-	fs.StringVar(&o.etcdCert, "etcd-cert", "", "override etcd.cert (this host's certificate, keyroutectl pki issue)")
-	fs.StringVar(&o.etcdKey, "etcd-key", "", "override etcd.key (this host's key)")
-	fs.BoolVar(&o.etcdInsecure, "etcd-insecure", false, "override etcd.insecure (allow plaintext etcd on non-loopback addresses; warns at every start)")
-	fs.StringVar(&o.mode, "mode", "", "override mode (tunnel|rewrite)")
-	fs.StringVar(&o.datapath, "datapath", "", "override datapath (auto|system|netdev)")
-	fs.StringVar(&o.dbSocket, "ovs-db-socket", "", "override ovs.db_socket")
-	fs.StringVar(&o.runDir, "ovs-run-dir", "", "override ovs.run_dir")
-	fs.StringVar(&o.apiSocket, "api-socket", "", "override api_socket")
-	fs.StringVar(&o.metrics, "metrics-addr", "", "override metrics_addr (\"off\" disables)")
-	fs.StringVar(&o.stateDir, "state-dir", "", "override state_dir")
-	fs.StringVar(&o.logLevel, "log-level", "", "override log_level")
-	fs.StringVar(&o.podCIDR, "pod-cidr", "", "override cluster.pod_cidr")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (all settings are flags or config fields)", fs.Arg(0))
-	}
-	cfg, err := agent.LoadConfig(*configPath)
-	if err != nil {
-		return err
-	}
+	root.SetVersionTemplate("keyroute-agent {{.Version}}\n")
+	f := root.Flags()
+	f.SortFlags = false
+	f.StringVar(&configPath, "config", "", "YAML config file (configs/agent.yaml documents every field)")
+	f.BoolVar(&check, "check-config", false, "validate the config, print it, and exit")
+	f.BoolVar(&adopt, "adopt-cluster-settings", false, "where this config's cluster.pod_cidr, cluster.subnet_bits, cluster.vni, cluster.vxlan_port, cluster.gateway_mac, cache.keys, cache.send_idle, cache.quarantine or cache.pending_timeout differ from the cluster's settings in etcd, take the cluster's (each logged) instead of refusing to start")
+	f.BoolVar(&uninstall, "uninstall", false, "undo this host's setup (host IP back to the uplink, bridges and NAT removed, host record removed from etcd if reachable) and exit; stop the agent first")
+	f.StringVar(&o.node, "node", "", "override node")
+	f.StringVar(&o.uplink, "uplink", "", "override uplink")
+	f.StringVar(&o.hostIP, "host-ip", "", "override host_ip")
+	f.StringVar(&o.etcd, "etcd-endpoints", "", "override etcd.endpoints (comma-separated URLs; \"embedded\" for the embedded server)")
+	f.StringVar(&o.etcdCA, "etcd-ca", "", "override etcd.ca (the cluster CA, ca.crt of keyroutectl pki init)")
+	f.StringVar(&o.etcdCert, "etcd-cert", "", "override etcd.cert (this host's certificate, keyroutectl pki issue)")
+	f.StringVar(&o.etcdKey, "etcd-key", "", "override etcd.key (this host's key)")
+	f.BoolVar(&o.etcdInsecure, "etcd-insecure", false, "override etcd.insecure (allow plaintext etcd on non-loopback addresses; warns at every start)")
+	f.StringVar(&o.mode, "mode", "", "override mode (tunnel|rewrite)")
+	f.StringVar(&o.datapath, "datapath", "", "override datapath (auto|system|netdev)")
+	f.StringVar(&o.dbSocket, "ovs-db-socket", "", "override ovs.db_socket")
+	f.StringVar(&o.runDir, "ovs-run-dir", "", "override ovs.run_dir")
+	f.StringVar(&o.apiSocket, "api-socket", "", "override api_socket")
+	f.StringVar(&o.metrics, "metrics-addr", "", "override metrics_addr (\"off\" disables)")
+	f.StringVar(&o.stateDir, "state-dir", "", "override state_dir")
+	f.StringVar(&o.logLevel, "log-level", "", "override log_level")
+	f.StringVar(&o.podCIDR, "pod-cidr", "", "override cluster.pod_cidr")
+	return root
+}
+
+// apply writes the given flags over cfg.
+func (o overrides) apply(cfg *agent.Config, cmd *cobra.Command) {
 	set := func(dst *string, v string) {
 		if v != "" {
 			*dst = v
 		}
 	}
-	cfg.AdoptClusterSettings = *adopt
 	set(&cfg.Node, o.node)
 	set(&cfg.Uplink, o.uplink)
 	set(&cfg.HostIP, o.hostIP)
@@ -82,11 +131,9 @@ func run(args []string) error {
 	set(&cfg.Etcd.CA, o.etcdCA)
 	set(&cfg.Etcd.Cert, o.etcdCert)
 	set(&cfg.Etcd.Key, o.etcdKey)
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "etcd-insecure" { // given, even as =false
-			cfg.Etcd.Insecure = o.etcdInsecure
-		}
-	})
+	if cmd.Flags().Changed("etcd-insecure") { // given, even as =false
+		cfg.Etcd.Insecure = o.etcdInsecure
+	}
 	if o.metrics == "off" {
 		cfg.MetricsAddr = ""
 	}
@@ -97,28 +144,30 @@ func run(args []string) error {
 	default:
 		cfg.Etcd.Endpoints = strings.Split(o.etcd, ",")
 	}
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	if *check {
-		if w := cfg.InsecureWarning(orDefault(cfg.HostIP, "<host_ip>")); w != "" {
-			fmt.Fprintln(os.Stderr, "warning:", w)
-		}
-		fmt.Printf("%+v\n", cfg)
-		return nil
-	}
-	var level slog.Level
-	level.UnmarshalText([]byte(cfg.LogLevel))
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if *uninstall {
-		return agent.Uninstall(context.Background(), cfg, log)
-	}
+}
+
+// serve runs the agent until SIGTERM/SIGINT and tells systemd (when
+// NOTIFY_SOCKET is set) READY=1 once the agent serves and STOPPING=1 when a
+// signal arrives. Without NOTIFY_SOCKET the notifications are no-ops.
+func serve(cfg agent.Config, log *slog.Logger) error {
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		select {
+		case <-a.Ready():
+			if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+				log.Warn("tell systemd the agent is ready", "err", err)
+			}
+		case <-ctx.Done():
+			return
+		}
+		<-ctx.Done()
+		daemon.SdNotify(false, daemon.SdNotifyStopping)
+	}()
 	return a.Run(ctx)
 }
 

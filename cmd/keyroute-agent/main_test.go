@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keyroute/keyroute/internal/version"
 	"github.com/keyroute/keyroute/pki"
 )
 
@@ -39,5 +40,28 @@ func TestCheckConfigEtcdFlags(t *testing.T) {
 	}
 	if err := run(append(append(base, tls...), "--etcd-endpoints", "https://198.18.0.1:2379")); err != nil {
 		t.Fatalf("https endpoint: %v", err)
+	}
+}
+
+// --help and --version answer with status 0, like keyroutectl's.
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"--version"}} {
+		cmd := newRoot()
+		var out strings.Builder
+		cmd.SetOut(&out)
+		cmd.SetArgs(args)
+		if err := cmd.Execute(); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		want := "--config"
+		if args[0] == "--version" {
+			want = "keyroute-agent " + version.String()
+		}
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("%v printed %q, want %q in it", args, out.String(), want)
+		}
+	}
+	if err := run([]string{"extra"}); err == nil {
+		t.Error("a stray argument was accepted")
 	}
 }

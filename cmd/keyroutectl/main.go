@@ -16,18 +16,21 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keyroute/keyroute/api"
+	"github.com/keyroute/keyroute/internal/version"
 )
 
 // defaultSocket matches the agent's default api_socket.
 const defaultSocket = "/run/keyroute/agent.sock"
 
 type globals struct {
-	socket string
-	output string
+	socket  string
+	output  string
+	timeout time.Duration
 }
 
 func main() {
@@ -44,6 +47,7 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "keyroutectl",
 		Short:         "Inspect and drive the keyroute agent on this host",
+		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -55,7 +59,8 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.socket, "socket", envOr("KEYROUTE_SOCKET", defaultSocket), "agent API socket (env KEYROUTE_SOCKET)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(statusCmd(g), hostsCmd(g), endpointsCmd(g), flowsCmd(g), keysCmd(g), cacheCmd(g), attachCmd(g), detachCmd(g), ruleCmd(g))
+	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 0, fmt.Sprintf("how long to wait for the agent's answer (default %s for questions, %s for changes)", api.DefaultReadTimeout, api.DefaultWriteTimeout))
+	root.AddCommand(versionCmd(g), statusCmd(g), hostsCmd(g), endpointsCmd(g), flowsCmd(g), keysCmd(g), cacheCmd(g), attachCmd(g), detachCmd(g), ruleCmd(g))
 	root.AddCommand(traceCmd(g), diagnoseCmd(g), pkiCmd(g))
 	return root
 }
@@ -67,7 +72,44 @@ func envOr(k, def string) string {
 	return def
 }
 
-func (g *globals) client() *api.Client { return api.NewClient(g.socket) }
+func (g *globals) client() *api.Client {
+	c := api.NewClient(g.socket)
+	if g.timeout > 0 {
+		c.ReadTimeout, c.WriteTimeout = g.timeout, g.timeout
+	}
+	return c
+}
+
+func versionCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Show keyroutectl's version and the local agent's",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v := struct {
+				Client string `json:"client"`
+				Agent  string `json:"agent,omitempty"`
+				Node   string `json:"node,omitempty"`
+				Error  string `json:"agent_error,omitempty"`
+			}{Client: version.String()}
+			s, err := g.client().Status(cmd.Context())
+			if err != nil {
+				v.Error = err.Error()
+			} else {
+				v.Agent, v.Node = s.Version, s.Node
+			}
+			if perr := g.print(cmd.OutOrStdout(), v, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "keyroutectl:\t%s\n", v.Client)
+				if err == nil {
+					fmt.Fprintf(w, "agent:\t%s (node %s)\n", v.Agent, v.Node)
+				}
+			}); perr != nil {
+				return perr
+			}
+			return err
+		},
+	}
+}
 
 // print writes v as JSON, or calls table for humans.
 func (g *globals) print(w io.Writer, v any, table func(*tabwriter.Writer)) error {
@@ -93,6 +135,7 @@ func statusCmd(g *globals) *cobra.Command {
 			}
 			return g.print(cmd.OutOrStdout(), s, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "node:\t%s\n", s.Node)
+				fmt.Fprintf(w, "version:\t%s\n", s.Version)
 				fmt.Fprintf(w, "mode:\t%s\n", s.Mode)
 				fmt.Fprintf(w, "host:\t%s (%s)\n", s.HostIP, s.HostMAC)
 				fmt.Fprintf(w, "pod subnet:\t%s (gateway %s, MAC %s)\n", s.PodSubnet, s.Gateway, s.GatewayMAC)
@@ -159,10 +202,19 @@ func hostsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if len(hs) > 0 && hs[0].StaleSince != "" && g.output != "json" {
+				// To stderr, so scripts reading the table still can, and
+				// people see it.
+				fmt.Fprintf(cmd.ErrOrStderr(), "STALE: the agent's own view, as of %s (stale since then): %s\n", hs[0].StaleSince, hs[0].StaleReason)
+			}
 			return g.print(cmd.OutOrStdout(), hs, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "NAME\tIP\tMAC\tPOD SUBNET\tDATAPATH\tAGENT")
+				fmt.Fprintln(w, "NAME\tIP\tMAC\tPOD SUBNET\tDATAPATH\tAGENT\tVERSION")
 				for _, h := range hs {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.IP, h.MAC, h.PodSubnet, h.Datapath, h.Agent)
+					agent := h.Agent
+					if h.StaleSince != "" {
+						agent += " (stale)"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.IP, h.MAC, h.PodSubnet, h.Datapath, agent, orDash(h.AgentVersion))
 				}
 			})
 		},
