@@ -58,7 +58,7 @@ type cache struct {
 	// once per punt, on the controller's one packet-in goroutine.
 	nhMu     sync.Mutex
 	nextHops map[netip.Addr]cachedHop
-	kickAE chan struct{} // asks for an anti-entropy run now
+	kickAE   chan struct{} // asks for an anti-entropy run now
 
 	// retired counts the packets of entries that are gone, from their
 	// FLOW_REMOVED: [0] egress, [1] restore (keyroute_cache_hit_packets_total).

@@ -76,6 +76,7 @@ func (a *Agent) serveAPI(ctx context.Context) error {
 	}))
 	a.registerRuleRoutes(mux)
 	a.traceHandlers(mux)
+	a.cniHandlers(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -150,14 +151,13 @@ func (a *Agent) handle(fn func(*http.Request) (any, error)) http.HandlerFunc {
 		v, err := fn(r)
 		w.Header().Set("Content-Type", "application/json")
 		if err != nil {
-			code := http.StatusInternalServerError
+			code, kind := errorClass(err)
 			if errors.Is(err, ErrBadRequest) {
-				code = http.StatusBadRequest
 				err = errors.New(strings.TrimPrefix(err.Error(), ErrBadRequest.Error()+": "))
 			}
 			a.log.Warn("API request failed", "path", r.URL.Path, "err", err)
 			w.WriteHeader(code)
-			json.NewEncoder(w).Encode(api.Error{Error: err.Error()})
+			json.NewEncoder(w).Encode(api.Error{Error: err.Error(), Kind: kind})
 			return
 		}
 		json.NewEncoder(w).Encode(v)
@@ -277,7 +277,8 @@ func toAPIEndpoint(ep registry.Endpoint) api.Endpoint {
 	if len(mac) == 0 {
 		mac = containerMAC(ep.IP)
 	}
-	return api.Endpoint{Name: ep.Name, IP: ep.IP.String(), MAC: mac.String(), Host: ep.Host, Port: ep.Port, NetNS: ep.Netns}
+	return api.Endpoint{Name: ep.Name, IP: ep.IP.String(), MAC: mac.String(), Host: ep.Host, Port: ep.Port, NetNS: ep.Netns,
+		ContainerID: ep.ContainerID, IfName: ep.IfName}
 }
 
 // Flows dumps both bridges' flows with counters; table filters br-int's.
