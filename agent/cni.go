@@ -71,7 +71,7 @@ func (a *Agent) cniHandlers(mux *http.ServeMux) {
 		if err := decodeBody(r, &req); err != nil {
 			return nil, err
 		}
-		return map[string]string{}, a.CNICheck(r.Context(), req)
+		return a.CNICheck(r.Context(), req)
 	}))
 	mux.HandleFunc("POST "+api.PathCNIGC, a.handle(func(r *http.Request) (any, error) {
 		var req api.CNIGCRequest
@@ -176,32 +176,41 @@ func (a *Agent) removeCNI(ctx context.Context, ep registry.Endpoint, live bool) 
 
 // CNICheck says what differs from what ADD made: the record, the OVS
 // port, the host end of the veth and the container's interface.
-func (a *Agent) CNICheck(ctx context.Context, req api.CNICheckRequest) error {
+func (a *Agent) CNICheck(ctx context.Context, req api.CNICheckRequest) (api.Endpoint, error) {
+	ep, err := a.cniCheck(ctx, req)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	return toAPIEndpoint(ep), nil
+}
+
+func (a *Agent) cniCheck(ctx context.Context, req api.CNICheckRequest) (registry.Endpoint, error) {
+	fail := func(err error) (registry.Endpoint, error) { return registry.Endpoint{}, err }
 	if err := validateAttachment(req.CNIAttachment); err != nil {
-		return err
+		return fail(err)
 	}
 	name := registry.CNIName(req.ContainerID, req.IfName)
 	a.mu.Lock()
 	ep, ok := a.endpoints[name]
 	a.mu.Unlock()
 	if !ok {
-		return &kindError{api.KindNotFound, fmt.Errorf("container %s has no attachment %s on %s: ADD it again", req.ContainerID, req.IfName, a.cfg.Node)}
+		return fail(&kindError{api.KindNotFound, fmt.Errorf("container %s has no attachment %s on %s: ADD it again", req.ContainerID, req.IfName, a.cfg.Node)})
 	}
 	if req.NetNS != "" && req.NetNS != ep.Netns {
-		return fmt.Errorf("container %s %s is attached to netns %s, not %s", req.ContainerID, req.IfName, ep.Netns, req.NetNS)
+		return fail(fmt.Errorf("container %s %s is attached to netns %s, not %s", req.ContainerID, req.IfName, ep.Netns, req.NetNS))
 	}
 	info, err := a.db.Interface(ctx, ep.Port)
 	if err != nil || info.OFPort <= 0 {
-		return fmt.Errorf("container %s %s: OVS port %s on %s is missing or has no OpenFlow port (%v)", req.ContainerID, req.IfName, ep.Port, BridgeInt, err)
+		return fail(fmt.Errorf("container %s %s: OVS port %s on %s is missing or has no OpenFlow port (%v)", req.ContainerID, req.IfName, ep.Port, BridgeInt, err))
 	}
 	host, err := netlink.LinkByName(ep.Port)
 	if err != nil {
-		return fmt.Errorf("container %s %s: host end %s: %w", req.ContainerID, req.IfName, ep.Port, err)
+		return fail(fmt.Errorf("container %s %s: host end %s: %w", req.ContainerID, req.IfName, ep.Port, err))
 	}
 	if host.Attrs().Flags&net.FlagUp == 0 {
-		return fmt.Errorf("container %s %s: host end %s is down", req.ContainerID, req.IfName, ep.Port)
+		return fail(fmt.Errorf("container %s %s: host end %s is down", req.ContainerID, req.IfName, ep.Port))
 	}
-	return checkContainerLink(ep)
+	return ep, checkContainerLink(ep)
 }
 
 // checkContainerLink checks the interface inside the container: present,

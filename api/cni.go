@@ -79,9 +79,11 @@ func (c *Client) CNIDel(ctx context.Context, r CNIAttachment) error {
 	return c.do(ctx, http.MethodPost, PathCNIDel, nil, r, nil)
 }
 
-// CNICheck returns an error saying what differs from what ADD made.
-func (c *Client) CNICheck(ctx context.Context, r CNICheckRequest) error {
-	return c.do(ctx, http.MethodPost, PathCNICheck, nil, r, nil)
+// CNICheck returns the attachment's endpoint, or an error saying what
+// differs from what ADD made.
+func (c *Client) CNICheck(ctx context.Context, r CNICheckRequest) (Endpoint, error) {
+	var out Endpoint
+	return out, c.do(ctx, http.MethodPost, PathCNICheck, nil, r, &out)
 }
 
 // CNIGC removes the CNI attachments not in r.Valid.
