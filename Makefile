@@ -18,10 +18,20 @@ GOTESTFLAGS  ?=
 # staticcheck 2026.2.2; the first release line that knows Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo clean
+.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo clean install-cni
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+
+# The CNI plugin into the CNI bin directory and its network configuration
+# into the CNI config directory, where container runtimes look for them.
+CNI_BIN_DIR  ?= /opt/cni/bin
+CNI_CONF_DIR ?= /etc/cni/net.d
+install-cni:
+	$(GO) build -o $(BIN)/ ./cmd/keyroute-cni
+	install -d $(CNI_BIN_DIR) $(CNI_CONF_DIR)
+	install -m 0755 $(BIN)/keyroute-cni $(CNI_BIN_DIR)/keyroute-cni
+	install -m 0644 configs/10-keyroute.conflist $(CNI_CONF_DIR)/10-keyroute.conflist
 
 deps:
 	@scripts/install-deps.sh
