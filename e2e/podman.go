@@ -157,5 +157,12 @@ func (p *Podman) ImportBusybox() error {
 // cluster's directory.
 func (p *Podman) Close() error {
 	_, err := p.Run(2*time.Minute, "rm", "--all", "--force", "--time", "0")
+	// podman leaves its parent cgroups behind (cgroupfs manager); rmdir
+	// removes only empty ones, so another podman's are kept.
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/libpod_parent")
+	for _, d := range dirs {
+		os.Remove(filepath.Join(d, "conmon"))
+		os.Remove(d)
+	}
 	return err
 }
