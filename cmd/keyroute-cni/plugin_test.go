@@ -3,9 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/keyroute/keyroute/api"
@@ -84,5 +86,25 @@ func TestResult(t *testing.T) {
 	if r.Interfaces[0].Mtu != 1450 || r.Interfaces[0].Mac != "0a:58:c6:13:01:05" || r.IPs[0].Address.String() != "198.19.1.5/32" ||
 		r.IPs[0].Gateway.String() != "198.19.1.1" || r.Routes[0].Dst.String() != "0.0.0.0/0" || r.Routes[0].GW.String() != "198.19.1.1" {
 		t.Errorf("result %+v", r)
+	}
+}
+
+// TestShippedConflist: configs/10-keyroute.conflist loads in libcni and
+// its plugin configuration passes the plugin's own checks.
+func TestShippedConflist(t *testing.T) {
+	b, err := os.ReadFile("../../configs/10-keyroute.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.NetworkConfFromBytes(b)
+	if err != nil {
+		t.Fatalf("libcni: %v", err)
+	}
+	if list.Name != "keyroute" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "keyroute-cni" || !list.Plugins[0].Network.Capabilities["ips"] {
+		t.Fatalf("conflist %s: want network keyroute with one keyroute-cni plugin declaring ips", b)
+	}
+	c, cerr := parseConf(list.Plugins[0].Bytes)
+	if cerr != nil || c.Socket != DefaultSocket {
+		t.Fatalf("plugin config: %+v, %v; want socket %s", c, cerr, DefaultSocket)
 	}
 }
