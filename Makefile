@@ -18,7 +18,7 @@ GOTESTFLAGS  ?=
 # staticcheck 2026.2.2; the first release line that knows Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo clean install-cni
+.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo demo-runtime clean install-cni
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -94,6 +94,10 @@ demo: deps build
 	else \
 		echo "make demo arrives with the overlay (no cmd/keyroute-demo yet)"; \
 	fi
+
+# The same with containers started by podman through keyroute-cni.
+demo-runtime: deps build
+	$(BIN)/keyroute-demo --runtime
 
 clean:
 	rm -rf $(BIN)
