@@ -339,6 +339,7 @@ func TestCNIAgentDown(t *testing.T) {
 	if ce.Code != types.ErrTryAgainLater || !strings.Contains(ce.Msg, "keyroute-agent does not answer on "+h.APISocket) {
 		t.Fatalf("ADD with the agent stopped: %+v; want code %d saying the agent does not answer", ce, types.ErrTryAgainLater)
 	}
+	t.Logf("ADD with the agent stopped: CNI error %d: %s", ce.Code, ce.Msg)
 	err = e.cni.GetStatusNetworkList(ctx, e.list)
 	if ce := cniCode(t, err); ce.Code != types.ErrPluginNotAvailable {
 		t.Fatalf("STATUS with the agent stopped: %+v, want code %d", ce, types.ErrPluginNotAvailable)
@@ -365,5 +366,38 @@ func TestCNIAgentDown(t *testing.T) {
 	}
 	if _, err := os.Stat(ns); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCNIPoolExhausted: with /29 pod subnets (5 usable addresses) the
+// sixth ADD fails with code 100 and a message saying what to do, and
+// leaves nothing behind.
+func TestCNIPoolExhausted(t *testing.T) {
+	cl := testCluster(t, Options{Hosts: 1, AgentConfig: func(_ int, cfg map[string]any) {
+		cfg["cluster"].(map[string]any)["subnet_bits"] = 29
+	}})
+	e := newCNIEnv(t, cl, cl.Host(1))
+	for i := range 5 {
+		if _, err := e.add(rt(fmt.Sprintf("full%d", i), e.netns(fmt.Sprintf("f%d", i)))); err != nil {
+			t.Fatalf("ADD %d of 5: %v", i, err)
+		}
+	}
+	portsBefore, linksBefore := e.hostState()
+	ns := e.netns("f5")
+	_, err := e.add(rt("full5", ns))
+	ce := cniCode(t, err)
+	if ce.Code != 100 || !strings.Contains(ce.Msg, "no free address") || !strings.Contains(ce.Msg, "cluster.subnet_bits") {
+		t.Fatalf("ADD into a full subnet: %+v; want code 100 saying there is no free address and what to change", ce)
+	}
+	t.Logf("sixth ADD: CNI error %d: %s", ce.Code, ce.Msg)
+	if ports, links := e.hostState(); ports != portsBefore || links != linksBefore {
+		t.Fatalf("a refused ADD changed the host: ports %q -> %q, links %q -> %q", portsBefore, ports, linksBefore, links)
+	}
+	if _, ok := e.endpoints()["full5"]; ok {
+		t.Fatal("a refused ADD left a record")
+	}
+	out, err := simhost.Run("ip", "netns", "exec", filepath.Base(ns), "ip", "-o", "link", "show")
+	if err != nil || strings.Contains(out, "eth0") {
+		t.Fatalf("container namespace after a refused ADD: %q, %v", out, err)
 	}
 }
