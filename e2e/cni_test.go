@@ -361,8 +361,32 @@ func TestCNIAgentDown(t *testing.T) {
 	if _, err := e.add(rt("ctr-x", ns)); err != nil {
 		t.Fatalf("ADD after the agent came back: %v", err)
 	}
-	if err := e.cni.DelNetworkList(ctx, e.list, rt("ctr-x", ns)); err != nil {
+	ep := e.endpoints()["ctr-x"]
+
+	// An attachment whose OVS port went while the agent was down is not
+	// loaded at its start; CHECK says it is unknown and DEL still removes
+	// what is left of it (veth, record).
+	if err := h.StopAgent(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := h.OVS.Vsctl("del-port", "br-int", ep.Port); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.StartAgent(); err != nil {
+		t.Fatal(err)
+	}
+	err = e.cni.CheckNetworkList(ctx, e.list, rt("ctr-x", ns))
+	if ce := cniCode(t, err); ce.Code != types.ErrUnknownContainer {
+		t.Fatalf("CHECK of an attachment whose port is gone: %+v, want code %d", ce, types.ErrUnknownContainer)
+	}
+	if err := e.cni.DelNetworkList(ctx, e.list, rt("ctr-x", ns)); err != nil {
+		t.Fatalf("DEL of an attachment whose port is gone: %v", err)
+	}
+	if _, ok := e.endpoints()["ctr-x"]; ok {
+		t.Fatal("DEL left the record of an attachment whose port was gone")
+	}
+	if _, links := e.hostState(); strings.Contains(links, ep.Port) {
+		t.Fatalf("DEL left veth %s of an attachment whose port was gone", ep.Port)
 	}
 	if _, err := os.Stat(ns); err != nil {
 		t.Fatal(err)
