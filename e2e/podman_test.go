@@ -16,7 +16,7 @@ import (
 // backend) starts on two simulated hosts through keyroute-cni reach each
 // other over the fast path — on the wire plain IPv4 between the hosts'
 // IPs with the pair's DSCP key, no VXLAN — and `podman rm` removes their
-// attachments, OVS ports and records.
+// attachments, OVS ports and records. `podman run --ip` gets its address.
 func TestPodmanCNIFastPath(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.Require(t, "podman", "runc", "conmon")
@@ -54,6 +54,17 @@ func TestPodmanCNIFastPath(t *testing.T) {
 	}
 	a, b := start(h1, "a"), start(h2, "b")
 	t.Logf("podman started a (%s) on h1 and b (%s) on h2", a.ip, b.ip)
+	// podman run --ip reaches the plugin as the ips capability.
+	fixed, err := a.pm.Run(2*time.Minute, "run", "-d", "--name", "fixed", "--network", CNINetwork, "--ip", "198.19.0.77", PodmanImage, "sleep", "3600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep, ok := podEndpoint(t, h1, fixed); !ok || ep.IP != "198.19.0.77" {
+		t.Fatalf("podman run --ip 198.19.0.77: h1 records %+v (found %v)", ep, ok)
+	}
+	if _, err := a.pm.Run(2*time.Minute, "rm", "--force", "--time", "0", "fixed"); err != nil {
+		t.Fatal(err)
+	}
 
 	// The agents recorded them under podman's container IDs.
 	for _, c := range []struct {
@@ -77,7 +88,7 @@ func TestPodmanCNIFastPath(t *testing.T) {
 	// Bootstrap: the first packets of a->b go through VXLAN until the
 	// pair's key is ready.
 	var key uint8
-	err := simhost.WaitFor(30*time.Second, func() error {
+	err = simhost.WaitFor(30*time.Second, func() error {
 		if err := ping(2); err != nil {
 			return err
 		}
