@@ -102,8 +102,8 @@ func (a *Agent) CNIAdd(ctx context.Context, req api.CNIAddRequest) (api.CNIAddRe
 	if req.NetNS == "" || req.NetNS[0] != '/' {
 		return api.CNIAddResult{}, &kindError{api.KindBadNetNS, fmt.Errorf("netns %q is not a path to a network namespace", req.NetNS)}
 	}
-	if _, err := os.Stat(req.NetNS); err != nil {
-		return api.CNIAddResult{}, &kindError{api.KindBadNetNS, fmt.Errorf("netns %s: %w", req.NetNS, err)}
+	if err := checkNetNS(req.NetNS); err != nil {
+		return api.CNIAddResult{}, &kindError{api.KindBadNetNS, err}
 	}
 	ep, err := a.attach(ctx, attachRequest{NetNS: req.NetNS, Name: registry.CNIName(req.ContainerID, req.IfName),
 		IP: req.IP, ContainerID: req.ContainerID, IfName: req.IfName})
@@ -112,6 +112,21 @@ func (a *Agent) CNIAdd(ctx context.Context, req api.CNIAddRequest) (api.CNIAddRe
 	}
 	return api.CNIAddResult{Endpoint: toAPIEndpoint(ep), Gateway: a.host.Gateway.String(), MTU: a.containerMTU,
 		PodSubnet: a.host.Subnet.String(), ClusterCIDR: a.host.Cluster.String()}, nil
+}
+
+// checkNetNS checks that path is a network namespace as this agent sees
+// it. A runtime in a mount namespace the agent does not share (a slave
+// of the host's, as `ip netns exec` makes) creates its namespace's bind
+// mount where the agent sees only the empty file under it.
+func checkNetNS(path string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return fmt.Errorf("netns %s: %w", path, os.ErrNotExist)
+	}
+	if st.Type != unix.NSFS_MAGIC {
+		return fmt.Errorf("netns %s is not a namespace where keyroute-agent looks (file system 0x%x): the runtime made it in a mount namespace the agent does not share; run both in the host's mount namespace (in Kubernetes: mount /run/netns with mountPropagation HostToContainer)", path, st.Type)
+	}
+	return nil
 }
 
 // cniEndpoint finds the endpoint of a CNI attachment: the live one, else

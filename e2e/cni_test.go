@@ -245,6 +245,17 @@ func TestCNILifecycle(t *testing.T) {
 	if ce := cniCode(t, err); ce.Code != types.ErrInvalidNetworkConfig || !strings.Contains(ce.Msg, "absolute path") {
 		t.Fatalf("ADD with a relative socket: %+v, want code 7", ce)
 	}
+	// A namespace path that is no namespace where the agent looks (as
+	// when the runtime bind-mounted it in a mount namespace the agent does
+	// not share): code 8, saying so.
+	fake := filepath.Join(t.TempDir(), "netns")
+	if err := os.WriteFile(fake, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.cni.AddNetworkList(ctx, e.list, rt("ctr-e", fake))
+	if ce := cniCode(t, err); ce.Code != types.ErrInvalidNetNS || !strings.Contains(ce.Msg, "mount namespace") {
+		t.Fatalf("ADD with a plain file as netns: %+v, want code %d about mount namespaces", ce, types.ErrInvalidNetNS)
+	}
 	if err := e.cni.DelNetworkList(ctx, e.list, rb); err != nil {
 		t.Fatal(err)
 	}

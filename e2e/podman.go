@@ -88,10 +88,14 @@ tmp_dir = %q
 	return p, nil
 }
 
-// Run runs podman with h's configuration and returns its stdout; an
-// error carries stderr.
+// Run runs podman with h's configuration in h's network namespace, as
+// the runtime of a real host runs in the host's, and returns its stdout;
+// an error carries stderr. It enters only the network namespace
+// (nsenter --net), not `ip netns exec`'s private mount namespace: that
+// one is a slave of the host's, so the bind mounts podman makes under
+// /run/netns for its containers would stay invisible to the agent.
 func (p *Podman) Run(timeout time.Duration, args ...string) (string, error) {
-	cmd := exec.Command("podman", args...)
+	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + p.Host.NS.Name, "podman"}, args...)...)
 	cmd.Env = p.env
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

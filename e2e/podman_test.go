@@ -19,7 +19,7 @@ import (
 // attachments, OVS ports and records. `podman run --ip` gets its address.
 func TestPodmanCNIFastPath(t *testing.T) {
 	testenv.RequireRoot(t)
-	testenv.Require(t, "podman", "runc", "conmon")
+	testenv.Require(t, "podman", "runc", "conmon", "nsenter")
 	cl := testCluster(t, Options{Hosts: 2, Mode: "rewrite"})
 	h1, h2 := cl.Host(1), cl.Host(2)
 	podWaitDSCPVerified(t, cl)
