@@ -23,7 +23,7 @@ STATICCHECK_VERSION := v0.8.2
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 LDFLAGS      := $(if $(VERSION),-X github.com/keyroute/keyroute/internal/version.Version=$(VERSION))
 
-.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo package clean
+.PHONY: build deps test test-unit lint bench bench-quick bench-go fuzz demo demo-runtime package clean install-cni
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
@@ -35,6 +35,16 @@ PKG_DIR      ?= $(CURDIR)/dist
 package:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/keyroute-agent ./cmd/keyroutectl $(addprefix ./,$(wildcard cmd/keyroute-cni))
 	@scripts/build-deb.sh $(BIN) $(PKG_DIR) '$(VERSION)'
+
+# The CNI plugin into the CNI bin directory and its network configuration
+# into the CNI config directory, where container runtimes look for them.
+CNI_BIN_DIR  ?= /opt/cni/bin
+CNI_CONF_DIR ?= /etc/cni/net.d
+install-cni:
+	$(GO) build -o $(BIN)/ ./cmd/keyroute-cni
+	install -d $(CNI_BIN_DIR) $(CNI_CONF_DIR)
+	install -m 0755 $(BIN)/keyroute-cni $(CNI_BIN_DIR)/keyroute-cni
+	install -m 0644 configs/10-keyroute.conflist $(CNI_CONF_DIR)/10-keyroute.conflist
 
 deps:
 	@scripts/install-deps.sh
@@ -97,6 +107,10 @@ demo: deps build
 	else \
 		echo "make demo arrives with the overlay (no cmd/keyroute-demo yet)"; \
 	fi
+
+# The same with containers started by podman through keyroute-cni.
+demo-runtime: deps build
+	$(BIN)/keyroute-demo --runtime
 
 clean:
 	rm -rf $(BIN) $(CURDIR)/dist

@@ -25,8 +25,24 @@ func badRequest(format string, args ...any) error {
 // attaching the same name to the same namespace again returns the existing
 // endpoint. On error nothing is left behind.
 func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (registry.Endpoint, error) {
+	return a.attach(ctx, attachRequest{NetNS: netnsName, Name: name, IP: ipStr})
+}
+
+// attachRequest is what Attach and CNI ADD ask for.
+type attachRequest struct {
+	NetNS, Name, IP string
+	// ContainerID and IfName are set by CNI ADD; IfName defaults to eth0.
+	ContainerID, IfName string
+}
+
+func (a *Agent) attach(ctx context.Context, req attachRequest) (registry.Endpoint, error) {
 	a.attachMu.Lock()
 	defer a.attachMu.Unlock()
+	netnsName, name, ipStr := req.NetNS, req.Name, req.IP
+	ifname := req.IfName
+	if ifname == "" {
+		ifname = "eth0"
+	}
 	if err := registry.ValidateName(name); err != nil {
 		return registry.Endpoint{}, badRequest("container name %q: %v", name, err)
 	}
@@ -56,7 +72,7 @@ func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (regi
 		return registry.Endpoint{}, badRequest("container %q is already attached (netns %s, ip %s): detach it first", name, existing.Netns, existing.IP)
 	}
 	port := hostPortName(name)
-	want := registry.Endpoint{IP: ip, Host: a.cfg.Node, Name: name, Netns: path, Port: port}
+	want := registry.Endpoint{IP: ip, Host: a.cfg.Node, Name: name, Netns: path, Port: port, ContainerID: req.ContainerID, IfName: req.IfName}
 	var ep registry.Endpoint
 	if ip.IsValid() && !a.host.Subnet.Contains(ip) {
 		// An address of another host's subnet (it moved here): every host
@@ -67,7 +83,11 @@ func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (regi
 	}
 	if err != nil {
 		if errors.Is(err, registry.ErrIPInUse) {
-			return registry.Endpoint{}, badRequest("%v", err)
+			return registry.Endpoint{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
+		}
+		if errors.Is(err, registry.ErrAddrsExhausted) {
+			return registry.Endpoint{}, fmt.Errorf("no free address for %s in %s's pod subnet %s: detach unused containers (keyroutectl endpoints) or give hosts larger subnets (cluster.subnet_bits): %w",
+				name, a.cfg.Node, a.host.Subnet, err)
 		}
 		a.metrics.etcdErrors.WithLabelValues("allocate_endpoint").Inc()
 		return registry.Endpoint{}, fmt.Errorf("allocate an IP for %s: %w", name, err)
@@ -81,7 +101,7 @@ func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (regi
 	// A container's MAC follows from its IP, so no second write is needed
 	// to record it and every host derives the same one.
 	ep.MAC = containerMAC(ep.IP)
-	if err := createContainerLink(containerLink{NetNS: path, HostEnd: port, IP: ep.IP, MAC: ep.MAC, Gateway: a.host.Gateway, MTU: a.containerMTU}); err != nil {
+	if err := createContainerLink(containerLink{NetNS: path, IfName: ifname, HostEnd: port, IP: ep.IP, MAC: ep.MAC, Gateway: a.host.Gateway, MTU: a.containerMTU}); err != nil {
 		undo()
 		return registry.Endpoint{}, badRequestIf(err)
 	}
@@ -125,7 +145,7 @@ func (a *Agent) Attach(ctx context.Context, netnsName, name, ipStr string) (regi
 
 // badRequestIf classifies netns problems as the caller's.
 func badRequestIf(err error) error {
-	if strings.Contains(err.Error(), "already has an eth0") {
+	if strings.Contains(err.Error(), "already has an ") {
 		return fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	return err

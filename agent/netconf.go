@@ -145,6 +145,7 @@ func netnsPath(ns string) (string, error) {
 // containerLink describes what attach puts into a container namespace.
 type containerLink struct {
 	NetNS   string // path
+	IfName  string // inside the container; empty means eth0
 	HostEnd string
 	IP      netip.Addr
 	MAC     net.HardwareAddr
@@ -187,15 +188,19 @@ func createContainerLink(c containerLink) (err error) {
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", peerTmp, c.NetNS, err)
 	}
-	if old, err := h.LinkByName("eth0"); err == nil {
+	ifname := c.IfName
+	if ifname == "" {
+		ifname = "eth0"
+	}
+	if old, err := h.LinkByName(ifname); err == nil {
 		h.LinkDel(in)
-		return fmt.Errorf("namespace %s already has an eth0 (%s): detach it or use a fresh namespace", c.NetNS, old.Type())
+		return fmt.Errorf("namespace %s already has an %s (%s): detach it or use a fresh namespace", c.NetNS, ifname, old.Type())
 	}
 	steps := []struct {
 		what string
 		fn   func() error
 	}{
-		{"rename to eth0", func() error { return h.LinkSetName(in, "eth0") }},
+		{"rename to " + ifname, func() error { return h.LinkSetName(in, ifname) }},
 		{"set MAC", func() error { return h.LinkSetHardwareAddr(in, c.MAC) }},
 		{"set MTU", func() error { return h.LinkSetMTU(in, c.MTU) }},
 		{"add address", func() error {
@@ -205,12 +210,12 @@ func createContainerLink(c containerLink) (err error) {
 		{"add default route", func() error {
 			return h.RouteAdd(&netlink.Route{LinkIndex: in.Attrs().Index, Gw: c.Gateway.AsSlice(), Flags: int(netlink.FLAG_ONLINK)})
 		}},
-		{"turn off TX checksum offload", func() error { return txChecksumOff(nsh, "eth0") }},
+		{"turn off TX checksum offload", func() error { return txChecksumOff(nsh, ifname) }},
 	}
 	for _, s := range steps {
 		if err := s.fn(); err != nil {
 			h.LinkDel(in)
-			return fmt.Errorf("container eth0 in %s: %s: %w", c.NetNS, s.what, err)
+			return fmt.Errorf("container %s in %s: %s: %w", ifname, c.NetNS, s.what, err)
 		}
 	}
 	host, err := netlink.LinkByName(c.HostEnd)

@@ -89,6 +89,7 @@ func (a *Agent) serveAPI(ctx context.Context, ln net.Listener) error {
 	}))
 	a.registerRuleRoutes(mux)
 	a.traceHandlers(mux)
+	a.cniHandlers(mux)
 	if a.cfg.APIListen != "" {
 		rln, err := a.listenRemoteAPI()
 		if err != nil {
@@ -171,14 +172,13 @@ func (a *Agent) handle(fn func(*http.Request) (any, error)) http.HandlerFunc {
 		v, err := fn(r)
 		w.Header().Set("Content-Type", "application/json")
 		if err != nil {
-			code := http.StatusInternalServerError
+			code, kind := errorClass(err)
 			if errors.Is(err, ErrBadRequest) {
-				code = http.StatusBadRequest
 				err = errors.New(strings.TrimPrefix(err.Error(), ErrBadRequest.Error()+": "))
 			}
 			a.log.Warn("API request failed", "path", r.URL.Path, "err", err)
 			w.WriteHeader(code)
-			json.NewEncoder(w).Encode(api.Error{Error: err.Error()})
+			json.NewEncoder(w).Encode(api.Error{Error: err.Error(), Kind: kind})
 			return
 		}
 		json.NewEncoder(w).Encode(v)
@@ -346,7 +346,8 @@ func toAPIEndpoint(ep registry.Endpoint) api.Endpoint {
 	if len(mac) == 0 {
 		mac = containerMAC(ep.IP)
 	}
-	return api.Endpoint{Name: ep.Name, IP: ep.IP.String(), MAC: mac.String(), Host: ep.Host, Port: ep.Port, NetNS: ep.Netns}
+	return api.Endpoint{Name: ep.Name, IP: ep.IP.String(), MAC: mac.String(), Host: ep.Host, Port: ep.Port, NetNS: ep.Netns,
+		ContainerID: ep.ContainerID, IfName: ep.IfName}
 }
 
 // Flows dumps both bridges' flows with counters; table filters br-int's.

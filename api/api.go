@@ -162,6 +162,9 @@ type Endpoint struct {
 	Host  string `json:"host"`
 	Port  string `json:"port"`
 	NetNS string `json:"netns,omitempty"`
+	// ContainerID and IfName are set for attachments made through CNI.
+	ContainerID string `json:"container_id,omitempty"`
+	IfName      string `json:"ifname,omitempty"`
 }
 
 // Flow is one installed flow with its counters.
@@ -228,7 +231,28 @@ type DetachRequest struct {
 // Error is the body of every non-2xx answer.
 type Error struct {
 	Error string `json:"error"`
+	// Kind classifies the error for programs (the CNI plugin maps it to
+	// CNI error codes); empty for errors of no particular kind.
+	Kind string `json:"kind,omitempty"`
 }
+
+// Error kinds.
+const (
+	KindBadRequest    = "bad_request"    // the caller's input is wrong
+	KindIPInUse       = "ip_in_use"      // a requested address is held
+	KindPoolExhausted = "pool_exhausted" // no free address in the pod subnet
+	KindNotFound      = "not_found"      // no such attachment
+	KindBadNetNS      = "bad_netns"      // the network namespace is not usable
+)
+
+// AgentError is an error the agent answered with.
+type AgentError struct {
+	Status int // HTTP status
+	Kind   string
+	Msg    string
+}
+
+func (e *AgentError) Error() string { return e.Msg }
 
 // Default per-request deadlines of a Client: a question (GET) is answered
 // from the agent's own state or with an error naming what is unreachable
@@ -383,7 +407,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 	if resp.StatusCode/100 != 2 {
 		var e Error
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
+			return &AgentError{Status: resp.StatusCode, Kind: e.Kind, Msg: e.Error}
 		}
 		return fmt.Errorf("agent answered %s", resp.Status)
 	}

@@ -26,6 +26,7 @@ const (
 	goodHost     = `{"name":"h1","underlayIP":"198.18.0.1","underlayMAC":"02:00:00:00:00:01","podSubnet":"198.19.1.0/24","datapath":"netdev","agentVersion":"0.1.0"}`
 	ipv6Host     = `{"name":"evil","underlayIP":"2001:db8::1","underlayMAC":"02:00:00:00:00:09","podSubnet":"198.19.9.0/24"}`
 	goodEndpoint = `{"ip":"198.19.1.5","host":"h1","name":"c1","mac":"0a:58:c6:13:01:05","netns":"/run/netns/c1","port":"kr0123456789a"}`
+	cniEndpoint  = `{"ip":"198.19.1.6","host":"h1","name":"0123abcd_x.y-z:eth0","mac":"0a:58:c6:13:01:06","netns":"/run/netns/c2","port":"kr0123456789b","container_id":"0123abcd_x.y-z","ifname":"eth0"}`
 	ipv6Roaming  = `{"ip":"2001:db8::5","host":"h1","name":"x"}`
 )
 
@@ -160,6 +161,9 @@ func TestDecodeEndpointAndRoaming(t *testing.T) {
 	if e, err := c.decodeRoaming(kv("roaming/198.19.1.5", goodEndpoint)); err != nil || e.Name != "c1" {
 		t.Fatalf("good roaming: %+v, %v", e, err)
 	}
+	if e, err := c.decodeEndpoint(kv("endpoints/198.19.1.6", cniEndpoint)); err != nil || e.ContainerID != "0123abcd_x.y-z" || e.IfName != "eth0" {
+		t.Fatalf("good CNI endpoint: %+v, %v", e, err)
+	}
 	for _, tc := range []struct{ name, ip, value, want string }{
 		{"IPv6", "2001:db8::5", ipv6Roaming, "IP: 2001:db8::5 is not IPv4"},
 		{"outside the cluster", "10.1.2.3", `{"ip":"10.1.2.3","host":"h1","name":"x"}`, "IP: 10.1.2.3 is outside the cluster's 198.19.0.0/16"},
@@ -174,6 +178,14 @@ func TestDecodeEndpointAndRoaming(t *testing.T) {
 		{"port with a slash", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","port":"a/b"}`, "endpoint h1/x: port"},
 		{"long netns", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","netns":"` + strings.Repeat("n", 4097) + `"}`, "endpoint h1/x: netns"},
 		{"netns with a newline", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","netns":"a\nb"}`, "endpoint h1/x: netns"},
+		{"container ID without ifname", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","container_id":"abc"}`, "endpoint h1/x: interface name"},
+		{"ifname without container ID", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","ifname":"eth0"}`, "endpoint h1/x: container ID: empty"},
+		{"container ID with a slash", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","container_id":"a/b","ifname":"eth0"}`, "endpoint h1/x: container ID"},
+		{"container ID starting with a dash", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","container_id":"-a","ifname":"eth0"}`, "endpoint h1/x: container ID"},
+		{"long container ID", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","container_id":"` + strings.Repeat("a", 238) + `","ifname":"eth0"}`, "endpoint h1/x: container ID"},
+		{"ifname with a colon", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","container_id":"abc","ifname":"eth:0"}`, "endpoint h1/x: interface name"},
+		{"long ifname", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","container_id":"abc","ifname":"eth0123456789abc"}`, "endpoint h1/x: interface name"},
+		{"ifname dot-dot", "198.19.1.5", `{"ip":"198.19.1.5","host":"h1","name":"x","container_id":"abc","ifname":".."}`, "endpoint h1/x: interface name"},
 		{"multicast IP", "239.0.0.1", `{"ip":"239.0.0.1","host":"h1","name":"x"}`, "IP: 239.0.0.1 is not a unicast"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -301,6 +313,9 @@ func FuzzDecodeSubnet(f *testing.F) {
 func fuzzEndpoint(f *testing.F, kind, dir string, decode func(*mvccpb.KeyValue) (Endpoint, error)) {
 	f.Add("198.19.1.5", []byte(goodEndpoint))
 	f.Add("2001:db8::5", []byte(ipv6Roaming))
+	f.Add("198.19.1.6", []byte(cniEndpoint))
+	f.Add("198.19.1.6", []byte(`{"ip":"198.19.1.6","host":"h1","name":"x","container_id":"-a","ifname":"eth0"}`))
+	f.Add("198.19.1.6", []byte(`{"ip":"198.19.1.6","host":"h1","name":"x","container_id":"a","ifname":"e\u00e9"}`))
 	f.Add("198.19.1.5", []byte(`{"ip":"198.19.1.5","host":"h1","name":"x","mac":"0a-58-c6-13-01-05"}`))
 	f.Add("10.1.2.3", []byte(`{"ip":"10.1.2.3","host":"h1","name":"x"}`))
 	f.Add("198.19.1.5", []byte(`{"ip":"198.19.1.5","host":"h1","name":"x","port":"kr0123456789abcdef"}`))

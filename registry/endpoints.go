@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -26,6 +27,11 @@ type Endpoint struct {
 	MAC   net.HardwareAddr
 	Netns string
 	Port  string // OVS port name on br-int
+	// ContainerID and IfName are set for attachments made through CNI:
+	// the runtime's container ID and the interface name inside it.
+	// DEL and GC find attachments by them.
+	ContainerID string
+	IfName      string
 }
 
 type endpointJSON struct {
@@ -35,6 +41,9 @@ type endpointJSON struct {
 	MAC   string     `json:"mac,omitempty"`
 	Netns string     `json:"netns,omitempty"`
 	Port  string     `json:"port,omitempty"`
+	// CNI attachments only.
+	ContainerID string `json:"container_id,omitempty"`
+	IfName      string `json:"ifname,omitempty"`
 }
 
 // MarshalJSON writes the MAC as "aa:bb:cc:dd:ee:ff".
@@ -43,7 +52,7 @@ func (e Endpoint) MarshalJSON() ([]byte, error) {
 	if len(e.MAC) > 0 {
 		mac = e.MAC.String()
 	}
-	return json.Marshal(endpointJSON{e.IP, e.Host, e.Name, mac, e.Netns, e.Port})
+	return json.Marshal(endpointJSON{e.IP, e.Host, e.Name, mac, e.Netns, e.Port, e.ContainerID, e.IfName})
 }
 
 // UnmarshalJSON reads what MarshalJSON writes; it does not validate.
@@ -59,7 +68,7 @@ func (e *Endpoint) UnmarshalJSON(b []byte) error {
 			return fmt.Errorf("MAC: %w", err)
 		}
 	}
-	*e = Endpoint{j.IP, j.Host, j.Name, mac, j.Netns, j.Port}
+	*e = Endpoint{j.IP, j.Host, j.Name, mac, j.Netns, j.Port, j.ContainerID, j.IfName}
 	return nil
 }
 
@@ -102,8 +111,60 @@ func (e Endpoint) validateOwner() error {
 			return fmt.Errorf("endpoint %s/%s: port %.20q is not an interface name of at most %d bytes", e.Host, e.Name, e.Port, maxPortLen)
 		}
 	}
+	if e.ContainerID != "" || e.IfName != "" {
+		if err := ValidateContainerID(e.ContainerID); err != nil {
+			return fmt.Errorf("endpoint %s/%s: container ID: %w", e.Host, e.Name, err)
+		}
+		if err := ValidateIfName(e.IfName); err != nil {
+			return fmt.Errorf("endpoint %s/%s: interface name: %w", e.Host, e.Name, err)
+		}
+	}
 	return nil
 }
+
+// maxContainerIDLen leaves room in an endpoint's name (253 bytes) for
+// ":" and an interface name.
+const maxContainerIDLen = 237
+
+// ValidateContainerID checks a CNI container ID as the CNI spec defines
+// it: an alphanumeric first character, then alphanumerics, '_', '.' or '-'.
+func ValidateContainerID(id string) error {
+	if id == "" {
+		return errors.New("empty")
+	}
+	if len(id) > maxContainerIDLen {
+		return fmt.Errorf("%.20q... longer than %d bytes", id, maxContainerIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '_' && c != '.' && c != '-') {
+			return fmt.Errorf("%q: want an alphanumeric first character, then alphanumerics, '_', '.' or '-'", id)
+		}
+	}
+	return nil
+}
+
+// ValidateIfName checks an interface name as the CNI spec and the kernel
+// allow it: 1 to 15 bytes, not "." or "..", no '/', ':' or white space.
+func ValidateIfName(name string) error {
+	if name == "" || len(name) > maxPortLen {
+		return fmt.Errorf("%.20q is not 1 to %d bytes", name, maxPortLen)
+	}
+	if name == "." || name == ".." {
+		return fmt.Errorf("%q is not a usable name", name)
+	}
+	for _, r := range name {
+		if r == '/' || r == ':' || r > unicode.MaxASCII || unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			return fmt.Errorf("%q contains %q", name, r)
+		}
+	}
+	return nil
+}
+
+// CNIName is the endpoint name of a CNI attachment: ':' appears in
+// neither part, so distinct pairs never share a name.
+func CNIName(containerID, ifname string) string { return containerID + ":" + ifname }
 
 // EndpointFilter selects endpoints; zero fields match everything.
 type EndpointFilter struct {

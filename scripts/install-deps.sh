@@ -27,6 +27,10 @@ DEPS=(
 	kmod:modprobe  # preflight tries `modprobe openvswitch`
 	procps:sysctl  # test namespaces turn IPv6 off with sysctl
 	make:make
+	podman:podman          # the CNI e2e runs containers with podman's CNI network backend
+	runc:runc              # podman's runtime there (crun refuses hybrid cgroup layouts)
+	containernetworking-plugins:/usr/lib/cni/loopback
+	busybox-static:/bin/busybox # the podman e2e's image is made from it, nothing is pulled
 	ca-certificates:/etc/ssl/certs/ca-certificates.crt # Go module downloads
 )
 # Packaged daemons this script must not leave running.

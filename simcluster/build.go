@@ -14,7 +14,7 @@ import (
 // ModulePath is the module whose binaries the harness builds.
 const ModulePath = "github.com/keyroute/keyroute"
 
-// BuildBinaries builds keyroute-agent and keyroutectl into dir with
+// BuildBinaries builds keyroute-agent, keyroutectl and keyroute-cni into dir with
 // `go build` from the module root. Tests that make several clusters call it
 // once (e.g. in TestMain) and pass dir as Options.BinDir.
 func BuildBinaries(ctx context.Context, dir string) error {
@@ -26,7 +26,7 @@ func BuildBinaries(ctx context.Context, dir string) error {
 		return fmt.Errorf("build binaries: %w", err)
 	}
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator),
-		"./cmd/keyroute-agent", "./cmd/keyroutectl")
+		"./cmd/keyroute-agent", "./cmd/keyroutectl", "./cmd/keyroute-cni")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build binaries in %s: %w\n%s", root, err, out)

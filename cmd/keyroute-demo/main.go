@@ -7,7 +7,8 @@
 // watches the fabric to show which path the traffic took (VXLAN or
 // rewritten with a DSCP key), prints a summary and tears everything down.
 // Each step prints ✓ or ✗; any ✗ makes the exit status non-zero. Ctrl-C
-// tears down too.
+// tears down too. --runtime starts the containers with podman through the
+// CNI plugin instead (make demo-runtime).
 package main
 
 import (
@@ -40,7 +41,12 @@ func main() {
 	bin := flag.String("bin", "", "directory with keyroute-agent and keyroutectl (default: next to this program, else build them)")
 	down := flag.Bool("down", false, "tear down a cluster left up by --keep, then exit")
 	verbose := flag.Bool("v", false, "log the harness's progress")
+	runtime := flag.Bool("runtime", false, "start the containers with podman through keyroute-cni (CNI) instead of keyroutectl")
 	flag.Parse()
+	if *runtime && *keep {
+		fmt.Fprintln(os.Stderr, "keyroute-demo: --runtime removes its podman containers at the end; it cannot be combined with --keep")
+		os.Exit(2)
+	}
 	if *down {
 		if err := simcluster.Teardown(keepPrefix); err != nil {
 			fmt.Fprintln(os.Stderr, "keyroute-demo:", err)
@@ -57,7 +63,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "keyroute-demo: needs root (network namespaces, Open vSwitch)")
 		os.Exit(2)
 	}
-	os.Exit(run(*mode, simcluster.DefaultBinDir(*bin), *keep, *verbose))
+	if *runtime && *mode != "rewrite" {
+		fmt.Fprintln(os.Stderr, "keyroute-demo: --runtime shows the fast path: use it with --mode rewrite")
+		os.Exit(2)
+	}
+	os.Exit(run(*mode, simcluster.DefaultBinDir(*bin), *keep, *runtime, *verbose))
 }
 
 // demo prints steps and remembers whether any failed.
@@ -80,7 +90,7 @@ func (d *demo) step(what string, fn func() (string, error)) bool {
 	return true
 }
 
-func run(mode, bin string, keep, verbose bool) int {
+func run(mode, bin string, keep, runtime, verbose bool) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Ctrl-C: while the cluster starts, cancel (NewCluster cleans up after
@@ -140,8 +150,12 @@ func run(mode, bin string, keep, verbose bool) int {
 		return 130
 	}
 
-	s := &summary{cl: cl, mode: mode}
-	s.run(d)
+	if runtime {
+		runtimeDemo(d, cl)
+	} else {
+		s := &summary{cl: cl, mode: mode}
+		s.run(d)
+	}
 	signal.Stop(sigc) // from here on Ctrl-C just ends the program
 	if keep && d.failed == 0 {
 		cl.Close() // stops traffic tools only
