@@ -32,6 +32,9 @@ if [ -x "$bin/keyroute-cni" ]; then
 	# Debian's CNI plugins live in /usr/lib/cni (containernetworking-plugins).
 	install -d "$pkg/usr/lib/cni"
 	install -m 755 "$bin/keyroute-cni" "$pkg/usr/lib/cni/"
+	# The network configuration is an example, not installed into
+	# /etc/cni/net.d: a runtime would make it its default network.
+	install -m 644 "$root/configs/10-keyroute.conflist" "$pkg/usr/share/doc/keyroute/"
 fi
 install -m 644 "$src/keyroute-agent.service" "$pkg/lib/systemd/system/"
 install -m 644 "$root/configs/agent.yaml" "$pkg/etc/keyroute/agent.yaml"
