@@ -111,7 +111,7 @@ type Eviction struct {
 
 // DefaultEviction is the agents' traffic policy.
 func DefaultEviction() Eviction {
-	return Eviction{On: true, Factor: 2, MinRate: 1000, Hold: 5 * time.Second, MaxSwaps: 8}
+	return Eviction{On: true, Factor: 2, MinRate: 500, Hold: 5 * time.Second, MaxSwaps: 8}
 }
 
 // Fallback reasons the machine gives itself; others come from the agent

@@ -42,6 +42,10 @@ type churnTraffic struct {
 	retired  []net.PacketConn // replaced by resend
 	started  [][]atomic.Bool  // [sender][receiver]
 	paused   []atomic.Bool    // [sender]
+	// size and every shape each pair's traffic when set (setShape):
+	// datagrams of size bytes every every-th tick; else a short one
+	// every tick.
+	size, every [][]int
 	phase    atomic.Int32
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -117,6 +121,21 @@ func (ct *churnTraffic) resend(s *simcluster.Container) {
 	ct.send[i], ct.conns[i] = s, c
 }
 
+// setShape gives pair (i, j) datagrams of size bytes every every-th tick.
+func (ct *churnTraffic) setShape(i, j, size, every int) {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	if ct.size == nil {
+		ct.size, ct.every = ct2[int](len(ct.send), len(ct.recv)), ct2[int](len(ct.send), len(ct.recv))
+		for a := range ct.every {
+			for b := range ct.every[a] {
+				ct.every[a][b] = 1
+			}
+		}
+	}
+	ct.size[i][j], ct.every[i][j] = size, max(1, every)
+}
+
 func (ct *churnTraffic) counts(m map[int32][][]int, phase int32) [][]int {
 	if m[phase] == nil {
 		m[phase] = ct2[int](len(ct.send), len(ct.recv))
@@ -128,13 +147,14 @@ func (ct *churnTraffic) sender(i int) {
 	defer ct.wg.Done()
 	tick := time.NewTicker(ct.tick)
 	defer tick.Stop()
-	var seq int
+	var seq, n int
 	for {
 		select {
 		case <-ct.stop:
 			return
 		case <-tick.C:
 		}
+		n++
 		if ct.paused[i].Load() {
 			continue
 		}
@@ -145,9 +165,19 @@ func (ct *churnTraffic) sender(i int) {
 			}
 			ct.mu.Lock()
 			src, dst, c := ct.send[i], ct.recv[j], ct.conns[i]
+			size, every := 0, 1
+			if ct.size != nil {
+				size, every = ct.size[i][j], ct.every[i][j]
+			}
 			ct.mu.Unlock()
+			if (n+i+j)%every != 0 {
+				continue
+			}
 			seq++
-			msg := fmt.Appendf(nil, "kr|%s|%s|%d|%d", src.Name, dst.Name, phase, seq)
+			msg := fmt.Appendf(nil, "kr|%s|%s|%d|%d|", src.Name, dst.Name, phase, seq)
+			for len(msg) < size {
+				msg = append(msg, 'x')
+			}
 			_, err := c.WriteTo(msg, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst.IP, churnPort)))
 			ct.mu.Lock()
 			if err != nil {
@@ -207,7 +237,7 @@ func (ct *churnTraffic) deliver(r *simcluster.Container, msg []byte, from netip.
 			ct.bad = append(ct.bad, fmt.Sprintf("%s (%s) got %q from %s: %s", r.Name, r.IP, msg, from, why))
 		}
 	}
-	if len(f) != 5 || string(f[0]) != "kr" {
+	if len(f) < 5 || string(f[0]) != "kr" {
 		bad("not our datagram")
 		return
 	}
