@@ -34,30 +34,30 @@ const (
 // misdelivery. The churn test runs it over 72 pairs; the cache protocol
 // v2 tests (rewrite_v2_test.go) over a few.
 type churnTraffic struct {
-	t        *testing.T
-	tick     time.Duration
-	send     []*simcluster.Container // indexes stay valid when a sender is re-attached
-	recv     []*simcluster.Container // indexes stay valid when a receiver is re-attached
-	conns    []net.PacketConn
-	retired  []net.PacketConn // replaced by resend
-	started  [][]atomic.Bool  // [sender][receiver]
-	paused   []atomic.Bool    // [sender]
+	t       *testing.T
+	tick    time.Duration
+	send    []*simcluster.Container // indexes stay valid when a sender is re-attached
+	recv    []*simcluster.Container // indexes stay valid when a receiver is re-attached
+	conns   []net.PacketConn
+	retired []net.PacketConn // replaced by resend
+	started [][]atomic.Bool  // [sender][receiver]
+	paused  []atomic.Bool    // [sender]
 	// size and every shape each pair's traffic when set (setShape):
 	// datagrams of size bytes every every-th tick; else a short one
 	// every tick.
 	size, every [][]int
-	phase    atomic.Int32
-	stop     chan struct{}
-	wg       sync.WaitGroup
-	recvWG   sync.WaitGroup
-	mu       sync.Mutex
-	sent     map[int32][][]int
-	got      map[int32][][]int
-	last     [][]time.Time     // last delivery per pair
-	maxGap   [][]time.Duration // longest time between two deliveries per pair
-	bad      []string          // misdeliveries, as found
-	badCount int
-	sendErrs int
+	phase       atomic.Int32
+	stop        chan struct{}
+	wg          sync.WaitGroup
+	recvWG      sync.WaitGroup
+	mu          sync.Mutex
+	sent        map[int32][][]int
+	got         map[int32][][]int
+	last        [][]time.Time     // last delivery per pair
+	maxGap      [][]time.Duration // longest time between two deliveries per pair
+	bad         []string          // misdeliveries, as found
+	badCount    int
+	sendErrs    int
 }
 
 // newChurnTraffic starts the receivers' sockets and the senders, none of
