@@ -701,14 +701,7 @@ func (a *Agent) snapshot() ([]flows.Endpoint, []flows.Peer, []flows.Roaming) {
 // for every peer: OVS 3.1 ages them out, and a missing entry drops tunnel
 // packets until an ARP round trip completes.
 func (a *Agent) refreshTunnelNeighbours(ctx context.Context) {
-	t := time.NewTicker(30 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, 30*time.Second, func() {
 		a.mu.Lock()
 		peers := make([]registry.Host, 0, len(a.peers))
 		for _, h := range a.peers {
@@ -717,6 +710,20 @@ func (a *Agent) refreshTunnelNeighbours(ctx context.Context) {
 		a.mu.Unlock()
 		for _, h := range peers {
 			a.setTunnelNeighbour(h)
+		}
+	})
+}
+
+// every runs fn every d until ctx ends (the first run after d).
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
 		}
 	}
 }

@@ -446,16 +446,7 @@ func (c *cache) validRecv(r keyalloc.Record) bool {
 // Timers and anti-entropy.
 
 func (c *cache) tick(ctx context.Context) {
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			c.do(c.m.Tick)
-		}
-	}
+	every(ctx, 100*time.Millisecond, func() { c.do(c.m.Tick) })
 }
 
 // antiEntropyLoop compares records and flows both ways every

@@ -56,16 +56,7 @@ func (a *Agent) checkEtcd(ctx context.Context) error {
 // monitorEtcd keeps etcdHealth current, so a change is refused at once
 // while etcd is unreachable and stale answers say since when.
 func (a *Agent) monitorEtcd(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		a.checkEtcd(ctx)
-	}
+	every(ctx, time.Second, func() { a.checkEtcd(ctx) })
 }
 
 // etcdUnreachable reports whether err means etcd did not answer (as

@@ -52,22 +52,15 @@ func (r *rateMeter) update(stats []openflow.FlowStats, dt time.Duration) map[cac
 
 // rateLoop feeds the machine each pair's traffic every rateEvery.
 func (c *cache) rateLoop(ctx context.Context) {
-	t := time.NewTicker(rateEvery)
-	defer t.Stop()
 	var meter rateMeter
 	last := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, rateEvery, func() {
 		if err := c.readRates(ctx, &meter, time.Since(last)); err != nil {
 			c.a.log.Debug("cache rates skipped", "err", err)
-			continue
+			return
 		}
 		last = time.Now()
-	}
+	})
 }
 
 func (c *cache) readRates(ctx context.Context, meter *rateMeter, dt time.Duration) error {

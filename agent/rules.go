@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"iter"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
 	"sort"
@@ -319,33 +321,18 @@ func (e *ruleEngine) checkWith(r rules.Rule) error {
 // when that is a problem rather than "selects nothing here").
 func (e *ruleEngine) resolve(r rules.Rule, local map[string]netip.Addr) (*flows.ResolvedRule, string) {
 	rr := &flows.ResolvedRule{ID: ruleCookieID(r.ID), Priority: uint16(r.Priority), Ingress: r.Direction == rules.Ingress, ICMPType: -1}
-	switch {
-	case r.Local.Name != "":
-		for n, ip := range local {
-			if r.Local.Matches(n) {
-				rr.Local = append(rr.Local, netip.PrefixFrom(ip, 32))
-			}
-		}
-		if len(rr.Local) == 0 {
-			return nil, ""
-		}
-	case r.Local.CIDR != "":
-		p, _ := r.Local.Prefix()
-		rr.Local = []netip.Prefix{p}
+	var ok bool
+	if rr.Local, ok = selectPrefixes(r.Local, maps.All(local)); !ok {
+		return nil, ""
 	}
-	switch {
-	case r.Remote.Name != "":
+	if rr.Remote, ok = selectPrefixes(r.Remote, func(yield func(string, netip.Addr) bool) {
 		for ip, n := range e.remote {
-			if r.Remote.Matches(n) {
-				rr.Remote = append(rr.Remote, netip.PrefixFrom(ip, 32))
+			if !yield(n, ip) {
+				return
 			}
 		}
-		if len(rr.Remote) == 0 {
-			return nil, ""
-		}
-	case r.Remote.CIDR != "":
-		p, _ := r.Remote.Prefix()
-		rr.Remote = []netip.Prefix{p}
+	}); !ok {
+		return nil, ""
 	}
 	sortPrefixes(rr.Local)
 	sortPrefixes(rr.Remote)
@@ -646,4 +633,23 @@ func ruleErr(err error) error {
 		return badRequest("%v", err)
 	}
 	return err
+}
+
+// selectPrefixes resolves a rule's selector: a name pattern to the /32s of
+// the matching endpoints (ok false when none matches, so the rule has
+// nothing to apply to), a CIDR to itself, an empty selector to nothing.
+func selectPrefixes(s rules.Selector, endpoints iter.Seq2[string, netip.Addr]) (ps []netip.Prefix, ok bool) {
+	switch {
+	case s.Name != "":
+		for n, ip := range endpoints {
+			if s.Matches(n) {
+				ps = append(ps, netip.PrefixFrom(ip, 32))
+			}
+		}
+		return ps, len(ps) > 0
+	case s.CIDR != "":
+		p, _ := s.Prefix()
+		return []netip.Prefix{p}, true
+	}
+	return nil, true
 }

@@ -107,7 +107,7 @@ func ksWireCounters(t *testing.T, cl *simcluster.Cluster, h1, h2 *simcluster.Hos
 		script := fmt.Sprintf(`table bridge %[1]s {
 	counter fast {}
 	counter vxlan {}
-	chain fwd {
+	chain pairs {
 		type filter hook forward priority 0; policy accept;
 		ip saddr %[2]s ip daddr %[3]s udp dport 4789 counter name vxlan
 		ip saddr %[2]s ip daddr %[3]s ip dscp != 0 udp dport != %[4]s counter name fast

@@ -371,23 +371,10 @@ func detachCmd(g *globals) *cobra.Command {
 }
 
 func keysCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "keys",
-		Short: "List cache key allocations cluster-wide: pair, key, state, age (rewrite mode)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ks, err := g.client().Keys(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), ks, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "SRC HOST\tDST HOST\tKEY\tSRC\tDST\tSTATE\tAGE\tRATE")
-				for _, k := range ks {
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%ds\t%s\n", k.SrcHost, k.DstHost, k.Key, k.Src, k.Dst, k.State, k.AgeSec, rate(k))
-				}
-			})
-		},
-	}
+	return listCmd(g, "keys", "List cache key allocations cluster-wide: pair, key, state, age, rate (rewrite mode)", (*api.Client).Keys,
+		"SRC HOST\tDST HOST\tKEY\tSRC\tDST\tSTATE\tAGE\tRATE", func(k api.Key) string {
+			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%s\t%ds\t%s", k.SrcHost, k.DstHost, k.Key, k.Src, k.Dst, k.State, k.AgeSec, rate(k))
+		})
 }
 
 // rate prints a pair's traffic as its sender measured it; "-" where this
@@ -445,4 +432,27 @@ func kvList[V int | uint64](m map[string]V) string {
 		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// listCmd is a command without arguments that lists what get returns:
+// with -o json or yaml as it is, else as a table of header and one row
+// per item.
+func listCmd[T any](g *globals, use, short string, get func(*api.Client, context.Context) ([]T, error), header string, row func(T) string) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			items, err := get(g.client(), cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), items, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, header)
+				for _, it := range items {
+					fmt.Fprintln(w, row(it))
+				}
+			})
+		},
+	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/rules"
 )
 
@@ -123,30 +124,17 @@ func (f *ruleFlags) build(cmd *cobra.Command, r rules.Rule) (rules.Rule, error) 
 }
 
 func ruleListCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "list",
-		Short: "List the cluster's rules",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			rs, err := g.client().Rules(cmd.Context())
-			if err != nil {
-				return err
+	return listCmd(g, "list", "List the cluster's rules", (*api.Client).Rules,
+		"ID\tPRIO\tDIRECTION\tACTION\tLOCAL\tREMOTE\tPROTO\tPORTS\tRATE", func(r rules.Rule) string {
+			ports, rate := r.Ports, ""
+			if r.ICMPType != nil {
+				ports = fmt.Sprintf("type %d", *r.ICMPType)
 			}
-			return g.print(cmd.OutOrStdout(), rs, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tPRIO\tDIRECTION\tACTION\tLOCAL\tREMOTE\tPROTO\tPORTS\tRATE")
-				for _, r := range rs {
-					ports, rate := r.Ports, ""
-					if r.ICMPType != nil {
-						ports = fmt.Sprintf("type %d", *r.ICMPType)
-					}
-					if r.Rate != nil {
-						rate = r.Rate.String()
-					}
-					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Priority, r.Direction, r.Action, r.Local, r.Remote, r.Protocol, orDash(ports), orDash(rate))
-				}
-			})
-		},
-	}
+			if r.Rate != nil {
+				rate = r.Rate.String()
+			}
+			return fmt.Sprintf("%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s", r.ID, r.Priority, r.Direction, r.Action, r.Local, r.Remote, r.Protocol, orDash(ports), orDash(rate))
+		})
 }
 
 func orDash(s string) string {
@@ -195,25 +183,12 @@ func ruleDeleteCmd(g *globals) *cobra.Command {
 }
 
 func ruleStatsCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "stats",
-		Short: "Show this host's packets/bytes matched per rule (flow stats) and meter drops (rate limits)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ss, err := g.client().RuleStats(cmd.Context())
-			if err != nil {
-				return err
+	return listCmd(g, "stats", "Show this host's packets/bytes matched per rule (flow stats) and meter drops (rate limits)", (*api.Client).RuleStats,
+		"ID\tDIRECTION\tACTION\tFLOWS\tPACKETS\tBYTES\tMETER IN\tDROPPED\tNOTE", func(s api.RuleStats) string {
+			meterIn, dropped := "-", "-"
+			if s.Meter != 0 {
+				meterIn, dropped = fmt.Sprint(s.MeterPackets), fmt.Sprint(s.DroppedPackets)
 			}
-			return g.print(cmd.OutOrStdout(), ss, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tDIRECTION\tACTION\tFLOWS\tPACKETS\tBYTES\tMETER IN\tDROPPED\tNOTE")
-				for _, s := range ss {
-					meterIn, dropped := "-", "-"
-					if s.Meter != 0 {
-						meterIn, dropped = fmt.Sprint(s.MeterPackets), fmt.Sprint(s.DroppedPackets)
-					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", s.ID, s.Direction, s.Action, s.Flows, s.Packets, s.Bytes, meterIn, dropped, s.Note)
-				}
-			})
-		},
-	}
+			return fmt.Sprintf("%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s", s.ID, s.Direction, s.Action, s.Flows, s.Packets, s.Bytes, meterIn, dropped, s.Note)
+		})
 }

@@ -79,6 +79,17 @@ func (f *pathFlags) env(ctx context.Context, g *globals, warn io.Writer) (trace.
 	return e, nil
 }
 
+// prepare reads a trace or diagnose command's request and reaches its
+// agents.
+func (f *pathFlags) prepare(cmd *cobra.Command, g *globals, args []string) (trace.Request, trace.Env, error) {
+	r, err := f.request(args)
+	if err != nil {
+		return r, trace.Env{}, err
+	}
+	e, err := f.env(cmd.Context(), g, cmd.ErrOrStderr())
+	return r, e, err
+}
+
 func (f *pathFlags) request(args []string) (trace.Request, error) {
 	r := trace.Request{Src: args[0], Dst: args[1], Proto: fabric.ProtoUDP, SPort: 40000, DPort: 33434}
 	if len(args) == 3 {
@@ -119,11 +130,7 @@ after the local node (or --cert). --agents NODE=SOCKET or a --hosts-file
 (YAML: "h2: /run/keyroute/h2.sock") override that per host.`,
 		Args: cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := f.request(args)
-			if err != nil {
-				return err
-			}
-			e, err := f.env(cmd.Context(), g, cmd.ErrOrStderr())
+			r, e, err := f.prepare(cmd, g, args)
 			if err != nil {
 				return err
 			}
@@ -230,11 +237,7 @@ how to reach their OVS. The result is stored in etcd under
 the destination host's agent runs tcpdump on its uplink for the probes.`,
 		Args: cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := f.request(args)
-			if err != nil {
-				return err
-			}
-			e, err := f.env(cmd.Context(), g, cmd.ErrOrStderr())
+			r, e, err := f.prepare(cmd, g, args)
 			if err != nil {
 				return err
 			}
@@ -313,27 +316,14 @@ func printDiagnosis(w *tabwriter.Writer, d api.Diagnosis) {
 }
 
 func diagnoseListCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "list",
-		Short: "List stored diagnoses, oldest first",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ds, err := g.client().Diagnoses(cmd.Context())
-			if err != nil {
-				return err
+	return listCmd(g, "list", "List stored diagnoses, oldest first", (*api.Client).Diagnoses,
+		"TIME\tSRC\tDST\tPROTO\tSUSPECT\tVERDICT", func(d api.Diagnosis) string {
+			s := "-"
+			if d.Suspect != nil {
+				s = d.Suspect.Kind + " " + d.Suspect.Node
 			}
-			return g.print(cmd.OutOrStdout(), ds, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "TIME\tSRC\tDST\tPROTO\tSUSPECT\tVERDICT")
-				for _, d := range ds {
-					s := "-"
-					if d.Suspect != nil {
-						s = d.Suspect.Kind + " " + d.Suspect.Node
-					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", d.Time.Format(time.RFC3339), d.Src, d.Dst, d.Proto, s, d.Verdict)
-				}
-			})
-		},
-	}
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", d.Time.Format(time.RFC3339), d.Src, d.Dst, d.Proto, s, d.Verdict)
+		})
 }
 
 func diagnoseStatsCmd(g *globals) *cobra.Command {
