@@ -8,14 +8,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
-	"unsafe"
 
+	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/keyroute/keyroute/internal/netnsutil"
 )
 
 // This file holds the agent's kernel networking: moving the host IP onto
@@ -132,10 +132,7 @@ func containerMAC(ip netip.Addr) net.HardwareAddr {
 
 // netnsPath resolves a namespace given by name (ip netns) or path.
 func netnsPath(ns string) (string, error) {
-	p := ns
-	if !strings.Contains(ns, "/") {
-		p = filepath.Join("/run/netns", ns)
-	}
+	p := netnsutil.Path(ns)
 	if _, err := os.Stat(p); err != nil {
 		return "", fmt.Errorf("network namespace %q not found (%s): create it first, e.g. ip netns add %s", ns, p, ns)
 	}
@@ -210,7 +207,7 @@ func createContainerLink(c containerLink) (err error) {
 		{"add default route", func() error {
 			return h.RouteAdd(&netlink.Route{LinkIndex: in.Attrs().Index, Gw: c.Gateway.AsSlice(), Flags: int(netlink.FLAG_ONLINK)})
 		}},
-		{"turn off TX checksum offload", func() error { return txChecksumOff(nsh, ifname) }},
+		{"turn off TX checksum offload", func() error { return txChecksumOff(c.NetNS, ifname) }},
 	}
 	for _, s := range steps {
 		if err := s.fn(); err != nil {
@@ -225,12 +222,7 @@ func createContainerLink(c containerLink) (err error) {
 	if err := netlink.LinkSetUp(host); err != nil {
 		return fmt.Errorf("bring up %s: %w", c.HostEnd, err)
 	}
-	cur, err := netns.Get()
-	if err != nil {
-		return fmt.Errorf("current netns: %w", err)
-	}
-	defer cur.Close()
-	if err := txChecksumOff(cur, c.HostEnd); err != nil {
+	if err := txChecksumOff("", c.HostEnd); err != nil {
 		return fmt.Errorf("%s: turn off TX checksum offload: %w", c.HostEnd, err)
 	}
 	return nil
@@ -253,54 +245,39 @@ func deleteLink(name string) error {
 }
 
 // txChecksumOff turns off TX checksum offload (and with it TSO) on a link
-// in a namespace: OVS's netdev datapath reads veths through AF_PACKET and
-// does not fill in checksums left to offload, so TCP would break.
-func txChecksumOff(ns netns.NsHandle, ifname string) error {
-	fd, err := socketIn(ns)
-	if err != nil {
-		return err
+// in the namespace at nsPath ("" is the agent's own): OVS's netdev datapath
+// reads veths through AF_PACKET and does not fill in checksums left to
+// offload, so TCP would break.
+func txChecksumOff(nsPath, ifname string) error {
+	off := func() error {
+		// The ethtool socket belongs to the namespace it is opened in.
+		e, err := ethtool.NewEthtool()
+		if err != nil {
+			return fmt.Errorf("ethtool: %w", err)
+		}
+		defer e.Close()
+		feats, err := e.Features(ifname)
+		if err != nil {
+			return fmt.Errorf("ethtool features of %s: %w", ifname, err)
+		}
+		change := map[string]bool{}
+		for name, on := range feats {
+			if on && strings.HasPrefix(name, "tx-checksum-") {
+				change[name] = false
+			}
+		}
+		if len(change) == 0 {
+			return nil
+		}
+		if err := e.Change(ifname, change); err != nil {
+			return fmt.Errorf("ethtool tx off on %s: %w", ifname, err)
+		}
+		return nil
 	}
-	defer unix.Close(fd)
-	const ethtoolSTXCSUM = 0x17
-	val := struct{ cmd, data uint32 }{cmd: ethtoolSTXCSUM, data: 0}
-	var ifr struct {
-		name [unix.IFNAMSIZ]byte
-		data uintptr
-		_    [16]byte
+	if nsPath == "" {
+		return off()
 	}
-	copy(ifr.name[:], ifname)
-	ifr.data = uintptr(unsafe.Pointer(&val))
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
-	runtime.KeepAlive(&val)
-	if errno != 0 {
-		return fmt.Errorf("ethtool tx off on %s: %w", ifname, errno)
-	}
-	return nil
-}
-
-// socketIn opens a datagram socket inside ns: a socket belongs to the
-// namespace its creating thread was in.
-func socketIn(ns netns.NsHandle) (int, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return -1, err
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		return -1, fmt.Errorf("enter netns: %w", err)
-	}
-	fd, serr := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err := netns.Set(orig); err != nil {
-		// The thread is unusable in the wrong namespace; let it die with
-		// the locked goroutine instead of returning it to the pool.
-		panic(fmt.Sprintf("cannot return to the agent's netns: %v", err))
-	}
-	if serr != nil {
-		return -1, fmt.Errorf("socket: %w", serr)
-	}
-	return fd, nil
+	return netnsutil.Do(nsPath, off)
 }
 
 // ensureGatewayAddr puts the gateway IP on the gateway port and routes the
