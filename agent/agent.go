@@ -50,6 +50,7 @@ type Agent struct {
 	started time.Time
 
 	dp       preflight.Result
+	plan     datapathPlan
 	db       *ovsdb.Client
 	intSw    *controller.Switch
 	phySw    *controller.Switch
@@ -131,7 +132,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.watchHosts(ctx)
 	go a.watchRoaming(ctx)
 	go a.programLoop(ctx)
-	go a.refreshTunnelNeighbours(ctx)
+	if a.plan.TunnelNeighbours {
+		go a.refreshTunnelNeighbours(ctx)
+	}
 	go a.keepRegistered(ctx)
 	a.etcd.set(nil) // setup just read and wrote etcd
 	go a.monitorEtcd(ctx)
@@ -227,7 +230,11 @@ func (a *Agent) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kernel preflight: %w", err)
 	}
-	a.log.Info("kernel preflight", "datapath", a.dp.Datapath, "reason", a.dp.Reason)
+	if a.plan, err = planFor(a.dp); err != nil {
+		return fmt.Errorf("kernel preflight: %w", err)
+	}
+	a.log.Info("kernel preflight", "datapath", a.dp.Datapath, "reason", a.dp.Reason,
+		"isolate_ports", a.plan.IsolatePorts, "checksum_off", a.plan.ChecksumOff)
 
 	var want netip.Addr
 	if a.cfg.HostIP != "" {
@@ -276,8 +283,14 @@ func (a *Agent) setup(ctx context.Context) error {
 		}
 		a.log.Info("moved host IP", "addr", addr.Prefix, "from", a.cfg.Uplink, "to", a.cfg.Bridges.Physical)
 	}
-	if err := isolatePort(a.cfg.Uplink); err != nil {
-		return fmt.Errorf("keep the host stack off the uplink %s: %w", a.cfg.Uplink, err)
+	if a.plan.IsolatePorts {
+		if err := isolatePort(a.cfg.Uplink); err != nil {
+			return fmt.Errorf("keep the host stack off the uplink %s: %w", a.cfg.Uplink, err)
+		}
+	} else {
+		// Left by an earlier run on the netdev datapath, it would starve
+		// OVS's kernel receive handler.
+		releasePort(a.cfg.Uplink)
 	}
 
 	if err := a.connectEtcd(ctx, addr.Prefix.Addr()); err != nil {
@@ -729,7 +742,7 @@ func every(ctx context.Context, d time.Duration, fn func()) {
 }
 
 func (a *Agent) setTunnelNeighbour(h registry.Host) {
-	if !h.UnderlayIP.IsValid() || len(h.UnderlayMAC) == 0 {
+	if !a.plan.TunnelNeighbours || !h.UnderlayIP.IsValid() || len(h.UnderlayMAC) == 0 {
 		return
 	}
 	if _, err := a.appctl("tnl/arp/set", a.cfg.Bridges.Physical, h.UnderlayIP.String(), h.UnderlayMAC.String()); err != nil {

@@ -101,13 +101,16 @@ func (a *Agent) attach(ctx context.Context, req attachRequest) (registry.Endpoin
 	// A container's MAC follows from its IP, so no second write is needed
 	// to record it and every host derives the same one.
 	ep.MAC = containerMAC(ep.IP)
-	if err := createContainerLink(containerLink{NetNS: path, IfName: ifname, HostEnd: port, IP: ep.IP, MAC: ep.MAC, Gateway: a.host.Gateway, MTU: a.containerMTU}); err != nil {
+	if err := createContainerLink(containerLink{NetNS: path, IfName: ifname, HostEnd: port, IP: ep.IP, MAC: ep.MAC, Gateway: a.host.Gateway, MTU: a.containerMTU,
+		ChecksumOff: a.plan.ChecksumOff}); err != nil {
 		undo()
 		return registry.Endpoint{}, badRequestIf(err)
 	}
-	if err := isolatePort(port); err != nil {
-		undo()
-		return registry.Endpoint{}, fmt.Errorf("keep the host stack off %s: %w", port, err)
+	if a.plan.IsolatePorts {
+		if err := isolatePort(port); err != nil {
+			undo()
+			return registry.Endpoint{}, fmt.Errorf("keep the host stack off %s: %w", port, err)
+		}
 	}
 	if err := a.db.EnsurePort(ctx, a.cfg.Bridges.Integration, ovsdb.PortSpec{Name: port, ExternalIDs: map[string]string{
 		"keyroute-container": name, "keyroute-ip": ep.IP.String(), "attached-mac": ep.MAC.String()}}); err != nil {

@@ -148,6 +148,9 @@ type containerLink struct {
 	MAC     net.HardwareAddr
 	Gateway netip.Addr
 	MTU     int
+	// ChecksumOff turns off TX checksum offload on both ends
+	// (datapathPlan.ChecksumOff).
+	ChecksumOff bool
 }
 
 // createContainerLink creates the veth pair, moves one end into the
@@ -193,10 +196,11 @@ func createContainerLink(c containerLink) (err error) {
 		h.LinkDel(in)
 		return fmt.Errorf("namespace %s already has an %s (%s): detach it or use a fresh namespace", c.NetNS, ifname, old.Type())
 	}
-	steps := []struct {
+	type step struct {
 		what string
 		fn   func() error
-	}{
+	}
+	steps := []step{
 		{"rename to " + ifname, func() error { return h.LinkSetName(in, ifname) }},
 		{"set MAC", func() error { return h.LinkSetHardwareAddr(in, c.MAC) }},
 		{"set MTU", func() error { return h.LinkSetMTU(in, c.MTU) }},
@@ -207,7 +211,9 @@ func createContainerLink(c containerLink) (err error) {
 		{"add default route", func() error {
 			return h.RouteAdd(&netlink.Route{LinkIndex: in.Attrs().Index, Gw: c.Gateway.AsSlice(), Flags: int(netlink.FLAG_ONLINK)})
 		}},
-		{"turn off TX checksum offload", func() error { return txChecksumOff(c.NetNS, ifname) }},
+	}
+	if c.ChecksumOff {
+		steps = append(steps, step{"turn off TX checksum offload", func() error { return txChecksumOff(c.NetNS, ifname) }})
 	}
 	for _, s := range steps {
 		if err := s.fn(); err != nil {
@@ -221,6 +227,9 @@ func createContainerLink(c containerLink) (err error) {
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return fmt.Errorf("bring up %s: %w", c.HostEnd, err)
+	}
+	if !c.ChecksumOff {
+		return nil
 	}
 	if err := txChecksumOff("", c.HostEnd); err != nil {
 		return fmt.Errorf("%s: turn off TX checksum offload: %w", c.HostEnd, err)
