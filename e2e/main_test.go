@@ -53,6 +53,23 @@ func testBinaries(t *testing.T) string {
 	return sharedBinDir
 }
 
+// requireDatapath stops t (see internal/testenv) when the datapath the
+// cluster would use (dp, else KEYROUTE_E2E_DATAPATH) cannot run here.
+func requireDatapath(t *testing.T, dp string) {
+	t.Helper()
+	if dp == "" {
+		var err error
+		if dp, err = simcluster.DatapathFromEnv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if dp == simcluster.DatapathSystem {
+		if why := simcluster.KernelDatapathMissing(); why != "" {
+			testenv.Unavailable(t, "%s=system: %s", simcluster.EnvDatapath, why)
+		}
+	}
+}
+
 // testCluster starts a simulated cluster for t, or skips/fails t (see
 // internal/testenv) when root or a required program is missing. BinDir
 // defaults to the shared build, Logger to the test log. The cluster is
@@ -63,6 +80,7 @@ func testCluster(t *testing.T, opts simcluster.Options) *simcluster.Cluster {
 	testenv.RequireRoot(t)
 	testenv.Require(t, "ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-vsctl", "ovs-ofctl", "ovs-appctl",
 		"tcpdump", "iperf3", "nft", "ip", "ping", "ss", "ethtool")
+	requireDatapath(t, opts.Datapath)
 	if opts.BinDir == "" {
 		opts.BinDir = testBinaries(t)
 	}

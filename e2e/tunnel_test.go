@@ -69,8 +69,8 @@ func TestTunnel(t *testing.T) {
 			if st.Node != h.Name || st.Mode != "tunnel" || st.HostIP != h.IP.String() {
 				t.Errorf("%s status: node %q mode %q host_ip %q", h.Name, st.Node, st.Mode, st.HostIP)
 			}
-			if st.Datapath != "netdev" || st.DatapathReason == "" {
-				t.Errorf("%s status: datapath %q reason %q; want netdev with a reason", h.Name, st.Datapath, st.DatapathReason)
+			if st.Datapath != cl.Datapath() || st.DatapathReason == "" {
+				t.Errorf("%s status: datapath %q reason %q; want %s with a reason", h.Name, st.Datapath, st.DatapathReason, cl.Datapath())
 			}
 			var connected []string
 			for _, b := range st.Bridges {
@@ -93,7 +93,7 @@ func TestTunnel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, want := range []string{`datapath:\s+netdev: ` + regexp.QuoteMeta(st.DatapathReason),
+			for _, want := range []string{`datapath:\s+` + cl.Datapath() + `: ` + regexp.QuoteMeta(st.DatapathReason),
 				`bridge br-int:\s+OpenFlow connected`, `bridge br-phy:\s+OpenFlow connected`, `etcd:.*, healthy`} {
 				if !regexp.MustCompile(want).MatchString(out) {
 					t.Errorf("%s `keyroutectl status` does not match %q:\n%s", h.Name, want, out)
@@ -109,7 +109,7 @@ func TestTunnel(t *testing.T) {
 					t.Errorf("%s hosts: %s has pod subnet %q, want a /24 of %s", h.Name, x.Name, x.PodSubnet, podCIDR)
 				}
 				subnets[x.Name] = p
-				if want := hostNamed(cl, x.Name); want == nil || x.IP != want.IP.String() || x.Datapath != "netdev" {
+				if want := hostNamed(cl, x.Name); want == nil || x.IP != want.IP.String() || x.Datapath != cl.Datapath() {
 					t.Errorf("%s hosts: unexpected entry %+v", h.Name, x)
 				}
 			}

@@ -88,6 +88,9 @@ type Options struct {
 	// OVSFabric, if set, replaces the fab0 Linux bridge with OVS bridges
 	// acting as the model's ToR/leaf/spine devices (simcluster/fabric.go).
 	OVSFabric *OVSFabric
+	// Datapath is every host's OVS datapath, DatapathNetdev or
+	// DatapathSystem; empty takes EnvDatapath (default netdev).
+	Datapath string
 	// KeepUp makes Close leave the cluster running (agents, OVS, etcd,
 	// namespaces, directory) and stop only traffic tools; remove it later
 	// with Teardown(Prefix).
@@ -164,6 +167,18 @@ func NewCluster(ctx context.Context, opts Options) (*Cluster, error) {
 	case "", "tunnel", "rewrite":
 	default:
 		return nil, fmt.Errorf("new cluster: Mode=%q: want tunnel or rewrite", opts.Mode)
+	}
+	if opts.Datapath == "" {
+		dp, err := DatapathFromEnv()
+		if err != nil {
+			return nil, fmt.Errorf("new cluster: %w", err)
+		}
+		opts.Datapath = dp
+	}
+	switch opts.Datapath {
+	case DatapathNetdev, DatapathSystem:
+	default:
+		return nil, fmt.Errorf("new cluster: Datapath=%q: want %s or %s", opts.Datapath, DatapathNetdev, DatapathSystem)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

@@ -326,7 +326,7 @@ func TestExternalEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"https://198.18.0.254:2379", "cert: " + cl.PKIDir + "/h1.crt", "log_level: warn", "uplink: eth1", "datapath: netdev", "db_socket: " + h1.OVS.DBSock()} {
+	for _, want := range []string{"https://198.18.0.254:2379", "cert: " + cl.PKIDir + "/h1.crt", "log_level: warn", "uplink: eth1", "datapath: " + cl.Datapath(), "db_socket: " + h1.OVS.DBSock()} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("agent config lacks %q:\n%s", want, b)
 		}

@@ -79,7 +79,7 @@ func (h *Host) config() map[string]any {
 		"node":     h.Name,
 		"uplink":   Uplink,
 		"host_ip":  h.IP.String(),
-		"datapath": "netdev",
+		"datapath": cl.opts.Datapath,
 		"etcd":     etcd,
 		"cluster": map[string]any{
 			"pod_cidr": "198.19.0.0/16", "subnet_bits": 24, "vni": int(cl.VNI),
