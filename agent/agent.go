@@ -561,9 +561,7 @@ func (a *Agent) loadLocalEndpoints(ctx context.Context) error {
 			a.log.Warn("endpoint's port is gone; keeping the record until detach", "name", ep.Name, "port", ep.Port, "err", err)
 			continue
 		}
-		if len(ep.MAC) == 0 {
-			ep.MAC = containerMAC(ep.IP)
-		}
+		ep.MAC = endpointMAC(ep)
 		a.mu.Lock()
 		a.endpoints[ep.Name] = ep
 		a.ofports[ep.Port] = uint32(info.OFPort)

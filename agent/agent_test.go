@@ -88,3 +88,39 @@ func TestContainerMACNotIPv4(t *testing.T) {
 		t.Fatalf("MAC %s", m)
 	}
 }
+
+// A pre-made port's saved state comes back from OVSDB, which any root user
+// can edit: bad values are refused, good ones round-trip.
+func TestLinkStateDecode(t *testing.T) {
+	s := linkState{MTU: 1500, Up: true, Addrs: []string{"192.0.2.1/24", "2001:db8::1/64"}}
+	got, err := decodeLinkState(s.encode())
+	if err != nil || got.MTU != 1500 || !got.Up || len(got.Addrs) != 2 || got.Addrs[1] != "2001:db8::1/64" {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	for _, bad := range []string{"", "{", `{"mtu":0}`, `{"mtu":1500,"addrs":["nonsense"]}`, `{"mtu":99999999}`} {
+		if s, err := decodeLinkState(bad); err == nil {
+			t.Errorf("decodeLinkState(%q) = %+v, want an error", bad, s)
+		}
+	}
+}
+
+func TestEndpointMAC(t *testing.T) {
+	for _, ok := range []string{"52:54:00:12:34:56", "02:AA:bb:cc:dd:ee"} {
+		if _, err := parseEndpointMAC(ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "52:54:00:12:34", "01:00:5e:00:00:01", "00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff", "00:00:00:00:fe:80:00:00:00:00:00:00:00:00:00:01"} {
+		if _, err := parseEndpointMAC(bad); !errors.Is(err, ErrBadRequest) {
+			t.Errorf("parseEndpointMAC(%q) = %v, want a bad request", bad, err)
+		}
+	}
+	a, err := randomMAC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := randomMAC()
+	if a[0]&1 != 0 || a[0]&2 == 0 || a.String() == b.String() {
+		t.Errorf("random MACs %s %s: want distinct locally administered unicast", a, b)
+	}
+}

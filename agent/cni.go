@@ -245,7 +245,7 @@ func checkContainerLink(ep registry.Endpoint) error {
 	if err != nil {
 		return fmt.Errorf("%s in %s: %w", ep.IfName, ep.Netns, err)
 	}
-	if mac := containerMAC(ep.IP); l.Attrs().HardwareAddr.String() != mac.String() {
+	if mac := endpointMAC(ep); l.Attrs().HardwareAddr.String() != mac.String() {
 		return fmt.Errorf("%s in %s has MAC %s, want %s", ep.IfName, ep.Netns, l.Attrs().HardwareAddr, mac)
 	}
 	if l.Attrs().Flags&net.FlagUp == 0 {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keyroute/keyroute/internal/netnsutil"
+	"github.com/keyroute/keyroute/registry"
 )
 
 // This file holds the agent's kernel networking: moving the host IP onto
@@ -122,7 +123,16 @@ func hostPortName(container string) string {
 	return "kr" + hex.EncodeToString(h[:])[:11]
 }
 
-// containerMAC derives a locally administered unicast MAC from an IP.
+// endpointMAC is an endpoint's MAC: its record's. Records written before
+// records carried MACs (by older agents) get the MAC those agents derived.
+func endpointMAC(ep registry.Endpoint) net.HardwareAddr {
+	if len(ep.MAC) != 0 {
+		return ep.MAC
+	}
+	return containerMAC(ep.IP)
+}
+
+// containerMAC derives the MAC older agents gave a container from its IP.
 func containerMAC(ip netip.Addr) net.HardwareAddr {
 	// The last 4 bytes of the 16-byte form are an IPv4 address's own; As16
 	// cannot panic, should an address that is not IPv4 ever get here.

@@ -71,7 +71,7 @@ func (a *Agent) serveAPI(ctx context.Context, ln net.Listener) error {
 		if err := a.requireEtcd("attach " + req.Name); err != nil {
 			return nil, err
 		}
-		ep, err := a.Attach(r.Context(), req.NetNS, req.Name, req.IP)
+		ep, err := a.attachFromAPI(r.Context(), req)
 		if err != nil {
 			return nil, err
 		}
@@ -342,11 +342,7 @@ func (a *Agent) Endpoints(ctx context.Context, all bool) ([]api.Endpoint, error)
 }
 
 func toAPIEndpoint(ep registry.Endpoint) api.Endpoint {
-	mac := ep.MAC
-	if len(mac) == 0 {
-		mac = containerMAC(ep.IP)
-	}
-	return api.Endpoint{Name: ep.Name, IP: ep.IP.String(), MAC: mac.String(), Host: ep.Host, Port: ep.Port, NetNS: ep.Netns,
+	return api.Endpoint{Name: ep.Name, IP: ep.IP.String(), MAC: endpointMAC(ep).String(), Host: ep.Host, Port: ep.Port, NetNS: ep.Netns,
 		ContainerID: ep.ContainerID, IfName: ep.IfName}
 }
 
@@ -468,4 +464,21 @@ func (a *Agent) Cache(ctx context.Context) ([]api.CacheEntry, error) {
 		out = append(out, api.CacheEntry{Side: "egress", Peer: peer, Key: h.Key, Src: h.Pair.Src.String(), Dst: h.Pair.Dst.String(), State: h.State.String()})
 	}
 	return out, nil
+}
+
+// attachFromAPI attaches a container namespace (NetNS) or a pre-made port
+// (Port: a VM's tap or veth end, named after the port unless Name is set).
+func (a *Agent) attachFromAPI(ctx context.Context, req api.AttachRequest) (registry.Endpoint, error) {
+	r := attachRequest{NetNS: req.NetNS, Name: req.Name, IP: req.IP, Port: req.Port, MAC: req.MAC}
+	switch {
+	case req.Port != "" && req.NetNS != "":
+		return registry.Endpoint{}, badRequest("give --netns (a container) or --port (an existing interface), not both")
+	case req.Port != "":
+		if r.Name == "" {
+			r.Name = req.Port
+		}
+	case req.NetNS == "":
+		return registry.Endpoint{}, badRequest("attach needs --netns (a container namespace) or --port (an existing interface such as a VM's tap)")
+	}
+	return a.attach(ctx, r)
 }

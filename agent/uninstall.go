@@ -19,7 +19,8 @@ import (
 // bridge to the uplink, the masquerade table goes, and the bridges and
 // ports keyroute created are deleted; another OVS user's bridges and ports
 // stay as they are. Containers' veths go with the integration bridge's
-// ports. The agent must be stopped first.
+// ports; pre-made ports (VMs' taps) are left, as attach found them. The
+// agent must be stopped first.
 //
 // Last, if it can reach etcd, it removes this host's membership record
 // (hosts/<node>, with its alive/ key), so peers drop their flows to it and
@@ -74,10 +75,20 @@ func uninstallHost(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	if ports, err := db.ListPorts(ctx, br.Integration); err == nil && owned[br.Integration] {
 		for _, p := range ports {
-			if p.ExternalIDs["keyroute-container"] != "" {
-				if err := deleteLink(p.Name); err != nil {
+			if p.ExternalIDs["keyroute-container"] == "" {
+				continue
+			}
+			if v, premade := p.ExternalIDs[restoreKey]; premade {
+				// A VM's port: given back as attach found it, never deleted.
+				if s, err := decodeLinkState(v); err != nil {
+					log.Warn("pre-made port's state before attach is unreadable; leaving it as it is", "port", p.Name, "err", err)
+				} else if err := restoreLink(p.Name, *s); err != nil {
 					errs = append(errs, err)
 				}
+				continue
+			}
+			if err := deleteLink(p.Name); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}

@@ -216,11 +216,17 @@ type CacheEntry struct {
 	IdleTimeout uint16 `json:"idle_timeout"`
 }
 
-// AttachRequest asks the agent to connect a network namespace.
+// AttachRequest asks the agent to connect a network namespace (NetNS: the
+// agent makes a veth into it) or an interface that already exists on the
+// host (Port: a VM's tap or a veth end, attached as it is and given back as
+// it was at detach). MAC is the endpoint's (for Port, the VM's NIC); empty
+// picks a random one.
 type AttachRequest struct {
-	NetNS string `json:"netns"`
+	NetNS string `json:"netns,omitempty"`
+	Port  string `json:"port,omitempty"`
 	Name  string `json:"name"`
 	IP    string `json:"ip,omitempty"`
+	MAC   string `json:"mac,omitempty"`
 }
 
 // DetachRequest asks the agent to disconnect a container.

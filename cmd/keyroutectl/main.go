@@ -323,12 +323,20 @@ func flowsCmd(g *globals) *cobra.Command {
 func attachCmd(g *globals) *cobra.Command {
 	var r api.AttachRequest
 	c := &cobra.Command{
-		Use:   "attach --netns NAME|PATH --name NAME [--ip IP]",
-		Short: "Connect a network namespace to the overlay as a container",
-		Args:  cobra.NoArgs,
+		Use:   "attach (--netns NAME|PATH --name NAME | --port IFNAME [--name NAME]) [--ip IP] [--mac MAC]",
+		Short: "Connect a network namespace, or an existing interface such as a VM's tap, to the overlay",
+		Long: "With --netns the agent makes a veth into the namespace and configures its eth0.\n" +
+			"With --port it takes an interface that already exists on the host (a VM's tap, a veth end)\n" +
+			"as it is: --mac is the VM's own MAC, and detach gives the interface back as it was.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if r.NetNS == "" || r.Name == "" {
-				return errors.New("attach needs --netns and --name")
+			switch {
+			case r.NetNS != "" && r.Port != "":
+				return errors.New("attach takes --netns or --port, not both")
+			case r.NetNS != "" && r.Name == "":
+				return errors.New("attach --netns needs --name")
+			case r.NetNS == "" && r.Port == "":
+				return errors.New("attach needs --netns (and --name) or --port")
 			}
 			e, err := g.client().Attach(cmd.Context(), r)
 			if err != nil {
@@ -340,8 +348,10 @@ func attachCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&r.NetNS, "netns", "", "network namespace name (ip netns) or path")
-	c.Flags().StringVar(&r.Name, "name", "", "container name, unique on this host")
+	c.Flags().StringVar(&r.Name, "name", "", "container name, unique on this host (with --port, default: the port's name)")
+	c.Flags().StringVar(&r.Port, "port", "", "existing interface of this host to attach as it is (a VM's tap, a veth end)")
 	c.Flags().StringVar(&r.IP, "ip", "", "IP address (default: next free in this host's pod subnet)")
+	c.Flags().StringVar(&r.MAC, "mac", "", "the endpoint's MAC, e.g. the VM's NIC (default: random, locally administered)")
 	return c
 }
 
