@@ -287,10 +287,10 @@ func (a *Agent) setup(ctx context.Context) error {
 		if err := isolatePort(a.cfg.Uplink); err != nil {
 			return fmt.Errorf("keep the host stack off the uplink %s: %w", a.cfg.Uplink, err)
 		}
-	} else {
-		// Left by an earlier run on the netdev datapath, it would starve
+	} else if err := removePortChains(); err != nil {
+		// Left by an earlier run on the netdev datapath, they would starve
 		// OVS's kernel receive handler.
-		releasePort(a.cfg.Uplink)
+		return fmt.Errorf("remove the netdev datapath's port chains: %w", err)
 	}
 
 	if err := a.connectEtcd(ctx, addr.Prefix.Addr()); err != nil {

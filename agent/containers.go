@@ -179,7 +179,7 @@ func (a *Agent) attach(ctx context.Context, s attachRequest) (registry.Endpoint,
 		undo()
 		return registry.Endpoint{}, err
 	}
-	a.log.Info("attached container", "name", name, "ip", ep.IP, "mac", ep.MAC, "port", port, "ofport", ofport, "premade", orig != nil)
+	a.log.Info("attached container", "name", name, "ip", ep.IP, "mac", ep.MAC.String(), "port", port, "ofport", ofport, "premade", orig != nil)
 	if a.cache != nil {
 		// Records towards an address that was detached a moment ago
 		// lost their Restore entries at an anti-entropy meanwhile; their

@@ -65,6 +65,16 @@ func releasePort(dev string) {
 	_ = nftApply("release "+dev, func(c *nftables.Conn) { c.DelChain(portChain(dev)) })
 }
 
+// removePortChains deletes every port's ingress chain (the whole netdev
+// table): on the kernel datapath, chains left by an earlier run on netdev
+// would starve OVS.
+func removePortChains() error {
+	return nftApply("remove port chains", func(c *nftables.Conn) {
+		c.AddTable(nftPortsTable)
+		c.DelTable(nftPortsTable)
+	})
+}
+
 // ensureMasquerade lets containers reach destinations outside the cluster
 // CIDR: traffic leaving the cluster is masqueraded to the host IP. It also
 // turns on IPv4 forwarding, which routing through the gateway port needs.

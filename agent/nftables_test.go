@@ -68,6 +68,19 @@ func TestNftablesRuleset(t *testing.T) {
 	if got := run("nft", "list", "table", "netdev", "keyroute"); strings.Contains(got, "port-d0") {
 		t.Errorf("port-d0 left after releasePort:\n%s", got)
 	}
+	// The kernel datapath's start removes every port chain, the
+	// masquerade stays.
+	if err := isolatePort("d0"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := removePortChains(); err != nil {
+			t.Fatalf("removePortChains (%d): %v", i, err)
+		}
+	}
+	if got := run("nft", "list", "tables"); strings.Contains(got, "netdev keyroute") || !strings.Contains(got, "ip keyroute") {
+		t.Errorf("tables after removePortChains:\n%s", got)
+	}
 	if err := removeNftables(); err != nil {
 		t.Fatal(err)
 	}
