@@ -126,6 +126,11 @@ func (a *Agent) attach(ctx context.Context, s attachRequest) (registry.Endpoint,
 		return registry.Endpoint{}, fmt.Errorf("allocate an IP for %s: %w", name, err)
 	}
 	ep.MAC = endpointMAC(ep) // an earlier record of the name may have none
+	if s.MAC != "" && !bytes.Equal(ep.MAC, mac) {
+		// The allocation returned an earlier record of this name: the
+		// pipeline would deliver to its MAC, not the one asked for.
+		return registry.Endpoint{}, badRequest("etcd already holds %s/%s with ip %s and mac %s, not %s: remove that record first", ep.Host, name, ep.IP, ep.MAC, mac)
+	}
 	undo := func() {
 		releasePort(port)
 		a.db.DeletePort(context.Background(), a.cfg.Bridges.Integration, port)
