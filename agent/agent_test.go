@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
+	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/registry"
 )
 
@@ -122,5 +124,23 @@ func TestEndpointMAC(t *testing.T) {
 	b, _ := randomMAC()
 	if a[0]&1 != 0 || a[0]&2 == 0 || a.String() == b.String() {
 		t.Errorf("random MACs %s %s: want distinct locally administered unicast", a, b)
+	}
+}
+
+// An attach request names a namespace or a port, never both or neither.
+func TestAttachRequestShape(t *testing.T) {
+	a := &Agent{}
+	for _, tc := range []struct {
+		req  api.AttachRequest
+		want string
+	}{
+		{api.AttachRequest{Name: "x"}, "needs --netns"},
+		{api.AttachRequest{Name: "x", NetNS: "c1", Port: "tap0"}, "not both"},
+		{api.AttachRequest{Name: "x", NetNS: "keyroute-no-such-ns"}, "not found"},
+	} {
+		_, err := a.attachFromAPI(context.Background(), tc.req)
+		if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want a bad request saying %q", tc.req, err, tc.want)
+		}
 	}
 }
