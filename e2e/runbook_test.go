@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyroute/keyroute/internal/testenv"
 	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
@@ -26,6 +27,7 @@ import (
 // making the container namespaces, and stopping agents with SIGTERM.
 func TestRunbook(t *testing.T) {
 	steps := readRunbook(t)
+	testenv.Require(t, "nsenter", "unshare", "mount", "install")
 	cl := testCluster(t, simcluster.Options{Hosts: 4, NoAgents: true})
 	hosts := cl.Hosts()
 	machines := make([]*simcluster.Machine, len(hosts))
@@ -148,7 +150,8 @@ func TestRunbook(t *testing.T) {
 	for i, h := range hosts {
 		out, err := machines[i].WaitShell(homes[i], check, 90*time.Second, func(out string) error {
 			var want []string
-			want = append(want, `(?m)^datapath:\s+netdev: `)
+			// datapath: auto, so whichever this machine offers.
+			want = append(want, `(?m)^datapath:\s+(netdev|system): `)
 			kind := "embedded"
 			if i >= 3 {
 				kind = "external"
@@ -385,4 +388,30 @@ func (s runbookSteps) writeFile(t *testing.T, m *simcluster.Machine, step string
 		t.Fatalf("write %s (runbook step %s): %v", path, step, err)
 	}
 	t.Logf("%s: wrote %s:\n%s", m.Host.Name, path, text)
+}
+
+// The runbook reader refuses a README whose marks it cannot follow, so a
+// broken mark fails TestRunbook instead of skipping a step.
+func TestParseRunbook(t *testing.T) {
+	sec := "# x\n\n" + runbookSection + "\n"
+	good := sec + "<!-- runbook:a -->\n```sh\necho <x>\n```\n\n<!-- runbook:b /etc/f -->\n```yaml\nk: v\n```\n## Next\n<!-- runbook:c -->\n```sh\nno\n```\n"
+	steps, err := parseRunbook(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(steps) != 2 || steps["a"].text != "echo <x>\n" || steps["b"].path != "/etc/f" || steps["b"].text != "k: v\n" {
+		t.Errorf("steps %+v, want a and b of this section only", steps)
+	}
+	for name, bad := range map[string]string{
+		"no section":   "# x\n<!-- runbook:a -->\n```sh\ntrue\n```\n",
+		"no block":     sec + "<!-- runbook:a -->\ntext\n",
+		"unterminated": sec + "<!-- runbook:a -->\n```sh\ntrue\n",
+		"twice":        sec + "<!-- runbook:a -->\n```sh\ntrue\n```\n<!-- runbook:a -->\n```sh\ntrue\n```\n",
+		"yaml no path": sec + "<!-- runbook:a -->\n```yaml\nk: v\n```\n",
+		"malformed":    sec + "<!-- runbook: a -->\n```sh\ntrue\n```\n",
+	} {
+		if _, err := parseRunbook(bad); err == nil {
+			t.Errorf("%s: parsed, want an error", name)
+		}
+	}
 }
