@@ -3,7 +3,6 @@ package simcluster
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -16,18 +15,6 @@ import (
 	"github.com/keyroute/keyroute/internal/testenv"
 	"github.com/keyroute/keyroute/simhost"
 )
-
-// testLogger sends the harness's progress to the test log.
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
 
 func requireSim(t *testing.T) {
 	t.Helper()
