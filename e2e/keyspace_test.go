@@ -23,7 +23,8 @@ const (
 	ksReceivers = 10 // on h2: 200 pairs h1->h2
 	ksTick      = 10 * time.Millisecond
 	ksTopRate   = 140_000.0 // bytes/s of the busiest pair
-	ksSettle    = 25 * time.Second
+	ksChat      = 6 * time.Second
+	ksSettle    = 20 * time.Second
 	ksMeasure   = 20 * time.Second
 )
 
@@ -56,16 +57,12 @@ func ksRun(t *testing.T, policy string) float64 {
 	// first to start (and so to ask for a key).
 	rng := rand.New(rand.NewPCG(1, 2))
 	rank := rng.Perm(ksSenders * ksReceivers)
-	perTick := ksTick.Seconds()
+	// First every pair chats quietly (64 bytes every 2 s, well inside
+	// send_idle, so no key comes free by idling out): the keys go to the
+	// pairs that ask first, whatever they will carry.
 	for i := range ksSenders {
 		for j := range ksReceivers {
-			r := float64(rank[i*ksReceivers+j] + 1)
-			bytesPerTick := ksTopRate / (r * r) * perTick
-			size := min(1400, max(64, int(bytesPerTick)))
-			// Every pair sends at least every 2 s, well inside send_idle:
-			// no key comes free by idling out, so without eviction the
-			// pairs that asked first keep theirs.
-			ct.setShape(i, j, size, min(200, int(float64(size)/bytesPerTick+0.5)))
+			ct.setShape(i, j, 64, 200)
 		}
 	}
 	ct.phase.Store(1)
@@ -73,7 +70,17 @@ func ksRun(t *testing.T, policy string) float64 {
 		for j := range ksReceivers {
 			ct.started[i][j].Store(true)
 		}
-		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(ksChat)
+	// Then the traffic turns skewed.
+	perTick := ksTick.Seconds()
+	for i := range ksSenders {
+		for j := range ksReceivers {
+			r := float64(rank[i*ksReceivers+j] + 1)
+			bytesPerTick := ksTopRate / (r * r) * perTick
+			size := min(1400, max(64, int(bytesPerTick)))
+			ct.setShape(i, j, size, min(200, int(float64(size)/bytesPerTick+0.5)))
+		}
 	}
 	time.Sleep(ksSettle)
 	before := ksWireCounters(t, cl, h1, h2)
