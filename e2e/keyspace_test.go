@@ -23,7 +23,7 @@ const (
 	ksReceivers = 10 // on h2: 200 pairs h1->h2
 	ksTick      = 10 * time.Millisecond
 	ksTopRate   = 140_000.0 // bytes/s of the busiest pair
-	ksChat      = 6 * time.Second
+	ksChat      = 8 * time.Second
 	ksSettle    = 20 * time.Second
 	ksMeasure   = 20 * time.Second
 )
@@ -57,12 +57,12 @@ func ksRun(t *testing.T, policy string) float64 {
 	// first to start (and so to ask for a key).
 	rng := rand.New(rand.NewPCG(1, 2))
 	rank := rng.Perm(ksSenders * ksReceivers)
-	// First every pair chats quietly (64 bytes every 2 s, well inside
+	// First every pair chats quietly (64 bytes every 4 s, well inside
 	// send_idle, so no key comes free by idling out): the keys go to the
 	// pairs that ask first, whatever they will carry.
 	for i := range ksSenders {
 		for j := range ksReceivers {
-			ct.setShape(i, j, 64, 200)
+			ct.setShape(i, j, 64, 400)
 		}
 	}
 	ct.phase.Store(1)
@@ -79,7 +79,7 @@ func ksRun(t *testing.T, policy string) float64 {
 			r := float64(rank[i*ksReceivers+j] + 1)
 			bytesPerTick := ksTopRate / (r * r) * perTick
 			size := min(1400, max(64, int(bytesPerTick)))
-			ct.setShape(i, j, size, min(200, int(float64(size)/bytesPerTick+0.5)))
+			ct.setShape(i, j, size, min(400, int(float64(size)/bytesPerTick+0.5)))
 		}
 	}
 	time.Sleep(ksSettle)
