@@ -5,7 +5,7 @@ SHELL := bash
 
 GO           ?= go
 BIN          := $(CURDIR)/bin
-TEST_TIMEOUT ?= 15m
+TEST_TIMEOUT ?= 25m
 # An execution count (Nx), not a duration: Go before 1.27 can fail a
 # duration-bounded fuzz run with a bare "context deadline exceeded" when the
 # deadline races a busy worker (golang/go#75804); a count has no deadline.
