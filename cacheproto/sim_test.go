@@ -217,11 +217,11 @@ type sim struct {
 	// rate is what each pair carries while active (bytes/s), skewed so
 	// that eviction has busy and quiet pairs to tell apart; evict says
 	// whether this schedule's agents run with Eviction.
-	rate  map[Pair]float64
-	evict bool
-	swaps int
-	pairs     []Pair
-	hostOf    map[netip.Addr]*simHost
+	rate   map[Pair]float64
+	evict  bool
+	swaps  int
+	pairs  []Pair
+	hostOf map[netip.Addr]*simHost
 
 	// Fault rates, drawn per schedule.
 	pLoseFR, pLosePunt, pLoseWatch, pCommitLost float64
