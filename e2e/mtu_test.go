@@ -179,6 +179,20 @@ func TestFullMTU(t *testing.T) {
 	if full != mtuTaggedCount {
 		t.Errorf("wire: %d of c3->c4's %d datagrams in VXLAN:\n%s", full, mtuTaggedCount, rwDump(pkts))
 	}
+	// DF clear: the packet is dropped all the same (OVS does not fragment
+	// tunnel packets), but the ICMP still lowers the sender's path MTU, so
+	// from the next packet on its kernel fragments to 1450 itself. c3->c2
+	// is another fallback pair, its path MTU untouched so far.
+	out, _ = c3.Exec("ping", "-n", "-c", "4", "-i", "0.3", "-W", "2", "-M", "dont", "-s", "1472", c2.IP.String())
+	if st, perr := simcluster.ParsePing(out); perr != nil || st.Received < 3 {
+		t.Errorf("1500-byte pings without DF c3->c2 on VXLAN: want all but the first answered:\n%s", out)
+	}
+	if mtu := mtuRouteMTU(t, c3, c2.IP); mtu != 1450 {
+		t.Errorf("c3's route to c2 has MTU %d after a DF-clear packet too big for VXLAN, want 1450", mtu)
+	}
+	if n := rwMetric(rwMetrics(t, h1), "keyroute_frag_needed_total", `outcome="sent_no_df"`); n < 1 {
+		t.Errorf("keyroute_frag_needed_total{outcome=\"sent_no_df\"} is %v, want at least 1", n)
+	}
 	if f, _ := rwFind(rwFlows(t, h1, false), "egress", c3.IP, c4.IP); f.State != "fallback" {
 		t.Errorf("c3->c4 left the fallback during the test (%v): the checks above did not run on VXLAN", f)
 	}
