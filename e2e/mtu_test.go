@@ -194,6 +194,17 @@ func TestFullMTU(t *testing.T) {
 	if n := rwMetric(rwMetrics(t, h1), "keyroute_frag_needed_total", `outcome="sent_no_df"`); n < 1 {
 		t.Errorf("keyroute_frag_needed_total{outcome=\"sent_no_df\"} is %v, want at least 1", n)
 	}
+	// The host's own traffic to remote containers always takes VXLAN (the
+	// gateway port's MTU is the containers'): it learns the tunnel's MTU
+	// the same way, from the destination's address.
+	out, _ = h1.Exec("ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", c6.IP.String())
+	if !strings.Contains(out, "mtu = 1450") {
+		t.Errorf("h1's first 1500-byte DF ping to c6: want \"Frag needed and DF set (mtu = 1450)\", got\n%s", out)
+	}
+	out, err = h1.Exec("ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", "1422", c6.IP.String())
+	if st, perr := simcluster.ParsePing(out); perr != nil || st.Received != 2 {
+		t.Errorf("h1's 1450-byte DF pings to c6: %v %v\n%s", err, perr, out)
+	}
 	if f, _ := rwFind(rwFlows(t, h1, false), "egress", c3.IP, c4.IP); f.State != "fallback" {
 		t.Errorf("c3->c4 left the fallback during the test (%v): the checks above did not run on VXLAN", f)
 	}

@@ -17,6 +17,9 @@ import (
 // the packet was sent to the agent.
 const (
 	PuntMiss byte = 1 // an EgressCache miss towards another host
+	// PuntFragNeeded is a packet too big for VXLAN (TunnelOut), for the
+	// agent to answer with ICMP "fragmentation needed".
+	PuntFragNeeded byte = 2
 )
 
 // PuntMeter is the meter that bounds cache-miss punts.

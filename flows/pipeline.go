@@ -274,9 +274,9 @@ func tunnelOut(h Host, peer netip.Addr, vni uint32) []openflow.Instruction {
 	}
 }
 
-// Punt userdata, meter and length of the packets too big for the tunnel.
+// The meter and punt length of the packets too big for the tunnel
+// (userdata PuntFragNeeded).
 const (
-	PuntFragNeeded byte = 2
 	// FragNeededMeter bounds them (the agent answers each with an ICMP).
 	FragNeededMeter = 2
 	// FragNeededMaxLen is what the agent needs of one: Ethernet 14, an IP
