@@ -4,13 +4,22 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/keyroute/keyroute/controller"
+	"github.com/keyroute/keyroute/flows"
+	"github.com/keyroute/keyroute/openflow"
+	"github.com/keyroute/keyroute/registry"
 )
 
 // bigTCP is a container's 1500-byte TCP segment with DF set, as br-int
@@ -146,5 +155,53 @@ func TestFragNeededRejects(t *testing.T) {
 	// An ICMP echo is answered (only errors are not).
 	if _, _, err := fragNeeded(mod(func(b []byte) { b[23] = 1; b[34] = 8 }), gwMAC, gw, 1450); err != nil {
 		t.Errorf("ICMP echo: %v", err)
+	}
+}
+
+// TestOnFragNeeded feeds punts to the handler: hostile or unanswerable
+// ones are counted and dropped; good ones reach the packet-out (which fails
+// here: no switch is connected).
+func TestOnFragNeeded(t *testing.T) {
+	a := &Agent{metrics: newMetrics(), log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		endpoints: map[string]registry.Endpoint{"c1": {Name: "c1", IP: netip.MustParseAddr("198.19.1.2")}},
+		host: flows.Host{Gateway: netip.MustParseAddr("198.19.1.1"), GatewayMAC: net.HardwareAddr{0x0a, 0, 0, 0, 0, 1},
+			GatewayPort: 3, TunnelMTU: 1450},
+		intSw: controller.New("unix:"+filepath.Join(t.TempDir(), "none.mgmt"), controller.Options{}),
+	}
+	pin := func(inPort uint32, userdata byte, pkt []byte) *openflow.PacketIn2 {
+		var md openflow.Match
+		if inPort != 0 {
+			md.Fields = []openflow.OXM{openflow.MatchInPort(inPort)}
+		}
+		return &openflow.PacketIn2{Packet: pkt, Userdata: []byte{userdata}, Metadata: md}
+	}
+	good := bigTCP(t, true, 0)
+	stranger := append([]byte(nil), good...)
+	copy(stranger[26:30], []byte{198, 19, 1, 99}) // not a container of this host
+	icmpErr := append([]byte(nil), good...)
+	icmpErr[23], icmpErr[34] = 1, 3
+	for _, tc := range []struct {
+		name    string
+		pin     *openflow.PacketIn2
+		outcome string
+	}{
+		{"no in_port", pin(0, flows.PuntFragNeeded, good), fragBad},
+		{"short packet", pin(4, flows.PuntFragNeeded, good[:30]), fragBad},
+		{"source not a local container", pin(4, flows.PuntFragNeeded, stranger), fragBad},
+		{"an ICMP error", pin(4, flows.PuntFragNeeded, icmpErr), fragNotAnswer},
+		{"a container's packet", pin(4, flows.PuntFragNeeded, good), fragFailed},
+		{"the host's own packet (gateway port), any source", pin(3, flows.PuntFragNeeded, stranger), fragFailed},
+	} {
+		before := testutil.ToFloat64(a.metrics.fragNeeded.WithLabelValues(tc.outcome))
+		a.onPacketIn(tc.pin)
+		if got := testutil.ToFloat64(a.metrics.fragNeeded.WithLabelValues(tc.outcome)) - before; got != 1 {
+			t.Errorf("%s: keyroute_frag_needed_total{outcome=%q} went up by %v, want 1", tc.name, tc.outcome, got)
+		}
+	}
+	// A cache-miss punt in tunnel mode (no cache) is counted as bad.
+	before := testutil.ToFloat64(a.metrics.punts.WithLabelValues("bad"))
+	a.onPacketIn(pin(4, flows.PuntMiss, good))
+	if got := testutil.ToFloat64(a.metrics.punts.WithLabelValues("bad")) - before; got != 1 {
+		t.Errorf("a cache-miss punt without a cache: bad punts went up by %v, want 1", got)
 	}
 }
