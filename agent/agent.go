@@ -250,8 +250,9 @@ func (a *Agent) setup(ctx context.Context) error {
 	}
 	mtu := a.cfg.ContainerMTU
 	if mtu == 0 {
-		mtu = uplink.MTU - 50
+		mtu = defaultContainerMTU(a.cfg.Mode, uplink.MTU)
 	}
+	a.containerMTU = mtu // the gateway port's too (ensureBridges)
 
 	if a.db, err = ovsdb.Dial(ctx, a.cfg.OVS.DBSocket, ovsdb.Options{Logger: a.log, Reconnect: true}); err != nil {
 		return fmt.Errorf("connect to OVSDB at %s: %w", a.cfg.OVS.DBSocket, err)
@@ -266,8 +267,8 @@ func (a *Agent) setup(ctx context.Context) error {
 		VXLANPort: hostlayout.OFPortVXLAN, GatewayPort: hostlayout.OFPortGateway, PatchPort: hostlayout.OFPortPatch,
 		UplinkPort: hostlayout.OFPortUplink, PhyPatchPort: hostlayout.OFPortPhysicalPatch,
 		TunnelUDPPort: a.cfg.Cluster.VXLANPort, ProtectedTCPPorts: a.cfg.ProtectedTCPPorts(),
+		TunnelMTU: uplink.MTU - vxlanOverhead,
 	}
-	a.containerMTU = mtu
 	a.newSwitches()
 	// br-phy forwards before the host IP moves onto it: with fail_mode
 	// secure and no flows, the host would be cut off (from etcd, too).
@@ -445,7 +446,10 @@ func (a *Agent) ensureBridges(ctx context.Context, hostIP netip.Addr, uplinkMAC 
 		}},
 		{"gateway port " + hostlayout.PortGateway, func() error {
 			return a.db.EnsurePort(ctx, br.Integration, ovsdb.PortSpec{Name: hostlayout.PortGateway, Type: "internal",
-				OFPortRequest: int(hostlayout.OFPortGateway), MAC: hostlayout.GatewayPortMAC.String(), ExternalIDs: ids})
+				OFPortRequest: int(hostlayout.OFPortGateway), MAC: hostlayout.GatewayPortMAC.String(), ExternalIDs: ids,
+				// The host and the containers exchange packets of the
+				// containers' MTU; OVS drops what exceeds a port's MTU.
+				MTURequest: a.containerMTU})
 		}},
 	}
 	for _, s := range steps {
@@ -483,13 +487,19 @@ func (a *Agent) newSwitches() {
 		OwnedCookie: flows.Owned,
 	}
 	a.phySw = controller.New("unix:"+filepath.Join(a.cfg.OVS.RunDir, a.cfg.Bridges.Physical+".mgmt"), opts)
-	if a.cfg.Mode == ModeRewrite {
-		// Handlers reach a.cache, which exists before br-int connects.
-		opts.OnPacketIn = func(p *openflow.PacketIn2) { a.cache.onPunt(p) }
-		opts.OnFlowRemoved = func(fr *openflow.FlowRemoved) { a.cache.onFlowRemoved(fr) }
-		opts.OnConnected = func(ctx context.Context, sw *controller.Switch) error {
-			return ensureMeter(ctx, sw, flows.PuntMeter, a.cfg.Cache.PuntRate)
+	// Handlers reach a.cache, which exists before br-int connects.
+	opts.OnPacketIn = a.onPacketIn
+	opts.OnConnected = func(ctx context.Context, sw *controller.Switch) error {
+		if err := ensureMeter(ctx, sw, flows.FragNeededMeter, a.cfg.FragNeededRate); err != nil {
+			return err
 		}
+		if a.cfg.Mode != ModeRewrite {
+			return nil
+		}
+		return ensureMeter(ctx, sw, flows.PuntMeter, a.cfg.Cache.PuntRate)
+	}
+	if a.cfg.Mode == ModeRewrite {
+		opts.OnFlowRemoved = func(fr *openflow.FlowRemoved) { a.cache.onFlowRemoved(fr) }
 	}
 	a.intSw = controller.New("unix:"+filepath.Join(a.cfg.OVS.RunDir, a.cfg.Bridges.Integration+".mgmt"), opts)
 }

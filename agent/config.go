@@ -40,9 +40,15 @@ type Config struct {
 	Etcd EtcdConfig `yaml:"etcd"`
 	// Cluster holds the cluster-wide addressing plan.
 	Cluster ClusterConfig `yaml:"cluster"`
-	// ContainerMTU for container interfaces; 0 means uplink MTU - 50 (VXLAN
-	// overhead, so the fallback path never drops full-size packets).
+	// ContainerMTU for container interfaces (and the gateway port); 0 means
+	// the uplink's MTU in rewrite mode, where the fast path carries packets
+	// as they are and the VXLAN path answers a packet too big for it with
+	// ICMP "fragmentation needed", and uplink MTU - 50 (the VXLAN
+	// overhead) in tunnel mode, where every packet is encapsulated.
 	ContainerMTU int `yaml:"container_mtu"`
+	// FragNeededRate limits, in packets/s, the packets too big for the
+	// VXLAN path that reach the agent to be answered with ICMP.
+	FragNeededRate uint32 `yaml:"frag_needed_rate"`
 	// Datapath is auto, system or netdev (see kernel preflight).
 	Datapath string `yaml:"datapath"`
 	// OVS says where the local Open vSwitch listens.
@@ -192,14 +198,32 @@ const (
 	ModeRewrite = "rewrite"
 )
 
+// vxlanOverhead is what VXLAN adds to an IP packet: outer IPv4 20, UDP 8,
+// VXLAN 8, inner Ethernet 14.
+const vxlanOverhead = 50
+
+// defaultContainerMTU is container_mtu 0's value: in rewrite mode the
+// uplink's (a pair's packets take the fast path as they are; while on
+// VXLAN, one too big gets ICMP "fragmentation needed" and its sender
+// lowers the path MTU for that destination), in tunnel mode the uplink's
+// less VXLAN's overhead (every packet is encapsulated, and every new
+// destination would otherwise start with a lost full-size packet).
+func defaultContainerMTU(mode string, uplinkMTU int) int {
+	if mode == ModeTunnel {
+		return uplinkMTU - vxlanOverhead
+	}
+	return uplinkMTU
+}
+
 // DefaultConfig returns the built-in defaults.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		Node:     host,
-		Bridges:  hostlayout.Default(),
-		Datapath: "auto",
-		Mode:     ModeRewrite,
+		Node:           host,
+		Bridges:        hostlayout.Default(),
+		Datapath:       "auto",
+		Mode:           ModeRewrite,
+		FragNeededRate: 100,
 		Etcd: EtcdConfig{
 			Prefix:      "/keyroute/",
 			DialTimeout: 5 * time.Second,
@@ -303,7 +327,10 @@ func (c *Config) Validate() error {
 		bad("cluster.gateway_mac", c.Cluster.GatewayMAC, "give a unicast MAC such as 0a:00:00:00:00:01")
 	}
 	if c.ContainerMTU != 0 && (c.ContainerMTU < 576 || c.ContainerMTU > 9000) {
-		bad("container_mtu", c.ContainerMTU, "must be 576..9000, or 0 for uplink MTU - 50")
+		bad("container_mtu", c.ContainerMTU, "must be 576..9000, or 0 for the uplink's MTU (rewrite mode) or uplink MTU - 50 (tunnel mode)")
+	}
+	if c.FragNeededRate == 0 {
+		bad("frag_needed_rate", c.FragNeededRate, "must be at least 1 packet/s")
 	}
 	switch c.Datapath {
 	case "auto", "system", "netdev":

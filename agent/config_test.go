@@ -187,6 +187,8 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{func(c *Config) { c.Bridges.Physical = "br-int" }, "bridges.physical=br-int: integration and physical bridge are both \"br-int\": give the two bridges distinct names"},
 		{func(c *Config) { c.Bridges.Integration = "kr-gw" }, "is also the name of keyroute's port kr-gw"},
 		{func(c *Config) { c.Uplink = "br-phy" }, "uplink=br-phy: is also a bridge name"},
+		{func(c *Config) { c.ContainerMTU = 500 }, "container_mtu=500: must be 576..9000, or 0 for the uplink's MTU (rewrite mode) or uplink MTU - 50 (tunnel mode)"},
+		{func(c *Config) { c.FragNeededRate = 0 }, "frag_needed_rate=0: must be at least 1 packet/s"},
 	}
 	for _, tc := range cases {
 		c := DefaultConfig()
@@ -196,6 +198,17 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("want error containing %q, got %v", tc.want, err)
 		}
+	}
+}
+
+// container_mtu 0: the uplink's MTU where the fast path carries packets as
+// they are, the VXLAN MTU where every packet is encapsulated.
+func TestDefaultContainerMTU(t *testing.T) {
+	if got := defaultContainerMTU(ModeRewrite, 1500); got != 1500 {
+		t.Errorf("rewrite mode on a 1500 uplink: %d, want 1500", got)
+	}
+	if got := defaultContainerMTU(ModeTunnel, 9000); got != 8950 {
+		t.Errorf("tunnel mode on a 9000 uplink: %d, want 8950", got)
 	}
 }
 

@@ -31,6 +31,7 @@ type metrics struct {
 
 	// rewrite mode
 	punts          *prometheus.CounterVec
+	fragNeeded     *prometheus.CounterVec
 	bootstraps     prometheus.Counter
 	expiries       *prometheus.CounterVec
 	cacheEntries   *prometheus.GaugeVec
@@ -60,6 +61,11 @@ func newMetrics() *metrics {
 		Help: "Failed etcd operations, by operation."}, []string{"op"})
 	m.punts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_misses_total",
 		Help: "Cache-miss punts from br-int, by outcome (received, unknown, bad); see keyroute_cache_punts_ignored_total for those the key protocol ignored."}, []string{"outcome"})
+	m.fragNeeded = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_frag_needed_total",
+		Help: "Packets too big for the VXLAN path (the punt meter of TunnelOut let through), by outcome: sent (ICMP fragmentation needed sent, DF was set), sent_no_df (sent all the same, DF was clear), not_answered (an ICMP error or a non-first fragment, RFC 1122), bad (failed validation), failed (packet-out error). Every such packet is dropped."}, []string{"outcome"})
+	for _, o := range fragOutcomes {
+		m.fragNeeded.WithLabelValues(o)
+	}
 	m.bootstraps = prometheus.NewCounter(prometheus.CounterOpts{Name: "keyroute_cache_bootstraps_total", Help: "Key allocations started for new pairs."})
 	m.expiries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_expiries_total",
 		Help: "Cache entries that idled out, by side (egress, restore)."}, []string{"side"})
@@ -70,7 +76,7 @@ func newMetrics() *metrics {
 		Help: "From a pair's first punt to its rewrite entry installed.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
 	m.dscpChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_dscp_path_checks_total",
 		Help: "DSCP path checks towards peers, by peer and result (verified, remarked, lost: some keys unanswered, no_answer: the peer's agent did not answer)."}, []string{"peer", "result"})
-	m.reg.MustRegister(m.dscpChecks, m.endpoints, m.hosts, m.badRecords, skipped, m.etcdErrors, m.punts, m.bootstraps, m.expiries,
+	m.reg.MustRegister(m.dscpChecks, m.endpoints, m.hosts, m.badRecords, skipped, m.etcdErrors, m.punts, m.fragNeeded, m.bootstraps, m.expiries,
 		m.cacheEntries, m.cacheErrors, m.timeToFastPath)
 	return m
 }

@@ -171,7 +171,7 @@ func Report(res *Result, charts []string) string {
 	}
 	w("\n")
 	w("All on the simcluster simulated hosts (network namespaces on one machine). B and C are two clusters of two hosts each, " +
-		"built the same way (same harness, same container MTU 1450, same agent defaults) and up at the same time: " +
+		"built the same way (same harness, same agent defaults, so container MTU 1450 in B, tunnel mode, and 1500, the uplink's, in C) and up at the same time: " +
 		"re-creating one cluster per mode per repetition would add minutes and a fresh-start bias; idle, the other cluster costs " +
 		"little CPU and that shows in the foreign column as ours, not foreign. A runs on the rewrite cluster's hosts, so C/A compares " +
 		"the same two vswitchds. OVS veths have TX checksum offload off (the netdev datapath needs it, DESIGN.md); K and D keep the " +

@@ -636,7 +636,7 @@ func TestRewriteFastPath(t *testing.T) {
 		}
 		recv(msg)
 	}
-	// A 4000-byte datagram: c1 fragments it (MTU below 1500), each
+	// A 4000-byte datagram: c1 fragments it (MTU 1500), each
 	// fragment takes the fast path, c2 reassembles the same bytes.
 	big := make([]byte, 4000)
 	rand.Read(big)

@@ -17,6 +17,9 @@ import (
 // the packet was sent to the agent.
 const (
 	PuntMiss byte = 1 // an EgressCache miss towards another host
+	// PuntFragNeeded is a packet too big for VXLAN (TunnelOut), for the
+	// agent to answer with ICMP "fragmentation needed".
+	PuntFragNeeded byte = 2
 )
 
 // PuntMeter is the meter that bounds cache-miss punts.
@@ -110,20 +113,21 @@ func cacheMatch(p Pair) []openflow.OXM {
 
 // CacheFlow builds the pair's EgressCache entry in the given state.
 func CacheFlow(h Host, r Rewrite, p Pair, st CacheState) *openflow.FlowMod {
-	var acts []openflow.Action
+	var ins []openflow.Instruction
 	switch st {
 	case CachePending:
-		acts = []openflow.Action{setf(openflow.MatchTunDst(p.Peer.IP)), setf(openflow.MatchTunnelID(uint64(KeyedVNI(p.Key)))), out(h.VXLANPort)}
+		ins = tunnelOut(h, p.Peer.IP, KeyedVNI(p.Key))
 	case CacheFallback:
-		acts = []openflow.Action{setf(openflow.MatchTunDst(p.Peer.IP)), setf(openflow.MatchTunnelID(uint64(h.VNI))), out(h.VXLANPort)}
+		ins = tunnelOut(h, p.Peer.IP, h.VNI)
 	case CacheReady:
-		acts = []openflow.Action{
+		// The fast path carries the packet as it is: no encapsulation, so
+		// whatever fits the container's MTU fits the uplink's.
+		ins = []openflow.Instruction{apply(
 			setf(openflow.MatchEthSrc(h.MAC)), setf(openflow.MatchEthDst(p.NextHop)),
 			setf(openflow.MatchIPv4Src(h.IP)), setf(openflow.MatchIPv4Dst(p.Peer.IP)),
-			setf(openflow.MatchIPDSCP(p.Key)), out(h.PatchPort),
-		}
+			setf(openflow.MatchIPDSCP(p.Key)), out(h.PatchPort))}
 	}
-	f := flow(EgressCache, prioNormal, CacheCookie(p.Peer.IP, p.Key), cacheMatch(p), apply(acts...))
+	f := flow(EgressCache, prioNormal, CacheCookie(p.Peer.IP, p.Key), cacheMatch(p), ins...)
 	f.IdleTimeout = seconds(r.SendIdle)
 	if st == CacheFallback && r.FallbackRetry > 0 {
 		f.HardTimeout = seconds(r.FallbackRetry)

@@ -110,6 +110,8 @@ func TestBuildersUseDeclaredFields(t *testing.T) {
 					sub(f, a.Dst)
 				case *openflow.Load:
 					sub(f, a.Dst)
+				case *openflow.CheckPktLarger:
+					sub(f, a.Dst)
 				case *openflow.SetField:
 					oxm(f, a.OXM)
 				}

@@ -32,6 +32,10 @@ type Host struct {
 	UplinkPort, PhyPatchPort uint32
 	// TunnelUDPPort is the cluster's VXLAN UDP port (cluster.vxlan_port).
 	TunnelUDPPort uint16
+	// TunnelMTU is the largest IP packet VXLAN carries without exceeding
+	// the uplink's MTU: uplink MTU - 50 (outer IPv4 20, UDP 8, VXLAN 8,
+	// inner Ethernet 14).
+	TunnelMTU int
 	// ProtectedTCPPorts are the control plane's TCP ports on this host
 	// (Config.ProtectedTCPPorts): containers may not reach them on the
 	// host's own addresses (GuardFlows).
@@ -139,7 +143,7 @@ func IntPipeline(h Host) []*openflow.FlowMod {
 	// Every table drops what it does not know, except the rule tables,
 	// which allow by default (no rule = allow) and the cache, whose miss
 	// is the normal Forward path.
-	for t := Classify; t <= Deliver; t++ {
+	for t := Classify; t <= TunnelOut; t++ {
 		switch t {
 		case EgressRules:
 			fs = append(fs, flow(t, prioMiss, pipelineCookie(t), nil, gotoTable(EgressCache)))
@@ -147,6 +151,8 @@ func IntPipeline(h Host) []*openflow.FlowMod {
 			fs = append(fs, flow(t, prioMiss, pipelineCookie(t), nil, gotoTable(Forward)))
 		case IngressRules:
 			fs = append(fs, flow(t, prioMiss, pipelineCookie(t), nil, gotoTable(Deliver)))
+		case TunnelOut:
+			fs = append(fs, flow(t, prioMiss, pipelineCookie(t), nil, apply(out(h.VXLANPort))))
 		default:
 			fs = append(fs, flow(t, prioMiss, pipelineCookie(t), nil))
 		}
@@ -178,6 +184,12 @@ func IntPipeline(h Host) []*openflow.FlowMod {
 		flow(Forward, prioDefault+1, gw, m(openflow.MatchInPort(h.GatewayPort), openflow.MatchEthType(ethIPv4))),
 		flow(Forward, prioDefault, gw, m(openflow.MatchEthType(ethIPv4)),
 			apply(setf(openflow.MatchEthDst(h.GatewayPortMAC)), out(h.GatewayPort))),
+
+		// TunnelOut: a packet too big for the tunnel goes to the agent
+		// (metered, the first bytes only: the ICMP quotes the IP header
+		// and 8 bytes) and no further; the rest leave by the miss above.
+		flow(TunnelOut, prioNormal, pipelineCookie(TunnelOut), m(TunnelTooBig.Match(1)),
+			apply(&openflow.Controller{MaxLen: FragNeededMaxLen, Userdata: []byte{PuntFragNeeded}, MeterID: FragNeededMeter})),
 
 		// Deliver: the gateway IP is the host itself.
 		flow(Deliver, prioNormal, gw, m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(h.Gateway)),
@@ -241,12 +253,37 @@ func PeerFlows(h Host, p Peer) []*openflow.FlowMod {
 	return []*openflow.FlowMod{
 		flow(Forward, prioNormal, Cookie(CatSubnet, ip4ID(p.Subnet.Addr())),
 			m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4DstMasked(p.Subnet)),
-			apply(setf(openflow.MatchTunDst(p.IP)), setf(openflow.MatchTunnelID(uint64(h.VNI))), out(h.VXLANPort))),
+			tunnelOut(h, p.IP, h.VNI)...),
 		flow(TunnelIn, prioNormal, c,
 			m(openflow.MatchInPort(h.VXLANPort), openflow.MatchTunnelID(uint64(h.VNI)), openflow.MatchTunSrc(p.IP), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4DstMasked(h.Subnet)),
 			gotoTable(IngressRules)),
 	}
 }
+
+// tunnelOut sends a packet through VXLAN to peer with VNI vni: it sets
+// the tunnel's metadata and whether the packet fits, and TunnelOut sends it
+// or punts it. check_pkt_larger counts the Ethernet frame the tunnel
+// carries whole, so the limit is the inner IP packet's TunnelMTU plus the
+// 14-byte Ethernet header (container frames carry no VLAN tag: SpoofGuard
+// admits only untagged IPv4 and ARP).
+func tunnelOut(h Host, peer netip.Addr, vni uint32) []openflow.Instruction {
+	return []openflow.Instruction{
+		apply(setf(openflow.MatchTunDst(peer)), setf(openflow.MatchTunnelID(uint64(vni))),
+			&openflow.CheckPktLarger{PktLen: uint16(h.TunnelMTU + ethHeaderLen), Dst: TunnelTooBig.Subfield()}),
+		gotoTable(TunnelOut),
+	}
+}
+
+// The meter and punt length of the packets too big for the tunnel
+// (userdata PuntFragNeeded).
+const (
+	// FragNeededMeter bounds them (the agent answers each with an ICMP).
+	FragNeededMeter = 2
+	// FragNeededMaxLen is what the agent needs of one: Ethernet 14, an IP
+	// header with options 60, 8 bytes of payload; rounded up.
+	FragNeededMaxLen = 128
+	ethHeaderLen     = 14
+)
 
 // PhyPipeline returns br-phy's flows: the uplink and the host stack on
 // LOCAL talk to each other directly (no MAC learning on the hot path); the
@@ -295,7 +332,7 @@ func RoamingFlows(h Host, r Roaming, peers []Peer) []*openflow.FlowMod {
 	if r.Host != nil {
 		return []*openflow.FlowMod{flow(Forward, prioHigh, c,
 			m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(r.IP)),
-			apply(setf(openflow.MatchTunDst(r.Host.IP)), setf(openflow.MatchTunnelID(uint64(h.VNI))), out(h.VXLANPort)))}
+			tunnelOut(h, r.Host.IP, h.VNI)...)}
 	}
 	fs := []*openflow.FlowMod{flow(Forward, prioHigh, c, m(openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(r.IP)), gotoTable(IngressRules))}
 	for _, p := range peers {

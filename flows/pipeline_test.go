@@ -36,7 +36,7 @@ func testHost() Host {
 		Cluster: netip.MustParsePrefix("198.19.0.0/16"), VNI: 100,
 		VXLANPort: hostlayout.OFPortVXLAN, PatchPort: hostlayout.OFPortPatch, GatewayPort: hostlayout.OFPortGateway,
 		UplinkPort: hostlayout.OFPortUplink, PhyPatchPort: hostlayout.OFPortPhysicalPatch,
-		TunnelUDPPort: 4789, ProtectedTCPPorts: []uint16{2379, 2380, 9476},
+		TunnelUDPPort: 4789, ProtectedTCPPorts: []uint16{2379, 2380, 9476}, TunnelMTU: 1450,
 	}
 }
 

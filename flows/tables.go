@@ -32,6 +32,10 @@ const (
 	Restore      IntTable = 7
 	IngressRules IntTable = 8
 	Deliver      IntTable = 9
+	// TunnelOut sends what Forward and EgressCache route through VXLAN
+	// out of the tunnel port, or, when it would not fit the uplink once
+	// encapsulated, to the agent for an ICMP "fragmentation needed".
+	TunnelOut IntTable = 10
 )
 
 // br-phy tables: Underlay sorts uplink, LOCAL and patch traffic;
@@ -49,6 +53,7 @@ var (
 		Classify: "Classify", SpoofGuard: "SpoofGuard", ArpResponder: "ArpResponder",
 		EgressRules: "EgressRules", EgressCache: "EgressCache", Forward: "Forward",
 		TunnelIn: "TunnelIn", Restore: "Restore", IngressRules: "IngressRules", Deliver: "Deliver",
+		TunnelOut: "TunnelOut",
 	}
 	phyTableNames = map[PhyTable]string{
 		Underlay: "Underlay", UnderlayKeys: "UnderlayKeys", UnderlayClear: "UnderlayClear",
@@ -96,5 +101,5 @@ func ParseIntTable(s string) (IntTable, error) {
 			return IntTable(n), nil
 		}
 	}
-	return 0, fmt.Errorf("unknown table %q: use one of Classify, SpoofGuard, ArpResponder, EgressRules, EgressCache, Forward, TunnelIn, Restore, IngressRules, Deliver", s)
+	return 0, fmt.Errorf("unknown table %q: use one of Classify, SpoofGuard, ArpResponder, EgressRules, EgressCache, Forward, TunnelIn, Restore, IngressRules, Deliver, TunnelOut", s)
 }

@@ -166,6 +166,8 @@ func TestDecodeRejectsBadActions(t *testing.T) {
 	decodeErrAt(t, "load value too wide", at(nxAction(nxastRegLoad, 0, 3, 0, 1, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0x10)), 24, "does not fit 4 bits")
 	decodeErrAt(t, "load masked header", at(nxAction(nxastRegLoad, 0, 3, 0, 1, 1, 4, 0, 0, 0, 0, 0, 0, 0, 1)), 20, "masked header")
 	decodeErrAt(t, "load header length", at(nxAction(nxastRegLoad, 0, 3, 0, 1, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1)), 20, "length 8, want 4")
+	decodeErrAt(t, "check_pkt_larger bit past field", at(nxAction(nxastCheckPktLarger, 0x05, 0xb8, 0, 32, 0, 1, 0, 4, 0, 0, 0, 0, 0, 0)), 20, "NXM_NX_REG0[32..32] outside")
+	decodeErrAt(t, "check_pkt_larger length", at(nxAction(nxastCheckPktLarger, 0x05, 0xb8, 0, 3, 0, 1, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)), 10, "length 32, want 24")
 	decodeErrAt(t, "move of zero bits", at(nxAction(nxastRegMove, 0, 0, 0, 0, 0, 0, 0, 1, 0, 4, 0, 1, 2, 4)), 20, "outside")
 	decodeErrAt(t, "controller2 property length", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 3)), 26, "length 3")
 	decodeErrAt(t, "controller2 property size", at(nxAction(nxastController2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 6, 0, 1)), 26, "property 5 of 2 bytes, want 4")

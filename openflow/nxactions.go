@@ -9,15 +9,16 @@ import (
 
 // Nicira action subtypes (NXAST_*) keyroute encodes or decodes.
 const (
-	nxastResubmit      = 1
-	nxastRegMove       = 6
-	nxastRegLoad       = 7
-	nxastNote          = 8
-	nxastResubmitTable = 14
-	nxastLearn         = 16
-	nxastController    = 20
-	nxastController2   = 37
-	nxActionHdrLen     = 10 // type, len, vendor, subtype
+	nxastResubmit       = 1
+	nxastRegMove        = 6
+	nxastRegLoad        = 7
+	nxastNote           = 8
+	nxastResubmitTable  = 14
+	nxastLearn          = 16
+	nxastController     = 20
+	nxastController2    = 37
+	nxastCheckPktLarger = 49
+	nxActionHdrLen      = 10 // type, len, vendor, subtype
 )
 
 // beginNX appends a Nicira action header (type, length to be filled by
@@ -577,6 +578,58 @@ func init() {
 	registerNXAction(nxastNote, decodeNote)
 	registerNXAction(nxastRegLoad, decodeLoad)
 	registerNXAction(nxastRegMove, decodeMove)
+	registerNXAction(nxastCheckPktLarger, decodeCheckPktLarger)
+}
+
+// CheckPktLarger writes 1 into the 1-bit Dst when the packet is longer than
+// PktLen bytes, else 0 (NXAST_CHECK_PKT_LARGER, OVS 2.12+; ovs-actions(7)
+// "check_pkt_larger"). The length counts the Ethernet header and payload
+// but not a VLAN tag. The datapath runs the check per packet
+// (check_pkt_len), so one megaflow covers every size.
+type CheckPktLarger struct {
+	PktLen uint16
+	Dst    Subfield
+}
+
+func (a *CheckPktLarger) AppendAction(b []byte) ([]byte, error) {
+	ofs, n, err := a.Dst.span()
+	if err != nil {
+		return b, fmt.Errorf("check_pkt_larger: %w", err)
+	}
+	if n != 1 {
+		return b, fmt.Errorf("check_pkt_larger: %s is %d bits wide, want 1", a.Dst, n)
+	}
+	h, err := nxmHeader(a.Dst.Field)
+	if err != nil {
+		return b, fmt.Errorf("check_pkt_larger: %w", err)
+	}
+	// pkt_len, the destination bit's offset, its field's NXM header, 6
+	// bytes of padding: 24 bytes in all.
+	start, b := beginNX(b, nxastCheckPktLarger)
+	b = binary.BigEndian.AppendUint16(b, a.PktLen)
+	b = binary.BigEndian.AppendUint16(b, uint16(ofs))
+	b = binary.BigEndian.AppendUint32(b, h)
+	return finishTLV(b, start, "check_pkt_larger action")
+}
+
+func (a *CheckPktLarger) String() string {
+	return fmt.Sprintf("check_pkt_larger(%d)->%s", a.PktLen, a.Dst)
+}
+
+func decodeCheckPktLarger(b []byte) (Action, error) {
+	const what = "check_pkt_larger action"
+	if err := wantLen(what, b, 24); err != nil {
+		return nil, err
+	}
+	f, err := fieldByHeader(binary.BigEndian.Uint32(b[14:]), what, 14)
+	if err != nil {
+		return nil, err
+	}
+	dst, err := decodedSubfield(f, int(binary.BigEndian.Uint16(b[12:])), 1, what, 12)
+	if err != nil {
+		return nil, err
+	}
+	return &CheckPktLarger{PktLen: binary.BigEndian.Uint16(b[10:]), Dst: dst}, nil
 }
 
 // LearnFlags are NX_LEARN_F_* flags of a learn action.

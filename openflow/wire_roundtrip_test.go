@@ -200,6 +200,19 @@ func wireCases() []wireCase {
 					wBE16(0x0010), wBE32(0x80000a02), wBE16(0), wBE32(0x80000a02), wBE16(0), // match eth_type on its own value
 					wBE16(0x2010), wBE16(0x0800), wBE32(0x80000a02), wBE16(0))...)), // and on 0x800
 			ovs: []string{"note:01.02.03.00.00.00", "move:NXM_OF_IP_SRC[]->NXM_NX_REG0[]", "learn(table=5,idle_timeout=10,priority=20,send_flow_rem,cookie=0x99,NXM_OF_ETH_TYPE[],eth_type=0x800)"}},
+		{name: "check_pkt_larger into a register bit and into a field keyroute does not name",
+			raw: wAdd(wMatch(), nxAction(nxastCheckPktLarger, wCat(wBE16(1464), wBE16(3), wBE32(0x00010204), wZeros(6))...),
+				nxAction(nxastCheckPktLarger, wCat(wBE16(7), wBE16(5), wBE32(0x80010008), wZeros(6))...)),
+			ovs: []string{"actions=check_pkt_larger(1464)->NXM_NX_REG1[3],check_pkt_larger(7)->OXM_OF_PKT_REG0[5]"},
+			check: func(t *testing.T, m Message) {
+				acts := m.(*FlowMod).Instructions[0].(*ApplyActionsInst).Actions
+				if a, ok := acts[0].(*CheckPktLarger); !ok || a.PktLen != 1464 || a.Dst != Bits(FieldReg[1], 3, 1) {
+					t.Errorf("first action %#v, want check_pkt_larger(1464)->reg1[3]", acts[0])
+				}
+				if _, ok := acts[1].(*UnknownAction); !ok {
+					t.Errorf("second action %#v, want it kept raw", acts[1])
+				}
+			}},
 		{name: "an unknown experimenter action", raw: wAdd(wMatch(), wTLV(ActionTypeExperimenter, wBE32(0x00abcdef), wBE32(1))), ovs: []string{"OFPT_FLOW_MOD"}, rejects: "OFPBAC_BAD_VENDOR"},
 
 		// --- instructions and matches ---

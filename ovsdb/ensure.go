@@ -87,6 +87,9 @@ type PortSpec struct {
 	Options       map[string]string
 	OFPortRequest int    // 1-65279; 0 lets OVS choose
 	MAC           string // Interface.mac, for internal ports; "": OVS chooses
+	// MTURequest is Interface.mtu_request (68-65535); 0 lets OVS choose
+	// (an internal port then follows the bridge's smallest MTU).
+	MTURequest int
 	// ExternalIDs are merged into the Port's and the Interface's external_ids
 	// (an empty value removes the key).
 	ExternalIDs map[string]string
@@ -112,6 +115,9 @@ func (s *PortSpec) validate() error {
 	if s.OFPortRequest < 0 || s.OFPortRequest > 65279 {
 		return fmt.Errorf("ofport_request %d is outside 1-65279", s.OFPortRequest)
 	}
+	if s.MTURequest != 0 && (s.MTURequest < 68 || s.MTURequest > 65535) {
+		return fmt.Errorf("mtu_request %d is outside 68-65535", s.MTURequest)
+	}
 	if s.MAC != "" {
 		if hw, err := net.ParseMAC(s.MAC); err != nil || len(hw) != 6 {
 			return fmt.Errorf("mac %q is not an Ethernet address", s.MAC)
@@ -122,9 +128,12 @@ func (s *PortSpec) validate() error {
 
 // interfaceColumns are the Interface columns a PortSpec decides.
 func (s *PortSpec) interfaceColumns() Row {
-	r := Row{"type": s.Type, "options": nonNilMap(s.Options), "ofport_request": Set{}, "mac": Set{}}
+	r := Row{"type": s.Type, "options": nonNilMap(s.Options), "ofport_request": Set{}, "mac": Set{}, "mtu_request": Set{}}
 	if s.OFPortRequest != 0 {
 		r["ofport_request"] = int64(s.OFPortRequest)
+	}
+	if s.MTURequest != 0 {
+		r["mtu_request"] = int64(s.MTURequest)
 	}
 	if s.MAC != "" {
 		hw, _ := net.ParseMAC(s.MAC) // validated
@@ -447,7 +456,7 @@ func (c *Client) EnsurePort(ctx context.Context, bridge string, spec PortSpec) e
 	res, err := c.Transact(ctx, DB,
 		Select("Bridge", nil, "_uuid", "name", "ports"),
 		Select("Port", eq("name", spec.Name), "_uuid", "interfaces", "external_ids"),
-		Select("Interface", eq("name", spec.Name), "_uuid", "type", "options", "ofport_request", "mac", "external_ids"))
+		Select("Interface", eq("name", spec.Name), "_uuid", "type", "options", "ofport_request", "mac", "mtu_request", "external_ids"))
 	if err != nil {
 		return fmt.Errorf("ensure port %s on %s: read: %w", spec.Name, bridge, err)
 	}
@@ -524,6 +533,9 @@ func (c *Client) ensurePortOps(bridge string, spec *PortSpec, bridges, ports, if
 	}
 	if iface.Int("ofport_request") != int64(spec.OFPortRequest) {
 		set["ofport_request"] = want["ofport_request"]
+	}
+	if iface.Int("mtu_request") != int64(spec.MTURequest) {
+		set["mtu_request"] = want["mtu_request"]
 	}
 	if !sameMAC(iface.String("mac"), spec.MAC) {
 		set["mac"] = want["mac"]

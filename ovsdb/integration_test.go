@@ -217,7 +217,7 @@ func TestIntegrationEnsure(t *testing.T) {
 	}
 	ports := []portOn{
 		{"br-int", PortSpec{Name: "sys0", OFPortRequest: 1, ExternalIDs: map[string]string{"container": "c1"}}},
-		{"br-int", PortSpec{Name: "gw0", Type: "internal", MAC: "02:00:00:00:AA:01", OFPortRequest: 2}},
+		{"br-int", PortSpec{Name: "gw0", Type: "internal", MAC: "02:00:00:00:AA:01", OFPortRequest: 2, MTURequest: 1400}},
 		{"br-int", PortSpec{Name: "patch-phy", Type: "patch", Options: map[string]string{"peer": "patch-int"}, OFPortRequest: 3}},
 		{"br-int", PortSpec{Name: "vx0", Type: "vxlan", OFPortRequest: 4,
 			Options: map[string]string{"remote_ip": "flow", "key": "flow", "local_ip": "198.18.0.1"}}},
@@ -308,6 +308,15 @@ func TestIntegrationEnsure(t *testing.T) {
 		if got, err := o.Vsctl("get", "bridge", args[0], col); err != nil || got != want {
 			t.Errorf("ovs-vsctl get bridge %s %s = %s, %v; want %s", args[0], col, got, err, want)
 		}
+	}
+
+	if err := simhost.WaitFor(10*time.Second, func() error {
+		if got, err := o.Vsctl("get", "interface", "gw0", "mtu"); err != nil || got != "1400" {
+			return fmt.Errorf("ovs-vsctl get interface gw0 mtu = %s, %v; want the requested 1400", got, err)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 
 	list, err := c.ListPorts(ctx, "br-int")
