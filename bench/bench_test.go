@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyroute/keyroute/simcluster"
 )
 
 func TestSummarizeIgnoresNaNAndTakesMedian(t *testing.T) {
@@ -214,6 +216,14 @@ func TestValidate(t *testing.T) {
 	if err := sel.Validate(); err != nil || !sel.measures(PathR) || sel.measures(PathB) || !c.measures(PathB) {
 		t.Errorf("paths C,R: %v; measures R %v, B %v; default measures B %v", err, sel.measures(PathR), sel.measures(PathB), c.measures(PathB))
 	}
+	if q.KeySpace || !c.KeySpace {
+		t.Errorf("key space: quick %v, default %v; want the quick run to leave it out", q.KeySpace, c.KeySpace)
+	}
+	both := sel
+	both.NoDataPlane = true
+	if err := both.Validate(); err == nil || !strings.Contains(err.Error(), "--no-data-plane") {
+		t.Errorf("paths with the data plane off: %v", err)
+	}
 	sel.Paths = []Path{PathC, "X"}
 	if err := sel.Validate(); err == nil || !strings.Contains(err.Error(), `"X"`) {
 		t.Errorf("unknown path: %v", err)
@@ -306,7 +316,21 @@ func synthetic() *Result {
 		PipelineRate: 1500, BurstRate: 900, LonePairMs: 4, BurstP50ms: NaN, BurstP99ms: NaN, OneAgentFirstMs: NaN, OneAgentSeconds: NaN, RSSKiBPer1000: NaN,
 		RSSMarginalKiBPer1000: NaN, SetupSeconds: NaN, EtcdFsyncP50ms: NaN, EtcdFsyncP99ms: NaN,
 		Buckets: []Bucket{{0.001, 100}, {0.004, 400}, {0.128, 500}, {math.Inf(1), 500}}}
+	res.KeySpace = &KeySpace{Keys: 37, Runs: []KeySpaceRun{
+		{Eviction: "traffic", Result: ksResult(0.969, 56, simcluster.TaggedStats{Sent: 1000, Received: 998})},
+		{Eviction: "none", Result: ksResult(0.208, 0, simcluster.TaggedStats{Sent: 1000, Received: 1000})},
+	}}
 	return res
+}
+
+// ksResult is a key-space run with the given share of bytes on the fast
+// path (of 1,000,000 bytes the containers sent, 100 VXLAN packets).
+func ksResult(share, swaps float64, load simcluster.TaggedStats) simcluster.KeySpaceResult {
+	fast := int64(share * 1e6)
+	return simcluster.KeySpaceResult{Options: simcluster.KeySpaceOptions{Senders: 20, Receivers: 10, Chat: 8 * time.Second,
+		Settle: 20 * time.Second, Measure: 20 * time.Second, TopRate: 140000, Exponent: 2}, Pairs: 200,
+		Wire:      simcluster.PairBytes{FastBytes: fast, VXLANBytes: 1e6 - fast + 100*50, VXLANPackets: 100},
+		FastShare: share, KeySwaps: swaps, Load: load}
 }
 
 func TestReportRatiosAndTargets(t *testing.T) {
@@ -314,7 +338,7 @@ func TestReportRatiosAndTargets(t *testing.T) {
 	if got := ratio(res.Samples, PathC, PathA, TestTCP1, mGbps); got.N != 3 || math.Abs(got.Median-1.1) > 1e-9 || got.Max-got.Min > 1e-9 {
 		t.Fatalf("C/A paired ratio = %+v, want 1.1 on all 3 repetitions", got)
 	}
-	md := Report(res, []string{ChartThroughput})
+	md := Report(res, []string{ChartThroughput, ChartKeySpace})
 	for _, want := range []string{
 		"| C/A | 1.10 | 1.10 |", // paired ratios, not ratio of medians of a noisy series
 		"| C / A throughput, 1 stream | ≥ 1.00 × | 1.10 × | yes |",
@@ -324,6 +348,12 @@ func TestReportRatiosAndTargets(t *testing.T) {
 		"![throughput](throughput.png)",
 		"interleaved (A B C K D, A B C K D, …)",
 		"**O** (OVN Geneve) — not measured: test",
+		"| bytes on the fast path, eviction traffic (200 pairs, 37 keys, Zipf) | ≥ 95.0 % | 96.9 % | yes |",
+		"| traffic | 96.9% | 969000 / 31000 | 56 | 1000 / 998 | 0 |",
+		"| none | 20.8% | 208000 / 792000 | 0 | 1000 / 1000 | 0 |",
+		"Target (≥ 95% of the bytes on the fast path with eviction traffic): **met** (96.9%).",
+		"20 containers on h1 × 10 on h2 = 200 pairs h1→h2 sharing that direction's 37 keys",
+		"![key_space](key_space.png)",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
@@ -340,7 +370,7 @@ func TestWriteOutputs(t *testing.T) {
 	if err := writeOutputs(dir, res); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"results.json", "report.md", ChartThroughput, ChartLatency, ChartCPU, ChartTTFP} {
+	for _, f := range []string{"results.json", "report.md", ChartThroughput, ChartLatency, ChartCPU, ChartTTFP, ChartKeySpace} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil || fi.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
@@ -353,6 +383,10 @@ func TestWriteOutputs(t *testing.T) {
 	}
 	if len(back.Samples) != len(res.Samples) || !math.IsNaN(float64(back.Samples[0].P50us)) {
 		t.Errorf("results.json round trip lost samples or NaNs")
+	}
+	if back.KeySpace == nil || len(back.KeySpace.Runs) != 2 || back.KeySpace.Runs[0].Result.Options.Settle != 20*time.Second ||
+		back.KeySpace.share("none") != 0.208 {
+		t.Errorf("results.json round trip lost the key space: %+v", back.KeySpace)
 	}
 	before, _ := os.ReadFile(filepath.Join(dir, "report.md"))
 	os.Remove(filepath.Join(dir, "report.md"))
@@ -397,5 +431,51 @@ time=2026-12-03T13:32:21.711Z level=DEBUG msg="pair marked ready" src=198.19.0.2
 	}
 	if st := StageTimes(nil); st[0].Pairs != 0 || !math.IsNaN(float64(st[0].P50ms)) {
 		t.Errorf("no logs: %+v", st[0])
+	}
+}
+
+// A run of the key space alone: no data-plane section, charts or targets,
+// a missed target and misdeliveries shown as such.
+func TestReportKeySpaceOnly(t *testing.T) {
+	res := &Result{Started: time.Now(), Finished: time.Now(), Config: DefaultConfig(false), Phases: map[string]float64{"key_space": 150}}
+	res.Config.NoDataPlane, res.Config.NoControlPlane, res.Config.FlowInstall = true, true, false
+	bad := simcluster.TaggedStats{Sent: 1000, Received: 990, Misdeliveries: 2, Examples: []string{"r1 (198.19.2.3) got \"kr|s0|r2|7|\" from 198.19.1.2: meant for r2"}}
+	res.KeySpace = &KeySpace{Keys: 37, Runs: []KeySpaceRun{
+		{Eviction: "traffic", Result: ksResult(0.9, 12, bad)},
+		{Eviction: "none", Err: "cluster: etcd did not start"},
+	}}
+	dir := t.TempDir()
+	if err := writeOutputs(dir, res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Errors) != 0 {
+		t.Errorf("errors: %v (no data-plane chart may be attempted)", res.Errors)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "report.md"))
+	md := string(b)
+	for _, want := range []string{
+		"## Data plane\n\nNot run (`--no-data-plane`).",
+		"## Control plane\n\nNot run (`--no-control-plane`).",
+		"| bytes on the fast path, eviction traffic (200 pairs, 37 keys, Zipf) | ≥ 95.0 % | 90.0 % | **no**, missed by 5% |",
+		"Target (≥ 95% of the bytes on the fast path with eviction traffic): **missed** (90.0%).",
+		"| traffic | 90.0% | 900000 / 100000 | 12 | 1000 / 990 | **2** |",
+		"| none | failed: cluster: etcd did not start |",
+		"- misdelivered (eviction traffic): r1 (198.19.2.3) got",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	for _, unwanted := range []string{"C / A throughput", "## Every repetition", "## Userspace TSO"} {
+		if strings.Contains(md, unwanted) {
+			t.Errorf("report of a run without the data plane has %q", unwanted)
+		}
+	}
+	if t.Failed() {
+		t.Log(md)
+	}
+	quick := &Result{Config: DefaultConfig(true), Phases: map[string]float64{}}
+	if md := Report(quick, nil); !strings.Contains(md, "Not run: `--quick` leaves it out") {
+		t.Errorf("quick report does not say the key space was left out:\n%s", md)
 	}
 }
