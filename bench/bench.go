@@ -53,7 +53,7 @@ type Config struct {
 	NoDataPlane    bool `json:"no_data_plane,omitempty"`
 	NoControlPlane bool `json:"no_control_plane,omitempty"`
 	// KeySpace runs the key-space phase: 200 pairs between two hosts,
-	// Zipf traffic, with cache.eviction traffic and none (about 2.5
+	// Zipf traffic, with cache.eviction traffic and none (about 2
 	// minutes, so the quick run leaves it out).
 	KeySpace bool `json:"key_space"`
 	// CPHosts × CPContainers containers for the control-plane phase.

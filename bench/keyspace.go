@@ -108,7 +108,7 @@ func writeKeySpace(w func(string, ...any), res *Result) {
 		case res.KeySpaceErr != "":
 			w("Failed: %s\n", mdEscape(firstLine(res.KeySpaceErr)))
 		case res.Config.Quick:
-			w("Not run: `--quick` leaves it out (it takes about 2.5 minutes; CI runs it as e2e TestKeySpaceEviction).\n")
+			w("Not run: `--quick` leaves it out (it takes about 2 minutes; CI runs it as e2e TestKeySpaceEviction).\n")
 		default:
 			w("Not run (`--no-key-space`).\n")
 		}
@@ -152,7 +152,7 @@ func writeKeySpace(w func(string, ...any), res *Result) {
 		w("\nTarget (≥ %s of the bytes on the fast path with eviction traffic): **missed** (%s%%).\n", goal, f(100*got, 1))
 	}
 	w("Misdeliveries must be 0: a datagram a receiver got that names another receiver, or that does not come from the sender it names. " +
-		"Datagrams not delivered are UDP lost on the shared machine or while a pair changes path; the e2e test does not assert on them.\n")
+		"Datagrams not delivered are UDP lost on the shared machine or while a pair changes path; the e2e test allows at most 0.1%%.\n")
 	for _, r := range ks.Runs {
 		for _, e := range r.Result.Load.Examples {
 			w("\n- misdelivered (eviction %s): %s", r.Eviction, mdEscape(e))

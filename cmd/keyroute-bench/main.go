@@ -48,7 +48,7 @@ func run() int {
 	paths := flag.String("paths", "", "data-plane paths to measure, comma-separated, e.g. C,R (default: all: "+bench.PathNames(bench.PathOrder, ",")+")")
 	noDP := flag.Bool("no-data-plane", false, "skip the data-plane phase (paths A–O)")
 	noCP := flag.Bool("no-control-plane", false, "skip the control-plane phase")
-	noKS := flag.Bool("no-key-space", false, "skip the key-space phase (eviction traffic vs none, about 2.5 min; --quick leaves it out)")
+	noKS := flag.Bool("no-key-space", false, "skip the key-space phase (eviction traffic vs none, about 2 min; --quick leaves it out)")
 	out := flag.String("out", "", "output directory (default bench/results/<timestamp> in the source tree)")
 	ovnRoot := flag.String("ovn-root", os.Getenv("KEYROUTE_OVN_ROOT"), "a `dpkg -x` tree of Debian's ovn-common, ovn-host and ovn-central for path O (env KEYROUTE_OVN_ROOT; default: installed OVN, else O is left out)")
 	bin := flag.String("bin", "", "directory with keyroute-agent and keyroutectl (default: next to this program, else build them)")
