@@ -306,6 +306,8 @@ func synthetic() *Result {
 					s.Gbps, s.GB = Num(g), Num(g)
 					if ovsPath(p) {
 						s.CPUSecPerGB = Num(10 / g)
+						s.NsPerPkt, s.PassesPerPkt = Num(1000*rep), 1
+						s.Megaflows, s.Masks = Num(3+rep), 3
 					}
 				}
 				res.Samples = append(res.Samples, s)
@@ -344,7 +346,8 @@ func TestReportRatiosAndTargets(t *testing.T) {
 		"| C / A throughput, 1 stream | ≥ 1.00 × | 1.10 × | yes |",
 		"| C / B throughput, 1 stream | ≥ 1.03 × | 1.10 × | yes |",
 		"| time to fast path p99 (paced) | ≤ 50.0 ms | 80.0 ms | **no**, missed by 60% |",
-		"| 2 | C | 2.200 (20) |", // every repetition with its foreign load
+		"| 2 | C | 2.200 (20) |",      // every repetition with its foreign load
+		"| C | – | – | 5 (4–6) / 3 |", // megaflows used / masks
 		"![throughput](throughput.png)",
 		"interleaved (A B C K D, A B C K D, …)",
 		"**O** (OVN Geneve) — not measured: test",
@@ -477,5 +480,35 @@ func TestReportKeySpaceOnly(t *testing.T) {
 	quick := &Result{Config: DefaultConfig(true), Phases: map[string]float64{}}
 	if md := Report(quick, nil); !strings.Contains(md, "Not run: `--quick` leaves it out") {
 		t.Errorf("quick report does not say the key space was left out:\n%s", md)
+	}
+}
+
+func TestParseMegaflows(t *testing.T) {
+	// Two flows from one port with one mask, one with another mask from a
+	// second port, one too old, one never used (keyroute's C path, OVS 3.1).
+	out := `flow-dump from the main thread:
+ufid:5811c6b2-0e2b-4e24-a39e-0bc7c00638d9, skb_priority(0/0),skb_mark(0/0),recirc_id(0),dp_hash(0/0),in_port(krd0f631ca1dd),packet_type(ns=0,id=0),eth(src=7e:2b:36:ea:d5:89,dst=0a:00:00:00:00:01),eth_type(0x0800),ipv4(src=198.19.0.2,dst=198.19.1.2,proto=6,tos=0/0xfc,ttl=64/0,frag=no),tcp(src=38288/0,dst=5201/0),tcp_flags(0/0), packets:58502, bytes:85633831, used:0.027s, flags:SP., dp:ovs, actions:set(eth(src=02:00:00:00:00:01,dst=02:00:00:00:00:02)),set(ipv4(src=198.18.0.1,dst=198.18.0.2,tos=0x88/0xfc)),eth1, dp-extra-info:miniflow_bits(5,2)
+ufid:889a7b0f-6acb-4837-9f88-c739a7a64cf5, skb_priority(0/0),skb_mark(0/0),recirc_id(0),dp_hash(0/0),in_port(krd0f631ca1dd),packet_type(ns=0,id=0),eth(src=7e:2b:36:ea:d5:89,dst=0a:00:00:00:00:01),eth_type(0x0800),ipv4(src=198.19.0.2,dst=198.19.1.3,proto=1,tos=0/0xfc,ttl=64/0,frag=no),icmp(type=8/0,code=0/0), packets:3, bytes:294, used:1.5s, flags:SP., dp:ovs, actions:eth1
+ufid:77effb31-d3a0-47a5-8e72-214043c13e5b, skb_priority(0/0),tunnel(tun_id=0x64,src=198.18.0.2,dst=198.18.0.1,ttl=64/0,tp_src=59628/0,tp_dst=4789/0,flags(-df-csum+key)),recirc_id(0),in_port(vxlan_sys_4789),eth(src=96:19:05:11:b1:37,dst=0a:00:00:00:00:01),eth_type(0x0800),ipv4(src=198.19.1.2/0.0.0.0,dst=198.19.0.2,proto=1/0,tos=0/0,ttl=64/0,frag=no),icmp(type=0/0,code=0/0), packets:11, bytes:810, used:2.950s, flags:SP., dp:ovs, actions:krd0f631ca1dd
+ufid:3e7d6158-404e-4391-be0d-d6c59c2d0f95, skb_priority(0/0),in_port(eth1),eth_type(0x0800),ipv4(src=198.18.0.2,dst=198.18.0.1,proto=17,tos=0x8/0,ttl=64/0,frag=no),udp(src=9477,dst=9477), packets:73, bytes:4125, used:9.629s, dp:ovs, actions:br-phy
+ufid:734d0aff-7e0d-438d-9cd6-cd0af93a9d23, skb_priority(0/0),in_port(krd0f631ca1dd),eth_type(0x0806),arp(sip=198.19.0.2,tip=198.19.0.1,op=1), packets:0, bytes:0, used:never, dp:ovs, actions:userspace(pid=0,slow_path(action))
+`
+	m, err := ParseMegaflows(out, 6*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The ICMP flow's icmp() field makes its mask another than the TCP one.
+	if m.Flows != 3 || m.Masks != 3 {
+		t.Fatalf("got %+v, want 3 flows, 3 masks", m)
+	}
+	same := strings.Replace(out, "proto=1,tos=0/0xfc,ttl=64/0,frag=no),icmp(type=8/0,code=0/0)", "proto=6,tos=0/0xfc,ttl=64/0,frag=no),tcp(src=1/0,dst=2/0),tcp_flags(0/0)", 1)
+	if m, _ := ParseMegaflows(same, 6*time.Second); m.Flows != 3 || m.Masks != 2 {
+		t.Errorf("two TCP flows of one mask on one port: %+v, want 3 flows, 2 masks", m)
+	}
+	if m, _ := ParseMegaflows("flow-dump from the main thread:\n", time.Second); m != (Megaflows{}) {
+		t.Errorf("empty datapath: %+v", m)
+	}
+	if _, err := ParseMegaflows("ovs-appctl: cannot connect", time.Second); err == nil {
+		t.Error("not a flow dump: no error")
 	}
 }

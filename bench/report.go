@@ -22,8 +22,19 @@ var (
 	mPasses  metric = func(s Sample) Num { return s.PassesPerPkt }
 	mUpcalls metric = func(s Sample) Num { return s.UpcallsPer10k }
 	mLookups metric = func(s Sample) Num { return s.LookupsPerPass }
-	mForeign metric = func(s Sample) Num { return s.ForeignPct }
+	// A 1-stream run uses at least one megaflow: 0 is a results.json from
+	// before the count.
+	mMegaflows metric = func(s Sample) Num { return zeroNaN(s.Megaflows) }
+	mMasks     metric = func(s Sample) Num { return zeroNaN(s.Masks) }
+	mForeign   metric = func(s Sample) Num { return s.ForeignPct }
 )
+
+func zeroNaN(n Num) Num {
+	if n == 0 {
+		return NaN
+	}
+	return n
+}
 
 // values collects m over the successful samples of path/test/variant, by
 // repetition.
@@ -224,16 +235,19 @@ func Report(res *Result, charts []string) string {
 			"(ACKs included) and its recirculations; passes/pkt = (received + recirculated) / received. OVS 3.1 counts cycles only on PMD threads " +
 			"and the netdev datapath without DPDK runs on the main thread, so the cost per packet is vswitchd CPU time / packets received.\n\n")
 
-		w("### What the flow tables cost each datapath pass (TCP 1 stream)\n\n| path | upcalls per 10k passes | classifier subtable lookups per pass |\n|---|---|---|\n")
+		w("### What the flow tables cost each datapath pass (TCP 1 stream)\n\n| path | upcalls per 10k passes | classifier subtable lookups per pass | megaflows used / their masks (both hosts) |\n|---|---|---|---|\n")
 		for _, p := range res.Paths {
 			if ovsPath(p) {
-				w("| %s | %s | %s |\n", p, rangeStr(summarize(s, p, TestTCP1, "", mUpcalls), 2), rangeStr(summarize(s, p, TestTCP1, "", mLookups), 3))
+				w("| %s | %s | %s | %s / %s |\n", p, rangeStr(summarize(s, p, TestTCP1, "", mUpcalls), 2), rangeStr(summarize(s, p, TestTCP1, "", mLookups), 3),
+					rangeStr(summarize(s, p, TestTCP1, "", mMegaflows), 0), rangeStr(summarize(s, p, TestTCP1, "", mMasks), 0))
 			}
 		}
 		w("\nFrom the same pmd-stats-show counters. A packet whose flow is in the exact-match cache never reaches the flow tables; a megaflow hit " +
 			"searches the datapath classifier's subtables (one per distinct wildcard mask, so rules that unwildcard more fields add subtables); an upcall " +
 			"runs the OpenFlow pipeline, rule tables included. These counts, unlike throughput, are not moved by the machine's noise: R against C is " +
-			"what 1,000 rules cost a flow's packets.\n\n")
+			"what 1,000 rules cost a flow's packets. Megaflows used: the flows of `ovs-appctl dpctl/dump-flows -m` on both vswitchds that packets used " +
+			"during the run (the host's own traffic — etcd, DSCP path probes — included), and their distinct wildcard masks per input port (the netdev " +
+			"datapath's classifier keeps one subtable per mask for each input port).\n\n")
 
 		w("## Ratios (per repetition, then median, min–max)\n\n| ratio | TCP 1 stream | TCP 4 streams | RR p50 | RR transactions/s | vswitchd CPU/GB (1 stream) |\n|---|---|---|---|---|---|\n")
 		pairs := [][2]Path{{PathC, PathA}, {PathC, PathB}, {PathC, PathK}, {PathB, PathA}, {PathR, PathC}}
