@@ -442,7 +442,8 @@ time=2026-12-03T13:32:21.711Z level=DEBUG msg="pair marked ready" src=198.19.0.2
 func TestReportKeySpaceOnly(t *testing.T) {
 	res := &Result{Started: time.Now(), Finished: time.Now(), Config: DefaultConfig(false), Phases: map[string]float64{"key_space": 150}}
 	res.Config.NoDataPlane, res.Config.NoControlPlane, res.Config.FlowInstall = true, true, false
-	bad := simcluster.TaggedStats{Sent: 1000, Received: 990, Misdeliveries: 2, Examples: []string{"r1 (198.19.2.3) got \"kr|s0|r2|7|\" from 198.19.1.2: meant for r2"}}
+	bad := simcluster.TaggedStats{Sent: 1000, Received: 990, Misdeliveries: 2, Examples: []string{"r1 (198.19.2.3) got \"kr|s0|r2|7|\" from 198.19.1.2: meant for r2"},
+		LossyPairs: 1, LossyExamples: []string{"s0→r1: 90 of 100 delivered"}}
 	res.KeySpace = &KeySpace{Keys: 37, Runs: []KeySpaceRun{
 		{Eviction: "traffic", Result: ksResult(0.9, 12, bad)},
 		{Eviction: "none", Err: "cluster: etcd did not start"},
@@ -464,6 +465,7 @@ func TestReportKeySpaceOnly(t *testing.T) {
 		"| traffic | 90.0% | 900000 / 100000 | 12 | 1000 / 990 | **2** |",
 		"| none | failed: cluster: etcd did not start |",
 		"- misdelivered (eviction traffic): r1 (198.19.2.3) got",
+		"- not all delivered (eviction traffic): s0→r1: 90 of 100 delivered",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)

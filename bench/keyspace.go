@@ -157,7 +157,10 @@ func writeKeySpace(w func(string, ...any), res *Result) {
 		for _, e := range r.Result.Load.Examples {
 			w("\n- misdelivered (eviction %s): %s", r.Eviction, mdEscape(e))
 		}
-		if len(r.Result.Load.Examples) > 0 {
+		for _, e := range r.Result.Load.LossyExamples {
+			w("\n- not all delivered (eviction %s): %s", r.Eviction, mdEscape(e))
+		}
+		if len(r.Result.Load.Examples)+len(r.Result.Load.LossyExamples) > 0 {
 			w("\n")
 		}
 	}

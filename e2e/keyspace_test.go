@@ -35,15 +35,16 @@ func ksRun(t *testing.T, policy string) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("eviction %s: fast path %d B, VXLAN %d B (inner): %.1f%% on the fast path; %v key swaps; %d of %d datagrams delivered",
-		policy, res.Wire.FastBytes, res.Wire.TunnelBytes(), 100*res.FastShare, res.KeySwaps, res.Load.Received, res.Load.Sent)
+	t.Logf("eviction %s: fast path %d B, VXLAN %d B (inner): %.1f%% on the fast path; %v key swaps; %d of %d datagrams delivered (%d pairs lost some)",
+		policy, res.Wire.FastBytes, res.Wire.TunnelBytes(), 100*res.FastShare, res.KeySwaps, res.Load.Received, res.Load.Sent, res.Load.LossyPairs)
 	if res.Load.Misdeliveries > 0 {
 		t.Fatalf("%d misdelivered datagrams while keys moved, e.g. %s", res.Load.Misdeliveries, strings.Join(res.Load.Examples, "; "))
 	}
 	// A swap moves the loser to VXLAN in the same bundle that removes its
 	// rewrite flow: nothing is lost but what UDP on a loaded machine loses.
 	if lost := res.Load.Sent - res.Load.Received; float64(lost) > 0.001*float64(res.Load.Sent) {
-		t.Errorf("%d of %d datagrams lost (more than 0.1%%)", lost, res.Load.Sent)
+		t.Errorf("%d of %d datagrams lost (more than 0.1%%), %d pairs lost some, e.g. %s", lost, res.Load.Sent, res.Load.LossyPairs,
+			strings.Join(res.Load.LossyExamples, "; "))
 	}
 	if policy == "none" && res.KeySwaps != 0 {
 		t.Errorf("eviction none: %v key swaps", res.KeySwaps)

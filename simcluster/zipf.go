@@ -46,7 +46,9 @@ type TaggedLoad struct {
 	// size and every shape each pair: datagrams of size bytes every
 	// every-th tick; every 0 is silent.
 	size, every [][]int
-	stats       TaggedStats
+	// sent and got count each pair's datagrams.
+	sent, got [][]int64
+	stats     TaggedStats
 }
 
 // TaggedStats is what a TaggedLoad sent and what arrived.
@@ -58,13 +60,18 @@ type TaggedStats struct {
 	Misdeliveries int      `json:"misdeliveries"`
 	Examples      []string `json:"misdelivery_examples,omitempty"`
 	SendErrors    int      `json:"send_errors"`
+	// LossyPairs is how many pairs had datagrams not delivered;
+	// LossyExamples names the first.
+	LossyPairs    int      `json:"lossy_pairs"`
+	LossyExamples []string `json:"lossy_examples,omitempty"`
 }
 
 // NewTaggedLoad opens the receivers' sockets on port and starts one
 // sender per container, ticking every tick; no pair sends until shaped.
 func NewTaggedLoad(send, recv []*Container, port uint16, tick time.Duration) (*TaggedLoad, error) {
 	l := &TaggedLoad{tick: tick, port: port, send: slices.Clone(send), recv: slices.Clone(recv), stop: make(chan struct{}),
-		size: grid[int](len(send), len(recv)), every: grid[int](len(send), len(recv))}
+		size: grid[int](len(send), len(recv)), every: grid[int](len(send), len(recv)),
+		sent: grid[int64](len(send), len(recv)), got: grid[int64](len(send), len(recv))}
 	for _, r := range recv {
 		ln, err := r.ListenUDP(int(port))
 		if err != nil {
@@ -141,6 +148,7 @@ func (l *TaggedLoad) sender(i int) {
 				l.stats.SendErrors++
 			} else {
 				l.stats.Sent++
+				l.sent[i][j]++
 			}
 			l.mu.Unlock()
 		}
@@ -175,6 +183,7 @@ func (l *TaggedLoad) deliver(r *Container, msg []byte, from netip.Addr) {
 		return
 	}
 	i := slices.IndexFunc(l.send, func(c *Container) bool { return c.Name == string(f[1]) })
+	j := slices.IndexFunc(l.recv, func(c *Container) bool { return c.Name == r.Name })
 	switch {
 	case i < 0:
 		bad("unknown sender")
@@ -184,6 +193,7 @@ func (l *TaggedLoad) deliver(r *Container, msg []byte, from netip.Addr) {
 		bad(fmt.Sprintf("source address is not %s's %s", l.send[i].Name, l.send[i].IP))
 	default:
 		l.stats.Received++
+		l.got[i][j]++
 	}
 }
 
@@ -193,6 +203,17 @@ func (l *TaggedLoad) Stats() TaggedStats {
 	defer l.mu.Unlock()
 	st := l.stats
 	st.Examples = slices.Clone(st.Examples)
+	for i := range l.sent {
+		for j := range l.sent[i] {
+			if l.got[i][j] < l.sent[i][j] {
+				st.LossyPairs++
+				if len(st.LossyExamples) < 10 {
+					st.LossyExamples = append(st.LossyExamples, fmt.Sprintf("%s→%s: %d of %d delivered",
+						l.send[i].Name, l.recv[j].Name, l.got[i][j], l.sent[i][j]))
+				}
+			}
+		}
+	}
 	return st
 }
 
@@ -205,7 +226,17 @@ func (l *TaggedLoad) Stop() TaggedStats {
 	default:
 	}
 	l.paused.Store(true)
-	time.Sleep(500 * time.Millisecond) // in flight: a few ms; the rest is slack
+	// In flight: a few ms, but a starved vswitchd may hold a backlog for
+	// longer; wait until deliveries stop.
+	last := l.Stats().Received
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(300 * time.Millisecond)
+		now := l.Stats().Received
+		if now == last {
+			break
+		}
+		last = now
+	}
 	l.close()
 	return l.Stats()
 }
