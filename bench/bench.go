@@ -6,8 +6,9 @@
 // interleaved (A B C K D, A B C K D, ...), a foreign-CPU-load column per
 // sample for the shared machine, an optional userspace-TSO variant, the
 // control plane (time to fast path, new pairs per second, agent memory per
-// pair, flow install rate), and writes raw JSON, a Markdown report and PNG
-// charts. It owns nothing it did not start and removes all of it.
+// pair, flow install rate), the key space (share of bytes on the fast
+// path with more pairs than keys, per eviction policy), and writes raw
+// JSON, a Markdown report and PNG charts. It owns nothing it did not start and removes all of it.
 package bench
 
 import (
@@ -47,8 +48,14 @@ type Config struct {
 	// where OVN is found). A clusters that no selected path needs are not
 	// built.
 	Paths []Path `json:"paths,omitempty"`
-	// NoControlPlane skips the control-plane phase.
+	// NoDataPlane skips the data-plane phase, NoControlPlane the
+	// control-plane phase.
+	NoDataPlane    bool `json:"no_data_plane,omitempty"`
 	NoControlPlane bool `json:"no_control_plane,omitempty"`
+	// KeySpace runs the key-space phase: 200 pairs between two hosts,
+	// Zipf traffic, with cache.eviction traffic and none (about 2
+	// minutes, so the quick run leaves it out).
+	KeySpace bool `json:"key_space"`
 	// CPHosts × CPContainers containers for the control-plane phase.
 	CPHosts      int `json:"cp_hosts"`
 	CPContainers int `json:"cp_containers_per_host"`
@@ -78,7 +85,7 @@ func DefaultConfig(quick bool) Config {
 			CPHosts: 3, CPContainers: 3, CPPace: 100, FlowInstall: true}
 	}
 	return Config{Reps: 5, Duration: 6 * time.Second, RRDuration: 3 * time.Second, TSO: true,
-		CPHosts: 5, CPContainers: 5, CPPace: 100, FlowInstall: true}
+		CPHosts: 5, CPContainers: 5, CPPace: 100, FlowInstall: true, KeySpace: true}
 }
 
 // Validate rejects settings the run cannot use.
@@ -104,6 +111,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("control-plane pace %d pairs/s: want at least 1", c.CPPace)
 	case c.OutDir == "":
 		return errors.New("no output directory")
+	case c.NoDataPlane && len(c.Paths) > 0:
+		return fmt.Errorf("paths %s selected with the data-plane phase off: drop one of --paths and --no-data-plane", PathNames(c.Paths, ","))
 	}
 	for _, p := range c.Paths {
 		if !slices.Contains(PathOrder, p) {
@@ -145,6 +154,8 @@ type Result struct {
 	TSOError     string        `json:"tso_error,omitempty"`
 	ControlPlane *ControlPlane `json:"control_plane,omitempty"`
 	CPError      string        `json:"control_plane_error,omitempty"`
+	KeySpace     *KeySpace     `json:"key_space,omitempty"`
+	KeySpaceErr  string        `json:"key_space_error,omitempty"`
 	OVN          string        `json:"ovn"`
 	Errors       []string      `json:"errors,omitempty"`
 	Broken       []Path        `json:"broken_paths,omitempty"`
@@ -189,10 +200,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	t0 := time.Now()
-	if err := runDataPlane(ctx, cfg, log, res); err != nil {
-		res.Errors = append(res.Errors, err.Error())
+	if !cfg.NoDataPlane {
+		if err := runDataPlane(ctx, cfg, log, res); err != nil {
+			res.Errors = append(res.Errors, err.Error())
+		}
+		phase("data_plane", t0)
 	}
-	phase("data_plane", t0)
 
 	if !cfg.NoControlPlane && ctx.Err() == nil {
 		t0 = time.Now()
@@ -218,6 +231,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		phase("flow_install", t0)
 	}
+	var ksErr error
+	if cfg.KeySpace && ctx.Err() == nil {
+		t0 = time.Now()
+		res.KeySpace, ksErr = runKeySpace(ctx, log, cfg.BinDir)
+		if ksErr != nil {
+			res.KeySpaceErr = ksErr.Error()
+			log.Warn("key space", "err", ksErr)
+		}
+		phase("key_space", t0)
+	}
 	res.Finished = time.Now()
 	res.Broken = brokenPaths(res.Samples)
 	if err := writeOutputs(cfg.OutDir, res); err != nil {
@@ -229,6 +252,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if !cfg.NoControlPlane && (res.ControlPlane == nil || res.ControlPlane.Ready == 0) {
 		errs = append(errs, fmt.Errorf("control plane: no pair reached the fast path (%s)", res.CPError))
+	}
+	if ksErr != nil {
+		// A run that failed or misdelivered: a low share is only reported.
+		errs = append(errs, ksErr)
 	}
 	if ctx.Err() != nil {
 		errs = append(errs, ctx.Err())

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyroute/keyroute/simcluster"
 )
 
 func TestSummarizeIgnoresNaNAndTakesMedian(t *testing.T) {
@@ -214,6 +216,14 @@ func TestValidate(t *testing.T) {
 	if err := sel.Validate(); err != nil || !sel.measures(PathR) || sel.measures(PathB) || !c.measures(PathB) {
 		t.Errorf("paths C,R: %v; measures R %v, B %v; default measures B %v", err, sel.measures(PathR), sel.measures(PathB), c.measures(PathB))
 	}
+	if q.KeySpace || !c.KeySpace {
+		t.Errorf("key space: quick %v, default %v; want the quick run to leave it out", q.KeySpace, c.KeySpace)
+	}
+	both := sel
+	both.NoDataPlane = true
+	if err := both.Validate(); err == nil || !strings.Contains(err.Error(), "--no-data-plane") {
+		t.Errorf("paths with the data plane off: %v", err)
+	}
 	sel.Paths = []Path{PathC, "X"}
 	if err := sel.Validate(); err == nil || !strings.Contains(err.Error(), `"X"`) {
 		t.Errorf("unknown path: %v", err)
@@ -296,6 +306,8 @@ func synthetic() *Result {
 					s.Gbps, s.GB = Num(g), Num(g)
 					if ovsPath(p) {
 						s.CPUSecPerGB = Num(10 / g)
+						s.NsPerPkt, s.PassesPerPkt = Num(1000*rep), 1
+						s.Megaflows, s.Masks = Num(3+rep), 3
 					}
 				}
 				res.Samples = append(res.Samples, s)
@@ -306,7 +318,21 @@ func synthetic() *Result {
 		PipelineRate: 1500, BurstRate: 900, LonePairMs: 4, BurstP50ms: NaN, BurstP99ms: NaN, OneAgentFirstMs: NaN, OneAgentSeconds: NaN, RSSKiBPer1000: NaN,
 		RSSMarginalKiBPer1000: NaN, SetupSeconds: NaN, EtcdFsyncP50ms: NaN, EtcdFsyncP99ms: NaN,
 		Buckets: []Bucket{{0.001, 100}, {0.004, 400}, {0.128, 500}, {math.Inf(1), 500}}}
+	res.KeySpace = &KeySpace{Keys: 37, Runs: []KeySpaceRun{
+		{Eviction: "traffic", Result: ksResult(0.969, 56, simcluster.TaggedStats{Sent: 1000, Received: 998})},
+		{Eviction: "none", Result: ksResult(0.208, 0, simcluster.TaggedStats{Sent: 1000, Received: 1000})},
+	}}
 	return res
+}
+
+// ksResult is a key-space run with the given share of bytes on the fast
+// path (of 1,000,000 bytes the containers sent, 100 VXLAN packets).
+func ksResult(share, swaps float64, load simcluster.TaggedStats) simcluster.KeySpaceResult {
+	fast := int64(share * 1e6)
+	return simcluster.KeySpaceResult{Options: simcluster.KeySpaceOptions{Senders: 20, Receivers: 10, Chat: 8 * time.Second,
+		Settle: 20 * time.Second, Measure: 20 * time.Second, TopRate: 140000, Exponent: 2}, Pairs: 200,
+		Wire:      simcluster.PairBytes{FastBytes: fast, VXLANBytes: 1e6 - fast + 100*50, VXLANPackets: 100},
+		FastShare: share, KeySwaps: swaps, Load: load}
 }
 
 func TestReportRatiosAndTargets(t *testing.T) {
@@ -314,16 +340,23 @@ func TestReportRatiosAndTargets(t *testing.T) {
 	if got := ratio(res.Samples, PathC, PathA, TestTCP1, mGbps); got.N != 3 || math.Abs(got.Median-1.1) > 1e-9 || got.Max-got.Min > 1e-9 {
 		t.Fatalf("C/A paired ratio = %+v, want 1.1 on all 3 repetitions", got)
 	}
-	md := Report(res, []string{ChartThroughput})
+	md := Report(res, []string{ChartThroughput, ChartKeySpace})
 	for _, want := range []string{
 		"| C/A | 1.10 | 1.10 |", // paired ratios, not ratio of medians of a noisy series
 		"| C / A throughput, 1 stream | ≥ 1.00 × | 1.10 × | yes |",
 		"| C / B throughput, 1 stream | ≥ 1.03 × | 1.10 × | yes |",
 		"| time to fast path p99 (paced) | ≤ 50.0 ms | 80.0 ms | **no**, missed by 60% |",
-		"| 2 | C | 2.200 (20) |", // every repetition with its foreign load
+		"| 2 | C | 2.200 (20) |",      // every repetition with its foreign load
+		"| C | – | – | 5 (4–6) / 3 |", // megaflows used / masks
 		"![throughput](throughput.png)",
 		"interleaved (A B C K D, A B C K D, …)",
 		"**O** (OVN Geneve) — not measured: test",
+		"| bytes on the fast path, eviction traffic (200 pairs, 37 keys, Zipf) | ≥ 95.0 % | 96.9 % | yes |",
+		"| traffic | 96.9% | 969000 / 31000 | 56 | 1000 / 998 | 0 |",
+		"| none | 20.8% | 208000 / 792000 | 0 | 1000 / 1000 | 0 |",
+		"Target (≥ 95% of the bytes on the fast path with eviction traffic): **met** (96.9%).",
+		"20 containers on h1 × 10 on h2 = 200 pairs h1→h2 sharing that direction's 37 keys",
+		"![key_space](key_space.png)",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
@@ -340,7 +373,7 @@ func TestWriteOutputs(t *testing.T) {
 	if err := writeOutputs(dir, res); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"results.json", "report.md", ChartThroughput, ChartLatency, ChartCPU, ChartTTFP} {
+	for _, f := range []string{"results.json", "report.md", ChartThroughput, ChartLatency, ChartCPU, ChartTTFP, ChartKeySpace} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil || fi.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
@@ -353,6 +386,10 @@ func TestWriteOutputs(t *testing.T) {
 	}
 	if len(back.Samples) != len(res.Samples) || !math.IsNaN(float64(back.Samples[0].P50us)) {
 		t.Errorf("results.json round trip lost samples or NaNs")
+	}
+	if back.KeySpace == nil || len(back.KeySpace.Runs) != 2 || back.KeySpace.Runs[0].Result.Options.Settle != 20*time.Second ||
+		back.KeySpace.share("none") != 0.208 {
+		t.Errorf("results.json round trip lost the key space: %+v", back.KeySpace)
 	}
 	before, _ := os.ReadFile(filepath.Join(dir, "report.md"))
 	os.Remove(filepath.Join(dir, "report.md"))
@@ -397,5 +434,83 @@ time=2026-12-03T13:32:21.711Z level=DEBUG msg="pair marked ready" src=198.19.0.2
 	}
 	if st := StageTimes(nil); st[0].Pairs != 0 || !math.IsNaN(float64(st[0].P50ms)) {
 		t.Errorf("no logs: %+v", st[0])
+	}
+}
+
+// A run of the key space alone: no data-plane section, charts or targets,
+// a missed target and misdeliveries shown as such.
+func TestReportKeySpaceOnly(t *testing.T) {
+	res := &Result{Started: time.Now(), Finished: time.Now(), Config: DefaultConfig(false), Phases: map[string]float64{"key_space": 150}}
+	res.Config.NoDataPlane, res.Config.NoControlPlane, res.Config.FlowInstall = true, true, false
+	bad := simcluster.TaggedStats{Sent: 1000, Received: 990, Misdeliveries: 2, Examples: []string{"r1 (198.19.2.3) got \"kr|s0|r2|7|\" from 198.19.1.2: meant for r2"},
+		LossyPairs: 1, LossyExamples: []string{"s0→r1: 90 of 100 delivered"}}
+	res.KeySpace = &KeySpace{Keys: 37, Runs: []KeySpaceRun{
+		{Eviction: "traffic", Result: ksResult(0.9, 12, bad)},
+		{Eviction: "none", Err: "cluster: etcd did not start"},
+	}}
+	dir := t.TempDir()
+	if err := writeOutputs(dir, res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Errors) != 0 {
+		t.Errorf("errors: %v (no data-plane chart may be attempted)", res.Errors)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "report.md"))
+	md := string(b)
+	for _, want := range []string{
+		"## Data plane\n\nNot run (`--no-data-plane`).",
+		"## Control plane\n\nNot run (`--no-control-plane`).",
+		"| bytes on the fast path, eviction traffic (200 pairs, 37 keys, Zipf) | ≥ 95.0 % | 90.0 % | **no**, missed by 5% |",
+		"Target (≥ 95% of the bytes on the fast path with eviction traffic): **missed** (90.0%).",
+		"| traffic | 90.0% | 900000 / 100000 | 12 | 1000 / 990 | **2** |",
+		"| none | failed: cluster: etcd did not start |",
+		"- misdelivered (eviction traffic): r1 (198.19.2.3) got",
+		"- not all delivered (eviction traffic): s0→r1: 90 of 100 delivered",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	for _, unwanted := range []string{"C / A throughput", "## Every repetition", "## Userspace TSO"} {
+		if strings.Contains(md, unwanted) {
+			t.Errorf("report of a run without the data plane has %q", unwanted)
+		}
+	}
+	if t.Failed() {
+		t.Log(md)
+	}
+	quick := &Result{Config: DefaultConfig(true), Phases: map[string]float64{}}
+	if md := Report(quick, nil); !strings.Contains(md, "Not run: `--quick` leaves it out") {
+		t.Errorf("quick report does not say the key space was left out:\n%s", md)
+	}
+}
+
+func TestParseMegaflows(t *testing.T) {
+	// Two flows from one port with one mask, one with another mask from a
+	// second port, one too old, one never used (keyroute's C path, OVS 3.1).
+	out := `flow-dump from the main thread:
+ufid:5811c6b2-0e2b-4e24-a39e-0bc7c00638d9, skb_priority(0/0),skb_mark(0/0),recirc_id(0),dp_hash(0/0),in_port(krd0f631ca1dd),packet_type(ns=0,id=0),eth(src=7e:2b:36:ea:d5:89,dst=0a:00:00:00:00:01),eth_type(0x0800),ipv4(src=198.19.0.2,dst=198.19.1.2,proto=6,tos=0/0xfc,ttl=64/0,frag=no),tcp(src=38288/0,dst=5201/0),tcp_flags(0/0), packets:58502, bytes:85633831, used:0.027s, flags:SP., dp:ovs, actions:set(eth(src=02:00:00:00:00:01,dst=02:00:00:00:00:02)),set(ipv4(src=198.18.0.1,dst=198.18.0.2,tos=0x88/0xfc)),eth1, dp-extra-info:miniflow_bits(5,2)
+ufid:889a7b0f-6acb-4837-9f88-c739a7a64cf5, skb_priority(0/0),skb_mark(0/0),recirc_id(0),dp_hash(0/0),in_port(krd0f631ca1dd),packet_type(ns=0,id=0),eth(src=7e:2b:36:ea:d5:89,dst=0a:00:00:00:00:01),eth_type(0x0800),ipv4(src=198.19.0.2,dst=198.19.1.3,proto=1,tos=0/0xfc,ttl=64/0,frag=no),icmp(type=8/0,code=0/0), packets:3, bytes:294, used:1.5s, flags:SP., dp:ovs, actions:eth1
+ufid:77effb31-d3a0-47a5-8e72-214043c13e5b, skb_priority(0/0),tunnel(tun_id=0x64,src=198.18.0.2,dst=198.18.0.1,ttl=64/0,tp_src=59628/0,tp_dst=4789/0,flags(-df-csum+key)),recirc_id(0),in_port(vxlan_sys_4789),eth(src=96:19:05:11:b1:37,dst=0a:00:00:00:00:01),eth_type(0x0800),ipv4(src=198.19.1.2/0.0.0.0,dst=198.19.0.2,proto=1/0,tos=0/0,ttl=64/0,frag=no),icmp(type=0/0,code=0/0), packets:11, bytes:810, used:2.950s, flags:SP., dp:ovs, actions:krd0f631ca1dd
+ufid:3e7d6158-404e-4391-be0d-d6c59c2d0f95, skb_priority(0/0),in_port(eth1),eth_type(0x0800),ipv4(src=198.18.0.2,dst=198.18.0.1,proto=17,tos=0x8/0,ttl=64/0,frag=no),udp(src=9477,dst=9477), packets:73, bytes:4125, used:9.629s, dp:ovs, actions:br-phy
+ufid:734d0aff-7e0d-438d-9cd6-cd0af93a9d23, skb_priority(0/0),in_port(krd0f631ca1dd),eth_type(0x0806),arp(sip=198.19.0.2,tip=198.19.0.1,op=1), packets:0, bytes:0, used:never, dp:ovs, actions:userspace(pid=0,slow_path(action))
+`
+	m, err := ParseMegaflows(out, 6*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The ICMP flow's icmp() field makes its mask another than the TCP one.
+	if m.Flows != 3 || m.Masks != 3 {
+		t.Fatalf("got %+v, want 3 flows, 3 masks", m)
+	}
+	same := strings.Replace(out, "proto=1,tos=0/0xfc,ttl=64/0,frag=no),icmp(type=8/0,code=0/0)", "proto=6,tos=0/0xfc,ttl=64/0,frag=no),tcp(src=1/0,dst=2/0),tcp_flags(0/0)", 1)
+	if m, _ := ParseMegaflows(same, 6*time.Second); m.Flows != 3 || m.Masks != 2 {
+		t.Errorf("two TCP flows of one mask on one port: %+v, want 3 flows, 2 masks", m)
+	}
+	if m, _ := ParseMegaflows("flow-dump from the main thread:\n", time.Second); m != (Megaflows{}) {
+		t.Errorf("empty datapath: %+v", m)
+	}
+	if _, err := ParseMegaflows("ovs-appctl: cannot connect", time.Second); err == nil {
+		t.Error("not a flow dump: no error")
 	}
 }

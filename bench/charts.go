@@ -19,6 +19,7 @@ const (
 	ChartLatency    = "latency.png"
 	ChartCPU        = "cpu_per_gb.png"
 	ChartTTFP       = "time_to_fast_path_cdf.png"
+	ChartKeySpace   = "key_space.png"
 )
 
 // series is one set of medians with min–max ranges, one point per path.
@@ -227,6 +228,20 @@ func WriteCharts(dir string, res *Result) ([]string, error) {
 		}
 		written = append(written, name)
 	}
+	if len(res.Paths) > 0 {
+		dataPlaneCharts(dir, res, sums, add)
+	}
+	if cp := res.ControlPlane; cp != nil && (len(cp.Buckets) > 0 || len(cp.BurstBuckets) > 0) {
+		add(ChartTTFP, cdfPlot(filepath.Join(dir, ChartTTFP), []cdf{
+			{fmt.Sprintf("paced, %d new pairs/s", cp.PacePerSec), cp.Buckets}, {"burst, one agent", cp.BurstBuckets}}))
+	}
+	if ks := res.KeySpace; ks != nil {
+		add(ChartKeySpace, keySpacePlot(filepath.Join(dir, ChartKeySpace), ks))
+	}
+	return written, errors.Join(errs...)
+}
+
+func dataPlaneCharts(dir string, res *Result, sums func(test, variant string, m metric, paths []Path) []Summary, add func(string, error)) {
 	add(ChartThroughput, dotPlot(filepath.Join(dir, ChartThroughput), "TCP throughput per path (median, min–max)", "Gb/s (log scale)", res.Paths,
 		[]series{{"1 stream", sums(TestTCP1, "", mGbps, res.Paths)}, {"4 streams", sums(TestTCP4, "", mGbps, res.Paths)}}))
 	add(ChartLatency, dotPlot(filepath.Join(dir, ChartLatency), "UDP request/response latency (64 B; median, min–max)", "µs (log scale)", res.Paths,
@@ -242,9 +257,42 @@ func WriteCharts(dir string, res *Result) ([]string, error) {
 		cpu = append(cpu, series{"1 stream, userspace TSO", sums(TestTCP1, "tso", mCPUGB, ovsPaths)})
 	}
 	add(ChartCPU, barPlot(filepath.Join(dir, ChartCPU), "ovs-vswitchd CPU per GB (both hosts; median)", "CPU seconds / GB", ovsPaths, cpu))
-	if cp := res.ControlPlane; cp != nil && (len(cp.Buckets) > 0 || len(cp.BurstBuckets) > 0) {
-		add(ChartTTFP, cdfPlot(filepath.Join(dir, ChartTTFP), []cdf{
-			{fmt.Sprintf("paced, %d new pairs/s", cp.PacePerSec), cp.Buckets}, {"burst, one agent", cp.BurstBuckets}}))
+}
+
+// keySpacePlot draws each eviction policy's share of bytes on the fast
+// path against the goal.
+func keySpacePlot(file string, ks *KeySpace) error {
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("Bytes on the fast path, %d pairs sharing %d keys (Zipf traffic)", ksPairs(ks), ks.Keys)
+	p.Y.Label.Text = "% of the containers' bytes"
+	p.Y.Min, p.Y.Max = 0, 100
+	var names []string
+	var vals plotter.Values
+	for _, r := range ks.Runs {
+		if v := ks.share(r.Eviction); !math.IsNaN(v) {
+			names, vals = append(names, "eviction: "+r.Eviction), append(vals, 100*v)
+		}
 	}
-	return written, errors.Join(errs...)
+	if len(vals) == 0 {
+		return fmt.Errorf("%s: no data", file)
+	}
+	bc, err := plotter.NewBarChart(vals, vg.Points(40))
+	if err != nil {
+		return err
+	}
+	bc.Color = plotutil.Color(0)
+	bc.LineStyle.Width = 0
+	p.Add(bc)
+	goal, err := plotter.NewLine(plotter.XYs{{X: -0.5, Y: 100 * KeySpaceGoal}, {X: float64(len(vals)) - 0.5, Y: 100 * KeySpaceGoal}})
+	if err != nil {
+		return err
+	}
+	goal.Color = color.RGBA{R: 120, G: 120, B: 120, A: 255}
+	goal.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+	p.Add(goal)
+	p.Legend.Add(fmt.Sprintf("target ≥ %.0f%% (eviction: traffic)", 100*KeySpaceGoal), goal)
+	p.Legend.Top = false
+	p.NominalX(names...)
+	p.Add(plotter.NewGrid())
+	return p.Save(12*vg.Centimeter, 9*vg.Centimeter, file)
 }

@@ -59,6 +59,10 @@ type Sample struct {
 	// datapath pass (see PMDStats).
 	UpcallsPer10k  Num `json:"dp_upcalls_per_10k_passes"`
 	LookupsPerPass Num `json:"dp_subtable_lookups_per_pass"`
+	// Megaflows and Masks: datapath flows packets used during a 1-stream
+	// run and their distinct masks (see Megaflows), both hosts summed.
+	Megaflows Num `json:"dp_megaflows"`
+	Masks     Num `json:"dp_masks"`
 
 	BusyPct     Num `json:"busy_pct"`
 	ForeignPct  Num `json:"foreign_pct"`
@@ -97,7 +101,8 @@ func (n *Num) UnmarshalJSON(b []byte) error {
 func newSample(rep int, p Path, test, variant string) Sample {
 	return Sample{Rep: rep, Path: p, Test: test, Variant: variant, Start: time.Now(),
 		Gbps: NaN, GB: NaN, Retransmits: NaN, P50us: NaN, P99us: NaN, TPS: NaN, Lost: NaN,
-		VswitchdSec: NaN, CPUSecPerGB: NaN, NsPerPkt: NaN, PassesPerPkt: NaN, UpcallsPer10k: NaN, LookupsPerPass: NaN, BusyPct: NaN, ForeignPct: NaN, SoftirqdPct: NaN}
+		VswitchdSec: NaN, CPUSecPerGB: NaN, NsPerPkt: NaN, PassesPerPkt: NaN, UpcallsPer10k: NaN, LookupsPerPass: NaN,
+		Megaflows: NaN, Masks: NaN, BusyPct: NaN, ForeignPct: NaN, SoftirqdPct: NaN}
 }
 
 // sampler runs samples; ours lists where this benchmark's processes live.
@@ -250,6 +255,21 @@ func (s *sampler) measure(ctx context.Context, smp *Sample, p *path, test string
 				return err
 			}
 			st = st.Add(one)
+		}
+		if test == TestTCP1 {
+			var mf Megaflows
+			for _, o := range p.ovs {
+				out, err := o.Appctl("dpctl/dump-flows", "-m")
+				if err != nil {
+					return err
+				}
+				one, err := ParseMegaflows(out, d)
+				if err != nil {
+					return err
+				}
+				mf = mf.Add(one)
+			}
+			smp.Megaflows, smp.Masks = Num(mf.Flows), Num(mf.Masks)
 		}
 		smp.PassesPerPkt = Num(st.Passes())
 		smp.UpcallsPer10k, smp.LookupsPerPass = Num(st.UpcallsPer10k()), Num(st.LookupsPerPass())

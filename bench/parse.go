@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // ParseHistogram reads the cumulative buckets of histogram name from
@@ -165,4 +166,101 @@ func ParseGoBench(out string) []GoBench {
 		res = append(res, b)
 	}
 	return res
+}
+
+// Megaflows counts the datapath flows of `ovs-appctl dpctl/dump-flows -m`
+// that packets used in the last while, and their distinct wildcard masks
+// per input port: the netdev datapath keeps one classifier per input
+// port with one subtable per mask, so Masks is the subtables those flows
+// occupy. Exact-match cache misses search them.
+type Megaflows struct {
+	Flows int `json:"flows"`
+	Masks int `json:"masks"`
+}
+
+// Add sums two vswitchds' counts.
+func (m Megaflows) Add(o Megaflows) Megaflows { return Megaflows{m.Flows + o.Flows, m.Masks + o.Masks} }
+
+var usedRE = regexp.MustCompile(`, used:(never|[0-9.]+)s?,`)
+
+// ParseMegaflows reads `dpctl/dump-flows -m`, counting the flows last
+// used at most within ago.
+func ParseMegaflows(out string, within time.Duration) (Megaflows, error) {
+	var m Megaflows
+	if !strings.Contains(out, "flow-dump") && !strings.Contains(out, "ufid:") {
+		return m, fmt.Errorf("not dpctl/dump-flows output: %.200q", out)
+	}
+	masks := map[string]bool{}
+	for _, line := range strings.Split(out, "\n") {
+		match, _, ok := strings.Cut(line, ", packets:")
+		if !ok {
+			continue
+		}
+		u := usedRE.FindStringSubmatch(line)
+		if u == nil || u[1] == "never" {
+			continue
+		}
+		if ago, err := strconv.ParseFloat(u[1], 64); err != nil || ago > within.Seconds() {
+			continue
+		}
+		if _, rest, ok := strings.Cut(match, ", "); ok && strings.HasPrefix(match, "ufid:") {
+			match = rest
+		}
+		port, sig := maskOf(match)
+		m.Flows++
+		masks[port+" "+sig] = true
+	}
+	m.Masks = len(masks)
+	return m, nil
+}
+
+// maskOf returns a flow match's input port and its mask: every field
+// with each subfield's mask ("exact" where the dump prints no mask).
+func maskOf(match string) (port, mask string) {
+	var sig []string
+	for _, f := range splitTop(match) {
+		name, inner, ok := strings.Cut(f, "(")
+		if !ok {
+			continue
+		}
+		inner = strings.TrimSuffix(inner, ")")
+		if name == "in_port" {
+			port = inner
+			continue
+		}
+		var subs []string
+		for _, sub := range splitTop(inner) {
+			k, v, hasKey := strings.Cut(sub, "=")
+			if !hasKey {
+				k, v = "", sub
+			}
+			mk := "exact"
+			if _, mm, ok := strings.Cut(v, "/"); ok && !strings.Contains(v, "(") {
+				mk = mm
+			}
+			subs = append(subs, k+":"+mk)
+		}
+		sig = append(sig, name+"("+strings.Join(subs, ",")+")")
+	}
+	return port, strings.Join(sig, ",")
+}
+
+// splitTop splits s at the commas outside parentheses.
+func splitTop(s string) []string {
+	var out []string
+	depth, start := 0, 0
+	for i, c := range s {
+		switch c {
+		case '(':
+			depth++
+		case ')':
+			depth--
+		case ',':
+			if depth == 0 {
+				out = append(out, strings.TrimSpace(s[start:i]))
+				start = i + 1
+			}
+		}
+	}
+	return append(out, strings.TrimSpace(s[start:]))
 }

@@ -22,8 +22,19 @@ var (
 	mPasses  metric = func(s Sample) Num { return s.PassesPerPkt }
 	mUpcalls metric = func(s Sample) Num { return s.UpcallsPer10k }
 	mLookups metric = func(s Sample) Num { return s.LookupsPerPass }
-	mForeign metric = func(s Sample) Num { return s.ForeignPct }
+	// A 1-stream run uses at least one megaflow: 0 is a results.json from
+	// before the count.
+	mMegaflows metric = func(s Sample) Num { return zeroNaN(s.Megaflows) }
+	mMasks     metric = func(s Sample) Num { return zeroNaN(s.Masks) }
+	mForeign   metric = func(s Sample) Num { return s.ForeignPct }
 )
+
+func zeroNaN(n Num) Num {
+	if n == 0 {
+		return NaN
+	}
+	return n
+}
 
 // values collects m over the successful samples of path/test/variant, by
 // repetition.
@@ -92,10 +103,26 @@ func (t Target) met() (bool, bool) {
 
 func targets(res *Result) []Target {
 	s := res.Samples
-	med := func(x Summary) float64 { return x.Median }
 	ns := func(p Path) string { return f(summarize(s, p, TestTCP1, "", mNsPkt).Median, 0) }
 	perPkt := fmt.Sprintf("vswitchd CPU per packet: A %s ns, B %s ns, C %s ns", ns(PathA), ns(PathB), ns(PathC))
-	ts := []Target{
+	var ts []Target
+	if !res.Config.NoDataPlane {
+		ts = dataPlaneTargets(s, perPkt)
+	}
+	if cp := res.ControlPlane; cp != nil {
+		ts = append(ts, controlPlaneTargets(cp)...)
+	}
+	if ks := res.KeySpace; ks != nil {
+		ts = append(ts, Target{What: fmt.Sprintf("bytes on the fast path, eviction traffic (%d pairs, %d keys, Zipf)", ksPairs(ks), ks.Keys),
+			Measured: 100 * ks.share("traffic"), Goal: 100 * KeySpaceGoal, Higher: true, Unit: "%",
+			Limit: "the pairs that hold the keys are not the busiest: see the key swaps in “Key space” (a swap needs the busier pair at eviction_factor × the quieter one's rate for eviction_hold)"})
+	}
+	return ts
+}
+
+func dataPlaneTargets(s []Sample, perPkt string) []Target {
+	med := func(x Summary) float64 { return x.Median }
+	return []Target{
 		{What: "C / A throughput, 1 stream", Measured: med(ratio(s, PathC, PathA, TestTCP1, mGbps)), Goal: 1.00, Higher: true, Unit: "×",
 			Limit: "every OVS path here is bound by ovs-vswitchd's single main thread moving packets through AF_PACKET/tap system calls (netdev datapath, no PMD, no kernel module), so throughput follows CPU per packet (" + perPkt + "); C's extra header rewrites and br-int pass cost a little more than A's plain br-phy pass"},
 		{What: "C / A throughput, 4 streams", Measured: med(ratio(s, PathC, PathA, TestTCP4, mGbps)), Goal: 1.00, Higher: true, Unit: "×",
@@ -111,20 +138,20 @@ func targets(res *Result) []Target {
 		{What: "C CPU/GB / B CPU/GB (1 stream)", Measured: med(ratio(s, PathC, PathB, TestTCP1, mCPUGB)), Goal: 0.90, Higher: false, Unit: "×",
 			Limit: "ovs-vswitchd's stime (system calls, and softirq work charged to it) dominates and is the same per packet for both; the VXLAN push/pop that C saves is user time"},
 	}
-	if cp := res.ControlPlane; cp != nil {
-		ts = append(ts,
-			Target{What: "time to fast path p50 (paced)", Measured: float64(cp.P50ms), Goal: 5, Unit: "ms",
-				Limit: fmt.Sprintf("each pair waits, in sequence, for two etcd writes (the sender's allocation, the receiver's ready mark; WAL fsync p50 %s ms), "+
-					"two watch deliveries and two cache installs on two switches (a bundle each: two round trips to an ovs-vswitchd whose one main thread "+
-					"also forwards all the traffic) — “Where a pair's time goes” below times each. Installs are batched (pairs that arrive together "+
-					"share one bundle) but not shortened; on ~2 shared cores every step also queues behind the senders' traffic", fmtNum(cp.EtcdFsyncP50ms, 2))},
-			Target{What: "time to fast path p99 (paced)", Measured: float64(cp.P99ms), Goal: 50, Unit: "ms",
-				Limit: "as for p50; the tail grows when arrivals bunch up, as the burst row shows"},
-			Target{What: "new pairs per second, one agent (pipeline rate)", Measured: float64(cp.PipelineRate), Goal: 1000, Higher: true, Unit: "pairs/s",
-				Limit: "the bootstrap steps above, with batched installs; above that the metered punt (cache.punt_rate, default 1,000 packets/s for all misses) would cap it"},
-		)
+}
+
+func controlPlaneTargets(cp *ControlPlane) []Target {
+	return []Target{
+		{What: "time to fast path p50 (paced)", Measured: float64(cp.P50ms), Goal: 5, Unit: "ms",
+			Limit: fmt.Sprintf("each pair waits, in sequence, for two etcd writes (the sender's allocation, the receiver's ready mark; WAL fsync p50 %s ms), "+
+				"two watch deliveries and two cache installs on two switches (a bundle each: two round trips to an ovs-vswitchd whose one main thread "+
+				"also forwards all the traffic) — “Where a pair's time goes” below times each. Installs are batched (pairs that arrive together "+
+				"share one bundle) but not shortened; on ~2 shared cores every step also queues behind the senders' traffic", fmtNum(cp.EtcdFsyncP50ms, 2))},
+		{What: "time to fast path p99 (paced)", Measured: float64(cp.P99ms), Goal: 50, Unit: "ms",
+			Limit: "as for p50; the tail grows when arrivals bunch up, as the burst row shows"},
+		{What: "new pairs per second, one agent (pipeline rate)", Measured: float64(cp.PipelineRate), Goal: 1000, Higher: true, Unit: "pairs/s",
+			Limit: "the bootstrap steps above, with batched installs; above that the metered punt (cache.punt_rate, default 1,000 packets/s for all misses) would cap it"},
 	}
-	return ts
 }
 
 // stageWhat says what each bootstrap stage waits for.
@@ -147,84 +174,95 @@ func Report(res *Result, charts []string) string {
 	}
 	w("# keyroute benchmark: %s\n\n", res.Started.UTC().Format("2006-01-02 15:04 UTC"))
 	order := PathNames(res.Paths, " ")
-	w("%s run, %d repetition(s) interleaved (%s, %s, …), iperf3 %s per run (1 and 4 streams), "+
-		"UDP request/response %s per run; whole run %s.\n\n", kind, c.Reps, order, order, c.Duration, c.RRDuration,
-		res.Finished.Sub(res.Started).Round(time.Second))
-	w("**Read the foreign-load column first.** The machine is shared: “foreign %%” is the share of all CPUs that was busy " +
-		"during a sample but not spent by this benchmark's processes (daemons, servers, clients, itself) — other tenants. " +
-		"Samples with high foreign load are slower; interleaving spreads that noise over all paths, and ratios are taken " +
-		"repetition by repetition so a slow phase hits both sides of a ratio. (Packet work the kernel defers to ksoftirqd threads cannot be " +
-		"told apart by owner; it counts as foreign here, and results.json has its share per sample as ksoftirqd_pct.)\n\n")
+	if c.NoDataPlane {
+		w("%s run without the data-plane phase; whole run %s.\n\n", kind, res.Finished.Sub(res.Started).Round(time.Second))
+	} else {
+		w("%s run, %d repetition(s) interleaved (%s, %s, …), iperf3 %s per run (1 and 4 streams), "+
+			"UDP request/response %s per run; whole run %s.\n\n", kind, c.Reps, order, order, c.Duration, c.RRDuration,
+			res.Finished.Sub(res.Started).Round(time.Second))
+		w("**Read the foreign-load column first.** The machine is shared: “foreign %%” is the share of all CPUs that was busy " +
+			"during a sample but not spent by this benchmark's processes (daemons, servers, clients, itself) — other tenants. " +
+			"Samples with high foreign load are slower; interleaving spreads that noise over all paths, and ratios are taken " +
+			"repetition by repetition so a slow phase hits both sides of a ratio. (Packet work the kernel defers to ksoftirqd threads cannot be " +
+			"told apart by owner; it counts as foreign here, and results.json has its share per sample as ksoftirqd_pct.)\n\n")
+	}
 
 	m := res.Machine
 	w("## Machine\n\n| | |\n|---|---|\n| CPUs (nproc) | %d |\n| CPU | %s |\n| kernel | %s |\n| Open vSwitch | %s |\n| datapath | %s |\n| iperf3 | %s |\n| Go | %s |\n\n",
 		m.NProc, m.CPUModel, m.Kernel, m.OVSVersion, m.Datapath, m.Iperf3, m.Go)
-	w("Config: reps %d, iperf3 %s, RR %s (64-byte UDP, one transaction outstanding), TSO variant %v, control plane %d hosts × %d containers, flow install bench %v. "+
-		"Phases (s): %s.\n\n", c.Reps, c.Duration, c.RRDuration, c.TSO, c.CPHosts, c.CPContainers, c.FlowInstall, phases(res.Phases))
+	w("Config: reps %d, iperf3 %s, RR %s (64-byte UDP, one transaction outstanding), TSO variant %v, control plane %d hosts × %d containers, flow install bench %v, key space %v. "+
+		"Phases (s): %s.\n\n", c.Reps, c.Duration, c.RRDuration, c.TSO, c.CPHosts, c.CPContainers, c.FlowInstall, c.KeySpace, phases(res.Phases))
 
-	w("## Paths\n\n")
-	for _, p := range res.Paths {
-		w("- **%s** — %s\n", p, PathInfo[p])
-	}
-	if !slices.Contains(res.Paths, PathO) {
-		w("- **O** (OVN Geneve) — %s\n", mdEscape(res.OVN))
-	}
-	w("\n")
-	w("All on the simcluster simulated hosts (network namespaces on one machine). B and C are two clusters of two hosts each, " +
-		"built the same way (same harness, same agent defaults, so container MTU 1450 in B, tunnel mode, and 1500, the uplink's, in C) and up at the same time: " +
-		"re-creating one cluster per mode per repetition would add minutes and a fresh-start bias; idle, the other cluster costs " +
-		"little CPU and that shows in the foreign column as ours, not foreign. A runs on the rewrite cluster's hosts, so C/A compares " +
-		"the same two vswitchds. OVS veths have TX checksum offload off (the netdev datapath needs it, DESIGN.md); K and D keep the " +
-		"kernel's default offloads (TSO/GSO/checksum), as flannel and a veth do in production — that, not encapsulation, is most of " +
-		"the gap between OVS paths and K/D.\n\n")
-
-	w("## Data plane (medians, min–max over repetitions)\n\n")
-	w("| path | TCP 1 stream Gb/s | TCP 4 streams Gb/s | retransmits (1 / 4) | RR p50 µs | RR p99 µs | transactions/s | vswitchd CPU s/GB (1 / 4) | vswitchd CPU ns/pkt | DP passes/pkt | foreign %% (median, max) |\n")
-	w("|---|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, p := range res.Paths {
-		fs := Summarize(mapVals(values(s, p, TestTCP1, "", mForeign), values(s, p, TestTCP4, "", mForeign), values(s, p, TestRR, "", mForeign)))
-		cpu := "n/a (no OVS)"
-		cyc, pas := "n/a", "n/a"
-		if ovsPath(p) {
-			cpu = rangeStr(summarize(s, p, TestTCP1, "", mCPUGB), 2) + " / " + rangeStr(summarize(s, p, TestTCP4, "", mCPUGB), 2)
-			cyc = rangeStr(summarize(s, p, TestTCP1, "", mNsPkt), 0)
-			pas = rangeStr(summarize(s, p, TestTCP1, "", mPasses), 2)
+	if c.NoDataPlane {
+		w("## Data plane\n\nNot run (`--no-data-plane`).\n")
+	} else {
+		w("## Paths\n\n")
+		for _, p := range res.Paths {
+			w("- **%s** — %s\n", p, PathInfo[p])
 		}
-		w("| %s | %s | %s | %s / %s | %s | %s | %s | %s | %s | %s | %s, %s |\n", p,
-			rangeStr(summarize(s, p, TestTCP1, "", mGbps), 3), rangeStr(summarize(s, p, TestTCP4, "", mGbps), 3),
-			f(summarize(s, p, TestTCP1, "", mRetr).Median, 0), f(summarize(s, p, TestTCP4, "", mRetr).Median, 0),
-			rangeStr(summarize(s, p, TestRR, "", mP50), 1), rangeStr(summarize(s, p, TestRR, "", mP99), 1),
-			rangeStr(summarize(s, p, TestRR, "", mTPS), 0), cpu, cyc, pas, f(fs.Median, 0), f(fs.Max, 0))
-	}
-	w("\nvswitchd CPU is utime+stime of both hosts' ovs-vswitchd over the iperf3 run, per GB received. Per packet: " +
-		"`ovs-appctl dpif-netdev/pmd-stats-show` of both vswitchds, cleared before each 1-stream run, counts every packet each datapath received " +
-		"(ACKs included) and its recirculations; passes/pkt = (received + recirculated) / received. OVS 3.1 counts cycles only on PMD threads " +
-		"and the netdev datapath without DPDK runs on the main thread, so the cost per packet is vswitchd CPU time / packets received.\n\n")
-
-	w("### What the flow tables cost each datapath pass (TCP 1 stream)\n\n| path | upcalls per 10k passes | classifier subtable lookups per pass |\n|---|---|---|\n")
-	for _, p := range res.Paths {
-		if ovsPath(p) {
-			w("| %s | %s | %s |\n", p, rangeStr(summarize(s, p, TestTCP1, "", mUpcalls), 2), rangeStr(summarize(s, p, TestTCP1, "", mLookups), 3))
+		if !slices.Contains(res.Paths, PathO) {
+			w("- **O** (OVN Geneve) — %s\n", mdEscape(res.OVN))
 		}
-	}
-	w("\nFrom the same pmd-stats-show counters. A packet whose flow is in the exact-match cache never reaches the flow tables; a megaflow hit " +
-		"searches the datapath classifier's subtables (one per distinct wildcard mask, so rules that unwildcard more fields add subtables); an upcall " +
-		"runs the OpenFlow pipeline, rule tables included. These counts, unlike throughput, are not moved by the machine's noise: R against C is " +
-		"what 1,000 rules cost a flow's packets.\n\n")
+		w("\n")
+		w("All on the simcluster simulated hosts (network namespaces on one machine). B and C are two clusters of two hosts each, " +
+			"built the same way (same harness, same agent defaults, so container MTU 1450 in B, tunnel mode, and 1500, the uplink's, in C) and up at the same time: " +
+			"re-creating one cluster per mode per repetition would add minutes and a fresh-start bias; idle, the other cluster costs " +
+			"little CPU and that shows in the foreign column as ours, not foreign. A runs on the rewrite cluster's hosts, so C/A compares " +
+			"the same two vswitchds. OVS veths have TX checksum offload off (the netdev datapath needs it, DESIGN.md); K and D keep the " +
+			"kernel's default offloads (TSO/GSO/checksum), as flannel and a veth do in production — that, not encapsulation, is most of " +
+			"the gap between OVS paths and K/D.\n\n")
 
-	w("## Ratios (per repetition, then median, min–max)\n\n| ratio | TCP 1 stream | TCP 4 streams | RR p50 | RR transactions/s | vswitchd CPU/GB (1 stream) |\n|---|---|---|---|---|---|\n")
-	pairs := [][2]Path{{PathC, PathA}, {PathC, PathB}, {PathC, PathK}, {PathB, PathA}, {PathR, PathC}}
-	if slices.Contains(res.Paths, PathO) {
-		pairs = append(pairs, [2]Path{PathC, PathO}, [2]Path{PathO, PathB})
-	}
-	for _, pr := range pairs {
-		cpu := "n/a"
-		if ovsPath(pr[1]) {
-			cpu = rangeStr(ratio(s, pr[0], pr[1], TestTCP1, mCPUGB), 2)
+		w("## Data plane (medians, min–max over repetitions)\n\n")
+		w("| path | TCP 1 stream Gb/s | TCP 4 streams Gb/s | retransmits (1 / 4) | RR p50 µs | RR p99 µs | transactions/s | vswitchd CPU s/GB (1 / 4) | vswitchd CPU ns/pkt | DP passes/pkt | foreign %% (median, max) |\n")
+		w("|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, p := range res.Paths {
+			fs := Summarize(mapVals(values(s, p, TestTCP1, "", mForeign), values(s, p, TestTCP4, "", mForeign), values(s, p, TestRR, "", mForeign)))
+			cpu := "n/a (no OVS)"
+			cyc, pas := "n/a", "n/a"
+			if ovsPath(p) {
+				cpu = rangeStr(summarize(s, p, TestTCP1, "", mCPUGB), 2) + " / " + rangeStr(summarize(s, p, TestTCP4, "", mCPUGB), 2)
+				cyc = rangeStr(summarize(s, p, TestTCP1, "", mNsPkt), 0)
+				pas = rangeStr(summarize(s, p, TestTCP1, "", mPasses), 2)
+			}
+			w("| %s | %s | %s | %s / %s | %s | %s | %s | %s | %s | %s | %s, %s |\n", p,
+				rangeStr(summarize(s, p, TestTCP1, "", mGbps), 3), rangeStr(summarize(s, p, TestTCP4, "", mGbps), 3),
+				f(summarize(s, p, TestTCP1, "", mRetr).Median, 0), f(summarize(s, p, TestTCP4, "", mRetr).Median, 0),
+				rangeStr(summarize(s, p, TestRR, "", mP50), 1), rangeStr(summarize(s, p, TestRR, "", mP99), 1),
+				rangeStr(summarize(s, p, TestRR, "", mTPS), 0), cpu, cyc, pas, f(fs.Median, 0), f(fs.Max, 0))
 		}
-		w("| %s/%s | %s | %s | %s | %s | %s |\n", pr[0], pr[1], rangeStr(ratio(s, pr[0], pr[1], TestTCP1, mGbps), 2),
-			rangeStr(ratio(s, pr[0], pr[1], TestTCP4, mGbps), 2), rangeStr(ratio(s, pr[0], pr[1], TestRR, mP50), 2),
-			rangeStr(ratio(s, pr[0], pr[1], TestRR, mTPS), 2), cpu)
+		w("\nvswitchd CPU is utime+stime of both hosts' ovs-vswitchd over the iperf3 run, per GB received. Per packet: " +
+			"`ovs-appctl dpif-netdev/pmd-stats-show` of both vswitchds, cleared before each 1-stream run, counts every packet each datapath received " +
+			"(ACKs included) and its recirculations; passes/pkt = (received + recirculated) / received. OVS 3.1 counts cycles only on PMD threads " +
+			"and the netdev datapath without DPDK runs on the main thread, so the cost per packet is vswitchd CPU time / packets received.\n\n")
+
+		w("### What the flow tables cost each datapath pass (TCP 1 stream)\n\n| path | upcalls per 10k passes | classifier subtable lookups per pass | megaflows used / their masks (both hosts) |\n|---|---|---|---|\n")
+		for _, p := range res.Paths {
+			if ovsPath(p) {
+				w("| %s | %s | %s | %s / %s |\n", p, rangeStr(summarize(s, p, TestTCP1, "", mUpcalls), 2), rangeStr(summarize(s, p, TestTCP1, "", mLookups), 3),
+					rangeStr(summarize(s, p, TestTCP1, "", mMegaflows), 0), rangeStr(summarize(s, p, TestTCP1, "", mMasks), 0))
+			}
+		}
+		w("\nFrom the same pmd-stats-show counters. A packet whose flow is in the exact-match cache never reaches the flow tables; a megaflow hit " +
+			"searches the datapath classifier's subtables (one per distinct wildcard mask, so rules that unwildcard more fields add subtables); an upcall " +
+			"runs the OpenFlow pipeline, rule tables included. These counts, unlike throughput, are not moved by the machine's noise: R against C is " +
+			"what 1,000 rules cost a flow's packets. Megaflows used: the flows of `ovs-appctl dpctl/dump-flows -m` on both vswitchds that packets used " +
+			"during the run (the host's own traffic — etcd, DSCP path probes — included), and their distinct wildcard masks per input port (the netdev " +
+			"datapath's classifier keeps one subtable per mask for each input port).\n\n")
+
+		w("## Ratios (per repetition, then median, min–max)\n\n| ratio | TCP 1 stream | TCP 4 streams | RR p50 | RR transactions/s | vswitchd CPU/GB (1 stream) |\n|---|---|---|---|---|---|\n")
+		pairs := [][2]Path{{PathC, PathA}, {PathC, PathB}, {PathC, PathK}, {PathB, PathA}, {PathR, PathC}}
+		if slices.Contains(res.Paths, PathO) {
+			pairs = append(pairs, [2]Path{PathC, PathO}, [2]Path{PathO, PathB})
+		}
+		for _, pr := range pairs {
+			cpu := "n/a"
+			if ovsPath(pr[1]) {
+				cpu = rangeStr(ratio(s, pr[0], pr[1], TestTCP1, mCPUGB), 2)
+			}
+			w("| %s/%s | %s | %s | %s | %s | %s |\n", pr[0], pr[1], rangeStr(ratio(s, pr[0], pr[1], TestTCP1, mGbps), 2),
+				rangeStr(ratio(s, pr[0], pr[1], TestTCP4, mGbps), 2), rangeStr(ratio(s, pr[0], pr[1], TestRR, mP50), 2),
+				rangeStr(ratio(s, pr[0], pr[1], TestRR, mTPS), 2), cpu)
+		}
 	}
 	w("\n## Targets (reported, not asserted)\n\n| target | goal | measured | met | what limits it (our reading of the figures, not a profile) |\n|---|---|---|---|---|\n")
 	for _, t := range targets(res) {
@@ -253,74 +291,79 @@ func Report(res *Result, charts []string) string {
 		w("| %s | %s %s %s | %s %s | %s | %s |\n", t.What, op, f(t.Goal, prec), t.Unit, f(t.Measured, prec), t.Unit, verdict, limit)
 	}
 
-	w("\n## Every repetition, with foreign load\n\n| rep | path | TCP 1 Gb/s (foreign %%) | TCP 4 Gb/s (foreign %%) | RR p50 µs (foreign %%) | errors / notes |\n|---|---|---|---|---|---|\n")
-	for rep := 1; rep <= c.Reps; rep++ {
-		for _, p := range res.Paths {
-			var cells [3]string
-			var notes []string
-			for i, test := range []string{TestTCP1, TestTCP4, TestRR} {
-				cells[i] = "–"
-				for _, x := range s {
-					if x.Rep != rep || x.Path != p || x.Test != test || x.Variant != "" {
-						continue
-					}
-					if x.Err != "" {
-						cells[i] = "failed"
-						notes = append(notes, test+": "+x.Err)
-						continue
-					}
-					v := x.Gbps
-					prec := 3
-					if test == TestRR {
-						v, prec = x.P50us, 1
-					}
-					cells[i] = fmt.Sprintf("%s (%s)", fmtNum(v, prec), fmtNum(x.ForeignPct, 0))
-					if x.Note != "" && test == TestTCP1 {
-						notes = append(notes, x.Note)
+	if !c.NoDataPlane {
+		w("\n## Every repetition, with foreign load\n\n| rep | path | TCP 1 Gb/s (foreign %%) | TCP 4 Gb/s (foreign %%) | RR p50 µs (foreign %%) | errors / notes |\n|---|---|---|---|---|---|\n")
+		for rep := 1; rep <= c.Reps; rep++ {
+			for _, p := range res.Paths {
+				var cells [3]string
+				var notes []string
+				for i, test := range []string{TestTCP1, TestTCP4, TestRR} {
+					cells[i] = "–"
+					for _, x := range s {
+						if x.Rep != rep || x.Path != p || x.Test != test || x.Variant != "" {
+							continue
+						}
+						if x.Err != "" {
+							cells[i] = "failed"
+							notes = append(notes, test+": "+x.Err)
+							continue
+						}
+						v := x.Gbps
+						prec := 3
+						if test == TestRR {
+							v, prec = x.P50us, 1
+						}
+						cells[i] = fmt.Sprintf("%s (%s)", fmtNum(v, prec), fmtNum(x.ForeignPct, 0))
+						if x.Note != "" && test == TestTCP1 {
+							notes = append(notes, x.Note)
+						}
 					}
 				}
+				w("| %d | %s | %s | %s | %s | %s |\n", rep, p, cells[0], cells[1], cells[2], mdEscape(strings.Join(notes, "; ")))
 			}
-			w("| %d | %s | %s | %s | %s | %s |\n", rep, p, cells[0], cells[1], cells[2], mdEscape(strings.Join(notes, "; ")))
 		}
-	}
 
-	w("\n## Userspace TSO variant\n\n")
-	switch {
-	case !c.TSO:
-		w("Not run (`--tso` off%s). It restarts both vswitchds of each cluster with `other_config:userspace-tso-enable=true` and turns veth TX offloads back on.\n", map[bool]string{true: "; `--quick` leaves it out", false: ""}[c.Quick])
-	case res.TSOError != "":
-		w("Could not be set up: %s\n", mdEscape(res.TSOError))
-	default:
-		w("Both vswitchds of each cluster restarted with `other_config:userspace-tso-enable=true` (vswitchd says: `%s`), TX checksum and TSO "+
-			"offloads on for every veth on the path; the agents reconnected and replayed their flows; the host IP was put back on br-phy "+
-			"and the tunnel neighbours re-set (a restarted vswitchd recreates br-phy's tap and forgets them).\n\n", mdEscape(strings.TrimSpace(res.TSONote)))
-		w("| path | ping | TCP 1 stream Gb/s (TSO) | vs. without TSO | retransmits | vswitchd CPU s/GB | TCP frames captured on the fabric | incorrect TCP checksums | frames > 1500 B |\n|---|---|---|---|---|---|---|---|---|\n")
-		for _, tc := range res.TSOChecks {
-			tso := summarize(s, tc.Path, TestTCP1, "tso", mGbps)
-			base := summarize(s, tc.Path, TestTCP1, "", mGbps)
-			rel := "–"
-			if tso.N > 0 && base.N > 0 {
-				rel = f(tso.Median/base.Median, 2) + "×"
+		w("\n## Userspace TSO variant\n\n")
+		switch {
+		case !c.TSO:
+			w("Not run (`--tso` off%s). It restarts both vswitchds of each cluster with `other_config:userspace-tso-enable=true` and turns veth TX offloads back on.\n", map[bool]string{true: "; `--quick` leaves it out", false: ""}[c.Quick])
+		case res.TSOError != "":
+			w("Could not be set up: %s\n", mdEscape(res.TSOError))
+		default:
+			w("Both vswitchds of each cluster restarted with `other_config:userspace-tso-enable=true` (vswitchd says: `%s`), TX checksum and TSO "+
+				"offloads on for every veth on the path; the agents reconnected and replayed their flows; the host IP was put back on br-phy "+
+				"and the tunnel neighbours re-set (a restarted vswitchd recreates br-phy's tap and forgets them).\n\n", mdEscape(strings.TrimSpace(res.TSONote)))
+			w("| path | ping | TCP 1 stream Gb/s (TSO) | vs. without TSO | retransmits | vswitchd CPU s/GB | TCP frames captured on the fabric | incorrect TCP checksums | frames > 1500 B |\n|---|---|---|---|---|---|---|---|---|\n")
+			for _, tc := range res.TSOChecks {
+				tso := summarize(s, tc.Path, TestTCP1, "tso", mGbps)
+				base := summarize(s, tc.Path, TestTCP1, "", mGbps)
+				rel := "–"
+				if tso.N > 0 && base.N > 0 {
+					rel = f(tso.Median/base.Median, 2) + "×"
+				}
+				ping := "ok"
+				if !tc.PingOK {
+					ping = "**fails**"
+				}
+				got := rangeStr(tso, 3)
+				if tso.N == 0 {
+					got = "**no traffic**: " + firstErr(s, tc.Path, "tso")
+				}
+				w("| %s | %s | %s | %s | %s | %s | %d | %d | %d |\n", tc.Path, ping, mdEscape(got), rel, f(summarize(s, tc.Path, TestTCP1, "tso", mRetr).Median, 0),
+					rangeStr(summarize(s, tc.Path, TestTCP1, "tso", mCPUGB), 2),
+					tc.Segments, tc.Incorrect, tc.Large)
 			}
-			ping := "ok"
-			if !tc.PingOK {
-				ping = "**fails**"
-			}
-			got := rangeStr(tso, 3)
-			if tso.N == 0 {
-				got = "**no traffic**: " + firstErr(s, tc.Path, "tso")
-			}
-			w("| %s | %s | %s | %s | %s | %s | %d | %d | %d |\n", tc.Path, ping, mdEscape(got), rel, f(summarize(s, tc.Path, TestTCP1, "tso", mRetr).Median, 0),
-				rangeStr(summarize(s, tc.Path, TestTCP1, "tso", mCPUGB), 2),
-				tc.Segments, tc.Incorrect, tc.Large)
+			w("\nOVS 3.1 cannot segment packets it encapsulates in userspace, so with TSO on the VXLAN path (B) is expected to drop large " +
+				"frames while rewrite (C) and the host path (A) pass them. tcpdump on a veth shows a frame whose checksum the receiver " +
+				"would fill in (CHECKSUM_PARTIAL) as “incorrect” although it is delivered fine; a path where incorrect checksums come " +
+				"with retransmits and no throughput really is broken.\n")
 		}
-		w("\nOVS 3.1 cannot segment packets it encapsulates in userspace, so with TSO on the VXLAN path (B) is expected to drop large " +
-			"frames while rewrite (C) and the host path (A) pass them. tcpdump on a veth shows a frame whose checksum the receiver " +
-			"would fill in (CHECKSUM_PARTIAL) as “incorrect” although it is delivered fine; a path where incorrect checksums come " +
-			"with retransmits and no throughput really is broken.\n")
 	}
 
 	w("\n## Control plane\n\n")
+	if res.ControlPlane == nil && res.CPError == "" {
+		w("Not run (`--no-control-plane`).\n")
+	}
 	if cp := res.ControlPlane; cp != nil {
 		if cp.Hosts > 0 {
 			w("A rewrite cluster of %d hosts × %d containers (etcd in the fabric namespace, outside the agents), set up in %s s. "+
@@ -377,6 +420,8 @@ func Report(res *Result, charts []string) string {
 		w("\nControl-plane phase failed: %s\n", mdEscape(res.CPError))
 	}
 
+	writeKeySpace(w, res)
+
 	if len(charts) > 0 {
 		w("\n## Charts\n\n")
 		for _, ch := range charts {
@@ -384,7 +429,9 @@ func Report(res *Result, charts []string) string {
 		}
 	}
 	w("\n## Missing, and caveats\n\n")
-	if !slices.Contains(res.Paths, PathO) {
+	if c.NoDataPlane {
+		w("- Data plane: not run.\n")
+	} else if !slices.Contains(res.Paths, PathO) {
 		w("- O (OVN Geneve): %s\n", mdEscape(res.OVN))
 	} else {
 		w("- O runs OVN's own choices (Geneve with UDP checksums, MTU 1442), not tuned; the userspace-TSO variant leaves O out.\n")

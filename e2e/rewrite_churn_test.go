@@ -34,30 +34,26 @@ const (
 // misdelivery. The churn test runs it over 72 pairs; the cache protocol
 // v2 tests (rewrite_v2_test.go) over a few.
 type churnTraffic struct {
-	t       *testing.T
-	tick    time.Duration
-	send    []*simcluster.Container // indexes stay valid when a sender is re-attached
-	recv    []*simcluster.Container // indexes stay valid when a receiver is re-attached
-	conns   []net.PacketConn
-	retired []net.PacketConn // replaced by resend
-	started [][]atomic.Bool  // [sender][receiver]
-	paused  []atomic.Bool    // [sender]
-	// size and every shape each pair's traffic when set (setShape):
-	// datagrams of size bytes every every-th tick; else a short one
-	// every tick.
-	size, every [][]int
-	phase       atomic.Int32
-	stop        chan struct{}
-	wg          sync.WaitGroup
-	recvWG      sync.WaitGroup
-	mu          sync.Mutex
-	sent        map[int32][][]int
-	got         map[int32][][]int
-	last        [][]time.Time     // last delivery per pair
-	maxGap      [][]time.Duration // longest time between two deliveries per pair
-	bad         []string          // misdeliveries, as found
-	badCount    int
-	sendErrs    int
+	t        *testing.T
+	tick     time.Duration
+	send     []*simcluster.Container // indexes stay valid when a sender is re-attached
+	recv     []*simcluster.Container // indexes stay valid when a receiver is re-attached
+	conns    []net.PacketConn
+	retired  []net.PacketConn // replaced by resend
+	started  [][]atomic.Bool  // [sender][receiver]
+	paused   []atomic.Bool    // [sender]
+	phase    atomic.Int32
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	recvWG   sync.WaitGroup
+	mu       sync.Mutex
+	sent     map[int32][][]int
+	got      map[int32][][]int
+	last     [][]time.Time     // last delivery per pair
+	maxGap   [][]time.Duration // longest time between two deliveries per pair
+	bad      []string          // misdeliveries, as found
+	badCount int
+	sendErrs int
 }
 
 // newChurnTraffic starts the receivers' sockets and the senders, none of
@@ -121,21 +117,6 @@ func (ct *churnTraffic) resend(s *simcluster.Container) {
 	ct.send[i], ct.conns[i] = s, c
 }
 
-// setShape gives pair (i, j) datagrams of size bytes every every-th tick.
-func (ct *churnTraffic) setShape(i, j, size, every int) {
-	ct.mu.Lock()
-	defer ct.mu.Unlock()
-	if ct.size == nil {
-		ct.size, ct.every = ct2[int](len(ct.send), len(ct.recv)), ct2[int](len(ct.send), len(ct.recv))
-		for a := range ct.every {
-			for b := range ct.every[a] {
-				ct.every[a][b] = 1
-			}
-		}
-	}
-	ct.size[i][j], ct.every[i][j] = size, max(1, every)
-}
-
 func (ct *churnTraffic) counts(m map[int32][][]int, phase int32) [][]int {
 	if m[phase] == nil {
 		m[phase] = ct2[int](len(ct.send), len(ct.recv))
@@ -147,14 +128,13 @@ func (ct *churnTraffic) sender(i int) {
 	defer ct.wg.Done()
 	tick := time.NewTicker(ct.tick)
 	defer tick.Stop()
-	var seq, n int
+	var seq int
 	for {
 		select {
 		case <-ct.stop:
 			return
 		case <-tick.C:
 		}
-		n++
 		if ct.paused[i].Load() {
 			continue
 		}
@@ -165,19 +145,9 @@ func (ct *churnTraffic) sender(i int) {
 			}
 			ct.mu.Lock()
 			src, dst, c := ct.send[i], ct.recv[j], ct.conns[i]
-			size, every := 0, 1
-			if ct.size != nil {
-				size, every = ct.size[i][j], ct.every[i][j]
-			}
 			ct.mu.Unlock()
-			if (n+i+j)%every != 0 {
-				continue
-			}
 			seq++
 			msg := fmt.Appendf(nil, "kr|%s|%s|%d|%d|", src.Name, dst.Name, phase, seq)
-			for len(msg) < size {
-				msg = append(msg, 'x')
-			}
 			_, err := c.WriteTo(msg, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst.IP, churnPort)))
 			ct.mu.Lock()
 			if err != nil {

@@ -36,7 +36,7 @@ func main() {
 }
 
 func run() int {
-	quick := flag.Bool("quick", false, "CI run (≤ 2 min): 1 short repetition, fewer pairs, no TSO variant")
+	quick := flag.Bool("quick", false, "CI run (≤ 2 min): 1 short repetition, fewer pairs, no TSO variant, no key-space phase")
 	reps := flag.Int("reps", 0, "interleaved repetitions (default 5; --quick 1)")
 	dur := flag.Duration("duration", 0, "each iperf3 run (default 6s; --quick 2s)")
 	rrDur := flag.Duration("rr-duration", 0, "each request/response run (default 3s; --quick 1s)")
@@ -46,7 +46,9 @@ func run() int {
 	cpPace := flag.Int("cp-pace", 0, "new pairs per second in the paced control-plane phase (default 100)")
 	noFlows := flag.Bool("no-flow-install", false, "skip the controller's flow install benchmark (needs the Go toolchain)")
 	paths := flag.String("paths", "", "data-plane paths to measure, comma-separated, e.g. C,R (default: all: "+bench.PathNames(bench.PathOrder, ",")+")")
+	noDP := flag.Bool("no-data-plane", false, "skip the data-plane phase (paths A–O)")
 	noCP := flag.Bool("no-control-plane", false, "skip the control-plane phase")
+	noKS := flag.Bool("no-key-space", false, "skip the key-space phase (eviction traffic vs none, about 2 min; --quick leaves it out)")
 	out := flag.String("out", "", "output directory (default bench/results/<timestamp> in the source tree)")
 	ovnRoot := flag.String("ovn-root", os.Getenv("KEYROUTE_OVN_ROOT"), "a `dpkg -x` tree of Debian's ovn-common, ovn-host and ovn-central for path O (env KEYROUTE_OVN_ROOT; default: installed OVN, else O is left out)")
 	bin := flag.String("bin", "", "directory with keyroute-agent and keyroutectl (default: next to this program, else build them)")
@@ -89,7 +91,9 @@ func run() int {
 		cfg.CPPace = *cpPace
 	}
 	cfg.FlowInstall = cfg.FlowInstall && !*noFlows
+	cfg.NoDataPlane = *noDP
 	cfg.NoControlPlane = *noCP
+	cfg.KeySpace = cfg.KeySpace && !*noKS
 	if *paths != "" {
 		for _, p := range strings.Split(*paths, ",") {
 			cfg.Paths = append(cfg.Paths, bench.Path(p))
