@@ -51,6 +51,7 @@ type Agent struct {
 
 	dp       preflight.Result
 	plan     datapathPlan
+	ports    *portTypes
 	db       *ovsdb.Client
 	intSw    *controller.Switch
 	phySw    *controller.Switch
@@ -256,6 +257,9 @@ func (a *Agent) setup(ctx context.Context) error {
 	if a.db, err = ovsdb.Dial(ctx, a.cfg.OVS.DBSocket, ovsdb.Options{Logger: a.log, Reconnect: true}); err != nil {
 		return fmt.Errorf("connect to OVSDB at %s: %w", a.cfg.OVS.DBSocket, err)
 	}
+	if err := a.choosePorts(ctx); err != nil {
+		return err
+	}
 	if err := a.ensureBridges(ctx, addr.Prefix.Addr(), uplink.HardwareAddr); err != nil {
 		return err
 	}
@@ -307,6 +311,9 @@ func (a *Agent) setup(ctx context.Context) error {
 		// The bridges and br-phy's pipeline were set up with the config's
 		// values; redo them with the cluster's.
 		a.host.GatewayMAC, a.host.Cluster, a.host.VNI = a.cfg.GatewayMAC(), a.cfg.PodCIDR(), a.cfg.Cluster.VNI
+		if err := a.choosePorts(ctx); err != nil {
+			return err
+		}
 		if err := a.ensureBridges(ctx, addr.Prefix.Addr(), uplink.HardwareAddr); err != nil {
 			return err
 		}
@@ -424,7 +431,11 @@ func (a *Agent) ensureBridges(ctx context.Context, hostIP netip.Addr, uplinkMAC 
 				HWAddr: uplinkMAC, TableNames: flows.PhyTableNames(), ExternalIDs: ids})
 		}},
 		{"uplink port " + a.cfg.Uplink, func() error {
-			return a.db.EnsurePort(ctx, br.Physical, ovsdb.PortSpec{Name: a.cfg.Uplink, OFPortRequest: int(hostlayout.OFPortUplink), ExternalIDs: ids})
+			// The host's neighbour entries for peers (on br-phy, where
+			// its IP lives) point through the uplink.
+			_, err := a.ensureDataPort(ctx, dataPort{Bridge: br.Physical, Kind: "uplink", NeighDev: br.Physical,
+				Spec: ovsdb.PortSpec{Name: a.cfg.Uplink, OFPortRequest: int(hostlayout.OFPortUplink), ExternalIDs: ids}})
+			return err
 		}},
 		{"bridge " + br.Integration, func() error {
 			return a.db.EnsureBridge(ctx, ovsdb.BridgeSpec{Name: br.Integration, DatapathType: a.dp.Datapath,
@@ -560,6 +571,18 @@ func (a *Agent) loadLocalEndpoints(ctx context.Context) error {
 		if err != nil || info.OFPort <= 0 {
 			a.log.Warn("endpoint's port is gone; keeping the record until detach", "name", ep.Name, "port", ep.Port, "err", err)
 			continue
+		}
+		if ep.Netns != "" {
+			// A restart with another ovs.port_type (or an earlier
+			// fallback) leaves the port's type to change: ensureDataPort
+			// creates it again only then.
+			of, err := a.ensureDataPort(ctx, dataPort{Bridge: a.cfg.Bridges.Integration, Kind: "container",
+				NeighDev: hostlayout.PortGateway, NeighAddr: ep.IP, Spec: ovsdb.PortSpec{Name: ep.Port}})
+			if err != nil {
+				a.log.Warn("endpoint's port did not come back with this host's port type; keeping the record until detach", "name", ep.Name, "port", ep.Port, "err", err)
+				continue
+			}
+			info.OFPort = int(of)
 		}
 		ep.MAC = endpointMAC(ep)
 		a.mu.Lock()

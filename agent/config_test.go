@@ -187,6 +187,10 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{func(c *Config) { c.Bridges.Physical = "br-int" }, "bridges.physical=br-int: integration and physical bridge are both \"br-int\": give the two bridges distinct names"},
 		{func(c *Config) { c.Bridges.Integration = "kr-gw" }, "is also the name of keyroute's port kr-gw"},
 		{func(c *Config) { c.Uplink = "br-phy" }, "uplink=br-phy: is also a bridge name"},
+		{func(c *Config) { c.OVS.PortType = "xdp" }, "ovs.port_type=xdp: must be auto, system or afxdp"},
+		{func(c *Config) { c.OVS.PortType, c.Datapath = "afxdp", "system" },
+			"ovs.port_type=afxdp: AF_XDP ports are a userspace (netdev) datapath feature and datapath is system: set ovs.port_type: auto or system, or datapath: netdev"},
+		{func(c *Config) { c.OVS.XDPMode = "skb" }, "ovs.xdp_mode=skb: must be one of generic, native, native-with-zerocopy, best-effort"},
 	}
 	for _, tc := range cases {
 		c := DefaultConfig()
