@@ -214,6 +214,16 @@ func TestValidate(t *testing.T) {
 	if err := sel.Validate(); err != nil || !sel.measures(PathR) || sel.measures(PathB) || !c.measures(PathB) {
 		t.Errorf("paths C,R: %v; measures R %v, B %v; default measures B %v", err, sel.measures(PathR), sel.measures(PathB), c.measures(PathB))
 	}
+	for _, pt := range [][]string{{"afxdp"}, {"system", "xdp"}, nil} {
+		bad = c
+		bad.PortTypes = pt
+		if err := bad.Validate(); err == nil {
+			t.Errorf("port types %v accepted", pt)
+		}
+	}
+	if !c.afxdp() || q.afxdp() {
+		t.Errorf("AF_XDP ports measured: full run %v, quick %v; want true, false", c.afxdp(), q.afxdp())
+	}
 	sel.Paths = []Path{PathC, "X"}
 	if err := sel.Validate(); err == nil || !strings.Contains(err.Error(), `"X"`) {
 		t.Errorf("unknown path: %v", err)
@@ -299,6 +309,19 @@ func synthetic() *Result {
 					}
 				}
 				res.Samples = append(res.Samples, s)
+				// AF_XDP ports: faster by a path's own factor in every
+				// repetition, at 0.7× the CPU per GB, no retransmits.
+				if x, ok := map[Path]float64{PathA: 1.3, PathB: 1.4, PathC: 1.2}[p]; ok {
+					xs := s
+					xs.Variant = VariantAFXDP
+					if test == TestRR {
+						xs.P50us = Num(80 / g)
+					} else {
+						xs.Gbps, xs.CPUSecPerGB, xs.Retransmits = Num(g*x), Num(7/g), 0
+						res.Samples[len(res.Samples)-1].Retransmits = 150
+					}
+					res.Samples = append(res.Samples, xs)
+				}
 			}
 		}
 	}
@@ -324,6 +347,10 @@ func TestReportRatiosAndTargets(t *testing.T) {
 		"![throughput](throughput.png)",
 		"interleaved (A B C K D, A B C K D, …)",
 		"**O** (OVN Geneve) — not measured: test",
+		// AF_XDP against system ports, repetition by repetition.
+		"| B | 2.000 (1.000–3.000) / 2.800 (1.400–4.200) | 1.40 | 1.40 | 5.00 (3.33–10.00) / 3.50 (2.33–7.00) | 0.70 | 150 / 0 | 150 / 0 | 50.0 (33.3–100.0) / 40.0 (26.7–80.0) |",
+		"| A AF_XDP / system ports throughput, 1 stream | ≥ 1.25 × | 1.30 × | yes |",
+		"| C AF_XDP / system ports throughput, 1 stream | ≥ 1.25 × | 1.20 × | **no**, missed by 4% |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)

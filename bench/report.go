@@ -111,6 +111,7 @@ func targets(res *Result) []Target {
 		{What: "C CPU/GB / B CPU/GB (1 stream)", Measured: med(ratio(s, PathC, PathB, TestTCP1, mCPUGB)), Goal: 0.90, Higher: false, Unit: "×",
 			Limit: "ovs-vswitchd's stime (system calls, and softirq work charged to it) dominates and is the same per packet for both; the VXLAN push/pop that C saves is user time"},
 	}
+	ts = append(ts, afxdpTargets(res)...)
 	if cp := res.ControlPlane; cp != nil {
 		ts = append(ts,
 			Target{What: "time to fast path p50 (paced)", Measured: float64(cp.P50ms), Goal: 5, Unit: "ms",
@@ -226,7 +227,8 @@ func Report(res *Result, charts []string) string {
 			rangeStr(ratio(s, pr[0], pr[1], TestTCP4, mGbps), 2), rangeStr(ratio(s, pr[0], pr[1], TestRR, mP50), 2),
 			rangeStr(ratio(s, pr[0], pr[1], TestRR, mTPS), 2), cpu)
 	}
-	w("\n## Targets (reported, not asserted)\n\n| target | goal | measured | met | what limits it (our reading of the figures, not a profile) |\n|---|---|---|---|---|\n")
+	w("\n%s", afxdpSection(res))
+	w("## Targets (reported, not asserted)\n\n| target | goal | measured | met | what limits it (our reading of the figures, not a profile) |\n|---|---|---|---|---|\n")
 	for _, t := range targets(res) {
 		op := "≤"
 		if t.Higher {

@@ -46,6 +46,7 @@ func run() int {
 	cpPace := flag.Int("cp-pace", 0, "new pairs per second in the paced control-plane phase (default 100)")
 	noFlows := flag.Bool("no-flow-install", false, "skip the controller's flow install benchmark (needs the Go toolchain)")
 	paths := flag.String("paths", "", "data-plane paths to measure, comma-separated, e.g. C,R (default: all: "+bench.PathNames(bench.PathOrder, ",")+")")
+	portTypes := flag.String("port-types", "", "OVS port types to measure A, B and C with, side by side: system or system,afxdp (default system,afxdp; --quick: system)")
 	noCP := flag.Bool("no-control-plane", false, "skip the control-plane phase")
 	out := flag.String("out", "", "output directory (default bench/results/<timestamp> in the source tree)")
 	ovnRoot := flag.String("ovn-root", os.Getenv("KEYROUTE_OVN_ROOT"), "a `dpkg -x` tree of Debian's ovn-common, ovn-host and ovn-central for path O (env KEYROUTE_OVN_ROOT; default: installed OVN, else O is left out)")
@@ -94,6 +95,9 @@ func run() int {
 		for _, p := range strings.Split(*paths, ",") {
 			cfg.Paths = append(cfg.Paths, bench.Path(p))
 		}
+	}
+	if *portTypes != "" {
+		cfg.PortTypes = strings.Split(*portTypes, ",")
 	}
 	cfg.BinDir = simcluster.DefaultBinDir(*bin)
 	cfg.OVNRoot = *ovnRoot
