@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -32,7 +31,7 @@ import (
 // netdev port: the PMD variant busy-polls a whole core per thread, which
 // starved everything else on a 2-core host, and dedicating cores
 // (pmd-cpu-mask) is the operator's decision, not the agent's.
-const ovsTypeAFXDP = "afxdp-nonpmd"
+const ovsTypeAFXDP = preflight.OVSTypeAFXDP
 
 // afxdpWait bounds how long an AF_XDP port may take to come up before it
 // is re-created as a system port. OVS loads its XDP program and sets up
@@ -40,23 +39,19 @@ const ovsTypeAFXDP = "afxdp-nonpmd"
 // Interface.error (ofport -1).
 const afxdpWait = 10 * time.Second
 
-// choosePortType decides the port type from ovs.port_type, the datapath
-// and what the Open_vSwitch table says about the build and its settings.
-// It returns PortTypeSystem or PortTypeAFXDP and the reason a user reads,
-// or an error naming the fix when port_type afxdp cannot be honoured.
-func choosePortType(setting, datapath string, sw ovsdb.SwitchInfo, swErr error) (use, reason string, err error) {
+// choosePortType decides the port type from ovs.port_type, the datapath,
+// whether the kernel has AF_XDP sockets (xskErr nil) and what the
+// Open_vSwitch table says about the build and its settings. It returns
+// PortTypeSystem or PortTypeAFXDP and the reason a user reads, or an
+// error naming the fix when port_type afxdp cannot be honoured.
+func choosePortType(setting, datapath string, xskErr error, sw ovsdb.SwitchInfo, swErr error) (use, reason string, err error) {
 	if setting == PortTypeSystem {
 		return PortTypeSystem, "ovs.port_type: system", nil
 	}
 	why := ""
-	switch {
-	case datapath != preflight.DatapathNetdev:
+	if datapath != preflight.DatapathNetdev {
 		why = "the " + datapath + " (kernel) datapath reads ports itself; AF_XDP ports are a userspace (netdev) datapath feature"
-	case swErr != nil:
-		why = fmt.Sprintf("could not read this OVS's port types: %v", swErr)
-	case !slices.Contains(sw.IfaceTypes, ovsTypeAFXDP):
-		why = "this ovs-vswitchd has no " + ovsTypeAFXDP + " port type (built without AF_XDP)"
-	case sw.OtherConfig["userspace-tso-enable"] == "true":
+	} else if why, _ = preflight.AFXDP(xskErr, sw.IfaceTypes, swErr); why == "" && sw.OtherConfig["userspace-tso-enable"] == "true" {
 		why = "userspace TSO is on (Open_vSwitch other_config:userspace-tso-enable), which does not combine with AF_XDP ports in OVS 3.1"
 	}
 	if setting == PortTypeAFXDP {
@@ -115,11 +110,12 @@ func (p *portTypes) status() api.PortTypeStatus {
 // choosePorts decides this host's port type once, after the datapath.
 func (a *Agent) choosePorts(ctx context.Context) error {
 	var sw ovsdb.SwitchInfo
-	var swErr error
+	var swErr, xskErr error
 	if a.cfg.OVS.PortType != PortTypeSystem && a.dp.Datapath == preflight.DatapathNetdev {
 		sw, swErr = a.db.Switch(ctx)
+		xskErr = preflight.XDPSocket()
 	}
-	use, reason, err := choosePortType(a.cfg.OVS.PortType, a.dp.Datapath, sw, swErr)
+	use, reason, err := choosePortType(a.cfg.OVS.PortType, a.dp.Datapath, xskErr, sw, swErr)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/ovsdb"
 )
@@ -15,25 +17,27 @@ func TestChoosePortType(t *testing.T) {
 	tso := ovsdb.SwitchInfo{IfaceTypes: withXDP.IfaceTypes, OtherConfig: map[string]string{"userspace-tso-enable": "true"}}
 	cases := []struct {
 		name, setting, datapath string
+		xskErr                  error
 		sw                      ovsdb.SwitchInfo
 		swErr                   error
 		use, reason, err        string
 	}{
-		{"auto on netdev", "auto", "netdev", withXDP, nil, "afxdp", "auto: netdev datapath", ""},
-		{"auto on the kernel datapath", "auto", "system", withXDP, nil, "system", "auto: the system (kernel) datapath reads ports itself; AF_XDP ports are a userspace (netdev) datapath feature", ""},
-		{"auto without AF_XDP in the build", "auto", "netdev", noXDP, nil, "system", "auto: this ovs-vswitchd has no afxdp-nonpmd port type (built without AF_XDP)", ""},
-		{"auto with userspace TSO", "auto", "netdev", tso, nil, "system", "auto: userspace TSO is on", ""},
-		{"auto, OVSDB unreadable", "auto", "netdev", ovsdb.SwitchInfo{}, errors.New("broken pipe"), "system", "auto: could not read this OVS's port types: broken pipe", ""},
-		{"system", "system", "netdev", withXDP, nil, "system", "ovs.port_type: system", ""},
-		{"afxdp on netdev", "afxdp", "netdev", withXDP, nil, "afxdp", "ovs.port_type: afxdp", ""},
-		{"afxdp on the kernel datapath", "afxdp", "system", withXDP, nil, "", "",
+		{"auto on netdev", "auto", "netdev", nil, withXDP, nil, "afxdp", "auto: netdev datapath", ""},
+		{"auto on the kernel datapath", "auto", "system", nil, withXDP, nil, "system", "auto: the system (kernel) datapath reads ports itself; AF_XDP ports are a userspace (netdev) datapath feature", ""},
+		{"auto without AF_XDP in the build", "auto", "netdev", nil, noXDP, nil, "system", "auto: Open_vSwitch iface_types [internal system vxlan] lack afxdp-nonpmd: this ovs-vswitchd is built without AF_XDP", ""},
+		{"auto with userspace TSO", "auto", "netdev", nil, tso, nil, "system", "auto: userspace TSO is on", ""},
+		{"auto, OVSDB unreadable", "auto", "netdev", nil, ovsdb.SwitchInfo{}, errors.New("broken pipe"), "system", "auto: could not read Open_vSwitch iface_types: broken pipe", ""},
+		{"auto, kernel without XDP sockets", "auto", "netdev", unix.EAFNOSUPPORT, withXDP, nil, "system", "auto: socket(AF_XDP): address family not supported: the kernel is built without CONFIG_XDP_SOCKETS", ""},
+		{"system", "system", "netdev", nil, withXDP, nil, "system", "ovs.port_type: system", ""},
+		{"afxdp on netdev", "afxdp", "netdev", nil, withXDP, nil, "afxdp", "ovs.port_type: afxdp", ""},
+		{"afxdp on the kernel datapath", "afxdp", "system", nil, withXDP, nil, "", "",
 			"ovs.port_type afxdp: the system (kernel) datapath reads ports itself; AF_XDP ports are a userspace (netdev) datapath feature: set ovs.port_type: auto (AF_XDP where it works, else system) or system"},
-		{"afxdp without AF_XDP in the build", "afxdp", "netdev", noXDP, nil, "", "", "ovs.port_type afxdp: this ovs-vswitchd has no afxdp-nonpmd port type"},
-		{"afxdp with userspace TSO", "afxdp", "netdev", tso, nil, "", "", "userspace TSO is on"},
+		{"afxdp without AF_XDP in the build", "afxdp", "netdev", nil, noXDP, nil, "", "", "ovs.port_type afxdp: Open_vSwitch iface_types [internal system vxlan] lack afxdp-nonpmd"},
+		{"afxdp with userspace TSO", "afxdp", "netdev", nil, tso, nil, "", "", "userspace TSO is on"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			use, reason, err := choosePortType(tc.setting, tc.datapath, tc.sw, tc.swErr)
+			use, reason, err := choosePortType(tc.setting, tc.datapath, tc.xskErr, tc.sw, tc.swErr)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want it to contain %q", err, tc.err)
