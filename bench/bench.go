@@ -331,8 +331,8 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 				continue
 			}
 			log.Info("keyroute cluster with AF_XDP ports: "+c.mode, "paths", PathNames(c.paths, ","))
-			ov, err := startOverlay(ctx, c.mode, cfg.BinDir, xopts)
-			if err != nil {
+			var ov *overlay
+			if ov, err = startOverlay(ctx, c.mode, cfg.BinDir, xopts); err != nil {
 				return fmt.Errorf("AF_XDP ports: %w", err)
 			}
 			defer func() { err = errors.Join(err, ov.cl.Close()) }()
