@@ -90,8 +90,12 @@ type PortFallback struct {
 // netdev datapath)" or "system (auto: afxdp failed on c-web1: …)".
 func (p PortTypeStatus) String() string {
 	s := fmt.Sprintf("%s (%s)", p.Type, p.Reason)
+	auto := ""
+	if p.Setting == "auto" {
+		auto = "auto: "
+	}
 	for _, f := range p.Fallbacks {
-		s += fmt.Sprintf("; %s on %s (%s: afxdp failed: %s)", f.Type, f.Port, p.Setting, f.Error)
+		s += fmt.Sprintf("; %s on %s (%safxdp failed: %s)", f.Type, f.Port, auto, f.Error)
 	}
 	return s
 }
