@@ -311,9 +311,6 @@ func (a *Agent) setup(ctx context.Context) error {
 		// The bridges and br-phy's pipeline were set up with the config's
 		// values; redo them with the cluster's.
 		a.host.GatewayMAC, a.host.Cluster, a.host.VNI = a.cfg.GatewayMAC(), a.cfg.PodCIDR(), a.cfg.Cluster.VNI
-		if err := a.choosePorts(ctx); err != nil {
-			return err
-		}
 		if err := a.ensureBridges(ctx, addr.Prefix.Addr(), uplink.HardwareAddr); err != nil {
 			return err
 		}
