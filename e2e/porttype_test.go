@@ -12,9 +12,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyroute/keyroute/internal/testenv"
+	"github.com/keyroute/keyroute/preflight"
 	"github.com/keyroute/keyroute/simcluster"
 	"github.com/keyroute/keyroute/simhost"
 )
+
+// requireAFXDP skips t where the hosts cannot have AF_XDP ports: on the
+// kernel datapath (a netdev-datapath feature), or (unavailable, see
+// internal/testenv) without the kernel's XDP sockets.
+func requireAFXDP(t *testing.T) {
+	t.Helper()
+	if dp, err := simcluster.DatapathFromEnv(); err != nil {
+		t.Fatal(err)
+	} else if dp != simcluster.DatapathNetdev {
+		t.Skipf("%s=%s: AF_XDP ports are a netdev (userspace) datapath feature", simcluster.EnvDatapath, dp)
+	}
+	if err := preflight.XDPSocket(); err != nil {
+		testenv.Unavailable(t, "no AF_XDP sockets in this kernel: %v", err)
+	}
+}
 
 // ovsPortType is the OVS Interface type an agent port type makes.
 var ovsPortType = map[string]string{simcluster.PortTypeSystem: "", simcluster.PortTypeAFXDP: "afxdp-nonpmd"}
@@ -38,6 +55,9 @@ func otherPortTypes(t *testing.T) []string {
 func TestPortTypes(t *testing.T) {
 	for _, pt := range otherPortTypes(t) {
 		t.Run(pt, func(t *testing.T) {
+			if pt == simcluster.PortTypeAFXDP {
+				requireAFXDP(t)
+			}
 			start := time.Now()
 			defer func() { t.Logf("TestPortTypes/%s took %s", pt, time.Since(start).Round(time.Millisecond)) }()
 			p := rwStartPair(t, simcluster.Options{PortType: pt})
@@ -160,6 +180,7 @@ func checkPortTypes(t *testing.T, h *simcluster.Host, want, reason string, fallb
 // them, and traffic flows; an agent restart with a mode that works creates
 // them again as AF_XDP ports (delete and re-add, never a live change).
 func TestPortTypeFallback(t *testing.T) {
+	requireAFXDP(t)
 	start := time.Now()
 	defer func() { t.Logf("TestPortTypeFallback took %s", time.Since(start).Round(time.Millisecond)) }()
 	zeroCopy := func(host int, cfg map[string]any) {
