@@ -36,8 +36,12 @@ func afxdpSection(res *Result) string {
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("## AF_XDP ports against system ports\n\n")
 	if !c.afxdp() {
+		types := strings.Join(c.PortTypes, ",")
+		if types == "" {
+			types = PortSystem // results of runs before port types were measured
+		}
 		w("Not run (`--port-types %s`). With `--port-types system,afxdp` (the default of a full run) A, B and C are measured again on two more clusters "+
-			"built the same way whose agents have `ovs.port_type: afxdp`, interleaved with the system-port samples.\n\n", strings.Join(c.PortTypes, ","))
+			"built the same way whose agents have `ovs.port_type: afxdp`, interleaved with the system-port samples.\n\n", types)
 		return b.String()
 	}
 	w("A, B and C again on two more clusters built the same way, whose agents run with `ovs.port_type: afxdp` (uplinks and container veths as " +
