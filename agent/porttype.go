@@ -173,10 +173,12 @@ func (a *Agent) ensureDataPort(ctx context.Context, d dataPort) (uint32, error) 
 		recreated = true
 	}
 	ofport, err := a.addPort(ctx, d.Bridge, spec, d.Wait)
-	if err != nil && spec.Type == ovsTypeAFXDP && ctx.Err() == nil {
+	var pe *ovsdb.PortError
+	// Only OVS's refusal or its silence is the port's fault; an OVSDB
+	// error is returned as it is.
+	if err != nil && spec.Type == ovsTypeAFXDP && ctx.Err() == nil && (errors.As(err, &pe) || errors.Is(err, context.DeadlineExceeded)) {
 		why := err.Error()
-		var pe *ovsdb.PortError
-		if errors.As(err, &pe) {
+		if pe != nil {
 			why = pe.Reason
 		}
 		a.log.Warn("AF_XDP port did not come up; using a system port", "port", name, "kind", d.Kind, "err", why)
