@@ -51,6 +51,7 @@ type Agent struct {
 
 	dp       preflight.Result
 	plan     datapathPlan
+	ports    *portTypes
 	db       *ovsdb.Client
 	intSw    *controller.Switch
 	phySw    *controller.Switch
@@ -257,6 +258,9 @@ func (a *Agent) setup(ctx context.Context) error {
 	if a.db, err = ovsdb.Dial(ctx, a.cfg.OVS.DBSocket, ovsdb.Options{Logger: a.log, Reconnect: true}); err != nil {
 		return fmt.Errorf("connect to OVSDB at %s: %w", a.cfg.OVS.DBSocket, err)
 	}
+	if err := a.choosePorts(ctx); err != nil {
+		return err
+	}
 	if err := a.ensureBridges(ctx, addr.Prefix.Addr(), uplink.HardwareAddr); err != nil {
 		return err
 	}
@@ -425,7 +429,11 @@ func (a *Agent) ensureBridges(ctx context.Context, hostIP netip.Addr, uplinkMAC 
 				HWAddr: uplinkMAC, TableNames: flows.PhyTableNames(), ExternalIDs: ids})
 		}},
 		{"uplink port " + a.cfg.Uplink, func() error {
-			return a.db.EnsurePort(ctx, br.Physical, ovsdb.PortSpec{Name: a.cfg.Uplink, OFPortRequest: int(hostlayout.OFPortUplink), ExternalIDs: ids})
+			// The host's neighbour entries for peers (on br-phy, where
+			// its IP lives) point through the uplink.
+			_, err := a.ensureDataPort(ctx, dataPort{Bridge: br.Physical, Kind: "uplink", NeighDev: br.Physical,
+				Spec: ovsdb.PortSpec{Name: a.cfg.Uplink, OFPortRequest: int(hostlayout.OFPortUplink), ExternalIDs: ids}})
+			return err
 		}},
 		{"bridge " + br.Integration, func() error {
 			return a.db.EnsureBridge(ctx, ovsdb.BridgeSpec{Name: br.Integration, DatapathType: a.dp.Datapath,
@@ -570,6 +578,18 @@ func (a *Agent) loadLocalEndpoints(ctx context.Context) error {
 		if err != nil || info.OFPort <= 0 {
 			a.log.Warn("endpoint's port is gone; keeping the record until detach", "name", ep.Name, "port", ep.Port, "err", err)
 			continue
+		}
+		if ep.Netns != "" {
+			// A restart with another ovs.port_type (or an earlier
+			// fallback) leaves the port's type to change: ensureDataPort
+			// creates it again only then.
+			of, err := a.ensureDataPort(ctx, dataPort{Bridge: a.cfg.Bridges.Integration, Kind: "container",
+				NeighDev: hostlayout.PortGateway, NeighAddr: ep.IP, Spec: ovsdb.PortSpec{Name: ep.Port}})
+			if err != nil {
+				a.log.Warn("endpoint's port did not come back with this host's port type; keeping the record until detach", "name", ep.Name, "port", ep.Port, "err", err)
+				continue
+			}
+			info.OFPort = int(of)
 		}
 		ep.MAC = endpointMAC(ep)
 		a.mu.Lock()

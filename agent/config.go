@@ -144,7 +144,28 @@ type OVSConfig struct {
 	DBSocket string `yaml:"db_socket"`
 	// RunDir holds ovs-vswitchd's <bridge>.mgmt and unixctl sockets.
 	RunDir string `yaml:"run_dir"`
+	// PortType is how OVS reads the ports packets enter by (the uplink
+	// and the containers' veths): auto (AF_XDP on the netdev datapath
+	// where the port comes up, else system), system (the device through
+	// a packet socket, or the kernel datapath's own receive handler) or
+	// afxdp (netdev datapath only). DESIGN.md "Port types".
+	PortType string `yaml:"port_type"`
+	// XDPMode is the AF_XDP ports' options:xdp-mode, set only when a port
+	// is created: generic (works on any device, veths included), native,
+	// native-with-zerocopy or best-effort (NICs whose driver supports
+	// them).
+	XDPMode string `yaml:"xdp_mode"`
 }
+
+// Port types (ovs.port_type).
+const (
+	PortTypeAuto   = "auto"
+	PortTypeSystem = "system"
+	PortTypeAFXDP  = "afxdp"
+)
+
+// xdpModes are the values of OVS's AF_XDP options:xdp-mode.
+var xdpModes = []string{"generic", "native", "native-with-zerocopy", "best-effort"}
 
 // CacheConfig sets rewrite mode's cache (DESIGN.md "Cache protocol v2").
 type CacheConfig struct {
@@ -238,6 +259,8 @@ func DefaultConfig() Config {
 		OVS: OVSConfig{
 			DBSocket: "/var/run/openvswitch/db.sock",
 			RunDir:   "/var/run/openvswitch",
+			PortType: PortTypeAuto,
+			XDPMode:  "generic",
 		},
 		Cache: CacheConfig{
 			SendIdle:       10 * time.Second,
@@ -383,6 +406,18 @@ func (c *Config) Validate() error {
 	}
 	if c.OVS.RunDir == "" {
 		bad("ovs.run_dir", c.OVS.RunDir, "give ovs-vswitchd's run directory, usually /var/run/openvswitch")
+	}
+	switch c.OVS.PortType {
+	case PortTypeAuto, PortTypeSystem:
+	case PortTypeAFXDP:
+		if c.Datapath == "system" {
+			bad("ovs.port_type", c.OVS.PortType, "AF_XDP ports are a userspace (netdev) datapath feature and datapath is system: set ovs.port_type: auto or system, or datapath: netdev")
+		}
+	default:
+		bad("ovs.port_type", c.OVS.PortType, "must be %s, %s or %s", PortTypeAuto, PortTypeSystem, PortTypeAFXDP)
+	}
+	if !slices.Contains(xdpModes, c.OVS.XDPMode) {
+		bad("ovs.xdp_mode", c.OVS.XDPMode, "must be one of %s (generic works on every device)", strings.Join(xdpModes, ", "))
 	}
 	if c.APISocket == "" {
 		bad("api_socket", c.APISocket, "give a unix socket path for keyroutectl")

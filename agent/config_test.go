@@ -189,6 +189,10 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{func(c *Config) { c.Uplink = "br-phy" }, "uplink=br-phy: is also a bridge name"},
 		{func(c *Config) { c.ContainerMTU = 500 }, "container_mtu=500: must be 576..9000, or 0 for the uplink's MTU (rewrite mode) or uplink MTU - 50 (tunnel mode)"},
 		{func(c *Config) { c.FragNeededRate = 0 }, "frag_needed_rate=0: must be at least 1 packet/s"},
+		{func(c *Config) { c.OVS.PortType = "xdp" }, "ovs.port_type=xdp: must be auto, system or afxdp"},
+		{func(c *Config) { c.OVS.PortType, c.Datapath = "afxdp", "system" },
+			"ovs.port_type=afxdp: AF_XDP ports are a userspace (netdev) datapath feature and datapath is system: set ovs.port_type: auto or system, or datapath: netdev"},
+		{func(c *Config) { c.OVS.XDPMode = "skb" }, "ovs.xdp_mode=skb: must be one of generic, native, native-with-zerocopy, best-effort"},
 	}
 	for _, tc := range cases {
 		c := DefaultConfig()

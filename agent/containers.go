@@ -161,16 +161,11 @@ func (a *Agent) attach(ctx context.Context, s attachRequest) (registry.Endpoint,
 			return registry.Endpoint{}, fmt.Errorf("keep the host stack off %s: %w", port, err)
 		}
 	}
-	if err := a.db.EnsurePort(ctx, a.cfg.Bridges.Integration, ovsdb.PortSpec{Name: port, ExternalIDs: ids}); err != nil {
-		undo()
-		return registry.Endpoint{}, fmt.Errorf("add %s to %s: %w", port, a.cfg.Bridges.Integration, err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	ofport, err := a.db.WaitOFPort(wctx, port)
-	cancel()
+	ofport, err := a.ensureDataPort(ctx, dataPort{Bridge: a.cfg.Bridges.Integration, Kind: "container", System: orig != nil,
+		Spec: ovsdb.PortSpec{Name: port, ExternalIDs: ids}})
 	if err != nil {
 		undo()
-		return registry.Endpoint{}, fmt.Errorf("add %s to %s: %w", port, a.cfg.Bridges.Integration, err)
+		return registry.Endpoint{}, err
 	}
 	a.mu.Lock()
 	a.endpoints[name] = ep
@@ -295,6 +290,7 @@ func (a *Agent) Detach(ctx context.Context, name string) error {
 		return fmt.Errorf("remove port %s of %s: %w", ep.Port, name, err)
 	}
 	releasePort(ep.Port)
+	a.ports.setFallback(ep.Port, "")
 	switch {
 	case ep.Netns != "":
 		if err := deleteLink(ep.Port); err != nil {

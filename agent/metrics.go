@@ -28,6 +28,8 @@ type metrics struct {
 	hosts      prometheus.Gauge
 	badRecords *prometheus.CounterVec
 	etcdErrors *prometheus.CounterVec
+	// portFallbacks counts AF_XDP ports re-created as system ports.
+	portFallbacks *prometheus.CounterVec
 
 	// rewrite mode
 	punts          *prometheus.CounterVec
@@ -57,6 +59,11 @@ func newMetrics() *metrics {
 	skipped := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyroute_flows_skipped_inputs_total",
 		Help: "Endpoints, peers and roaming addresses left out of the flows because an address was not IPv4; records are validated when read, so it stays 0."},
 		func() float64 { return float64(flows.SkippedInputs()) })
+	m.portFallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_port_fallbacks_total",
+		Help: "AF_XDP ports that did not come up and were created again as system ports, by kind (uplink, container); keyroutectl status names each with OVS's error."}, []string{"kind"})
+	for _, k := range []string{"uplink", "container"} {
+		m.portFallbacks.WithLabelValues(k)
+	}
 	m.etcdErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_etcd_errors_total",
 		Help: "Failed etcd operations, by operation."}, []string{"op"})
 	m.punts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_cache_misses_total",
@@ -76,7 +83,7 @@ func newMetrics() *metrics {
 		Help: "From a pair's first punt to its rewrite entry installed.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
 	m.dscpChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyroute_dscp_path_checks_total",
 		Help: "DSCP path checks towards peers, by peer and result (verified, remarked, lost: some keys unanswered, no_answer: the peer's agent did not answer)."}, []string{"peer", "result"})
-	m.reg.MustRegister(m.dscpChecks, m.endpoints, m.hosts, m.badRecords, skipped, m.etcdErrors, m.punts, m.fragNeeded, m.bootstraps, m.expiries,
+	m.reg.MustRegister(m.portFallbacks, m.dscpChecks, m.endpoints, m.hosts, m.badRecords, skipped, m.etcdErrors, m.punts, m.fragNeeded, m.bootstraps, m.expiries,
 		m.cacheEntries, m.cacheErrors, m.timeToFastPath)
 	return m
 }

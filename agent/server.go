@@ -191,7 +191,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	s := api.Status{
 		Node: a.cfg.Node, Version: version.String(), Mode: a.cfg.Mode, HostIP: a.host.IP.String(), HostMAC: a.host.MAC.String(),
 		PodSubnet: a.host.Subnet.String(), Gateway: a.host.Gateway.String(), GatewayMAC: a.host.GatewayMAC.String(),
-		Datapath: a.dp.Datapath, DatapathReason: a.dp.Reason,
+		Datapath: a.dp.Datapath, DatapathReason: a.dp.Reason, PortType: a.ports.status(),
 		Etcd:   api.EtcdStatus{Endpoints: a.etcdEPs, Embedded: a.embedded != nil},
 		Counts: api.StatusCounts{Hosts: len(peers) + 1, Endpoints: len(eps)},
 		Uptime: time.Since(a.started).Round(time.Second).String(),

@@ -270,10 +270,15 @@ func (a *Agent) StartCapture(ctx context.Context, r api.CaptureRequest) (api.Cap
 	if running >= maxCaptures {
 		return api.CaptureResult{}, badRequest("%d captures already running or uncollected", running)
 	}
-	cctx, cancel := context.WithTimeout(context.Background(), time.Duration(r.TimeoutMs)*time.Millisecond)
+	dev, release, err := a.captureDev(ctx)
+	if err != nil {
+		return api.CaptureResult{}, err
+	}
+	cctx, cancel0 := context.WithTimeout(context.Background(), time.Duration(r.TimeoutMs)*time.Millisecond)
+	cancel := func() { cancel0(); release() }
 	// A small snap length keeps libpcap's ring at many small frames: with
 	// the default (256 KiB frames) a burst of probes overflows it.
-	args := append([]string{"-nn", "-v", "-l", "--immediate-mode", "-s", "128", "-i", a.cfg.Uplink, "-c", fmt.Sprint(r.Count), "--"}, strings.Fields(r.Filter)...)
+	args := append([]string{"-nn", "-v", "-l", "--immediate-mode", "-s", "128", "-i", dev, "-c", fmt.Sprint(r.Count), "--"}, strings.Fields(r.Filter)...)
 	cmd := exec.CommandContext(cctx, "tcpdump", args...)
 	// SIGINT at the timeout, so tcpdump prints its counts.
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
@@ -290,7 +295,7 @@ func (a *Agent) StartCapture(ctx context.Context, r api.CaptureRequest) (api.Cap
 	}
 	if err := cmd.Start(); err != nil {
 		cancel()
-		return api.CaptureResult{}, fmt.Errorf("start tcpdump on %s: %w", a.cfg.Uplink, err)
+		return api.CaptureResult{}, fmt.Errorf("start tcpdump on %s: %w", dev, err)
 	}
 	job := &captureJob{done: make(chan struct{})}
 	listening := make(chan error, 1)
@@ -310,7 +315,7 @@ func (a *Agent) StartCapture(ctx context.Context, r api.CaptureRequest) (api.Cap
 				return
 			}
 		}
-		listening <- fmt.Errorf("tcpdump on %s: %s", a.cfg.Uplink, last)
+		listening <- fmt.Errorf("tcpdump on %s: %s", dev, last)
 	}()
 	go func() {
 		defer close(job.done)

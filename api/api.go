@@ -48,16 +48,56 @@ type Status struct {
 	// GatewayMAC is the cluster's virtual gateway MAC (cluster.gateway_mac
 	// as agreed in etcd): the destination MAC of every packet a container
 	// sends off its subnet.
-	GatewayMAC     string       `json:"gateway_mac"`
-	Datapath       string       `json:"datapath"`
-	DatapathReason string       `json:"datapath_reason"`
-	Bridges        []Bridge     `json:"bridges"`
-	Etcd           EtcdStatus   `json:"etcd"`
-	Counts         StatusCounts `json:"counts"`
-	Cache          *CacheStatus `json:"cache,omitempty"` // rewrite mode only
+	GatewayMAC     string `json:"gateway_mac"`
+	Datapath       string `json:"datapath"`
+	DatapathReason string `json:"datapath_reason"`
+	// PortType is how OVS reads the uplink and the containers' veths.
+	PortType PortTypeStatus `json:"port_type"`
+	Bridges  []Bridge       `json:"bridges"`
+	Etcd     EtcdStatus     `json:"etcd"`
+	Counts   StatusCounts   `json:"counts"`
+	Cache    *CacheStatus   `json:"cache,omitempty"` // rewrite mode only
 	// DSCPPaths is the DSCP path check towards each peer (rewrite mode).
 	DSCPPaths []DSCPPath `json:"dscp_paths,omitempty"`
 	Uptime    string     `json:"uptime"`
+}
+
+// PortTypeStatus is the type of the ports packets enter OVS by (the
+// uplink, the containers' veths; pre-made ports stay system) and why.
+type PortTypeStatus struct {
+	// Setting is ovs.port_type: auto, system or afxdp.
+	Setting string `json:"setting"`
+	// Type is what the agent creates these ports as: system or afxdp.
+	Type string `json:"type"`
+	// Reason says why, e.g. "auto: netdev datapath".
+	Reason string `json:"reason"`
+	// Fallbacks are the ports whose AF_XDP port did not come up and that
+	// run as system ports instead.
+	Fallbacks []PortFallback `json:"fallbacks,omitempty"`
+}
+
+// PortFallback is one port that fell back from AF_XDP.
+type PortFallback struct {
+	Port string `json:"port"`
+	// Type is the type it runs as instead: system.
+	Type string `json:"type"`
+	// Error is why the AF_XDP port did not come up (OVS's
+	// Interface.error, or the deadline).
+	Error string `json:"error"`
+}
+
+// String is the one line keyroutectl status prints, e.g. "afxdp (auto:
+// netdev datapath)" or "system (auto: afxdp failed on c-web1: …)".
+func (p PortTypeStatus) String() string {
+	s := fmt.Sprintf("%s (%s)", p.Type, p.Reason)
+	auto := ""
+	if p.Setting == "auto" {
+		auto = "auto: "
+	}
+	for _, f := range p.Fallbacks {
+		s += fmt.Sprintf("; %s on %s (%safxdp failed: %s)", f.Type, f.Port, auto, f.Error)
+	}
+	return s
 }
 
 // DSCPPath is the DSCP path check's verdict on the fabric towards one

@@ -44,6 +44,11 @@ type Config struct {
 	RRDuration time.Duration `json:"rr_duration"`
 	// TSO adds the userspace-TSO variant of A, B and C at the end.
 	TSO bool `json:"tso"`
+	// PortTypes are the OVS port types (agent ovs.port_type) A, B and C
+	// are measured with, side by side: "system" (always: the baseline
+	// every other table compares against) and "afxdp" (variant
+	// VariantAFXDP, on two more clusters built the same way).
+	PortTypes []string `json:"port_types"`
 	// Paths selects the data-plane paths to measure (empty: all; O only
 	// where OVN is found). A clusters that no selected path needs are not
 	// built.
@@ -82,10 +87,11 @@ type Config struct {
 func DefaultConfig(quick bool) Config {
 	if quick {
 		return Config{Quick: true, Reps: 1, Duration: 2 * time.Second, RRDuration: time.Second,
-			CPHosts: 3, CPContainers: 3, CPPace: 100, FlowInstall: true}
+			CPHosts: 3, CPContainers: 3, CPPace: 100, FlowInstall: true, PortTypes: []string{PortSystem}}
 	}
 	return Config{Reps: 5, Duration: 6 * time.Second, RRDuration: 3 * time.Second, TSO: true,
-		CPHosts: 5, CPContainers: 5, CPPace: 100, FlowInstall: true, KeySpace: true}
+		CPHosts: 5, CPContainers: 5, CPPace: 100, FlowInstall: true, KeySpace: true,
+		PortTypes: []string{PortSystem, PortAFXDP}}
 }
 
 // Validate rejects settings the run cannot use.
@@ -114,6 +120,14 @@ func (c Config) Validate() error {
 	case c.NoDataPlane && len(c.Paths) > 0:
 		return fmt.Errorf("paths %s selected with the data-plane phase off: drop one of --paths and --no-data-plane", PathNames(c.Paths, ","))
 	}
+	if !slices.Contains(c.PortTypes, PortSystem) {
+		return fmt.Errorf("port types %v: want system or system,afxdp (system ports are the baseline every table compares against)", c.PortTypes)
+	}
+	for _, t := range c.PortTypes {
+		if t != PortSystem && t != PortAFXDP {
+			return fmt.Errorf("port type %q: want system or afxdp", t)
+		}
+	}
 	for _, p := range c.Paths {
 		if !slices.Contains(PathOrder, p) {
 			return fmt.Errorf("path %q: want one of %s", p, PathNames(PathOrder, ", "))
@@ -121,6 +135,20 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// Port types a run can measure (agent ovs.port_type), and the sample
+// variant of the AF_XDP one.
+const (
+	PortSystem   = "system"
+	PortAFXDP    = "afxdp"
+	VariantAFXDP = "afxdp"
+)
+
+// afxdp reports whether the run measures A, B and C with AF_XDP ports too.
+func (c Config) afxdp() bool { return slices.Contains(c.PortTypes, PortAFXDP) }
+
+// afxdpPaths are the paths measured with both port types.
+var afxdpPaths = []Path{PathA, PathB, PathC}
 
 // measures reports whether the run measures path p.
 func (c Config) measures(p Path) bool { return len(c.Paths) == 0 || slices.Contains(c.Paths, p) }
@@ -149,9 +177,12 @@ type Result struct {
 	Samples []Sample `json:"samples"`
 	// TSONote is ovs-vswitchd's own line about userspace TSO after the
 	// restart; TSOChecks what each path did with TSO on.
-	TSONote      string        `json:"tso_note,omitempty"`
-	TSOChecks    []TSOCheck    `json:"tso_checks,omitempty"`
-	TSOError     string        `json:"tso_error,omitempty"`
+	TSONote   string     `json:"tso_note,omitempty"`
+	TSOChecks []TSOCheck `json:"tso_checks,omitempty"`
+	TSOError  string     `json:"tso_error,omitempty"`
+	// PortTypeNote is what an AF_XDP cluster's agent said about its ports
+	// (keyroutectl status "ports:"), fallbacks included.
+	PortTypeNote string        `json:"port_type_note,omitempty"`
 	ControlPlane *ControlPlane `json:"control_plane,omitempty"`
 	CPError      string        `json:"control_plane_error,omitempty"`
 	KeySpace     *KeySpace     `json:"key_space,omitempty"`
@@ -293,9 +324,10 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 		prefixes = append(prefixes, kprefix)
 	}
 	var ovB, ovC *overlay
+	sys := simcluster.Options{Logger: log, PortType: PortSystem}
 	if want(PathB) {
 		log.Info("keyroute cluster: tunnel (B)")
-		if ovB, err = startOverlay(ctx, "tunnel", cfg.BinDir, simcluster.Options{Logger: log}); err != nil {
+		if ovB, err = startOverlay(ctx, "tunnel", cfg.BinDir, sys); err != nil {
 			return err
 		}
 		defer func() { err = errors.Join(err, ovB.cl.Close()) }()
@@ -304,7 +336,7 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 	}
 	if want(PathA, PathC, PathR) {
 		log.Info("keyroute cluster: rewrite (A, C, R)")
-		if ovC, err = startOverlay(ctx, "rewrite", cfg.BinDir, simcluster.Options{Logger: log}); err != nil {
+		if ovC, err = startOverlay(ctx, "rewrite", cfg.BinDir, sys); err != nil {
 			return err
 		}
 		defer func() { err = errors.Join(err, ovC.cl.Close()) }()
@@ -313,6 +345,37 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 		}
 		paths[PathA], paths[PathC], paths[PathR] = ovC.hostPath(), ovC.containerPath(PathC, 0), ovC.containerPath(PathR, RulesLoad)
 		prefixes, allOVS = append(prefixes, ovC.cl.Prefix), append(allOVS, ovC.vswitchds()...)
+	}
+	// The same clusters again with AF_XDP ports, up at the same time, so
+	// each repetition measures both port types of a path back to back.
+	xpaths := map[Path]*path{}
+	if cfg.afxdp() {
+		xopts := simcluster.Options{Logger: log, PortType: PortAFXDP}
+		for _, c := range []struct {
+			mode  string
+			paths []Path
+		}{{"tunnel", []Path{PathB}}, {"rewrite", []Path{PathA, PathC}}} {
+			if !want(c.paths...) {
+				continue
+			}
+			log.Info("keyroute cluster with AF_XDP ports: "+c.mode, "paths", PathNames(c.paths, ","))
+			var ov *overlay
+			if ov, err = startOverlay(ctx, c.mode, cfg.BinDir, xopts); err != nil {
+				return fmt.Errorf("AF_XDP ports: %w", err)
+			}
+			defer func() { err = errors.Join(err, ov.cl.Close()) }()
+			if st, err := api.NewClient(ov.cl.Host(1).APISocket).Status(ctx); err == nil {
+				res.PortTypeNote = "AF_XDP clusters: ports " + st.PortType.String()
+			}
+			for _, p := range c.paths {
+				if p == PathA {
+					xpaths[p] = ov.hostPath()
+				} else {
+					xpaths[p] = ov.containerPath(p, 0)
+				}
+			}
+			prefixes, allOVS = append(prefixes, ov.cl.Prefix), append(allOVS, ov.vswitchds()...)
+		}
 	}
 	s := &sampler{log: log, self: cfg.Self, dir: filepath.Join(cfg.OutDir, "logs"), ourPrefixes: prefixes,
 		ourExtra: func() []int { return ovsdbPIDs(allOVS) }}
@@ -346,6 +409,14 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 			}
 		}
 	}
+	for _, name := range afxdpPaths {
+		if p := xpaths[name]; p != nil && cfg.measures(name) && !serving[p.server.ns] {
+			serving[p.server.ns] = true
+			if err := s.startServers(p); err != nil {
+				return err
+			}
+		}
+	}
 	res.Phases["data_plane_setup"] = time.Since(t0).Round(time.Millisecond).Seconds()
 
 	for rep := 1; rep <= cfg.Reps; rep++ {
@@ -359,6 +430,9 @@ func runDataPlane(ctx context.Context, cfg Config, log *slog.Logger, res *Result
 					d = cfg.RRDuration
 				}
 				res.Samples = append(res.Samples, s.run(ctx, rep, paths[name], test, "", d))
+				if xp := xpaths[name]; xp != nil {
+					res.Samples = append(res.Samples, s.run(ctx, rep, xp, test, VariantAFXDP, d))
+				}
 			}
 		}
 	}
@@ -422,7 +496,7 @@ func brokenPaths(samples []Sample) []Path {
 	var order []Path
 	for _, s := range samples {
 		if s.Variant != "" {
-			continue // the TSO variant is reported, not required
+			continue // the TSO and AF_XDP variants are reported, not required
 		}
 		if _, seen := ok[s.Path]; !seen {
 			order = append(order, s.Path)

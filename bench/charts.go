@@ -242,8 +242,12 @@ func WriteCharts(dir string, res *Result) ([]string, error) {
 }
 
 func dataPlaneCharts(dir string, res *Result, sums func(test, variant string, m metric, paths []Path) []Summary, add func(string, error)) {
+	throughput := []series{{"1 stream", sums(TestTCP1, "", mGbps, res.Paths)}, {"4 streams", sums(TestTCP4, "", mGbps, res.Paths)}}
+	if res.Config.afxdp() {
+		throughput = append(throughput, series{"1 stream, AF_XDP ports", sums(TestTCP1, VariantAFXDP, mGbps, res.Paths)})
+	}
 	add(ChartThroughput, dotPlot(filepath.Join(dir, ChartThroughput), "TCP throughput per path (median, min–max)", "Gb/s (log scale)", res.Paths,
-		[]series{{"1 stream", sums(TestTCP1, "", mGbps, res.Paths)}, {"4 streams", sums(TestTCP4, "", mGbps, res.Paths)}}))
+		throughput))
 	add(ChartLatency, dotPlot(filepath.Join(dir, ChartLatency), "UDP request/response latency (64 B; median, min–max)", "µs (log scale)", res.Paths,
 		[]series{{"p50", sums(TestRR, "", mP50, res.Paths)}, {"p99", sums(TestRR, "", mP99, res.Paths)}}))
 	var ovsPaths []Path
@@ -255,6 +259,9 @@ func dataPlaneCharts(dir string, res *Result, sums func(test, variant string, m 
 	cpu := []series{{"1 stream", sums(TestTCP1, "", mCPUGB, ovsPaths)}, {"4 streams", sums(TestTCP4, "", mCPUGB, ovsPaths)}}
 	if res.Config.TSO {
 		cpu = append(cpu, series{"1 stream, userspace TSO", sums(TestTCP1, "tso", mCPUGB, ovsPaths)})
+	}
+	if res.Config.afxdp() {
+		cpu = append(cpu, series{"1 stream, AF_XDP ports", sums(TestTCP1, VariantAFXDP, mCPUGB, ovsPaths)})
 	}
 	add(ChartCPU, barPlot(filepath.Join(dir, ChartCPU), "ovs-vswitchd CPU per GB (both hosts; median)", "CPU seconds / GB", ovsPaths, cpu))
 }

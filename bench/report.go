@@ -107,7 +107,7 @@ func targets(res *Result) []Target {
 	perPkt := fmt.Sprintf("vswitchd CPU per packet: A %s ns, B %s ns, C %s ns", ns(PathA), ns(PathB), ns(PathC))
 	var ts []Target
 	if !res.Config.NoDataPlane {
-		ts = dataPlaneTargets(s, perPkt)
+		ts = append(dataPlaneTargets(s, perPkt), afxdpTargets(res)...)
 	}
 	if cp := res.ControlPlane; cp != nil {
 		ts = append(ts, controlPlaneTargets(cp)...)
@@ -264,7 +264,8 @@ func Report(res *Result, charts []string) string {
 				rangeStr(ratio(s, pr[0], pr[1], TestRR, mTPS), 2), cpu)
 		}
 	}
-	w("\n## Targets (reported, not asserted)\n\n| target | goal | measured | met | what limits it (our reading of the figures, not a profile) |\n|---|---|---|---|---|\n")
+	w("\n%s", afxdpSection(res))
+	w("## Targets (reported, not asserted)\n\n| target | goal | measured | met | what limits it (our reading of the figures, not a profile) |\n|---|---|---|---|---|\n")
 	for _, t := range targets(res) {
 		op := "≤"
 		if t.Higher {

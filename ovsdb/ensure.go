@@ -79,8 +79,9 @@ func (s *BridgeSpec) validate() error {
 // same name.
 type PortSpec struct {
 	Name string
-	// Type is "" (a system network device such as a veth end), "internal",
-	// "patch", "vxlan" or "geneve".
+	// Type is "" (a system network device such as a veth end),
+	// "afxdp-nonpmd" (the same device read through an AF_XDP socket),
+	// "internal", "patch", "vxlan" or "geneve".
 	Type string
 	// Options are the Interface options, exactly: peer= for patch ports;
 	// remote_ip=, key=, local_ip=, dst_port= for tunnels.
@@ -100,7 +101,7 @@ func (s *PortSpec) validate() error {
 		return errors.New("port name is empty")
 	}
 	switch s.Type {
-	case "", "internal":
+	case "", "internal", "afxdp-nonpmd":
 	case "patch":
 		if s.Options["peer"] == "" {
 			return errors.New("patch port needs options peer=")
@@ -110,7 +111,7 @@ func (s *PortSpec) validate() error {
 			return fmt.Errorf("%s port needs options remote_ip=", s.Type)
 		}
 	default:
-		return fmt.Errorf("port type %q is not one of \"\", internal, patch, vxlan, geneve", s.Type)
+		return fmt.Errorf("port type %q is not one of \"\", afxdp-nonpmd, internal, patch, vxlan, geneve", s.Type)
 	}
 	if s.OFPortRequest < 0 || s.OFPortRequest > 65279 {
 		return fmt.Errorf("ofport_request %d is outside 1-65279", s.OFPortRequest)

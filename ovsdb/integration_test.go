@@ -568,6 +568,11 @@ func TestIntegrationRPC(t *testing.T) {
 	if got, _ := o.Vsctl("get", "open_vswitch", ".", "other_config"); got != `{userspace-tso-enable="true"}` {
 		t.Errorf("other_config = %s", got)
 	}
+	// iface_types is what ovs-vswitchd wrote at start: system devices
+	// ("") and internal ports are in every build.
+	if sw, err := c.Switch(ctx); err != nil || !slices.Contains(sw.IfaceTypes, "internal") || sw.OtherConfig["userspace-tso-enable"] != "true" {
+		t.Errorf("Switch = %+v, %v", sw, err)
+	}
 }
 
 // syncBuffer collects log output from the client's goroutines.

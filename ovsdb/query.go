@@ -14,6 +14,7 @@ type PortInfo struct {
 	Port        string
 	Bridge      string
 	Type        string
+	Options     map[string]string // Interface.options
 	OFPort      int               // -1: OVS could not add it; 0: not assigned yet
 	Error       string            // Interface.error
 	MAC         string            // Interface.mac_in_use, else Interface.mac
@@ -35,7 +36,7 @@ func (c *Client) portInfos(ctx context.Context, where []Condition) ([]PortInfo, 
 	res, err := c.Transact(ctx, DB,
 		Select("Bridge", nil, "name", "ports"),
 		Select("Port", nil, "_uuid", "name", "interfaces"),
-		Select("Interface", where, "_uuid", "name", "type", "ofport", "error", "mac", "mac_in_use", "external_ids"))
+		Select("Interface", where, "_uuid", "name", "type", "options", "ofport", "error", "mac", "mac_in_use", "external_ids"))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -62,7 +63,7 @@ func (c *Client) portInfos(ctx context.Context, where []Condition) ([]PortInfo, 
 		}
 		ref := portOf[i.UUID()]
 		out = append(out, PortInfo{Name: i.String("name"), Port: ref.name, Bridge: ref.bridge,
-			Type: i.String("type"), OFPort: int(i.Int("ofport")), Error: i.String("error"),
+			Type: i.String("type"), Options: i.StringMap("options"), OFPort: int(i.Int("ofport")), Error: i.String("error"),
 			MAC: mac, ExternalIDs: i.StringMap("external_ids")})
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Name < out[b].Name })
@@ -217,4 +218,30 @@ func (c *Client) SetOpenvSwitchOtherConfig(ctx context.Context, kv map[string]st
 		return fmt.Errorf("set Open_vSwitch other_config: %w", err)
 	}
 	return nil
+}
+
+// SwitchInfo is what the Open_vSwitch table says about this ovs-vswitchd's
+// build and global settings.
+type SwitchInfo struct {
+	// IfaceTypes are the interface types it supports, sorted
+	// ("afxdp-nonpmd" only in builds with AF_XDP).
+	IfaceTypes []string
+	// OtherConfig is Open_vSwitch other_config (e.g.
+	// userspace-tso-enable).
+	OtherConfig map[string]string
+}
+
+// Switch reads the Open_vSwitch table's iface_types and other_config.
+func (c *Client) Switch(ctx context.Context) (SwitchInfo, error) {
+	res, err := c.Transact(ctx, DB, Select("Open_vSwitch", nil, "iface_types", "other_config"))
+	if err != nil {
+		return SwitchInfo{}, fmt.Errorf("read the Open_vSwitch table: %w", err)
+	}
+	if len(res[0].Rows) != 1 {
+		return SwitchInfo{}, fmt.Errorf("read the Open_vSwitch table: %d rows, want 1", len(res[0].Rows))
+	}
+	r := res[0].Rows[0]
+	types := r.Strings("iface_types")
+	sort.Strings(types)
+	return SwitchInfo{IfaceTypes: types, OtherConfig: r.StringMap("other_config")}, nil
 }

@@ -91,6 +91,9 @@ type Options struct {
 	// Datapath is every host's OVS datapath, DatapathNetdev or
 	// DatapathSystem; empty takes EnvDatapath (default netdev).
 	Datapath string
+	// PortType is every host's ovs.port_type (auto, system or afxdp);
+	// empty takes EnvPortType, unset there the agent's default (auto).
+	PortType string
 	// KeepUp makes Close leave the cluster running (agents, OVS, etcd,
 	// namespaces, directory) and stop only traffic tools; remove it later
 	// with Teardown(Prefix).
@@ -179,6 +182,9 @@ func NewCluster(ctx context.Context, opts Options) (*Cluster, error) {
 	case DatapathNetdev, DatapathSystem:
 	default:
 		return nil, fmt.Errorf("new cluster: Datapath=%q: want %s or %s", opts.Datapath, DatapathNetdev, DatapathSystem)
+	}
+	if err := resolvePortType(&opts); err != nil {
+		return nil, err
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

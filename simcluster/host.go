@@ -85,7 +85,7 @@ func (h *Host) config() map[string]any {
 			"pod_cidr": "198.19.0.0/16", "subnet_bits": 24, "vni": int(cl.VNI),
 			"vxlan_port": int(cl.VXLANPort), "gateway_mac": "0a:00:00:00:00:01",
 		},
-		"ovs": map[string]any{"db_socket": h.OVS.DBSock(), "run_dir": h.OVS.RunDir()},
+		"ovs": cl.ovsConfig(map[string]any{"db_socket": h.OVS.DBSock(), "run_dir": h.OVS.RunDir()}),
 		// Each host has its own loopback, so the default port never clashes.
 		"metrics_addr": "127.0.0.1:9476",
 		"api_socket":   h.APISocket,

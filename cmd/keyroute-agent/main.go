@@ -27,9 +27,9 @@ func main() {
 
 // overrides are the flags that replace config fields when given.
 type overrides struct {
-	node, uplink, hostIP, etcd, mode, datapath, dbSocket, runDir, apiSocket string
-	metrics, stateDir, logLevel, podCIDR, etcdCA, etcdCert, etcdKey         string
-	etcdInsecure                                                            bool
+	node, uplink, hostIP, etcd, mode, datapath, dbSocket, runDir, apiSocket   string
+	metrics, stateDir, logLevel, podCIDR, etcdCA, etcdCert, etcdKey, portType string
+	etcdInsecure                                                              bool
 }
 
 func run(args []string) error {
@@ -99,6 +99,7 @@ the dataplane keeps forwarding while it is stopped. Under systemd
 	f.BoolVar(&o.etcdInsecure, "etcd-insecure", false, "override etcd.insecure (allow plaintext etcd on non-loopback addresses; warns at every start)")
 	f.StringVar(&o.mode, "mode", "", "override mode (tunnel|rewrite)")
 	f.StringVar(&o.datapath, "datapath", "", "override datapath (auto|system|netdev)")
+	f.StringVar(&o.portType, "port-type", "", "override ovs.port_type (auto|system|afxdp)")
 	f.StringVar(&o.dbSocket, "ovs-db-socket", "", "override ovs.db_socket")
 	f.StringVar(&o.runDir, "ovs-run-dir", "", "override ovs.run_dir")
 	f.StringVar(&o.apiSocket, "api-socket", "", "override api_socket")
@@ -121,6 +122,7 @@ func (o overrides) apply(cfg *agent.Config, cmd *cobra.Command) {
 	set(&cfg.HostIP, o.hostIP)
 	set(&cfg.Mode, o.mode)
 	set(&cfg.Datapath, o.datapath)
+	set(&cfg.OVS.PortType, o.portType)
 	set(&cfg.OVS.DBSocket, o.dbSocket)
 	set(&cfg.OVS.RunDir, o.runDir)
 	set(&cfg.APISocket, o.apiSocket)

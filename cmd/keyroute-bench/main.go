@@ -47,6 +47,7 @@ func run() int {
 	noFlows := flag.Bool("no-flow-install", false, "skip the controller's flow install benchmark (needs the Go toolchain)")
 	paths := flag.String("paths", "", "data-plane paths to measure, comma-separated, e.g. C,R (default: all: "+bench.PathNames(bench.PathOrder, ",")+")")
 	noDP := flag.Bool("no-data-plane", false, "skip the data-plane phase (paths A–O)")
+	portTypes := flag.String("port-types", "", "OVS port types to measure A, B and C with, side by side: system or system,afxdp (default system,afxdp; --quick: system)")
 	noCP := flag.Bool("no-control-plane", false, "skip the control-plane phase")
 	noKS := flag.Bool("no-key-space", false, "skip the key-space phase (eviction traffic vs none, about 2 min; --quick leaves it out)")
 	out := flag.String("out", "", "output directory (default bench/results/<timestamp> in the source tree)")
@@ -98,6 +99,9 @@ func run() int {
 		for _, p := range strings.Split(*paths, ",") {
 			cfg.Paths = append(cfg.Paths, bench.Path(p))
 		}
+	}
+	if *portTypes != "" {
+		cfg.PortTypes = strings.Split(*portTypes, ",")
 	}
 	cfg.BinDir = simcluster.DefaultBinDir(*bin)
 	cfg.OVNRoot = *ovnRoot

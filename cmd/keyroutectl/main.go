@@ -126,7 +126,7 @@ func (g *globals) print(w io.Writer, v any, table func(*tabwriter.Writer)) error
 func statusCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Show this host's agent: node, datapath and why, bridges, etcd, counts",
+		Short: "Show this host's agent: node, datapath and port type and why, bridges, etcd, counts",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := g.client().Status(cmd.Context())
@@ -140,6 +140,7 @@ func statusCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "host:\t%s (%s)\n", s.HostIP, s.HostMAC)
 				fmt.Fprintf(w, "pod subnet:\t%s (gateway %s, MAC %s)\n", s.PodSubnet, s.Gateway, s.GatewayMAC)
 				fmt.Fprintf(w, "datapath:\t%s: %s\n", s.Datapath, s.DatapathReason)
+				fmt.Fprintf(w, "ports:\t%s\n", s.PortType)
 				for _, b := range s.Bridges {
 					state := "connected"
 					if !b.Connected {
