@@ -240,7 +240,7 @@ func (c *cache) collector() prometheus.Collector {
 		fallbacks, repairs := maps.Clone(count.Fallbacks), maps.Clone(count.Repairs)
 		c.mu.Unlock()
 		for _, e := range send {
-			if e.Key != 0 && e.State != cacheproto.StateFallback {
+			if !e.Key.IsZero() && e.State != cacheproto.StateFallback {
 				perPeer[e.Peer]++
 			}
 		}
