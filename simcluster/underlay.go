@@ -12,7 +12,9 @@ import (
 // has put it on br-phy.
 
 // UnderlayIP returns host i's k-th extra underlay address (k from 1).
-func UnderlayIP(host, k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(k), byte(host)}) }
+func UnderlayIP(host, k int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18, byte(k), byte(host)})
+}
 
 // WithUnderlayIPs returns an Options.AgentConfig that gives every host n
 // extra underlay addresses, then runs next (if any) on the config.
