@@ -187,6 +187,15 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{func(c *Config) { c.Bridges.Physical = "br-int" }, "bridges.physical=br-int: integration and physical bridge are both \"br-int\": give the two bridges distinct names"},
 		{func(c *Config) { c.Bridges.Integration = "kr-gw" }, "is also the name of keyroute's port kr-gw"},
 		{func(c *Config) { c.Uplink = "br-phy" }, "uplink=br-phy: is also a bridge name"},
+		{func(c *Config) { c.UnderlayIPs = []string{"198.18.1.1"} }, "underlay_ips[0]=198.18.1.1: give an IPv4 address with its prefix length"},
+		{func(c *Config) { c.UnderlayIPs = []string{"fd00::1/64"} }, "underlay_ips[0]=fd00::1/64: give an IPv4 address"},
+		{func(c *Config) { c.UnderlayIPs = []string{"224.0.0.1/24"} }, "underlay_ips[0]=224.0.0.1/24: give a unicast address"},
+		{func(c *Config) { c.UnderlayIPs = []string{"198.18.1.1/24", "198.18.1.1/16"} }, "underlay_ips[1]=198.18.1.1/16: list each address once, and not host_ip"},
+		{func(c *Config) { c.HostIP, c.UnderlayIPs = "198.18.0.1", []string{"198.18.0.1/24"} }, "underlay_ips[0]=198.18.0.1/24: list each address once, and not host_ip"},
+		{func(c *Config) { c.UnderlayIPs = []string{"198.19.0.9/24"} }, "underlay_ips[0]=198.19.0.9/24: give an underlay address outside the pod CIDR"},
+		{func(c *Config) {
+			c.UnderlayIPs = []string{"198.18.1.1/24", "198.18.1.2/24", "198.18.1.3/24", "198.18.1.4/24", "198.18.1.5/24", "198.18.1.6/24", "198.18.1.7/24", "198.18.1.8/24"}
+		}, "underlay_ips=[198.18.1.1/24"},
 	}
 	for _, tc := range cases {
 		c := DefaultConfig()

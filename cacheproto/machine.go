@@ -5,6 +5,9 @@
 // wires effects to etcd and OVS, and the simulator in this package's tests
 // drives it through random schedules of faults.
 //
+// A key is the triple (source address, destination address, DSCP)
+// (keyalloc.Key); every rule below speaks of the whole triple.
+//
 // The invariant (docs/DESIGN.md "Cache protocol v2"):
 //
 //	If receiver R restores key k from peer P to pair X, then P's OVS has no

@@ -27,6 +27,13 @@
 // watch traffic grows with an agent's own pairs, not with the cluster, and
 // no extra key is written for the receiver.
 //
+// Key space and its costs: a host pair direction has N×M×|KeySet| keys
+// for N and M key addresses; records and writes per pair do not grow with
+// it, and an allocator's view of a host pair holds at most one entry per
+// key in use. A record of the layout before key triples
+// (keys/<src-host>/<dst-host>/<dscp>) is skipped and counted like any bad
+// record; its slot is not a key any more.
+//
 // etcd writes per pair lifetime: Allocate 1 (the create transaction),
 // MarkReady 1 (compare-and-swap on the record's revision), Release 1 (a
 // transaction deleting both keys). Re-allocating an existing pair writes

@@ -93,6 +93,9 @@ func (h *Host) UnmarshalJSON(b []byte) error {
 			return fmt.Errorf("API address: %w", err)
 		}
 	}
+	if len(j.UnderlayIPs) == 0 {
+		j.UnderlayIPs = nil // "[]" and none are the same record
+	}
 	*h = Host{j.Name, j.UnderlayIP, mac, j.PodSubnet, j.Datapath, j.AgentVersion, j.Bridges, api, j.UnderlayIPs}
 	return nil
 }
