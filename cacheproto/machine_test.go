@@ -507,3 +507,57 @@ func TestEvictionOff(t *testing.T) {
 		t.Fatalf("eviction off: %d swaps, X %v", m.Count.Swaps, e.State)
 	}
 }
+
+// A peer's host record loses an address: the pair keyed on it drains like
+// an idle one (its key freed only after the confirmed removal and the
+// quarantine) and punts again; the pair keyed on the address left keeps
+// its key; the Restore entry from the lost address goes.
+func TestKeysGoneDrainsKeysOnLostAddress(t *testing.T) {
+	m := synced(t)
+	lost := netip.MustParseAddr("198.18.1.2")
+	ready(t, m, pX, 7, 10, t0)
+	// pY's record uses the address the peer then drops.
+	effs := m.Punt(t0, pY, "h2", nh)
+	if _, ok := find[Allocate](effs); !ok {
+		t.Fatalf("punt of Y: %v", effs)
+	}
+	rY := rec(pY, 7, 11, keyalloc.StatePending)
+	rY.Key.Dst = lost
+	confirm(t, m, m.Allocated(t0, pY, rY, nil), t0)
+	rY.State = keyalloc.StateReady
+	confirm(t, m, m.SentRecord(t0, rY), t0)
+	if e, _ := m.Entry(pY); e.State != StateReady || e.Key.Dst != lost {
+		t.Fatalf("Y: %+v, want ready on %s", e, lost)
+	}
+	// A Restore entry from the peer's lost address.
+	back := keyalloc.Record{SrcHost: "h2", DstHost: "h1", Key: Key{Src: lost, Dst: netip.MustParseAddr("198.18.0.1"), DSCP: 9},
+		Src: pY.Dst, Dst: pY.Src, State: keyalloc.StatePending, CreateRevision: 12, ModRevision: 12}
+	confirm(t, m, m.RecvRecord(t0, back), t0)
+	if _, _, ok := m.Restoring(RecvKey{"h2", back.Key}); !ok {
+		t.Fatal("no Restore entry for the record from the lost address")
+	}
+
+	valid := func(k Key) bool { return k.Dst != lost && k.Src != lost }
+	effs = m.KeysGone(at(100*time.Millisecond), "h2", valid)
+	if e, ok := m.Entry(pX); !ok || e.State != StateReady {
+		t.Errorf("X on the address left: %+v, want still ready", e)
+	}
+	if e, ok := m.Entry(pY); ok {
+		t.Errorf("Y still has an entry after its key's address went: %+v", e)
+	}
+	if _, _, ok := m.Restoring(RecvKey{"h2", back.Key}); ok {
+		t.Error("Restore entry from the lost address still desired")
+	}
+	if !slices.Contains(m.heldKeys("h2"), rY.Key) {
+		t.Errorf("Y's key %s not held while it drains: %v", rY.Key, m.heldKeys("h2"))
+	}
+	// Released only after the confirmed removal and the quarantine.
+	confirm(t, m, effs, at(100*time.Millisecond))
+	if _, ok := find[Release](m.Tick(at(600 * time.Millisecond))); ok {
+		t.Fatal("Y's key released before the quarantine")
+	}
+	r, ok := find[Release](m.Tick(at(1200 * time.Millisecond)))
+	if !ok || r.Rec.Key != rY.Key {
+		t.Fatalf("after the quarantine: %v, want Y's record released", r)
+	}
+}
