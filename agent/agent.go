@@ -365,6 +365,10 @@ func (a *Agent) setup(ctx context.Context) error {
 			}
 			return len(a.host.KeyAddrs()) * len(p.KeyAddrs())
 		}
+		pc.ValidKey = func(peer string, k cacheproto.Key) bool {
+			p, _, ok := a.peerByName(peer)
+			return ok && slices.Contains(a.host.KeyAddrs(), k.Src) && slices.Contains(p.KeyAddrs(), k.Dst)
+		}
 		if a.cfg.Cache.Eviction == EvictionTraffic {
 			pc.Eviction = cacheproto.DefaultEviction()
 			pc.Eviction.Factor, pc.Eviction.Hold = a.cfg.Cache.EvictionFactor, a.cfg.Cache.EvictionHold

@@ -322,6 +322,13 @@ func withoutInstalls(effs []cacheproto.Effect) []cacheproto.Effect {
 // followed, and timers and anti-entropy run until ctx ends.
 func (c *cache) reconciled(ctx context.Context, sent, recv *cacheWatch) {
 	c.do(c.m.Reconciled)
+	// Records adopted at start may use an address a peer dropped while
+	// this agent was down (its watch saw no change): drain them now.
+	for _, name := range c.a.peerNames() {
+		if p, _, ok := c.a.peerByName(name); ok {
+			c.keysGone(p)
+		}
+	}
 	go c.follow(ctx, sent.ch, c.onSent)
 	go c.follow(ctx, recv.ch, c.onRecv)
 	go c.tick(ctx)
@@ -644,6 +651,13 @@ func (a *Agent) peerByName(name string) (flows.Peer, net.HardwareAddr, bool) {
 		return flows.Peer{}, nil, false
 	}
 	return a.peerOf(h), h.UnderlayMAC, true
+}
+
+// peerNames lists the known peer hosts.
+func (a *Agent) peerNames() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Sorted(maps.Keys(a.peers))
 }
 
 // peerNameByIP returns the name of the peer host with key address ip

@@ -98,6 +98,11 @@ type Config struct {
 	// AddrPairs is the number of (source, destination) key address pairs
 	// towards a peer (nil: 1): the peer has Keys × AddrPairs keys.
 	AddrPairs func(peer string) int
+	// ValidKey says whether k is a key towards peer now: its source one
+	// of this host's key addresses, its destination one of the peer's
+	// (nil: every key is). A pair's existing record read back by
+	// Allocate may use an address that is gone.
+	ValidKey func(peer string, k Key) bool
 	// Eviction lets the busiest pairs have the keys (Rates).
 	Eviction Eviction
 }
@@ -556,6 +561,15 @@ func (m *Machine) Allocated(now time.Time, p Pair, rec keyalloc.Record, err erro
 		}
 		delete(m.send, p)
 		m.fallback(p, e.Peer, reason, now)
+		return m.flush()
+	}
+	if m.cfg.ValidKey != nil && !m.cfg.ValidKey(e.Peer, rec.Key) {
+		// The pair's record from before an address went (its Allocated
+		// was lost, so nothing held it): give it up like a conflict; the
+		// pair tries again after its fallback.
+		m.holds = append(m.holds, &Send{Pair: p, Peer: e.Peer, State: StateQuarantined, Key: rec.Key, Rec: rec, Since: now, Reason: "address_gone"})
+		delete(m.send, p)
+		m.fallback(p, e.Peer, "address_gone", now)
 		return m.flush()
 	}
 	if slices.Contains(m.heldKeys(e.Peer), rec.Key) {

@@ -561,3 +561,26 @@ func TestKeysGoneDrainsKeysOnLostAddress(t *testing.T) {
 		t.Fatalf("after the quarantine: %v, want Y's record released", r)
 	}
 }
+
+// A pair's record read back on an address that is gone is not used: it
+// is held and released through the quarantine, the pair falls back.
+func TestAllocatedOnGoneAddressGivenUp(t *testing.T) {
+	c := cfg
+	c.ValidKey = func(_ string, k Key) bool { return k.Dst != netip.MustParseAddr("198.18.1.2") }
+	start := t0.Add(-c.Quarantine)
+	m := New(c, start)
+	confirm(t, m, m.Start(start, nil, nil, nil, func(netip.Addr) bool { return true }), start)
+	m.Reconciled(start)
+	if _, ok := find[Allocate](m.Punt(t0, pX, "h2", nh)); !ok {
+		t.Fatal("no Allocate")
+	}
+	r := rec(pX, 7, 10, keyalloc.StateReady)
+	r.Key.Dst = netip.MustParseAddr("198.18.1.2")
+	confirm(t, m, m.Allocated(t0, pX, r, nil), t0)
+	if e, _ := m.Entry(pX); e.State != StateFallback || e.Reason != "address_gone" {
+		t.Fatalf("X: %+v, want a fallback for address_gone", e)
+	}
+	if rel, ok := find[Release](m.Tick(at(1100 * time.Millisecond))); !ok || rel.Rec.Key != r.Key {
+		t.Fatalf("after the quarantine: %v, want the record released", rel)
+	}
+}

@@ -30,8 +30,9 @@ import (
 // outages, records deleted by an operator while their sender's agent is
 // down, detach and re-attach, 1–3 DSCPs; in half the schedules hosts have
 // one or two key addresses each, so keys are (source address,
-// destination address, DSCP) triples and a keyed packet goes to the host
-// that owns its destination address. After every step it checks the
+// destination address, DSCP) triples, a keyed packet goes to the host
+// that owns its destination address, and a host may drop its extra
+// address (with an agent restart; its peers see its record change). After every step it checks the
 // invariant (docs/DESIGN.md "Cache protocol v2") on the flows and on every
 // keyed packet that arrives; after the faults stop (losses too), it checks
 // liveness.
@@ -229,8 +230,10 @@ type sim struct {
 	pairs  []Pair
 	hostOf map[netip.Addr]*simHost
 	// addrOwner is the host of each key address: where the fabric takes
-	// a keyed packet.
-	addrOwner map[netip.Addr]*simHost
+	// a keyed packet. formerOwner keeps the host of an address it
+	// dropped (a keyed packet to it is lost; its OVS may still send from
+	// it until its agent's reconcile).
+	addrOwner, formerOwner map[netip.Addr]*simHost
 
 	// Fault rates, drawn per schedule.
 	pLoseFR, pLosePunt, pLoseWatch, pCommitLost float64
@@ -249,7 +252,7 @@ type sim struct {
 func newSim(seed uint64, trace bool, logf func(string, ...any)) *sim {
 	s := &sim{rnd: rand.New(rand.NewPCG(seed, seed^0x5eed)), seed: seed, epoch: time.Unix(1e9, 0),
 		etcd: simEtcd{records: map[string]*keyalloc.Record{}}, streamAt: map[string]time.Duration{},
-		active: map[Pair]bool{}, rate: map[Pair]float64{}, hostOf: map[netip.Addr]*simHost{}, addrOwner: map[netip.Addr]*simHost{},
+		active: map[Pair]bool{}, rate: map[Pair]float64{}, hostOf: map[netip.Addr]*simHost{}, addrOwner: map[netip.Addr]*simHost{}, formerOwner: map[netip.Addr]*simHost{},
 		trace: trace, logf: logf}
 	nh := 2 + s.rnd.IntN(2)
 	for k := range 1 + s.rnd.IntN(3) {
@@ -504,6 +507,18 @@ func (s *sim) sender(p Pair) func() {
 	return fn
 }
 
+// owner is the host of a key address, or the host that dropped it.
+func (s *sim) owner(a netip.Addr) *simHost {
+	if h := s.addrOwner[a]; h != nil {
+		return h
+	}
+	return s.formerOwner[a]
+}
+
+// validKey is the agents' view of a key after an address change: both
+// its addresses still belong to a host.
+func (s *sim) validKey(k Key) bool { return s.addrOwner[k.Src] != nil && s.addrOwner[k.Dst] != nil }
+
 // misdelivery is set by arrive and returned by check.
 var errMisdelivery = errors.New("misdelivery")
 
@@ -511,7 +526,12 @@ var errMisdelivery = errors.New("misdelivery")
 // address, whose Restore entries match the whole key (the peer is implied
 // by the source address).
 func (s *sim) arrive(key Key, sent Pair) {
-	h, from := s.addrOwner[key.Dst], s.addrOwner[key.Src]
+	h, from := s.addrOwner[key.Dst], s.owner(key.Src)
+	if h == nil && s.formerOwner[key.Dst] != nil {
+		s.dropped++
+		s.logt("keyed packet %s->%s key %s dropped (destination address dropped)", sent.Src, sent.Dst, key)
+		return
+	}
 	if h == nil || from == nil {
 		s.fail = fmt.Errorf("%w: packet %s->%s sent with key %s on unknown addresses", errMisdelivery, sent.Src, sent.Dst, key)
 		return
@@ -536,7 +556,7 @@ func (s *sim) arrive(key Key, sent Pair) {
 func (s *sim) fault() func() {
 	return func() {
 		h := s.hosts[s.rnd.IntN(len(s.hosts))]
-		switch s.rnd.IntN(9) {
+		switch s.rnd.IntN(10) {
 		case 0: // switch disconnect
 			if h.connected {
 				s.logt("%s: switch disconnected", h.name)
@@ -598,6 +618,32 @@ func (s *sim) fault() func() {
 			r := *s.etcd.records[ks[s.rnd.IntN(len(ks))]]
 			s.logt("etcd: record %s->%s key %s deleted by someone else", r.SrcHost, r.DstHost, r.Key)
 			_ = s.release(r)
+		case 9: // the operator drops h's extra address (its agent restarts)
+			if len(h.addrs) < 2 {
+				return
+			}
+			lost := h.addrs[len(h.addrs)-1]
+			s.logt("%s: drops address %s", h.name, lost)
+			h.addrs = h.addrs[:len(h.addrs)-1]
+			delete(s.addrOwner, lost)
+			s.formerOwner[lost] = h
+			s.restart(h, false)
+			// Peers see its host record change (agent.watchHosts).
+			for _, p := range s.hosts {
+				if p != h {
+					// Not lost: the host watch resyncs with a snapshot,
+					// which the agent compares with what it had.
+					if p.m == nil {
+						continue // its start drains
+					}
+					m, inc, peer := p.m, p.inc, p
+					s.stream(p.name+"/hosts", func() {
+						if peer.inc == inc {
+							s.apply(peer, m.KeysGone(s.wall(), h.name, s.validKey))
+						}
+					})
+				}
+			}
 		}
 	}
 }
@@ -687,6 +733,9 @@ func (s *sim) startAgent(h *simHost, restarted bool) {
 	cfg := simConfig
 	cfg.Keys = len(s.keys)
 	cfg.AddrPairs = func(peer string) int { return len(h.addrs) * len(s.host(peer).addrs) }
+	cfg.ValidKey = func(peer string, k Key) bool {
+		return s.addrOwner[k.Src] == h && s.addrOwner[k.Dst] == s.host(peer)
+	}
 	if s.evict {
 		cfg.Eviction = Eviction{On: true, Factor: 2, MinRate: 100, Hold: time.Second, MaxSwaps: 2}
 	}
@@ -694,9 +743,22 @@ func (s *sim) startAgent(h *simHost, restarted bool) {
 	sent, recv := s.list(h)
 	egress := map[Pair]EgressFlow{}
 	for p, f := range h.egress {
-		egress[p] = EgressFlow{Peer: f.peer, State: f.state, Key: f.key, NextHop: f.nextHop}
+		ef := EgressFlow{Peer: f.peer, State: f.state, Key: f.key, NextHop: f.nextHop}
+		if !ef.Key.IsZero() && !slices.Contains(h.addrs, ef.Key.Src) {
+			// The agent reads the key's address from the cookie's index
+			// among its addresses; one it no longer has reads as none.
+			ef.Key, ef.State = Key{}, StateFallback
+		}
+		egress[p] = ef
 	}
 	s.apply(h, h.m.Start(s.wall(), sent, recv, egress, func(ip netip.Addr) bool { return h.local[ip] }))
+	// The agent drains keys on addresses its peers dropped while it was
+	// down (agent/cache.go start).
+	for _, p := range s.hosts {
+		if p != h {
+			s.apply(h, h.m.KeysGone(s.wall(), p.name, s.validKey))
+		}
+	}
 	s.replay(h)
 	h.complete = true
 	s.replay(h)
@@ -913,7 +975,7 @@ func (s *sim) check() error {
 			if f.state != StateReady {
 				continue
 			}
-			if s.addrOwner[f.key.Src] != h || s.addrOwner[f.key.Dst] != s.host(f.peer) {
+			if s.owner(f.key.Src) != h || s.owner(f.key.Dst) != s.host(f.peer) {
 				return fmt.Errorf("invariant: %s rewrites %s->%s with key %s, not from its addresses %v to %s's", h.name, p.Src, p.Dst, f.key, h.addrs, f.peer)
 			}
 			if o, dup := seen[f.key]; dup {
