@@ -116,7 +116,7 @@ func rwEtcd(t *testing.T, cl *simcluster.Cluster) *rwStore {
 	return &rwStore{alloc: keyalloc.New(cli, "/keyroute/", keyalloc.KeySet{}), cli: cli}
 }
 
-// records lists every key record (keys/<src>/<dst>/<k>).
+// records lists every key record (keys/<src>/<dst>/<src-addr>/<dst-addr>/<dscp>).
 func (s *rwStore) records(t *testing.T) []keyalloc.Record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
