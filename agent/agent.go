@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -190,8 +191,9 @@ func (a *Agent) hostRecord() registry.Host {
 	return registry.Host{
 		Name: a.cfg.Node, UnderlayIP: a.host.IP, UnderlayMAC: a.host.MAC,
 		PodSubnet: a.host.Subnet, Datapath: a.dp.Datapath, AgentVersion: version.String(),
-		Bridges: a.cfg.Bridges,
-		APIAddr: a.cfg.APIAddr(a.host.IP),
+		Bridges:     a.cfg.Bridges,
+		APIAddr:     a.cfg.APIAddr(a.host.IP),
+		UnderlayIPs: a.host.UnderlayIPs,
 	}
 }
 
@@ -288,6 +290,15 @@ func (a *Agent) setup(ctx context.Context) error {
 		}
 		a.log.Info("moved host IP", "addr", addr.Prefix, "from", a.cfg.Uplink, "to", a.cfg.Bridges.Physical)
 	}
+	if ps := a.cfg.UnderlayPrefixes(); len(ps) > 0 {
+		if err := placeUnderlayAddrs(ps, a.cfg.Uplink, a.cfg.Bridges.Physical); err != nil {
+			return err
+		}
+		for _, p := range ps {
+			a.host.UnderlayIPs = append(a.host.UnderlayIPs, p.Addr())
+		}
+		a.log.Info("underlay IPs on the physical bridge", "addrs", a.cfg.UnderlayIPs, "bridge", a.cfg.Bridges.Physical)
+	}
 	if a.plan.IsolatePorts {
 		if err := isolatePort(a.cfg.Uplink); err != nil {
 			return fmt.Errorf("keep the host stack off the uplink %s: %w", a.cfg.Uplink, err)
@@ -352,6 +363,17 @@ func (a *Agent) setup(ctx context.Context) error {
 		keys := a.cfg.KeySet()
 		pc := cacheproto.DefaultConfig()
 		pc.Quarantine, pc.PendingTimeout, pc.Keys = a.cfg.Cache.Quarantine, a.cfg.Cache.PendingTimeout, keys.Len()
+		pc.AddrPairs = func(peer string) int {
+			p, _, ok := a.peerByName(peer)
+			if !ok {
+				return 1
+			}
+			return len(a.host.KeyAddrs()) * len(p.KeyAddrs())
+		}
+		pc.ValidKey = func(peer string, k cacheproto.Key) bool {
+			p, _, ok := a.peerByName(peer)
+			return ok && slices.Contains(a.host.KeyAddrs(), k.Src) && slices.Contains(p.KeyAddrs(), k.Dst)
+		}
 		if a.cfg.Cache.Eviction == EvictionTraffic {
 			pc.Eviction = cacheproto.DefaultEviction()
 			pc.Eviction.Factor, pc.Eviction.Hold = a.cfg.Cache.EvictionFactor, a.cfg.Cache.EvictionHold
@@ -614,15 +636,34 @@ func (a *Agent) watchHosts(ctx context.Context) {
 			continue
 		}
 		a.mu.Lock()
+		old, had := a.peers[ev.Value.Name]
+		var before flows.Peer
+		if had {
+			before = a.peerOf(old)
+		}
 		switch ev.Type {
 		case registry.EventPut:
 			a.peers[ev.Value.Name] = ev.Value
 		case registry.EventDelete:
 			delete(a.peers, ev.Value.Name)
 		}
+		var after flows.Peer
+		if ev.Type == registry.EventPut {
+			after = a.peerOf(ev.Value)
+			for _, ip := range ev.Value.UnderlayIPs {
+				if !slices.Contains(after.UnderlayIPs, ip) {
+					a.log.Warn("host record claims a key address another host has; keys leave it out", "host", ev.Value.Name, "addr", ip)
+					a.metrics.badRecord("", &registry.RecordError{Kind: registry.KindHost})
+				}
+			}
+		}
 		a.mu.Unlock()
 		if ev.Type == registry.EventDelete && a.cache != nil {
 			a.cache.invalidatePeer(ctx, ev.Value.Name, ev.Value.UnderlayIP)
+		}
+		if ev.Type == registry.EventPut && had && a.cache != nil && !slices.Equal(before.KeyAddrs(), after.KeyAddrs()) {
+			// Keys on addresses the peer no longer has drain.
+			a.cache.keysGone(after)
 		}
 		if a.probe != nil {
 			if ev.Type == registry.EventDelete {

@@ -21,6 +21,7 @@ import (
 	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/keyalloc"
 	"github.com/keyroute/keyroute/openflow"
+	"github.com/keyroute/keyroute/registry"
 )
 
 // This file wires rewrite mode's key protocol (cacheproto, DESIGN.md
@@ -162,7 +163,10 @@ func (c *cache) flowMods(in cacheproto.Install) []*openflow.FlowMod {
 		if !ok {
 			continue
 		}
-		fs = append(fs, flows.RestoreFlow(h, peer.IP, f.Key, f.Src, f.Dst))
+		if !slices.Contains(peer.KeyAddrs(), f.Key.Src) {
+			continue // the peer no longer lists the address: KeysGone drops the entry
+		}
+		fs = append(fs, flows.RestoreFlow(h, f.Key, f.Src, f.Dst))
 	}
 	return fs
 }
@@ -173,7 +177,13 @@ func (c *cache) allocate(e cacheproto.Allocate) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c.a.metrics.bootstraps.Inc()
-	rec, err := c.alloc.Allocate(ctx, c.a.cfg.Node, e.Peer, e.Pair.Src, e.Pair.Dst, e.Exclude...)
+	var rec keyalloc.Record
+	peer, _, ok := c.a.peerByName(e.Peer)
+	err := fmt.Errorf("allocate key towards %s: peer unknown", e.Peer)
+	if ok {
+		ad := keyalloc.Addrs{Src: c.a.host.KeyAddrs(), Dst: peer.KeyAddrs()}
+		rec, err = c.alloc.Allocate(ctx, c.a.cfg.Node, e.Peer, e.Pair.Src, e.Pair.Dst, ad, e.Exclude...)
+	}
 	if err != nil && !errors.Is(err, keyalloc.ErrKeysExhausted) {
 		c.a.metrics.etcdErrors.WithLabelValues("allocate_key").Inc()
 	}
@@ -312,6 +322,13 @@ func withoutInstalls(effs []cacheproto.Effect) []cacheproto.Effect {
 // followed, and timers and anti-entropy run until ctx ends.
 func (c *cache) reconciled(ctx context.Context, sent, recv *cacheWatch) {
 	c.do(c.m.Reconciled)
+	// Records adopted at start may use an address a peer dropped while
+	// this agent was down (its watch saw no change): drain them now.
+	for _, name := range c.a.peerNames() {
+		if p, _, ok := c.a.peerByName(name); ok {
+			c.keysGone(p)
+		}
+	}
 	go c.follow(ctx, sent.ch, c.onSent)
 	go c.follow(ctx, recv.ch, c.onRecv)
 	go c.tick(ctx)
@@ -330,14 +347,17 @@ func (c *cache) dumpEgress(ctx context.Context) (map[cacheproto.Pair]cacheproto.
 		if flows.CookieCategory(st.Cookie) != flows.CatCache {
 			continue
 		}
-		peerIP, key := cookiePeer(st.Cookie)
+		// An entry whose key uses an address index this host no longer
+		// has (underlay_ips changed across a restart) reads as keyless:
+		// not adopted, removed by the start-up reconcile.
+		peerIP, key := flows.CookieKey(c.a.host, st.Cookie)
 		f := cacheproto.EgressFlow{Key: key, State: cacheproto.StatePending}
 		if name, ok := c.a.peerNameByIP(peerIP); ok {
 			f.Peer = name
 		}
 		tunnel, ethDst := setFields(st.Instructions)
 		switch {
-		case key == 0:
+		case key.IsZero():
 			f.State = cacheproto.StateFallback
 		case !tunnel:
 			f.State, f.NextHop = cacheproto.StateReady, ethDst
@@ -370,12 +390,6 @@ func setFields(ins []openflow.Instruction) (tunnel bool, ethDst net.HardwareAddr
 		}
 	}
 	return tunnel, ethDst
-}
-
-// cookiePeer splits a cache cookie's id into the peer's IPv4 and the key.
-func cookiePeer(cookie uint64) (netip.Addr, uint8) {
-	id := flows.CookieID(cookie)
-	return netip.AddrFrom4([4]byte{byte(id >> 32), byte(id >> 24), byte(id >> 16), byte(id >> 8)}), uint8(id)
 }
 
 // ----------------------------------------------------------------------
@@ -434,12 +448,26 @@ func (c *cache) onRecv(now time.Time, ev keyalloc.Event) []cacheproto.Effect {
 
 // validRecv checks a record towards this host against what this host
 // knows: the sending peer, that the source address is that peer's, the
-// destination container here, and the key in the set. A record that
-// fails gets no Restore entry; its sender's pending timeout collects it.
+// destination container here, the key's DSCP in the set, its source one
+// of the peer's registered key addresses and its destination one of this
+// host's. A record that fails gets no Restore entry; its sender's pending
+// timeout collects it.
 func (c *cache) validRecv(r keyalloc.Record) bool {
-	_, _, ok := c.a.peerByName(r.SrcHost)
+	peer, _, ok := c.a.peerByName(r.SrcHost)
 	holder, _, held := c.a.peerFor(r.Src)
-	return ok && held && holder.Name == r.SrcHost && c.a.isLocal(r.Dst) && slices.Contains(c.rw.Keys, r.Key)
+	return ok && held && holder.Name == r.SrcHost && c.a.isLocal(r.Dst) && slices.Contains(c.rw.Keys, r.Key.DSCP) &&
+		slices.Contains(peer.KeyAddrs(), r.Key.Src) && slices.Contains(c.a.host.KeyAddrs(), r.Key.Dst)
+}
+
+// keysGone takes keys shared with peer off the addresses its host record
+// no longer lists (see cacheproto.Machine.KeysGone).
+func (c *cache) keysGone(peer flows.Peer) {
+	mine, theirs := c.a.host.KeyAddrs(), peer.KeyAddrs()
+	c.do(func(now time.Time) []cacheproto.Effect {
+		return c.m.KeysGone(now, peer.Name, func(k keyalloc.Key) bool {
+			return (slices.Contains(mine, k.Src) && slices.Contains(theirs, k.Dst)) || (slices.Contains(theirs, k.Src) && slices.Contains(mine, k.Dst))
+		})
+	})
 }
 
 // ----------------------------------------------------------------------
@@ -497,7 +525,7 @@ func (c *cache) antiEntropy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	egress := make(map[cacheproto.Pair]uint8, len(flowsOn))
+	egress := make(map[cacheproto.Pair]cacheproto.Key, len(flowsOn))
 	for p, f := range flowsOn {
 		egress[p] = f.Key
 	}
@@ -589,7 +617,7 @@ func (c *cache) onFlowRemoved(fr *openflow.FlowRemoved) {
 		return
 	}
 	c.a.metrics.expiries.WithLabelValues("egress").Inc()
-	_, key := cookiePeer(fr.Cookie)
+	_, key := flows.CookieKey(c.a.host, fr.Cookie)
 	p := cacheproto.Pair{Src: matchIPv4(fr.Match, openflow.FieldIPv4Src), Dst: matchIPv4(fr.Match, openflow.FieldIPv4Dst)}
 	c.do(func(now time.Time) []cacheproto.Effect { return c.m.FlowRemoved(now, p, key) })
 }
@@ -622,19 +650,56 @@ func (a *Agent) peerByName(name string) (flows.Peer, net.HardwareAddr, bool) {
 	if !ok || !h.PodSubnet.IsValid() {
 		return flows.Peer{}, nil, false
 	}
-	return flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}, h.UnderlayMAC, true
+	return a.peerOf(h), h.UnderlayMAC, true
 }
 
-// peerNameByIP returns the name of the peer host with underlay IP ip.
+// peerNames lists the known peer hosts.
+func (a *Agent) peerNames() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Sorted(maps.Keys(a.peers))
+}
+
+// peerNameByIP returns the name of the peer host with key address ip
+// (its underlay IP or one of its underlay_ips).
 func (a *Agent) peerNameByIP(ip netip.Addr) (string, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, h := range a.peers {
-		if h.UnderlayIP == ip {
+		if slices.Contains(a.peerOf(h).KeyAddrs(), ip) {
 			return h.Name, true
 		}
 	}
 	return "", false
+}
+
+// peerOf is the flows' view of a peer host record. An extra key address
+// another host also claims (this one, or a peer by its underlay IP or its
+// underlay_ips) is left out on both sides: keyed packets to it could
+// reach either, so neither gets keys on it. Called with a.mu held.
+func (a *Agent) peerOf(h registry.Host) flows.Peer {
+	p := flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}
+	for _, ip := range h.UnderlayIPs {
+		if a.addrClaimedBesides(h.Name, ip) {
+			continue
+		}
+		p.UnderlayIPs = append(p.UnderlayIPs, ip)
+	}
+	return p
+}
+
+// addrClaimedBesides reports whether a host other than name claims ip as
+// a key address. Called with a.mu held.
+func (a *Agent) addrClaimedBesides(name string, ip netip.Addr) bool {
+	if name != a.cfg.Node && slices.Contains(a.host.KeyAddrs(), ip) {
+		return true
+	}
+	for _, o := range a.peers {
+		if o.Name != name && slices.Contains(o.KeyAddrs(), ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // peerFor returns the peer host that holds ip: a roaming endpoint's host,
@@ -647,11 +712,11 @@ func (a *Agent) peerFor(ip netip.Addr) (flows.Peer, net.HardwareAddr, bool) {
 		if !ok {
 			return flows.Peer{}, nil, false
 		}
-		return flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}, h.UnderlayMAC, true
+		return a.peerOf(h), h.UnderlayMAC, true
 	}
 	for _, h := range a.peers {
 		if h.PodSubnet.Contains(ip) {
-			return flows.Peer{Name: h.Name, IP: h.UnderlayIP, Subnet: h.PodSubnet}, h.UnderlayMAC, true
+			return a.peerOf(h), h.UnderlayMAC, true
 		}
 	}
 	return flows.Peer{}, nil, false

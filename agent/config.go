@@ -32,6 +32,13 @@ type Config struct {
 	// HostIP is the underlay address; default: the uplink's (or the
 	// physical bridge's, after a restart) first IPv4 address.
 	HostIP string `yaml:"host_ip"`
+	// UnderlayIPs are further underlay addresses (CIDRs, e.g.
+	// 198.18.1.1/16) that the fabric routes to this host; the agent puts
+	// them on the physical bridge beside host_ip (moved from the uplink
+	// if they are there) and rewrite mode's cache keys use them, so a
+	// host pair has (1+n)×(1+m) times the keys (docs/DESIGN.md "Key
+	// space"). host_ip stays the address of VXLAN and the control plane.
+	UnderlayIPs []string `yaml:"underlay_ips"`
 	// Bridges names this host's two OVS bridges (default br-int and
 	// br-phy). The agent creates them and refuses to start if a bridge of
 	// that name exists that it did not create (another OVS user's).
@@ -332,6 +339,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	pod, err := netip.ParsePrefix(c.Cluster.PodCIDR)
+	c.validateUnderlayIPs(bad, pod)
 	switch {
 	case err != nil || !pod.Addr().Is4():
 		bad("cluster.pod_cidr", c.Cluster.PodCIDR, "give an IPv4 CIDR such as 198.19.0.0/16")
@@ -635,6 +643,44 @@ func (c *Config) InsecureWarning(hostIP string) string {
 	}
 	return fmt.Sprintf("etcd.insecure: true: etcd is plaintext and unauthenticated at %s; every machine and container that reaches it can read and rewrite the cluster's state; set up TLS with keyroutectl pki and etcd.ca, etcd.cert, etcd.key",
 		strings.Join(plain, ", "))
+}
+
+// validateUnderlayIPs checks underlay_ips: IPv4 unicast CIDRs, at most
+// registry.MaxUnderlayIPs, none twice, none host_ip, none in the pod CIDR.
+func (c *Config) validateUnderlayIPs(bad func(string, any, string, ...any), pod netip.Prefix) {
+	if len(c.UnderlayIPs) > registry.MaxUnderlayIPs {
+		bad("underlay_ips", c.UnderlayIPs, "list at most %d addresses: keys grow with the product of two hosts' addresses, and br-phy's flows per peer with it", registry.MaxUnderlayIPs)
+	}
+	seen := map[netip.Addr]bool{}
+	if a, err := netip.ParseAddr(c.HostIP); err == nil {
+		seen[a] = true
+	}
+	for i, s := range c.UnderlayIPs {
+		field := fmt.Sprintf("underlay_ips[%d]", i)
+		p, err := netip.ParsePrefix(s)
+		switch {
+		case err != nil || !p.Addr().Is4():
+			bad(field, s, "give an IPv4 address with its prefix length, such as 198.18.1.1/16")
+		case registry.ValidateAddr(p.Addr()) != nil:
+			bad(field, s, "give a unicast address (%v)", registry.ValidateAddr(p.Addr()))
+		case seen[p.Addr()]:
+			bad(field, s, "list each address once, and not host_ip")
+		case pod.IsValid() && pod.Contains(p.Addr()):
+			bad(field, s, "give an underlay address outside the pod CIDR %s", pod)
+		}
+		if err == nil {
+			seen[p.Addr()] = true
+		}
+	}
+}
+
+// UnderlayPrefixes returns underlay_ips parsed (call after Validate).
+func (c *Config) UnderlayPrefixes() []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(c.UnderlayIPs))
+	for _, s := range c.UnderlayIPs {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
 }
 
 // PodCIDR returns the parsed cluster pod CIDR (valid after Validate).

@@ -193,6 +193,15 @@ func TestValidateNamesFieldAndFix(t *testing.T) {
 		{func(c *Config) { c.OVS.PortType, c.Datapath = "afxdp", "system" },
 			"ovs.port_type=afxdp: AF_XDP ports are a userspace (netdev) datapath feature and datapath is system: set ovs.port_type: auto or system, or datapath: netdev"},
 		{func(c *Config) { c.OVS.XDPMode = "skb" }, "ovs.xdp_mode=skb: must be one of generic, native, native-with-zerocopy, best-effort"},
+		{func(c *Config) { c.UnderlayIPs = []string{"198.18.1.1"} }, "underlay_ips[0]=198.18.1.1: give an IPv4 address with its prefix length"},
+		{func(c *Config) { c.UnderlayIPs = []string{"fd00::1/64"} }, "underlay_ips[0]=fd00::1/64: give an IPv4 address"},
+		{func(c *Config) { c.UnderlayIPs = []string{"224.0.0.1/24"} }, "underlay_ips[0]=224.0.0.1/24: give a unicast address"},
+		{func(c *Config) { c.UnderlayIPs = []string{"198.18.1.1/24", "198.18.1.1/16"} }, "underlay_ips[1]=198.18.1.1/16: list each address once, and not host_ip"},
+		{func(c *Config) { c.HostIP, c.UnderlayIPs = "198.18.0.1", []string{"198.18.0.1/24"} }, "underlay_ips[0]=198.18.0.1/24: list each address once, and not host_ip"},
+		{func(c *Config) { c.UnderlayIPs = []string{"198.19.0.9/24"} }, "underlay_ips[0]=198.19.0.9/24: give an underlay address outside the pod CIDR"},
+		{func(c *Config) {
+			c.UnderlayIPs = []string{"198.18.1.1/24", "198.18.1.2/24", "198.18.1.3/24", "198.18.1.4/24", "198.18.1.5/24", "198.18.1.6/24", "198.18.1.7/24", "198.18.1.8/24"}
+		}, "underlay_ips=[198.18.1.1/24"},
 	}
 	for _, tc := range cases {
 		c := DefaultConfig()

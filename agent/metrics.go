@@ -222,7 +222,7 @@ func (c *cache) collector() prometheus.Collector {
 		"Packets that matched a cache entry, by side: egress (EgressCache entries in any state; pending and fallback ones send through VXLAN) "+
 			"and restore. Flow counters of the entries installed now plus the final counts of the removed ones.", []string{"side"}, nil)
 	keys := prometheus.NewDesc("keyroute_cache_keys_in_use", "Keys this host holds as sender, by peer host: pending and ready entries, and keys draining, quarantined or being released.", []string{"peer"}, nil)
-	fallbackDesc := prometheus.NewDesc("keyroute_cache_fallbacks_total", "Pairs left on VXLAN without a key, by reason (keys_exhausted, evicted, etcd, no_next_hop, not_ready, key_conflict, dscp_path).", []string{"reason"}, nil)
+	fallbackDesc := prometheus.NewDesc("keyroute_cache_fallbacks_total", "Pairs left on VXLAN without a key, by reason (keys_exhausted, evicted, etcd, no_next_hop, not_ready, key_conflict, address_gone, dscp_path).", []string{"reason"}, nil)
 	repairDesc := prometheus.NewDesc("keyroute_cache_repairs_total",
 		"Differences between key records and flows found and repaired, by kind: at start-up (adopted, record_without_flow, flow_without_record), "+
 			"by anti-entropy (egress_flow_lost, record_lost, orphan_record, restore_missing, restore_stale, exhausted_key_free), and from punts (punt_after_install) and watches (record_deleted_elsewhere).", []string{"kind"}, nil)
@@ -253,7 +253,7 @@ func (c *cache) collector() prometheus.Collector {
 		fallbacks, repairs := maps.Clone(count.Fallbacks), maps.Clone(count.Repairs)
 		c.mu.Unlock()
 		for _, e := range send {
-			if e.Key != 0 && e.State != cacheproto.StateFallback {
+			if !e.Key.IsZero() && e.State != cacheproto.StateFallback {
 				perPeer[e.Peer]++
 			}
 		}

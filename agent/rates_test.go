@@ -20,7 +20,9 @@ func cacheStat(cookie uint64, src, dst string, bytes uint64, age time.Duration) 
 
 func TestRateMeter(t *testing.T) {
 	peer := netip.MustParseAddr("198.18.0.2")
-	ck := flows.CacheCookie(peer, 7)
+	h := flows.Host{IP: netip.MustParseAddr("198.18.0.1")}
+	k7 := flows.Key{Src: h.IP, Dst: peer, DSCP: 7}
+	ck := flows.CacheCookie(h, peer, k7)
 	p := cacheproto.Pair{Src: netip.MustParseAddr("198.19.0.2"), Dst: netip.MustParseAddr("198.19.1.2")}
 	var m rateMeter
 	// First read: bytes over the flow's own age.
@@ -34,12 +36,12 @@ func TestRateMeter(t *testing.T) {
 		t.Fatalf("second read: %v B/s, want 3000", r[p])
 	}
 	// A replaced entry (another cookie: new key or fallback) starts over.
-	r = m.update([]openflow.FlowStats{cacheStat(flows.CacheCookie(peer, 0), "198.19.0.2", "198.19.1.2", 500, time.Second)}, 2*time.Second)
+	r = m.update([]openflow.FlowStats{cacheStat(flows.CacheCookie(h, peer, flows.Key{}), "198.19.0.2", "198.19.1.2", 500, time.Second)}, 2*time.Second)
 	if r[p] != 500 {
 		t.Fatalf("replaced entry: %v B/s, want 500", r[p])
 	}
 	// Flows of other categories are not pairs.
-	if r = m.update([]openflow.FlowStats{cacheStat(flows.RestoreCookie(peer, 7), "198.19.0.2", "198.19.1.2", 1, time.Second)}, time.Second); len(r) != 0 {
+	if r = m.update([]openflow.FlowStats{cacheStat(flows.RestoreCookie(h, flows.Key{Src: peer, Dst: h.IP, DSCP: 7}), "198.19.0.2", "198.19.1.2", 1, time.Second)}, time.Second); len(r) != 0 {
 		t.Fatalf("restore flow counted: %v", r)
 	}
 }

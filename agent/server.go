@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -404,7 +405,7 @@ func (a *Agent) Keys(ctx context.Context) ([]api.Key, error) {
 	}
 	out := make([]api.Key, 0, len(recs))
 	for _, r := range recs {
-		k := api.Key{SrcHost: r.SrcHost, DstHost: r.DstHost, Key: r.Key, Src: r.Src.String(), Dst: r.Dst.String(),
+		k := api.Key{SrcHost: r.SrcHost, DstHost: r.DstHost, Key: r.Key.DSCP, KeySrc: r.Key.Src.String(), KeyDst: r.Key.Dst.String(), Src: r.Src.String(), Dst: r.Dst.String(),
 			State: r.State, AgeSec: int64(time.Since(r.Created).Seconds())}
 		// This host's own keys on their way out say so: the record stays
 		// until the release, after the quarantine.
@@ -434,8 +435,8 @@ func (a *Agent) Cache(ctx context.Context) ([]api.CacheEntry, error) {
 			return nil, fmt.Errorf("dump %s: %w", t.Name(), err)
 		}
 		for _, st := range stats {
-			peer, key := cookiePeer(st.Cookie)
-			e := api.CacheEntry{Peer: peer.String(), Key: key, Packets: st.PacketCount, Bytes: st.ByteCount, IdleTimeout: st.IdleTimeout}
+			peer, key := flows.CookieKey(a.host, st.Cookie)
+			e := api.CacheEntry{Peer: peer.String(), Key: key.DSCP, KeySrc: keyAddr(key.Src), KeyDst: keyAddr(key.Dst), Packets: st.PacketCount, Bytes: st.ByteCount, IdleTimeout: st.IdleTimeout}
 			switch flows.CookieCategory(st.Cookie) {
 			case flows.CatCache:
 				e.Side = "egress"
@@ -461,9 +462,17 @@ func (a *Agent) Cache(ctx context.Context) ([]api.CacheEntry, error) {
 		if p, _, ok := a.peerByName(h.Peer); ok {
 			peer = p.IP.String()
 		}
-		out = append(out, api.CacheEntry{Side: "egress", Peer: peer, Key: h.Key, Src: h.Pair.Src.String(), Dst: h.Pair.Dst.String(), State: h.State.String()})
+		out = append(out, api.CacheEntry{Side: "egress", Peer: peer, Key: h.Key.DSCP, KeySrc: keyAddr(h.Key.Src), KeyDst: keyAddr(h.Key.Dst), Src: h.Pair.Src.String(), Dst: h.Pair.Dst.String(), State: h.State.String()})
 	}
 	return out, nil
+}
+
+// keyAddr is a key address as the API shows it: "" for none.
+func keyAddr(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 // attachFromAPI attaches a container namespace (NetNS) or a pre-made port

@@ -229,11 +229,15 @@ type Flow struct {
 type Key struct {
 	SrcHost string `json:"src_host"`
 	DstHost string `json:"dst_host"`
-	Key     uint8  `json:"key"`
-	Src     string `json:"src"`
-	Dst     string `json:"dst"`
-	State   string `json:"state"`
-	AgeSec  int64  `json:"age_sec"`
+	Key     uint8  `json:"key"` // the key's DSCP
+	// KeySrc and KeyDst are the key's underlay addresses: the sending
+	// host's and the receiving host's (DESIGN.md "Key space").
+	KeySrc string `json:"key_src"`
+	KeyDst string `json:"key_dst"`
+	Src    string `json:"src"`
+	Dst    string `json:"dst"`
+	State  string `json:"state"`
+	AgeSec int64  `json:"age_sec"`
 	// RateBps is the pair's traffic in bytes/s, as its sender last read
 	// it (only the sending host's agent knows it; 0 elsewhere).
 	RateBps float64 `json:"rate_bps,omitempty"`
@@ -247,7 +251,9 @@ type Key struct {
 type CacheEntry struct {
 	Side        string `json:"side"`
 	Peer        string `json:"peer"`
-	Key         uint8  `json:"key"`
+	Key         uint8  `json:"key"`     // the key's DSCP; 0 for a fallback entry
+	KeySrc      string `json:"key_src"` // the key's underlay addresses, sender's and receiver's
+	KeyDst      string `json:"key_dst"`
 	Src         string `json:"src"`
 	Dst         string `json:"dst"`
 	State       string `json:"state"`

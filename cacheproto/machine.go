@@ -5,6 +5,9 @@
 // wires effects to etcd and OVS, and the simulator in this package's tests
 // drives it through random schedules of faults.
 //
+// A key is the triple (source address, destination address, DSCP)
+// (keyalloc.Key); every rule below speaks of the whole triple.
+//
 // The invariant (docs/DESIGN.md "Cache protocol v2"):
 //
 //	If receiver R restores key k from peer P to pair X, then P's OVS has no
@@ -46,10 +49,13 @@ import (
 // Pair is a container pair: Src on the sending host, Dst on the receiving one.
 type Pair struct{ Src, Dst netip.Addr }
 
+// Key is a cache key: (source address, destination address, DSCP).
+type Key = keyalloc.Key
+
 // RecvKey names a Restore entry: the sending peer host and the key.
 type RecvKey struct {
 	Peer string
-	Key  uint8
+	Key  Key
 }
 
 // State is a sender entry's place in the key lifecycle.
@@ -85,10 +91,18 @@ type Config struct {
 	PendingTimeout time.Duration // a record not ready by then is released; the pair falls back
 	Retry          time.Duration // after a failed install, mark or release
 	PuntGrace      time.Duration // a punt for an entry installed longer ago means its flow is gone
-	// Keys is the size of the key set (0: unknown). With it, anti-entropy
-	// lets pairs out of keys try again when a key towards their peer is
-	// free but its freeing went unseen (a lost watch event).
+	// Keys is the size of the key set, DSCPs (0: unknown). With it,
+	// anti-entropy lets pairs out of keys try again when a key towards
+	// their peer is free but its freeing went unseen (a lost watch event).
 	Keys int
+	// AddrPairs is the number of (source, destination) key address pairs
+	// towards a peer (nil: 1): the peer has Keys × AddrPairs keys.
+	AddrPairs func(peer string) int
+	// ValidKey says whether k is a key towards peer now: its source one
+	// of this host's key addresses, its destination one of the peer's
+	// (nil: every key is). A pair's existing record read back by
+	// Allocate may use an address that is gone.
+	ValidKey func(peer string, k Key) bool
 	// Eviction lets the busiest pairs have the keys (Rates).
 	Eviction Eviction
 }
@@ -131,7 +145,7 @@ type Send struct {
 	Pair     Pair
 	Peer     string
 	State    State
-	Key      uint8           // 0 while allocating, for fallback, or for a hold of a flow without record
+	Key      Key             // zero while allocating, for fallback, or for a hold of a flow without record
 	Rec      keyalloc.Record // the allocation; zero CreateRevision if none
 	NextHop  net.HardwareAddr
 	Reason   string    // why a fallback has no key, or why a hold was taken
@@ -216,7 +230,7 @@ type (
 	Allocate struct {
 		Pair    Pair
 		Peer    string
-		Exclude []uint8
+		Exclude []Key
 	}
 	// Install puts the desired flows of generation Gen on the switch and
 	// confirms them (controller.SetDesiredConfirmed). Result: Installed.
@@ -235,7 +249,7 @@ type (
 	FastPath struct {
 		Pair   Pair
 		Peer   string
-		Key    uint8
+		Key    Key
 		Punted time.Time
 	}
 )
@@ -251,14 +265,14 @@ type FlowSend struct {
 	Pair    Pair
 	Peer    string
 	State   State // StatePending, StateReady or StateFallback
-	Key     uint8
+	Key     Key
 	NextHop net.HardwareAddr
 }
 
 // FlowRestore is one desired Restore entry.
 type FlowRestore struct {
 	Peer     string
-	Key      uint8
+	Key      Key
 	Src, Dst netip.Addr
 }
 
@@ -358,7 +372,7 @@ func (m *Machine) Restoring(k RecvKey) (rec keyalloc.Record, ready, ok bool) {
 type EgressFlow struct {
 	Peer    string // "" if the flow's peer is unknown
 	State   State  // StatePending, StateReady or StateFallback
-	Key     uint8
+	Key     Key
 	NextHop net.HardwareAddr // a ready entry's
 }
 
@@ -403,7 +417,7 @@ func (m *Machine) Start(now time.Time, sent, recv []keyalloc.Record, egress map[
 			continue
 		}
 		// Not desired: the reconcile after Start deletes it.
-		if f.State != StateFallback && f.Key != 0 {
+		if f.State != StateFallback && !f.Key.IsZero() {
 			m.holds = append(m.holds, &Send{Pair: p, Peer: f.Peer, State: StateDraining, Key: f.Key, Since: now, afterRC: true, Reason: "restart"})
 			m.Count.Repairs["flow_without_record"]++
 		}
@@ -500,10 +514,10 @@ func (m *Machine) holding(p Pair) bool {
 }
 
 // heldKeys lists the keys towards peer that the sender holds in any state.
-func (m *Machine) heldKeys(peer string) []uint8 {
-	var ks []uint8
+func (m *Machine) heldKeys(peer string) []Key {
+	var ks []Key
 	add := func(e *Send) {
-		if e.Peer == peer && e.Key != 0 && !slices.Contains(ks, e.Key) {
+		if e.Peer == peer && !e.Key.IsZero() && !slices.Contains(ks, e.Key) {
 			ks = append(ks, e.Key)
 		}
 	}
@@ -513,7 +527,7 @@ func (m *Machine) heldKeys(peer string) []uint8 {
 	for _, h := range m.holds {
 		add(h)
 	}
-	slices.Sort(ks)
+	slices.SortFunc(ks, Key.Compare)
 	return ks
 }
 
@@ -547,6 +561,15 @@ func (m *Machine) Allocated(now time.Time, p Pair, rec keyalloc.Record, err erro
 		}
 		delete(m.send, p)
 		m.fallback(p, e.Peer, reason, now)
+		return m.flush()
+	}
+	if m.cfg.ValidKey != nil && !m.cfg.ValidKey(e.Peer, rec.Key) {
+		// The pair's record from before an address went (its Allocated
+		// was lost, so nothing held it): give it up like a conflict; the
+		// pair tries again after its fallback.
+		m.holds = append(m.holds, &Send{Pair: p, Peer: e.Peer, State: StateQuarantined, Key: rec.Key, Rec: rec, Since: now, Reason: "address_gone"})
+		delete(m.send, p)
+		m.fallback(p, e.Peer, "address_gone", now)
 		return m.flush()
 	}
 	if slices.Contains(m.heldKeys(e.Peer), rec.Key) {
@@ -623,7 +646,7 @@ func (m *Machine) SentRecordDeleted(now time.Time, rec keyalloc.Record) []Effect
 // FlowRemoved is an EgressCache entry of Pair with Key that OVS removed
 // (idle timeout). One for an entry the machine no longer has in that form
 // is stale and ignored.
-func (m *Machine) FlowRemoved(now time.Time, p Pair, key uint8) []Effect {
+func (m *Machine) FlowRemoved(now time.Time, p Pair, key Key) []Effect {
 	m.now = now
 	e, ok := m.send[p]
 	if !ok || e.Key != key || e.State == StateAllocating {
@@ -702,6 +725,26 @@ func (m *Machine) PathLost(now time.Time, peer string) []Effect {
 func (m *Machine) PathOK(now time.Time, peer, reason string) []Effect {
 	m.now = now
 	return m.dropSend(func(e *Send) bool { return e.Peer == peer && e.State == StateFallback && e.Reason == reason }, "")
+}
+
+// KeysGone is a change of key addresses between this host and peer (the
+// peer's host record lost one): keyed pairs towards peer whose key fails
+// valid drain like idle ones (their packets would go to an address
+// nobody restores; the key is freed through rules 1 and 2) and punt again
+// for a key on the addresses left; Restore entries from peer whose key
+// fails valid go (dropping a Restore entry can only drop packets).
+func (m *Machine) KeysGone(now time.Time, peer string, valid func(Key) bool) []Effect {
+	m.now = now
+	effs := m.dropSend(func(e *Send) bool {
+		return e.Peer == peer && e.State != StateFallback && !e.Key.IsZero() && !valid(e.Key)
+	}, "address_gone")
+	for _, k := range m.recvKeys() {
+		if k.Peer == peer && !valid(k.Key) {
+			delete(m.recv, k)
+			m.changed()
+		}
+	}
+	return append(effs, m.flush()...)
 }
 
 // PeerGone is a host that left the cluster (its membership ended): its
@@ -997,7 +1040,7 @@ func (m *Machine) tick(now time.Time) []Effect {
 // EgressCache entries (pair → key, 0 for fallback), sent this host's
 // records as sender and recv the checked records towards it, both read at
 // etcd revision rev. Each difference is repaired and counted.
-func (m *Machine) AntiEntropy(now time.Time, confirmedGen uint64, egress map[Pair]uint8, sent, recv []keyalloc.Record, rev int64) []Effect {
+func (m *Machine) AntiEntropy(now time.Time, confirmedGen uint64, egress map[Pair]Key, sent, recv []keyalloc.Record, rev int64) []Effect {
 	m.now = now
 	if !m.synced {
 		return nil
@@ -1045,12 +1088,12 @@ func (m *Machine) AntiEntropy(now time.Time, confirmedGen uint64, egress map[Pai
 	// Pairs out of keys while a key towards their peer is free (its
 	// freeing was not seen here) try again.
 	if m.cfg.Keys > 0 {
-		used := map[string]map[uint8]bool{}
-		use := func(peer string, k uint8) {
+		used := map[string]map[Key]bool{}
+		use := func(peer string, k Key) {
 			if used[peer] == nil {
-				used[peer] = map[uint8]bool{}
+				used[peer] = map[Key]bool{}
 			}
-			if k != 0 {
+			if !k.IsZero() {
 				used[peer][k] = true
 			}
 		}
@@ -1065,7 +1108,7 @@ func (m *Machine) AntiEntropy(now time.Time, confirmedGen uint64, egress map[Pai
 		}
 		peers := map[string]bool{}
 		for _, e := range m.send {
-			if e.State == StateFallback && e.Reason == ReasonExhausted && len(used[e.Peer]) < m.cfg.Keys {
+			if e.State == StateFallback && e.Reason == ReasonExhausted && len(used[e.Peer]) < m.keysTo(e.Peer) {
 				peers[e.Peer] = true
 			}
 		}
@@ -1113,7 +1156,15 @@ func compareRecvKey(a, b RecvKey) int {
 	if c := strings.Compare(a.Peer, b.Peer); c != 0 {
 		return c
 	}
-	return int(a.Key) - int(b.Key)
+	return a.Key.Compare(b.Key)
+}
+
+// keysTo is the size of the key space towards peer.
+func (m *Machine) keysTo(peer string) int {
+	if m.cfg.AddrPairs == nil {
+		return m.cfg.Keys
+	}
+	return m.cfg.Keys * m.cfg.AddrPairs(peer)
 }
 
 func (m *Machine) sortedSend() []*Send {

@@ -25,8 +25,13 @@ var (
 
 func at(d time.Duration) time.Time { return t0.Add(d) }
 
+// dk is key DSCP d between the two hosts' one address each.
+func dk(d uint8) Key {
+	return Key{Src: netip.MustParseAddr("198.18.0.1"), Dst: netip.MustParseAddr("198.18.0.2"), DSCP: d}
+}
+
 func rec(p Pair, key uint8, rev int64, state string) keyalloc.Record {
-	return keyalloc.Record{SrcHost: "h1", DstHost: "h2", Key: key, Src: p.Src, Dst: p.Dst, State: state, CreateRevision: rev, ModRevision: rev}
+	return keyalloc.Record{SrcHost: "h1", DstHost: "h2", Key: dk(key), Src: p.Src, Dst: p.Dst, State: state, CreateRevision: rev, ModRevision: rev}
 }
 
 // synced returns a machine past start-up (started a quarantine before t0)
@@ -93,7 +98,7 @@ func TestKeyReusedOnlyAfterConfirmedRemovalAndQuarantine(t *testing.T) {
 	}
 	// Y punts before the removal is confirmed: key 7 is excluded.
 	effs = m.Punt(at(time.Second), pY, "h2", nh)
-	if a, ok := find[Allocate](effs); !ok || !slices.Contains(a.Exclude, 7) {
+	if a, ok := find[Allocate](effs); !ok || !slices.Contains(a.Exclude, dk(7)) {
 		t.Fatalf("Y's allocation while X's flow may still be on the switch: %v, want key 7 excluded", effs)
 	}
 	effs = m.Installed(at(1100*time.Millisecond), in.Gen, true)
@@ -109,7 +114,7 @@ func TestKeyReusedOnlyAfterConfirmedRemovalAndQuarantine(t *testing.T) {
 		t.Fatalf("after the quarantine: %v, want X's record released", effs)
 	}
 	m.Released(at(2300*time.Millisecond), r.Rec, nil)
-	if ks := m.heldKeys("h2"); slices.Contains(ks, 7) {
+	if ks := m.heldKeys("h2"); slices.Contains(ks, dk(7)) {
 		t.Errorf("key 7 still held after its release: %v", ks)
 	}
 }
@@ -118,7 +123,7 @@ func TestKeyReusedOnlyAfterConfirmedRemovalAndQuarantine(t *testing.T) {
 // until Reconciled, and keys of flows found on the switch stay held.
 func TestNoPuntBeforeReconciled(t *testing.T) {
 	m := New(cfg, t0)
-	egress := map[Pair]EgressFlow{pY: {Peer: "h2", State: StateReady, Key: 9}}
+	egress := map[Pair]EgressFlow{pY: {Peer: "h2", State: StateReady, Key: dk(9)}}
 	m.Start(t0, nil, nil, egress, func(netip.Addr) bool { return true })
 	if effs := m.Punt(t0, pX, "h2", nh); len(effs) != 0 || m.Count.PuntsUnsynced != 1 {
 		t.Fatalf("punt before Reconciled: %v (unsynced %d)", effs, m.Count.PuntsUnsynced)
@@ -131,11 +136,11 @@ func TestNoPuntBeforeReconciled(t *testing.T) {
 		t.Fatal("deferred allocation issued before the quarantine after start-up")
 	}
 	a, ok := find[Allocate](m.Tick(at(time.Second)))
-	if !ok || !slices.Contains(a.Exclude, 9) {
+	if !ok || !slices.Contains(a.Exclude, dk(9)) {
 		t.Fatalf("after Reconciled: %+v, want an allocation excluding key 9 (a flow without record, held until the quarantine)", a)
 	}
 	m.Tick(at(2100 * time.Millisecond))
-	if ks := m.heldKeys("h2"); slices.Contains(ks, 9) {
+	if ks := m.heldKeys("h2"); slices.Contains(ks, dk(9)) {
 		t.Errorf("key 9 held after the quarantine: %v", ks)
 	}
 }
@@ -179,7 +184,7 @@ func TestLostFlowRemovedIsRepaired(t *testing.T) {
 				}
 				effs = m.Punt(at(3*time.Second), pX, "h2", nh)
 			} else {
-				effs = m.AntiEntropy(at(3*time.Second), m.Confirmed(), map[Pair]uint8{}, []keyalloc.Record{rec(pX, 7, 10, keyalloc.StateReady)}, nil, 20)
+				effs = m.AntiEntropy(at(3*time.Second), m.Confirmed(), map[Pair]Key{}, []keyalloc.Record{rec(pX, 7, 10, keyalloc.StateReady)}, nil, 20)
 			}
 			confirm(t, m, effs, at(3*time.Second))
 			if _, ok := m.Entry(pX); ok {
@@ -206,7 +211,7 @@ func TestLostFlowRemovedIsRepaired(t *testing.T) {
 func TestStaleEventsIgnored(t *testing.T) {
 	m := synced(t)
 	ready(t, m, pX, 7, 10, t0)
-	if effs := m.FlowRemoved(t0, pX, 8); len(effs) != 0 || m.Count.StaleFlowRemoved != 1 {
+	if effs := m.FlowRemoved(t0, pX, dk(8)); len(effs) != 0 || m.Count.StaleFlowRemoved != 1 {
 		t.Errorf("FLOW_REMOVED for another key: %v", effs)
 	}
 	if e, _ := m.Entry(pX); e.State != StateReady {
@@ -216,14 +221,14 @@ func TestStaleEventsIgnored(t *testing.T) {
 	confirm(t, m, m.RecvRecord(t0, rec(pY, 5, 10, keyalloc.StatePending)), t0)
 	confirm(t, m, m.RecvRecord(t0, rec(pX, 5, 20, keyalloc.StatePending)), t0)
 	m.RecvRecordDeleted(t0, rec(pY, 5, 10, keyalloc.StatePending))
-	if r, _, ok := m.Restoring(RecvKey{"h1", 5}); !ok || r.CreateRevision != 20 {
+	if r, _, ok := m.Restoring(RecvKey{"h1", dk(5)}); !ok || r.CreateRevision != 20 {
 		t.Errorf("Restore for key 5 after a stale deletion: %+v %v, want revision 20", r, ok)
 	}
 	// And an older record never replaces a newer one or comes back after
 	// its deletion.
 	m.RecvRecordDeleted(t0, rec(pX, 5, 20, keyalloc.StatePending))
 	m.RecvRecord(t0, rec(pY, 5, 10, keyalloc.StatePending))
-	if _, _, ok := m.Restoring(RecvKey{"h1", 5}); ok {
+	if _, _, ok := m.Restoring(RecvKey{"h1", dk(5)}); ok {
 		t.Error("a record older than a seen deletion was restored")
 	}
 }
@@ -241,7 +246,7 @@ func TestPendingTimeoutFreesKey(t *testing.T) {
 	if _, ok := find[Release](effs); ok {
 		t.Fatal("released before the quarantine")
 	}
-	if r, ok := find[Release](m.Tick(at(6100 * time.Millisecond))); !ok || r.Rec.Key != 7 {
+	if r, ok := find[Release](m.Tick(at(6100 * time.Millisecond))); !ok || r.Rec.Key != dk(7) {
 		t.Fatal("pending record not released after the quarantine")
 	}
 }
@@ -285,7 +290,7 @@ func TestRecordDeletedElsewhere(t *testing.T) {
 	if _, ok := find[Install](effs); !ok {
 		t.Fatal("no install removing the flow")
 	}
-	if a, ok := find[Allocate](m.Punt(t0, pY, "h2", nh)); !ok || !slices.Contains(a.Exclude, 7) {
+	if a, ok := find[Allocate](m.Punt(t0, pY, "h2", nh)); !ok || !slices.Contains(a.Exclude, dk(7)) {
 		t.Fatalf("key 7 not excluded while X's flow may still be on the switch: %+v", a)
 	}
 	if got := fmt.Sprint(m.Count.Repairs["record_deleted_elsewhere"]); got != "1" {
@@ -340,7 +345,7 @@ func TestExhaustedAllocationRetriedAfterFree(t *testing.T) {
 	ready(t, m, pX, 7, 10, t0)
 	confirm(t, m, m.Detach(t0, pX.Src), t0)
 	a, ok := find[Allocate](m.Punt(t0, pY, "h2", nh))
-	if !ok || !slices.Contains(a.Exclude, 7) {
+	if !ok || !slices.Contains(a.Exclude, dk(7)) {
 		t.Fatalf("Y's allocation while X's key is held: %+v, want 7 excluded", a)
 	}
 	r, _ := find[Release](m.Tick(at(1100 * time.Millisecond)))
@@ -381,7 +386,7 @@ func TestAntiEntropyFindsFreeKeyForExhaustedPair(t *testing.T) {
 			m.Punt(t0, pY, "h2", nh)
 			exhausted := fmt.Errorf("one key: %w", keyalloc.ErrKeysExhausted)
 			confirm(t, m, m.Allocated(t0, pY, keyalloc.Record{}, exhausted), t0)
-			confirm(t, m, m.AntiEntropy(at(time.Second), m.Confirmed(), map[Pair]uint8{pY: 0}, tc.sent, nil, 20), at(time.Second))
+			confirm(t, m, m.AntiEntropy(at(time.Second), m.Confirmed(), map[Pair]Key{pY: {}}, tc.sent, nil, 20), at(time.Second))
 			e, ok := m.Entry(pY)
 			if tc.retry && ok {
 				t.Fatalf("Y kept its fallback entry with the only key free: %+v", e)
@@ -412,7 +417,7 @@ func TestDSCPPathFallback(t *testing.T) {
 	if _, ok := find[Allocate](effs); ok {
 		t.Fatalf("allocation towards a re-marking path: %v", effs)
 	}
-	if e, _ := m.Entry(pY); e.State != StateFallback || e.Reason != "dscp_path" || e.Key != 0 {
+	if e, _ := m.Entry(pY); e.State != StateFallback || e.Reason != "dscp_path" || !e.Key.IsZero() {
 		t.Fatalf("Y: %+v, want a dscp_path fallback", e)
 	}
 	if m.Count.Fallbacks["dscp_path"] != 1 {
@@ -464,14 +469,14 @@ func TestEvictionSwapsQuietForBusy(t *testing.T) {
 	}
 	for _, f := range in.Send {
 		if f.Pair == pX && f.State != StateFallback {
-			t.Fatalf("X still rewritten with key %d after the swap", f.Key)
+			t.Fatalf("X still rewritten with key %s after the swap", f.Key)
 		}
 	}
 	if _, ok := find[Release](confirm(t, m, effs, at(3*time.Second))); ok {
 		t.Fatal("key released at once, before the quarantine")
 	}
 	r, ok := find[Release](confirm(t, m, m.Tick(at(4100*time.Millisecond)), at(4100*time.Millisecond)))
-	if !ok || r.Rec.Key != 7 {
+	if !ok || r.Rec.Key != dk(7) {
 		t.Fatalf("after the quarantine: %+v, want the release of key 7", r)
 	}
 	confirm(t, m, m.Released(at(4200*time.Millisecond), r.Rec, nil), at(4200*time.Millisecond))
@@ -500,5 +505,82 @@ func TestEvictionOff(t *testing.T) {
 	confirm(t, m, m.Rates(at(time.Minute), map[Pair]float64{pX: 0, pY: 1e9}), at(time.Minute))
 	if e, _ := m.Entry(pX); m.Count.Swaps != 0 || e.State != StateReady {
 		t.Fatalf("eviction off: %d swaps, X %v", m.Count.Swaps, e.State)
+	}
+}
+
+// A peer's host record loses an address: the pair keyed on it drains like
+// an idle one (its key freed only after the confirmed removal and the
+// quarantine) and punts again; the pair keyed on the address left keeps
+// its key; the Restore entry from the lost address goes.
+func TestKeysGoneDrainsKeysOnLostAddress(t *testing.T) {
+	m := synced(t)
+	lost := netip.MustParseAddr("198.18.1.2")
+	ready(t, m, pX, 7, 10, t0)
+	// pY's record uses the address the peer then drops.
+	effs := m.Punt(t0, pY, "h2", nh)
+	if _, ok := find[Allocate](effs); !ok {
+		t.Fatalf("punt of Y: %v", effs)
+	}
+	rY := rec(pY, 7, 11, keyalloc.StatePending)
+	rY.Key.Dst = lost
+	confirm(t, m, m.Allocated(t0, pY, rY, nil), t0)
+	rY.State = keyalloc.StateReady
+	confirm(t, m, m.SentRecord(t0, rY), t0)
+	if e, _ := m.Entry(pY); e.State != StateReady || e.Key.Dst != lost {
+		t.Fatalf("Y: %+v, want ready on %s", e, lost)
+	}
+	// A Restore entry from the peer's lost address.
+	back := keyalloc.Record{SrcHost: "h2", DstHost: "h1", Key: Key{Src: lost, Dst: netip.MustParseAddr("198.18.0.1"), DSCP: 9},
+		Src: pY.Dst, Dst: pY.Src, State: keyalloc.StatePending, CreateRevision: 12, ModRevision: 12}
+	confirm(t, m, m.RecvRecord(t0, back), t0)
+	if _, _, ok := m.Restoring(RecvKey{"h2", back.Key}); !ok {
+		t.Fatal("no Restore entry for the record from the lost address")
+	}
+
+	valid := func(k Key) bool { return k.Dst != lost && k.Src != lost }
+	effs = m.KeysGone(at(100*time.Millisecond), "h2", valid)
+	if e, ok := m.Entry(pX); !ok || e.State != StateReady {
+		t.Errorf("X on the address left: %+v, want still ready", e)
+	}
+	if e, ok := m.Entry(pY); ok {
+		t.Errorf("Y still has an entry after its key's address went: %+v", e)
+	}
+	if _, _, ok := m.Restoring(RecvKey{"h2", back.Key}); ok {
+		t.Error("Restore entry from the lost address still desired")
+	}
+	if !slices.Contains(m.heldKeys("h2"), rY.Key) {
+		t.Errorf("Y's key %s not held while it drains: %v", rY.Key, m.heldKeys("h2"))
+	}
+	// Released only after the confirmed removal and the quarantine.
+	confirm(t, m, effs, at(100*time.Millisecond))
+	if _, ok := find[Release](m.Tick(at(600 * time.Millisecond))); ok {
+		t.Fatal("Y's key released before the quarantine")
+	}
+	r, ok := find[Release](m.Tick(at(1200 * time.Millisecond)))
+	if !ok || r.Rec.Key != rY.Key {
+		t.Fatalf("after the quarantine: %v, want Y's record released", r)
+	}
+}
+
+// A pair's record read back on an address that is gone is not used: it
+// is held and released through the quarantine, the pair falls back.
+func TestAllocatedOnGoneAddressGivenUp(t *testing.T) {
+	c := cfg
+	c.ValidKey = func(_ string, k Key) bool { return k.Dst != netip.MustParseAddr("198.18.1.2") }
+	start := t0.Add(-c.Quarantine)
+	m := New(c, start)
+	confirm(t, m, m.Start(start, nil, nil, nil, func(netip.Addr) bool { return true }), start)
+	m.Reconciled(start)
+	if _, ok := find[Allocate](m.Punt(t0, pX, "h2", nh)); !ok {
+		t.Fatal("no Allocate")
+	}
+	r := rec(pX, 7, 10, keyalloc.StateReady)
+	r.Key.Dst = netip.MustParseAddr("198.18.1.2")
+	confirm(t, m, m.Allocated(t0, pX, r, nil), t0)
+	if e, _ := m.Entry(pX); e.State != StateFallback || e.Reason != "address_gone" {
+		t.Fatalf("X: %+v, want a fallback for address_gone", e)
+	}
+	if rel, ok := find[Release](m.Tick(at(1100 * time.Millisecond))); !ok || rel.Rec.Key != r.Key {
+		t.Fatalf("after the quarantine: %v, want the record released", rel)
 	}
 }

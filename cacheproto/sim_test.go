@@ -28,7 +28,11 @@ import (
 // results, lost FLOW_REMOVED and punts, lost watch events, switch
 // disconnects, agent restarts with and without an OVS restart, etcd
 // outages, records deleted by an operator while their sender's agent is
-// down, detach and re-attach, 1–3 keys. After every step it checks the
+// down, detach and re-attach, 1–3 DSCPs; in half the schedules hosts have
+// one or two key addresses each, so keys are (source address,
+// destination address, DSCP) triples, a keyed packet goes to the host
+// that owns its destination address, and a host may drop its extra
+// address (with an agent restart; its peers see its record change). After every step it checks the
 // invariant (docs/DESIGN.md "Cache protocol v2") on the flows and on every
 // keyed packet that arrives; after the faults stop (losses too), it checks
 // liveness.
@@ -143,13 +147,15 @@ type simEtcd struct {
 	records map[string]*keyalloc.Record // "src/dst/k"
 }
 
-func recKey(src, dst string, k uint8) string { return fmt.Sprintf("%s/%s/%d", src, dst, k) }
+func recKey(src, dst string, k Key) string {
+	return fmt.Sprintf("%s/%s/%s/%s/%d", src, dst, k.Src, k.Dst, k.DSCP)
+}
 
 type ovsEgress struct {
 	nextHop  net.HardwareAddr
 	peer     string
 	state    State
-	key      uint8
+	key      Key
 	lastUsed time.Duration
 }
 
@@ -159,6 +165,7 @@ type simHost struct {
 	name  string
 	ip    int
 	local map[netip.Addr]bool
+	addrs []netip.Addr // key addresses (underlay IP, underlay_ips)
 
 	// OVS.
 	egress  map[Pair]*ovsEgress
@@ -209,7 +216,7 @@ type sim struct {
 	seq   int
 	hosts []*simHost
 	etcd  simEtcd
-	keys  []uint8
+	keys  []uint8 // DSCPs
 	// Per-stream FIFO: the time the last event of each watch stream is due,
 	// so that streams stay ordered whatever their delays.
 	streamAt map[string]time.Duration
@@ -222,6 +229,11 @@ type sim struct {
 	swaps  int
 	pairs  []Pair
 	hostOf map[netip.Addr]*simHost
+	// addrOwner is the host of each key address: where the fabric takes
+	// a keyed packet. formerOwner keeps the host of an address it
+	// dropped (a keyed packet to it is lost; its OVS may still send from
+	// it until its agent's reconcile).
+	addrOwner, formerOwner map[netip.Addr]*simHost
 
 	// Fault rates, drawn per schedule.
 	pLoseFR, pLosePunt, pLoseWatch, pCommitLost float64
@@ -240,14 +252,25 @@ type sim struct {
 func newSim(seed uint64, trace bool, logf func(string, ...any)) *sim {
 	s := &sim{rnd: rand.New(rand.NewPCG(seed, seed^0x5eed)), seed: seed, epoch: time.Unix(1e9, 0),
 		etcd: simEtcd{records: map[string]*keyalloc.Record{}}, streamAt: map[string]time.Duration{},
-		active: map[Pair]bool{}, rate: map[Pair]float64{}, hostOf: map[netip.Addr]*simHost{}, trace: trace, logf: logf}
+		active: map[Pair]bool{}, rate: map[Pair]float64{}, hostOf: map[netip.Addr]*simHost{}, addrOwner: map[netip.Addr]*simHost{}, formerOwner: map[netip.Addr]*simHost{},
+		trace: trace, logf: logf}
 	nh := 2 + s.rnd.IntN(2)
 	for k := range 1 + s.rnd.IntN(3) {
 		s.keys = append(s.keys, uint8(7+k))
 	}
+	multi := s.rnd.IntN(2) == 0
 	for i := range nh {
 		h := &simHost{name: fmt.Sprintf("h%d", i+1), ip: i + 1, local: map[netip.Addr]bool{},
 			egress: map[Pair]*ovsEgress{}, restore: map[RecvKey]ovsRestore{}}
+		na := 1
+		if multi {
+			na += s.rnd.IntN(2)
+		}
+		for a := range na {
+			ip := netip.AddrFrom4([4]byte{198, 18, byte(a), byte(i + 1)})
+			h.addrs = append(h.addrs, ip)
+			s.addrOwner[ip] = h
+		}
 		for c := range 2 {
 			ip := netip.AddrFrom4([4]byte{10, byte(i + 1), 0, byte(c + 1)})
 			h.local[ip] = true
@@ -399,7 +422,7 @@ func (s *sim) antiEntropy(h *simHost) func() {
 			return
 		}
 		gen := h.m.confirmed
-		egress := map[Pair]uint8{}
+		egress := map[Pair]Key{}
 		for p, f := range h.egress {
 			egress[p] = f.key
 		}
@@ -420,13 +443,20 @@ func (s *sim) antiEntropy(h *simHost) func() {
 	return fn
 }
 
+// accepts is the receiving agent's check of a record (agent validRecv):
+// the destination is one of h's containers, the key's destination one of
+// h's addresses and its source one of the sender's.
+func (s *sim) accepts(h *simHost, r keyalloc.Record) bool {
+	return h.local[r.Dst] && slices.Contains(h.addrs, r.Key.Dst) && slices.Contains(s.host(r.SrcHost).addrs, r.Key.Src)
+}
+
 // list reads h's records as sender and the valid ones towards it.
 func (s *sim) list(h *simHost) (sent, recv []keyalloc.Record) {
 	for _, r := range s.etcd.records {
 		if r.SrcHost == h.name {
 			sent = append(sent, *r)
 		}
-		if r.DstHost == h.name && h.local[r.Dst] {
+		if r.DstHost == h.name && s.accepts(h, *r) {
 			idx := *r
 			idx.State = keyalloc.StatePending // the pair index carries no state
 			recv = append(recv, idx)
@@ -469,25 +499,52 @@ func (s *sim) sender(p Pair) func() {
 		if f.state != StateReady {
 			return // VXLAN
 		}
-		key, from := f.key, src.name
-		s.at(time.Duration(s.rnd.Int64N(int64(maxFabricDelay))), func() { s.arrive(dst, from, key, p) })
+		// The fabric takes the packet to whoever owns the key's
+		// destination address, not to the pair's host.
+		key := f.key
+		s.at(time.Duration(s.rnd.Int64N(int64(maxFabricDelay))), func() { s.arrive(key, p) })
 	}
 	return fn
 }
 
+// owner is the host of a key address, or the host that dropped it.
+func (s *sim) owner(a netip.Addr) *simHost {
+	if h := s.addrOwner[a]; h != nil {
+		return h
+	}
+	return s.formerOwner[a]
+}
+
+// validKey is the agents' view of a key after an address change: both
+// its addresses still belong to a host.
+func (s *sim) validKey(k Key) bool { return s.addrOwner[k.Src] != nil && s.addrOwner[k.Dst] != nil }
+
 // misdelivery is set by arrive and returned by check.
 var errMisdelivery = errors.New("misdelivery")
 
-func (s *sim) arrive(h *simHost, from string, key uint8, sent Pair) {
-	r, ok := h.restore[RecvKey{from, key}]
+// arrive is a keyed packet reaching the host of its key's destination
+// address, whose Restore entries match the whole key (the peer is implied
+// by the source address).
+func (s *sim) arrive(key Key, sent Pair) {
+	h, from := s.addrOwner[key.Dst], s.owner(key.Src)
+	if h == nil && s.formerOwner[key.Dst] != nil {
+		s.dropped++
+		s.logt("keyed packet %s->%s key %s dropped (destination address dropped)", sent.Src, sent.Dst, key)
+		return
+	}
+	if h == nil || from == nil {
+		s.fail = fmt.Errorf("%w: packet %s->%s sent with key %s on unknown addresses", errMisdelivery, sent.Src, sent.Dst, key)
+		return
+	}
+	r, ok := h.restore[RecvKey{from.name, key}]
 	if !ok {
 		s.dropped++
-		s.logt("%s: keyed packet %s->%s key %d from %s dropped (no Restore)", h.name, sent.Src, sent.Dst, key, from)
+		s.logt("%s: keyed packet %s->%s key %s from %s dropped (no Restore)", h.name, sent.Src, sent.Dst, key, from.name)
 		return
 	}
 	if r.pair != sent {
-		s.fail = fmt.Errorf("%w: %s restored key %d from %s as %s->%s, the packet was sent for %s->%s",
-			errMisdelivery, h.name, key, from, r.pair.Src, r.pair.Dst, sent.Src, sent.Dst)
+		s.fail = fmt.Errorf("%w: %s restored key %s from %s as %s->%s, the packet was sent for %s->%s",
+			errMisdelivery, h.name, key, from.name, r.pair.Src, r.pair.Dst, sent.Src, sent.Dst)
 		return
 	}
 	s.delivered++
@@ -499,7 +556,7 @@ func (s *sim) arrive(h *simHost, from string, key uint8, sent Pair) {
 func (s *sim) fault() func() {
 	return func() {
 		h := s.hosts[s.rnd.IntN(len(s.hosts))]
-		switch s.rnd.IntN(9) {
+		switch s.rnd.IntN(10) {
 		case 0: // switch disconnect
 			if h.connected {
 				s.logt("%s: switch disconnected", h.name)
@@ -559,8 +616,34 @@ func (s *sim) fault() func() {
 			}
 			slices.Sort(ks)
 			r := *s.etcd.records[ks[s.rnd.IntN(len(ks))]]
-			s.logt("etcd: record %s->%s key %d deleted by someone else", r.SrcHost, r.DstHost, r.Key)
+			s.logt("etcd: record %s->%s key %s deleted by someone else", r.SrcHost, r.DstHost, r.Key)
 			_ = s.release(r)
+		case 9: // the operator drops h's extra address (its agent restarts)
+			if len(h.addrs) < 2 {
+				return
+			}
+			lost := h.addrs[len(h.addrs)-1]
+			s.logt("%s: drops address %s", h.name, lost)
+			h.addrs = h.addrs[:len(h.addrs)-1]
+			delete(s.addrOwner, lost)
+			s.formerOwner[lost] = h
+			s.restart(h, false)
+			// Peers see its host record change (agent.watchHosts).
+			for _, p := range s.hosts {
+				if p != h {
+					// Not lost: the host watch resyncs with a snapshot,
+					// which the agent compares with what it had.
+					if p.m == nil {
+						continue // its start drains
+					}
+					m, inc, peer := p.m, p.inc, p
+					s.stream(p.name+"/hosts", func() {
+						if peer.inc == inc {
+							s.apply(peer, m.KeysGone(s.wall(), h.name, s.validKey))
+						}
+					})
+				}
+			}
 		}
 	}
 }
@@ -592,7 +675,7 @@ func (s *sim) replay(h *simHost) {
 		slices.SortFunc(ks, compareRecvKey)
 		for _, k := range ks {
 			if !slices.ContainsFunc(h.dRestore, func(f FlowRestore) bool { return f.Peer == k.Peer && f.Key == k.Key }) {
-				s.logt("%s: Restore key %d from %s (%s->%s) removed", h.name, k.Key, k.Peer, h.restore[k].pair.Src, h.restore[k].pair.Dst)
+				s.logt("%s: Restore key %s from %s (%s->%s) removed", h.name, k.Key, k.Peer, h.restore[k].pair.Src, h.restore[k].pair.Dst)
 				delete(h.restore, k)
 			}
 		}
@@ -603,7 +686,7 @@ func (s *sim) replay(h *simHost) {
 	for _, f := range h.dRestore {
 		k, r := RecvKey{f.Peer, f.Key}, ovsRestore{Pair{f.Src, f.Dst}}
 		if h.restore[k] != r {
-			s.logt("%s: Restore key %d from %s is now %s->%s", h.name, f.Key, f.Peer, f.Src, f.Dst)
+			s.logt("%s: Restore key %s from %s is now %s->%s", h.name, f.Key, f.Peer, f.Src, f.Dst)
 		}
 		h.restore[k] = r
 	}
@@ -649,6 +732,10 @@ func (s *sim) startAgent(h *simHost, restarted bool) {
 	}
 	cfg := simConfig
 	cfg.Keys = len(s.keys)
+	cfg.AddrPairs = func(peer string) int { return len(h.addrs) * len(s.host(peer).addrs) }
+	cfg.ValidKey = func(peer string, k Key) bool {
+		return s.addrOwner[k.Src] == h && s.addrOwner[k.Dst] == s.host(peer)
+	}
 	if s.evict {
 		cfg.Eviction = Eviction{On: true, Factor: 2, MinRate: 100, Hold: time.Second, MaxSwaps: 2}
 	}
@@ -656,9 +743,22 @@ func (s *sim) startAgent(h *simHost, restarted bool) {
 	sent, recv := s.list(h)
 	egress := map[Pair]EgressFlow{}
 	for p, f := range h.egress {
-		egress[p] = EgressFlow{Peer: f.peer, State: f.state, Key: f.key, NextHop: f.nextHop}
+		ef := EgressFlow{Peer: f.peer, State: f.state, Key: f.key, NextHop: f.nextHop}
+		if !ef.Key.IsZero() && !slices.Contains(h.addrs, ef.Key.Src) {
+			// The agent reads the key's address from the cookie's index
+			// among its addresses; one it no longer has reads as none.
+			ef.Key, ef.State = Key{}, StateFallback
+		}
+		egress[p] = ef
 	}
 	s.apply(h, h.m.Start(s.wall(), sent, recv, egress, func(ip netip.Addr) bool { return h.local[ip] }))
+	// The agent drains keys on addresses its peers dropped while it was
+	// down (agent/cache.go start).
+	for _, p := range s.hosts {
+		if p != h {
+			s.apply(h, h.m.KeysGone(s.wall(), p.name, s.validKey))
+		}
+	}
 	s.replay(h)
 	h.complete = true
 	s.replay(h)
@@ -695,7 +795,7 @@ func (s *sim) apply(h *simHost, effs []Effect) {
 				if lost {
 					err = errors.New("commit answer lost")
 				}
-				s.logt("%s: allocate %s->%s: key %d err %v", h.name, e.Pair.Src, e.Pair.Dst, rec.Key, err)
+				s.logt("%s: allocate %s->%s: key %s err %v", h.name, e.Pair.Src, e.Pair.Dst, rec.Key, err)
 				back(func() []Effect { return m.Allocated(s.wall(), e.Pair, rec, err) })
 			})
 		case MarkReady:
@@ -706,7 +806,7 @@ func (s *sim) apply(h *simHost, effs []Effect) {
 		case Release:
 			s.at(s.delay(), func() {
 				err := s.release(e.Rec)
-				s.logt("%s: release %s->%s key %d rev %d: %v", h.name, e.Rec.SrcHost, e.Rec.DstHost, e.Rec.Key, e.Rec.CreateRevision, err)
+				s.logt("%s: release %s->%s key %s rev %d: %v", h.name, e.Rec.SrcHost, e.Rec.DstHost, e.Rec.Key, e.Rec.CreateRevision, err)
 				back(func() []Effect { return m.Released(s.wall(), e.Rec, err) })
 			})
 		}
@@ -725,10 +825,17 @@ func (s *sim) allocate(src string, a Allocate) (keyalloc.Record, error) {
 			return *r, nil
 		}
 	}
-	var free []uint8
-	for _, k := range s.keys {
-		if _, used := s.etcd.records[recKey(src, a.Peer, k)]; !used && !slices.Contains(a.Exclude, k) {
-			free = append(free, k)
+	// Like keyalloc: any free key of sender addresses × receiver
+	// addresses × DSCPs.
+	var free []Key
+	for _, sa := range s.host(src).addrs {
+		for _, da := range s.host(a.Peer).addrs {
+			for _, d := range s.keys {
+				k := Key{Src: sa, Dst: da, DSCP: d}
+				if _, used := s.etcd.records[recKey(src, a.Peer, k)]; !used && !slices.Contains(a.Exclude, k) {
+					free = append(free, k)
+				}
+			}
 		}
 	}
 	if len(free) == 0 {
@@ -755,7 +862,7 @@ func (s *sim) markReady(r keyalloc.Record) (stale bool, err error) {
 	}
 	s.etcd.rev++
 	cur.State, cur.ModRevision = keyalloc.StateReady, s.etcd.rev
-	s.logt("etcd: %s->%s key %d %s->%s ready", r.SrcHost, r.DstHost, r.Key, r.Src, r.Dst)
+	s.logt("etcd: %s->%s key %s %s->%s ready", r.SrcHost, r.DstHost, r.Key, r.Src, r.Dst)
 	s.watchPut(*cur, false)
 	return false, nil
 }
@@ -788,7 +895,7 @@ func (s *sim) watchPut(r keyalloc.Record, created bool) {
 		idx := r
 		idx.State = keyalloc.StatePending
 		s.watchEvent(dst, "recv", func(m *Machine) []Effect {
-			if !dst.local[idx.Dst] {
+			if !s.accepts(dst, idx) {
 				return nil
 			}
 			return m.RecvRecord(s.wall(), idx)
@@ -823,7 +930,7 @@ func (s *sim) expire(h *simHost) {
 		f := h.egress[p]
 		delete(h.egress, p)
 		s.flowsChanged = true
-		s.logt("%s: egress %s->%s key %d idled out", h.name, p.Src, p.Dst, f.key)
+		s.logt("%s: egress %s->%s key %s idled out", h.name, p.Src, p.Dst, f.key)
 		if h.m != nil && h.connected && !s.lose(s.pLoseFR) {
 			m, inc, key := h.m, h.inc, f.key
 			s.at(s.delay(), func() {
@@ -847,30 +954,34 @@ func (s *sim) check() error {
 	}
 	s.flowsChanged = false
 	// The invariant on flows: R restores k from P as X ⇒ P's OVS rewrites
-	// no other pair towards R with k.
+	// no other pair with k — the whole triple, whatever peer P's entry
+	// names, since the fabric delivers by k's destination address.
 	for _, r := range s.hosts {
 		for k, x := range r.restore {
 			p := s.host(k.Peer)
 			for pair, f := range p.egress {
-				if f.state == StateReady && f.peer == r.name && f.key == k.Key && pair != x.pair {
-					return fmt.Errorf("invariant: %s restores key %d from %s as %s->%s, while %s rewrites %s->%s with key %d",
+				if f.state == StateReady && f.key == k.Key && pair != x.pair {
+					return fmt.Errorf("invariant: %s restores key %s from %s as %s->%s, while %s rewrites %s->%s with key %s",
 						r.name, k.Key, p.name, x.pair.Src, x.pair.Dst, p.name, pair.Src, pair.Dst, k.Key)
 				}
 			}
 		}
 	}
-	// A sender's OVS never has two pairs on one (peer, key).
+	// A sender's OVS never has two pairs on one key, and rewrites only
+	// from its own addresses to its entry's peer's.
 	for _, h := range s.hosts {
-		seen := map[RecvKey]Pair{}
+		seen := map[Key]Pair{}
 		for p, f := range h.egress {
 			if f.state != StateReady {
 				continue
 			}
-			k := RecvKey{f.peer, f.key}
-			if o, dup := seen[k]; dup {
-				return fmt.Errorf("invariant: %s rewrites both %s->%s and %s->%s with key %d towards %s", h.name, o.Src, o.Dst, p.Src, p.Dst, f.key, f.peer)
+			if s.owner(f.key.Src) != h || s.owner(f.key.Dst) != s.host(f.peer) {
+				return fmt.Errorf("invariant: %s rewrites %s->%s with key %s, not from its addresses %v to %s's", h.name, p.Src, p.Dst, f.key, h.addrs, f.peer)
 			}
-			seen[k] = p
+			if o, dup := seen[f.key]; dup {
+				return fmt.Errorf("invariant: %s rewrites both %s->%s and %s->%s with key %s towards %s", h.name, o.Src, o.Dst, p.Src, p.Dst, f.key, f.peer)
+			}
+			seen[f.key] = p
 		}
 	}
 	return nil
@@ -899,7 +1010,7 @@ func (s *sim) liveness() error {
 			// Out of keys is a reason only while it lasts: with a key
 			// towards the peer free, a pair that still sends must have
 			// tried again.
-			if held := src.m.heldKeys(dst.name); len(held) < len(s.keys) {
+			if held := src.m.heldKeys(dst.name); len(held) < len(s.keys)*len(src.addrs)*len(dst.addrs) {
 				bad = append(bad, fmt.Sprintf("%s->%s on fallback (keys_exhausted) while %s holds only keys %v of %v towards %s",
 					p.Src, p.Dst, src.name, held, s.keys, dst.name))
 			}
@@ -940,7 +1051,7 @@ func (s *sim) evictionSettled() []string {
 			}
 			for _, l := range send {
 				if l.Peer == w.Peer && l.State == StateReady && now.Sub(l.Since) >= ev.Hold+2*time.Second && w.Rate > ev.Factor*l.Rate {
-					bad = append(bad, fmt.Sprintf("%s: %s->%s (%.0f B/s) out of keys while %s->%s (%.0f B/s) keeps key %d",
+					bad = append(bad, fmt.Sprintf("%s: %s->%s (%.0f B/s) out of keys while %s->%s (%.0f B/s) keeps key %s",
 						h.name, w.Pair.Src, w.Pair.Dst, w.Rate, l.Pair.Src, l.Pair.Dst, l.Rate, l.Key))
 				}
 			}

@@ -74,7 +74,7 @@ func TestHostAgentOutage(t *testing.T) {
 		src, dst *simcluster.Container
 	}{{fwd, c1, c2}, {back, c2, c1}} {
 		if r, ok := st.record(t, p.src, p.dst); !ok || r.CreateRevision != p.rec.CreateRevision || r.State != keyalloc.StateReady {
-			t.Errorf("with h2's agent down: record of %s->%s is %+v (found %v), want the same ready record with key %d", p.src.Name, p.dst.Name, r, ok, p.rec.Key)
+			t.Errorf("with h2's agent down: record of %s->%s is %+v (found %v), want the same ready record with key %d", p.src.Name, p.dst.Name, r, ok, p.rec.Key.DSCP)
 		}
 	}
 	pkts, err := cl.CaptureDuring(cl.Fabric, "h1", "icmp or udp port 4789", func() error { return c1.Ping(c2.IP.String(), 3) })
@@ -95,7 +95,7 @@ func TestHostAgentOutage(t *testing.T) {
 		}
 		for _, r := range st.records(t) {
 			if r.SrcHost == "h2" || r.DstHost == "h2" {
-				return fmt.Errorf("key record %s->%s key %d still in etcd", r.SrcHost, r.DstHost, r.Key)
+				return fmt.Errorf("key record %s->%s key %d still in etcd", r.SrcHost, r.DstHost, r.Key.DSCP)
 			}
 		}
 		return nil

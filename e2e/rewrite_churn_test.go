@@ -265,7 +265,7 @@ func rwKeyMap(recs []keyalloc.Record, src, dst string) map[[2]netip.Addr]uint8 {
 	m := map[[2]netip.Addr]uint8{}
 	for _, r := range recs {
 		if r.SrcHost == src && r.DstHost == dst {
-			m[[2]netip.Addr{r.Src, r.Dst}] = r.Key
+			m[[2]netip.Addr{r.Src, r.Dst}] = r.Key.DSCP
 		}
 	}
 	return m
@@ -372,7 +372,7 @@ func TestRewriteChurn(t *testing.T) {
 	err = simhost.WaitFor(15*time.Second, func() error {
 		for _, r := range st.records(t) {
 			if slices.ContainsFunc(quiet, func(c *simcluster.Container) bool { return c.IP == r.Src }) {
-				return fmt.Errorf("record of quiet pair %s->%s (key %d) still there", r.Src, r.Dst, r.Key)
+				return fmt.Errorf("record of quiet pair %s->%s (key %d) still there", r.Src, r.Dst, r.Key.DSCP)
 			}
 		}
 		return nil

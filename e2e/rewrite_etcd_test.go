@@ -70,9 +70,9 @@ func TestRewriteEtcdOutage(t *testing.T) {
 			bVXLAN++
 		case p.VXLAN && p.Inner != nil && (p.Inner.Src == c1.IP || p.Inner.Src == c2.IP):
 			t.Errorf("pair A fell back to VXLAN during the outage: %s", p)
-		case !p.VXLAN && p.Src == h1.IP && p.Dst == h2.IP && p.DSCP == a.Key:
+		case !p.VXLAN && p.Src == h1.IP && p.Dst == h2.IP && p.DSCP == a.Key.DSCP:
 			aFast++
-		case !p.VXLAN && p.DSCP != 0 && p.DSCP != a.Key && p.DSCP != aBack.Key:
+		case !p.VXLAN && p.DSCP != 0 && p.DSCP != a.Key.DSCP && p.DSCP != aBack.Key.DSCP:
 			t.Errorf("a keyed packet that is not pair A's during the outage: %s", p)
 		}
 	}
@@ -108,15 +108,15 @@ func TestRewriteEtcdOutage(t *testing.T) {
 	}
 	var cFast int
 	for _, p := range pkts {
-		if !p.VXLAN && p.Src == h1.IP && p.Dst == h2.IP && p.DSCP == c.Key && p.ICMPType == 8 {
+		if !p.VXLAN && p.Src == h1.IP && p.Dst == h2.IP && p.DSCP == c.Key.DSCP && p.ICMPType == 8 {
 			cFast++
 		}
 	}
 	if cFast != 3 {
-		t.Errorf("new pair c3->c2 after the outage: %d of 3 echo requests rewritten with key %d; wire %s", cFast, c.Key, simcluster.CountPaths(pkts))
+		t.Errorf("new pair c3->c2 after the outage: %d of 3 echo requests rewritten with key %d; wire %s", cFast, c.Key.DSCP, simcluster.CountPaths(pkts))
 	}
 	if r, ok := st.record(t, c3, c4); ok {
-		t.Logf("pair B (started during the outage) now has key %d, %s", r.Key, r.State)
+		t.Logf("pair B (started during the outage) now has key %d, %s", r.Key.DSCP, r.State)
 	} else {
 		f, _ := rwFind(rwFlows(t, h1, false), "egress", c3.IP, c4.IP)
 		t.Logf("pair B (started during the outage) has no key record; h1's entry: %v", f)
@@ -200,7 +200,7 @@ func TestRewriteEtcdOutageIdlePair(t *testing.T) {
 		fmt.Fprintf(&b, "%s cache entries: %v\n", h.Name, rwFlows(t, h, false))
 	}
 	for _, r := range st.records(t) {
-		fmt.Fprintf(&b, "etcd record %s->%s key %d %s->%s %s\n", r.SrcHost, r.DstHost, r.Key, r.Src, r.Dst, r.State)
+		fmt.Fprintf(&b, "etcd record %s->%s key %d %s->%s %s\n", r.SrcHost, r.DstHost, r.Key.DSCP, r.Src, r.Dst, r.State)
 	}
 	if ps, _ := wait(); ps.Received != 5 || ps.Duplicates != 0 {
 		t.Errorf("c1<->c2 after the outage: %d of 5 pings answered (%d duplicates)\n%s", ps.Received, ps.Duplicates, b.String())

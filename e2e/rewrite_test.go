@@ -116,7 +116,7 @@ func rwEtcd(t *testing.T, cl *simcluster.Cluster) *rwStore {
 	return &rwStore{alloc: keyalloc.New(cli, "/keyroute/", keyalloc.KeySet{}), cli: cli}
 }
 
-// records lists every key record (keys/<src>/<dst>/<k>).
+// records lists every key record (keys/<src>/<dst>/<src-addr>/<dst-addr>/<dscp>).
 func (s *rwStore) records(t *testing.T) []keyalloc.Record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -486,11 +486,11 @@ func rwWaitFast(t *testing.T, st *rwStore, src, dst *simcluster.Container, timeo
 			return fmt.Errorf("no key record for %s->%s in etcd", src.Name, dst.Name)
 		}
 		if r.State != keyalloc.StateReady {
-			return fmt.Errorf("record of %s->%s (key %d) is %s", src.Name, dst.Name, r.Key, r.State)
+			return fmt.Errorf("record of %s->%s (key %d) is %s", src.Name, dst.Name, r.Key.DSCP, r.State)
 		}
 		f, ok := rwFind(rwFlows(t, src.Host, false), "egress", src.IP, dst.IP)
-		if !ok || f.State != "ready" || f.Key != r.Key {
-			return fmt.Errorf("%s: egress entry of %s->%s is %v, record has key %d", src.Host.Name, src.Name, dst.Name, f, r.Key)
+		if !ok || f.State != "ready" || f.Key != r.Key.DSCP {
+			return fmt.Errorf("%s: egress entry of %s->%s is %v, record has key %d", src.Host.Name, src.Name, dst.Name, f, r.Key.DSCP)
 		}
 		rec = r
 		return nil
@@ -592,7 +592,7 @@ func TestRewriteFastPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := rwWaitFast(t, st, c1, c2, 10*time.Second)
-	key := rec.Key
+	key := rec.Key.DSCP
 	t.Logf("c1->c2 has key %d (record %s/%s/%d)", key, rec.SrcHost, rec.DstHost, key)
 
 	var keys []rwKey
@@ -839,7 +839,7 @@ func TestRewriteExpiry(t *testing.T) {
 			}
 		}
 		for _, r := range st.records(t) {
-			left = append(left, fmt.Sprintf("etcd record %s->%s key %d %s->%s", r.SrcHost, r.DstHost, r.Key, r.Src, r.Dst))
+			left = append(left, fmt.Sprintf("etcd record %s->%s key %d %s->%s", r.SrcHost, r.DstHost, r.Key.DSCP, r.Src, r.Dst))
 		}
 		if n := st.pairIndex(t); n != 0 {
 			left = append(left, fmt.Sprintf("%d pair index entries", n))
@@ -894,14 +894,14 @@ func TestRewriteExpiry(t *testing.T) {
 	}
 	var pair []simcluster.CapturedPacket
 	for _, p := range pkts {
-		if rwIsPair(p, c1, c2, fwd.Key) {
+		if rwIsPair(p, c1, c2, fwd.Key.DSCP) {
 			pair = append(pair, p)
 		}
 	}
 	if len(pair) == 0 || !pair[0].VXLAN || pair[len(pair)-1].VXLAN {
-		t.Errorf("c1->c2 after expiry: want VXLAN first, rewritten with key %d last:\n%s", fwd.Key, rwDump(pkts))
+		t.Errorf("c1->c2 after expiry: want VXLAN first, rewritten with key %d last:\n%s", fwd.Key.DSCP, rwDump(pkts))
 	}
-	t.Logf("re-bootstrap of c1->c2: key %d before expiry, %d now (c2->c1 had %d); wire %s", oldKey, fwd.Key, back.Key, simcluster.CountPaths(pkts))
+	t.Logf("re-bootstrap of c1->c2: key %d before expiry, %d now (c2->c1 had %d); wire %s", oldKey.DSCP, fwd.Key.DSCP, back.Key.DSCP, simcluster.CountPaths(pkts))
 }
 
 // ===================================================================
@@ -914,7 +914,7 @@ func TestRewriteForgery(t *testing.T) {
 	p := rwStartPair(t, simcluster.Options{})
 	cl, st, h1, h2, c1, c2 := p.cl, p.st, p.h1, p.h2, p.c1, p.c2
 	evil := rwAttach(t, cl, 1, "evil")[0]
-	key := rwWaitFast(t, st, c1, c2, 5*time.Second).Key
+	key := rwWaitFast(t, st, c1, c2, 5*time.Second).Key.DSCP
 	tos := int(key) << 2
 
 	// h2's host stack listens, to see the forged datagrams arrive there
@@ -1076,15 +1076,15 @@ func TestRewriteAgentRestart(t *testing.T) {
 		}{{fwd, c1, c2}, {back, c2, c1}} {
 			r, ok := st.record(t, p.src, p.dst)
 			if !ok || r.CreateRevision != p.rec.CreateRevision || r.State != keyalloc.StateReady {
-				t.Errorf("after restarting %s: record of %s->%s is %+v (found %v), want the same ready record with key %d", h.Name, p.src.Name, p.dst.Name, r, ok, p.rec.Key)
+				t.Errorf("after restarting %s: record of %s->%s is %+v (found %v), want the same ready record with key %d", h.Name, p.src.Name, p.dst.Name, r, ok, p.rec.Key.DSCP)
 			}
 		}
 		pkts, err := cl.CaptureDuring(cl.Fabric, "h1", "icmp or udp port 4789", func() error { return c1.Ping(c2.IP.String(), 3) })
 		if err != nil {
 			t.Fatal(err)
 		}
-		if pc := simcluster.CountPaths(pkts); pc.VXLAN != 0 || pc.Rewrite != 6 || !slices.Equal(pc.Keys, rwSortedKeys(fwd.Key, back.Key)) {
-			t.Errorf("after restarting %s: 3 pings on the wire: %s; want 6 rewritten with keys %d and %d", h.Name, pc, fwd.Key, back.Key)
+		if pc := simcluster.CountPaths(pkts); pc.VXLAN != 0 || pc.Rewrite != 6 || !slices.Equal(pc.Keys, rwSortedKeys(fwd.Key.DSCP, back.Key.DSCP)) {
+			t.Errorf("after restarting %s: 3 pings on the wire: %s; want 6 rewritten with keys %d and %d", h.Name, pc, fwd.Key.DSCP, back.Key.DSCP)
 		}
 		rwCheckView(t, st, h)
 	}
@@ -1108,7 +1108,7 @@ func rwCheckView(t *testing.T, st *rwStore, h *simcluster.Host) {
 	}
 	var want []rec // keyroutectl keys lists the whole cluster's
 	for _, r := range st.records(t) {
-		want = append(want, rec{r.SrcHost, r.DstHost, r.Key, r.Src, r.Dst, r.State})
+		want = append(want, rec{r.SrcHost, r.DstHost, r.Key.DSCP, r.Src, r.Dst, r.State})
 	}
 	var keys []rwKey
 	if rwCtl(t, h, "keys", &keys) {

@@ -113,7 +113,7 @@ func (e *v2Env) dump() {
 	e.t.Helper()
 	var b strings.Builder
 	for _, r := range e.st.records(e.t) {
-		fmt.Fprintf(&b, "  etcd: %s->%s key %d %s->%s %s (create revision %d)\n", r.SrcHost, r.DstHost, r.Key, r.Src, r.Dst, r.State, r.CreateRevision)
+		fmt.Fprintf(&b, "  etcd: %s->%s key %d %s->%s %s (create revision %d)\n", r.SrcHost, r.DstHost, r.Key.DSCP, r.Src, r.Dst, r.State, r.CreateRevision)
 	}
 	for _, h := range e.cl.Hosts() {
 		if h.AgentPID() == 0 {
@@ -138,11 +138,11 @@ func rwFastErr(t *testing.T, st *rwStore, src, dst *simcluster.Container) (keyal
 		return r, fmt.Errorf("no key record for %s->%s in etcd", src.Name, dst.Name)
 	}
 	if r.State != keyalloc.StateReady {
-		return r, fmt.Errorf("record of %s->%s (key %d) is %s", src.Name, dst.Name, r.Key, r.State)
+		return r, fmt.Errorf("record of %s->%s (key %d) is %s", src.Name, dst.Name, r.Key.DSCP, r.State)
 	}
 	f, ok := rwFind(rwFlows(t, src.Host, false), "egress", src.IP, dst.IP)
-	if !ok || f.State != "ready" || f.Key != r.Key {
-		return r, fmt.Errorf("%s: egress entry of %s->%s is %v, record has key %d", src.Host.Name, src.Name, dst.Name, f, r.Key)
+	if !ok || f.State != "ready" || f.Key != r.Key.DSCP {
+		return r, fmt.Errorf("%s: egress entry of %s->%s is %v, record has key %d", src.Host.Name, src.Name, dst.Name, f, r.Key.DSCP)
 	}
 	return r, nil
 }
@@ -160,7 +160,7 @@ func (e *v2Env) fallback(src, dst *simcluster.Container, bound time.Duration) {
 	t, st := e.t, e.st
 	e.within(fmt.Sprintf("%s->%s on its fallback entry (keys exhausted)", src.Name, dst.Name), time.Now(), bound, func() error {
 		if r, ok := st.record(t, src, dst); ok {
-			return fmt.Errorf("%s->%s has key record %d", src.Name, dst.Name, r.Key)
+			return fmt.Errorf("%s->%s has key record %d", src.Name, dst.Name, r.Key.DSCP)
 		}
 		if f, ok := rwEgress(t, src, dst); !ok || f.State != "fallback" {
 			return fmt.Errorf("egress entry of %s->%s is %v (found %v), want fallback", src.Name, dst.Name, f, ok)
@@ -279,8 +279,8 @@ func TestRewriteV2KeyReuse(t *testing.T) {
 	ct.phase.Store(1)
 	ct.started[a][a].Store(true)
 	recA := rwWaitFast(t, st, c1, c2, 10*time.Second)
-	if recA.Key != 7 {
-		t.Fatalf("A has key %d, want 7 (the only key)", recA.Key)
+	if recA.Key.DSCP != 7 {
+		t.Fatalf("A has key %d, want 7 (the only key)", recA.Key.DSCP)
 	}
 	ct.started[b][b].Store(true)
 	e.fallback(c3, c4, 10*time.Second)
@@ -299,8 +299,8 @@ func TestRewriteV2KeyReuse(t *testing.T) {
 		recB = r
 		return err
 	})
-	if recB.Key != 7 {
-		t.Errorf("B's key is %d, want 7", recB.Key)
+	if recB.Key.DSCP != 7 {
+		t.Errorf("B's key is %d, want 7", recB.Key.DSCP)
 	}
 	if recB.CreateRevision <= recA.CreateRevision {
 		t.Errorf("B's record has create revision %d, not after A's %d", recB.CreateRevision, recA.CreateRevision)
@@ -466,7 +466,7 @@ func TestRewriteV2OVSRestart(t *testing.T) {
 	}{{"A", recA, c1, c2}, {"R", recR, c2, c1}} {
 		r, _ := st.record(t, p.src, p.dst)
 		t.Logf("%s after the restart: key %d, create revision %d (before: key %d, revision %d; same record: %v)",
-			p.name, r.Key, r.CreateRevision, p.rec.Key, p.rec.CreateRevision, r.CreateRevision == p.rec.CreateRevision)
+			p.name, r.Key.DSCP, r.CreateRevision, p.rec.Key.DSCP, p.rec.CreateRevision, r.CreateRevision == p.rec.CreateRevision)
 	}
 	rw, vx := v2Wire(t, cl, ct, 0, 0, 20)
 	if len(rw) < 10 || len(vx) != 0 {
@@ -529,7 +529,7 @@ func TestRewriteV2FlowRemovedLost(t *testing.T) {
 	ct.started[b][b].Store(true)
 	recA := rwWaitFast(t, st, c1, c2, 10*time.Second)
 	recB := rwWaitFast(t, st, c3, c4, 10*time.Second)
-	t.Logf("A has key %d, B key %d", recA.Key, recB.Key)
+	t.Logf("A has key %d, B key %d", recA.Key.DSCP, recB.Key.DSCP)
 
 	ct.phase.Store(2)
 	if err := h1.KillAgent(); err != nil {
@@ -660,7 +660,7 @@ func TestRewriteV2KeyLeak(t *testing.T) {
 		return nil
 	})
 	for _, r := range taken {
-		t.Logf("leaked: %s->%s key %d %s", r.Src, r.Dst, r.Key, r.State)
+		t.Logf("leaked: %s->%s key %d %s", r.Src, r.Dst, r.Key.DSCP, r.State)
 	}
 
 	// c1->c2 starts now, with both keys taken.
@@ -669,7 +669,7 @@ func TestRewriteV2KeyLeak(t *testing.T) {
 	e.within("c1->c2 on the fast path and no record for an unused address, from the probes", probed, leakBound, func() error {
 		for _, r := range st.records(t) {
 			if isGhost(r) {
-				return fmt.Errorf("record for unused address %s (key %d, %s) still in etcd", r.Dst, r.Key, r.State)
+				return fmt.Errorf("record for unused address %s (key %d, %s) still in etcd", r.Dst, r.Key.DSCP, r.State)
 			}
 		}
 		_, err := rwFastErr(t, st, c1, c2)

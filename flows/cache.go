@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/keyroute/keyroute/openflow"
@@ -32,6 +33,38 @@ const KeyedVNIFlag = 0x800000
 // KeyedVNI is the VNI that carries key k.
 func KeyedVNI(k uint8) uint32 { return KeyedVNIFlag | uint32(k) }
 
+// Key is a cache key (DESIGN.md "Key space"): the underlay address pair a
+// rewritten packet travels on — Src one of the sending host's key
+// addresses, Dst one of the receiving host's — and the DSCP it carries.
+// The zero Key (DSCP 0) is "no key". With one address a host, Src and Dst
+// are the hosts' underlay IPs and only DSCP varies.
+type Key struct {
+	Src, Dst netip.Addr
+	DSCP     uint8
+}
+
+// IsZero reports whether k is "no key".
+func (k Key) IsZero() bool { return k.DSCP == 0 }
+
+// String reads "198.18.0.1>198.18.0.2/5".
+func (k Key) String() string {
+	if k.IsZero() {
+		return "none"
+	}
+	return fmt.Sprintf("%s>%s/%d", k.Src, k.Dst, k.DSCP)
+}
+
+// Compare orders keys by source, destination, DSCP.
+func (k Key) Compare(o Key) int {
+	if c := k.Src.Compare(o.Src); c != 0 {
+		return c
+	}
+	if c := k.Dst.Compare(o.Dst); c != 0 {
+		return c
+	}
+	return int(k.DSCP) - int(o.DSCP)
+}
+
 // Rewrite is the configuration shared by all cache entries.
 type Rewrite struct {
 	SendIdle time.Duration
@@ -51,9 +84,9 @@ type Rewrite struct {
 type Pair struct {
 	Src, Dst netip.Addr
 	Peer     Peer
-	Key      uint8 // 0: no key (plain VXLAN fallback)
+	Key      Key // zero: no key (plain VXLAN fallback)
 	// NextHop is the underlay MAC the rewritten packet is sent to (the
-	// peer's, or a router's).
+	// one of Key.Dst: the peer's, or a router's).
 	NextHop net.HardwareAddr
 }
 
@@ -84,15 +117,49 @@ func (s CacheState) String() string {
 	return fmt.Sprintf("CacheState(%d)", int(s))
 }
 
-// PairID is the object id of a pair's cache cookies: the peer's IPv4 and the
-// key, so one cookie names one (peer, key) on both ends.
-func PairID(peer netip.Addr, key uint8) uint64 { return ip4ID(peer)<<8 | uint64(key) }
+// PairID is the object id of a pair's cache cookies: the index of the
+// key's address on this host among h.KeyAddrs() (bits 40-47), the key's
+// address on the peer's side (bits 8-39) and the DSCP (bits 0-7). So a
+// cookie names one key, and with one address a host (index 0) it reads
+// peer IPv4<<8 | DSCP.
+func PairID(h Host, local, peer netip.Addr, dscp uint8) uint64 {
+	idx := slices.Index(h.KeyAddrs(), local)
+	if idx < 0 {
+		idx = 0
+	}
+	return uint64(idx)<<40 | ip4ID(peer)<<8 | uint64(dscp)
+}
 
-// CacheCookie is the cookie of the EgressCache entry for (peer, key).
-func CacheCookie(peer netip.Addr, key uint8) uint64 { return Cookie(CatCache, PairID(peer, key)) }
+// CacheCookie is the cookie of the EgressCache entry for key k towards
+// peer (k zero: a fallback entry, cookie of peer's IP).
+func CacheCookie(h Host, peer netip.Addr, k Key) uint64 {
+	if k.IsZero() {
+		return Cookie(CatCache, PairID(h, h.IP, peer, 0))
+	}
+	return Cookie(CatCache, PairID(h, k.Src, k.Dst, k.DSCP))
+}
 
-// RestoreCookie is the cookie of the Restore entry for (peer, key).
-func RestoreCookie(peer netip.Addr, key uint8) uint64 { return Cookie(CatRestore, PairID(peer, key)) }
+// RestoreCookie is the cookie of the Restore entry for key k.
+func RestoreCookie(h Host, k Key) uint64 { return Cookie(CatRestore, PairID(h, k.Dst, k.Src, k.DSCP)) }
+
+// CookieKey reads the key a cache or restore cookie names (the inverse of
+// CacheCookie and RestoreCookie): zero if the cookie names none or an
+// address index h does not have.
+func CookieKey(h Host, cookie uint64) (peer netip.Addr, k Key) {
+	id := CookieID(cookie)
+	peer = netip.AddrFrom4([4]byte{byte(id >> 32), byte(id >> 24), byte(id >> 16), byte(id >> 8)})
+	addrs, idx := h.KeyAddrs(), int(id>>40&0xff)
+	if uint8(id) == 0 || idx >= len(addrs) {
+		return peer, Key{}
+	}
+	switch CookieCategory(cookie) {
+	case CatCache:
+		return peer, Key{Src: addrs[idx], Dst: peer, DSCP: uint8(id)}
+	case CatRestore:
+		return peer, Key{Src: peer, Dst: addrs[idx], DSCP: uint8(id)}
+	}
+	return peer, Key{}
+}
 
 func seconds(d time.Duration) uint16 {
 	s := d / time.Second
@@ -116,7 +183,7 @@ func CacheFlow(h Host, r Rewrite, p Pair, st CacheState) *openflow.FlowMod {
 	var ins []openflow.Instruction
 	switch st {
 	case CachePending:
-		ins = tunnelOut(h, p.Peer.IP, KeyedVNI(p.Key))
+		ins = tunnelOut(h, p.Peer.IP, KeyedVNI(p.Key.DSCP))
 	case CacheFallback:
 		ins = tunnelOut(h, p.Peer.IP, h.VNI)
 	case CacheReady:
@@ -124,10 +191,10 @@ func CacheFlow(h Host, r Rewrite, p Pair, st CacheState) *openflow.FlowMod {
 		// whatever fits the container's MTU fits the uplink's.
 		ins = []openflow.Instruction{apply(
 			setf(openflow.MatchEthSrc(h.MAC)), setf(openflow.MatchEthDst(p.NextHop)),
-			setf(openflow.MatchIPv4Src(h.IP)), setf(openflow.MatchIPv4Dst(p.Peer.IP)),
-			setf(openflow.MatchIPDSCP(p.Key)), out(h.PatchPort))}
+			setf(openflow.MatchIPv4Src(p.Key.Src)), setf(openflow.MatchIPv4Dst(p.Key.Dst)),
+			setf(openflow.MatchIPDSCP(p.Key.DSCP)), out(h.PatchPort))}
 	}
-	f := flow(EgressCache, prioNormal, CacheCookie(p.Peer.IP, p.Key), cacheMatch(p), ins...)
+	f := flow(EgressCache, prioNormal, CacheCookie(h, p.Peer.IP, p.Key), cacheMatch(p), ins...)
 	f.IdleTimeout = seconds(r.SendIdle)
 	if st == CacheFallback && r.FallbackRetry > 0 {
 		f.HardTimeout = seconds(r.FallbackRetry)
@@ -136,15 +203,16 @@ func CacheFlow(h Host, r Rewrite, p Pair, st CacheState) *openflow.FlowMod {
 	return f
 }
 
-// RestoreFlow builds the receiver's entry for key k from peer: the keyed
+// RestoreFlow builds the receiver's entry for key k (its source one of the
+// sending peer's addresses, its destination one of this host's): the keyed
 // packet gets its container addresses back and continues to IngressRules
 // and Deliver as if it had arrived through the tunnel. It has no idle
 // timeout: it lives exactly as long as its key record, which only the
 // sender ends (DESIGN.md "Cache protocol v2"). send_flow_rem reports its
 // final packet count.
-func RestoreFlow(h Host, peer netip.Addr, key uint8, src, dst netip.Addr) *openflow.FlowMod {
-	f := flow(Restore, prioNormal, RestoreCookie(peer, key),
-		m(openflow.MatchInPort(h.PatchPort), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Src(peer), openflow.MatchIPv4Dst(h.IP), openflow.MatchIPDSCP(key)),
+func RestoreFlow(h Host, k Key, src, dst netip.Addr) *openflow.FlowMod {
+	f := flow(Restore, prioNormal, RestoreCookie(h, k),
+		m(openflow.MatchInPort(h.PatchPort), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Src(k.Src), openflow.MatchIPv4Dst(k.Dst), openflow.MatchIPDSCP(k.DSCP)),
 		apply(setf(openflow.MatchIPv4Src(src)), setf(openflow.MatchIPv4Dst(dst)), setf(openflow.MatchIPDSCP(0))),
 		gotoTable(IngressRules))
 	f.Flags = openflow.SendFlowRem
@@ -186,9 +254,12 @@ func RewritePeerFlows(h Host, p Peer) []*openflow.FlowMod {
 // (UnderlayClear), so no local process or container can forge a keyed
 // packet; the host's traffic to anything else keeps its DSCP (a router's
 // CS6 BGP session, say). The agents' DSCP probes are the one exception:
-// they keep their DSCP on the way out and go to LOCAL on the way in. One
-// flow per peer in each direction plus two per key: linear, not peers ×
-// keys.
+// they keep their DSCP on the way out and go to LOCAL on the way in.
+// Every key address counts: from the uplink, a peer address to one of
+// this host's goes to UnderlayKeys (N×M flows for a peer with N key
+// addresses and a host with M); from LOCAL, anything to a peer address
+// goes to UnderlayClear (N flows). Plus two per DSCP: linear in peers and
+// in DSCPs, not peers × DSCPs.
 func PhyRewriteFlows(h Host, r Rewrite, peers []Peer) []*openflow.FlowMod {
 	var fs []*openflow.FlowMod
 	for _, p := range peers {
@@ -197,14 +268,20 @@ func PhyRewriteFlows(h Host, r Rewrite, peers []Peer) []*openflow.FlowMod {
 			continue
 		}
 		pc := Cookie(CatPeer, ip4ID(p.IP))
-		fs = append(fs,
-			flow(Underlay, prioNormal, pc,
-				m(openflow.MatchInPort(h.UplinkPort), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Src(p.IP), openflow.MatchIPv4Dst(h.IP)),
-				gotoTable(UnderlayKeys)),
-			flow(Underlay, prioNormal, pc,
-				m(openflow.MatchInPort(openflow.PortLocal), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(p.IP)),
-				gotoTable(UnderlayClear)),
-		)
+		for _, pa := range p.KeyAddrs() {
+			if !is4(pa) {
+				skip()
+				continue
+			}
+			for _, ha := range h.KeyAddrs() {
+				fs = append(fs, flow(Underlay, prioNormal, pc,
+					m(openflow.MatchInPort(h.UplinkPort), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Src(pa), openflow.MatchIPv4Dst(ha)),
+					gotoTable(UnderlayKeys)))
+			}
+			fs = append(fs, flow(Underlay, prioNormal, pc,
+				m(openflow.MatchInPort(openflow.PortLocal), openflow.MatchEthType(ethIPv4), openflow.MatchIPv4Dst(pa)),
+				gotoTable(UnderlayClear)))
+		}
 	}
 	c := Cookie(CatUnderlay, 1)
 	fs = append(fs,

@@ -41,14 +41,14 @@ func TestBuildersUseDeclaredFields(t *testing.T) {
 	h := testHost()
 	peer := Peer{Name: "h2", IP: netip.MustParseAddr("198.18.0.2"), Subnet: netip.MustParsePrefix("198.19.2.0/24")}
 	r := Rewrite{SendIdle: 10 * time.Second, FallbackRetry: 30 * time.Second, Keys: []uint8{1, 2}, ProbePort: 9473}
-	p := Pair{Src: netip.MustParseAddr("198.19.1.2"), Dst: netip.MustParseAddr("198.19.2.2"), Peer: peer, Key: 2, NextHop: mac("02:00:00:00:00:02")}
+	p := Pair{Src: netip.MustParseAddr("198.19.1.2"), Dst: netip.MustParseAddr("198.19.2.2"), Peer: peer, Key: Key{Src: h.IP, Dst: peer.IP, DSCP: 2}, NextHop: mac("02:00:00:00:00:02")}
 	eps := []Endpoint{{Name: "a1", IP: netip.MustParseAddr("198.19.1.2"), MAC: mac("0a:58:c6:13:01:02"), Port: 4}}
 	fs := IntFlows(h, eps, []Peer{peer}, []Roaming{{IP: netip.MustParseAddr("198.19.2.9")}})
 	fs = append(fs, PhyPipeline(h)...)
 	fs = append(fs, RewritePipeline(h)...)
 	fs = append(fs, RewritePeerFlows(h, peer)...)
 	fs = append(fs, PhyRewriteFlows(h, r, []Peer{peer})...)
-	fs = append(fs, RestoreFlow(h, peer.IP, 2, p.Dst, p.Src))
+	fs = append(fs, RestoreFlow(h, Key{Src: peer.IP, Dst: h.IP, DSCP: 2}, p.Dst, p.Src))
 	for _, st := range []CacheState{CachePending, CacheReady, CacheFallback} {
 		fs = append(fs, CacheFlow(h, r, p, st))
 	}

@@ -14,6 +14,9 @@ type Host struct {
 	// IP and MAC are the underlay address (on br-phy's LOCAL port).
 	IP  netip.Addr
 	MAC net.HardwareAddr
+	// UnderlayIPs are further addresses on br-phy's LOCAL port that cache
+	// keys may use (underlay_ips); the key addresses are IP, then these.
+	UnderlayIPs []netip.Addr
 	// Subnet is this host's pod subnet; Gateway its first address, held by
 	// the gateway port.
 	Subnet  netip.Prefix
@@ -55,7 +58,16 @@ type Peer struct {
 	Name   string
 	IP     netip.Addr
 	Subnet netip.Prefix
+	// UnderlayIPs are the peer's further key addresses (its host
+	// record's underlay_ips).
+	UnderlayIPs []netip.Addr
 }
+
+// KeyAddrs returns the host's key addresses: IP first, then UnderlayIPs.
+func (h Host) KeyAddrs() []netip.Addr { return append([]netip.Addr{h.IP}, h.UnderlayIPs...) }
+
+// KeyAddrs returns the peer's key addresses: IP first, then UnderlayIPs.
+func (p Peer) KeyAddrs() []netip.Addr { return append([]netip.Addr{p.IP}, p.UnderlayIPs...) }
 
 // Priorities, from specific to catch-all.
 const (

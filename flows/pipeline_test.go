@@ -207,7 +207,7 @@ func TestParseIntTable(t *testing.T) {
 // line into ovs-ofctl add-flow.
 func TestGoldenParsesInOVS(t *testing.T) {
 	testenv.Require(t, "ovs-ofctl")
-	for _, name := range []string{"br-int.txt", "br-phy.txt", "rewrite.txt"} {
+	for _, name := range []string{"br-int.txt", "br-phy.txt", "rewrite.txt", "rewrite-multi.txt"} {
 		parsesInOVS(t, name)
 	}
 }
@@ -216,7 +216,7 @@ func TestRewriteFlowsGolden(t *testing.T) {
 	h := testHost()
 	r := Rewrite{SendIdle: 10 * time.Second, FallbackRetry: 30 * time.Second, Keys: []uint8{1, 2, 63}, ProbePort: 9473}
 	peer := Peer{Name: "h2", IP: netip.MustParseAddr("198.18.0.2"), Subnet: netip.MustParsePrefix("198.19.2.0/24")}
-	p := Pair{Src: netip.MustParseAddr("198.19.1.2"), Dst: netip.MustParseAddr("198.19.2.2"), Peer: peer, Key: 2, NextHop: mac("02:00:00:00:00:02")}
+	p := Pair{Src: netip.MustParseAddr("198.19.1.2"), Dst: netip.MustParseAddr("198.19.2.2"), Peer: peer, Key: Key{Src: h.IP, Dst: peer.IP, DSCP: 2}, NextHop: mac("02:00:00:00:00:02")}
 	var fs []*openflow.FlowMod
 	fs = append(fs, RewritePipeline(h)...)
 	fs = append(fs, RewritePeerFlows(h, peer)...)
@@ -224,9 +224,9 @@ func TestRewriteFlowsGolden(t *testing.T) {
 		fs = append(fs, CacheFlow(h, r, p, st))
 	}
 	fb := p
-	fb.Key = 0
+	fb.Key = Key{}
 	fs = append(fs, CacheFlow(h, r, fb, CacheFallback))
-	fs = append(fs, RestoreFlow(h, peer.IP, 2, netip.MustParseAddr("198.19.2.2"), netip.MustParseAddr("198.19.1.2")))
+	fs = append(fs, RestoreFlow(h, Key{Src: peer.IP, Dst: h.IP, DSCP: 2}, netip.MustParseAddr("198.19.2.2"), netip.MustParseAddr("198.19.1.2")))
 	golden(t, "rewrite.txt", intFlows(fs), phyFlows(PhyRewriteFlows(h, r, []Peer{peer})))
 	// Key DSCPs are cleared only on the host's traffic towards a peer
 	// host: no Underlay flow matches a DSCP, and LOCAL's traffic reaches
@@ -248,8 +248,54 @@ func TestRewriteFlowsGolden(t *testing.T) {
 			t.Errorf("ready entry lacks %q: %s", want, ready)
 		}
 	}
-	if CacheCookie(peer.IP, 2) != Cookie(CatCache, 0xc612000202) {
-		t.Errorf("cache cookie 0x%x", CacheCookie(peer.IP, 2))
+	if c := CacheCookie(h, peer.IP, p.Key); c != Cookie(CatCache, 0xc612000202) {
+		t.Errorf("cache cookie 0x%x", c)
+	}
+}
+
+// Two key addresses a host: the ready entry leaves from and to the key's
+// addresses, the restore entry matches exactly its key, br-phy admits
+// keyed packets from every peer address to every own one and clears key
+// DSCPs towards every peer address; cookies name the whole key.
+func TestRewriteFlowsMultiAddrGolden(t *testing.T) {
+	h := testHost()
+	h.UnderlayIPs = []netip.Addr{netip.MustParseAddr("198.18.1.1")}
+	r := Rewrite{SendIdle: 10 * time.Second, FallbackRetry: 30 * time.Second, Keys: []uint8{2}}
+	peer := Peer{Name: "h2", IP: netip.MustParseAddr("198.18.0.2"), Subnet: netip.MustParsePrefix("198.19.2.0/24"),
+		UnderlayIPs: []netip.Addr{netip.MustParseAddr("198.18.1.2")}}
+	k := Key{Src: netip.MustParseAddr("198.18.1.1"), Dst: netip.MustParseAddr("198.18.1.2"), DSCP: 2}
+	p := Pair{Src: netip.MustParseAddr("198.19.1.2"), Dst: netip.MustParseAddr("198.19.2.2"), Peer: peer, Key: k, NextHop: mac("02:00:00:00:00:02")}
+	back := Key{Src: netip.MustParseAddr("198.18.1.2"), Dst: netip.MustParseAddr("198.18.0.1"), DSCP: 2}
+	fs := []*openflow.FlowMod{CacheFlow(h, r, p, CacheReady), RestoreFlow(h, back, p.Dst, p.Src)}
+	golden(t, "rewrite-multi.txt", intFlows(fs), phyFlows(PhyRewriteFlows(h, r, []Peer{peer})))
+	ready := fs[0].String()
+	for _, want := range []string{"set_field:198.18.1.1->ip_src", "set_field:198.18.1.2->ip_dst", "set_field:2->ip_dscp"} {
+		if !strings.Contains(ready, want) {
+			t.Errorf("ready entry lacks %q: %s", want, ready)
+		}
+	}
+	restore := fs[1].String()
+	for _, want := range []string{"nw_src=198.18.1.2", "nw_dst=198.18.0.1", "nw_tos=8"} {
+		if !strings.Contains(restore, want) {
+			t.Errorf("restore entry lacks %q: %s", want, restore)
+		}
+	}
+	admit := 0
+	for _, f := range PhyRewriteFlows(h, r, []Peer{peer}) {
+		if f.Table == uint8(Underlay) && strings.Contains(f.String(), "goto_table:1") {
+			admit++
+		}
+	}
+	if admit != 4 {
+		t.Errorf("%d admission flows from the uplink, want 2×2", admit)
+	}
+	for _, c := range []struct {
+		cookie uint64
+		want   Key
+	}{{fs[0].Cookie, k}, {fs[1].Cookie, back}} {
+		if _, got := CookieKey(h, c.cookie); got != c.want {
+			t.Errorf("CookieKey(0x%x) = %s, want %s", c.cookie, got, c.want)
+		}
 	}
 }
 

@@ -1,14 +1,22 @@
 // Package keyalloc allocates per host-pair cache keys in etcd.
 //
-// A key k (a DSCP value, see KeySet) names one container pair (src, dst)
-// in one host-pair direction srcHost→dstHost. Two keys under the root
+// A key k = (source address, destination address, DSCP) (Key; the DSCPs
+// are a KeySet) names one container pair (src, dst) in one host-pair
+// direction srcHost→dstHost: a rewritten packet leaves from one of the
+// source host's key addresses (its underlay IP and underlay_ips) towards
+// one of the destination host's, with the DSCP. Two keys under the root
 // prefix hold an allocation:
 //
-//	keys/<src-host>/<dst-host>/<k>                   {src, dst, state, created}
-//	pairs/<dst-host>/<src-host>/<srcIP>-<dstIP>      {key, created}
+//	keys/<src-host>/<dst-host>/<src-addr>/<dst-addr>/<dscp>  {src, dst, state, created}
+//	pairs/<dst-host>/<src-host>/<srcIP>-<dstIP>              {key, created}
 //
-// The record (keys/...) is the allocation: key k is in use exactly while it
-// exists. The pair index (pairs/...) makes one pair get one key: both are
+// The record path is the key: (hosts, key) ↔ record is a bijection, so
+// etcd holds at most one record per (srcHost, dstHost, k), which the cache
+// protocol's argument needs. The record (keys/...) is the allocation: key k
+// is in use exactly while it exists. With N and M key addresses on the two
+// hosts a direction has N×M×|KeySet| keys; Allocate picks among them at
+// random, so pairs spread over the address pairs (and an ECMP fabric's
+// paths). The pair index (pairs/...) makes one pair get one key: both are
 // created in one transaction only if both are absent, and deleted together.
 //
 // The index is filed under the destination host on purpose: each agent
@@ -18,6 +26,13 @@
 // (it needs no state changes: the receiver is the one marking ready). So
 // watch traffic grows with an agent's own pairs, not with the cluster, and
 // no extra key is written for the receiver.
+//
+// Key space and its costs: a host pair direction has N×M×|KeySet| keys
+// for N and M key addresses; records and writes per pair do not grow with
+// it, and an allocator's view of a host pair holds at most one entry per
+// key in use. A record of the layout before key triples
+// (keys/<src-host>/<dst-host>/<dscp>) is skipped and counted like any bad
+// record; its slot is not a key any more.
 //
 // etcd writes per pair lifetime: Allocate 1 (the create transaction),
 // MarkReady 1 (compare-and-swap on the record's revision), Release 1 (a
@@ -37,6 +52,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -47,6 +63,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/registry"
 	"github.com/keyroute/keyroute/registry/kvwatch"
 )
@@ -67,10 +84,18 @@ const (
 	StateReady   = "ready"   // the receiver restores packets with this key
 )
 
+// Key is a cache key: (source address, destination address, DSCP).
+type Key = flows.Key
+
+// Addrs are the key addresses of a host pair direction: the source
+// host's and the destination host's (each its underlay IP first, then its
+// underlay_ips). Keys are drawn from Src × Dst × the KeySet.
+type Addrs struct{ Src, Dst []netip.Addr }
+
 // Record is one key allocation.
 type Record struct {
 	SrcHost, DstHost string
-	Key              uint8
+	Key              Key
 	Src, Dst         netip.Addr // container IPs
 	// State is StatePending or StateReady. Records read through the pair
 	// index (List or Watch with only DstHost set) carry the state they
@@ -88,8 +113,14 @@ type recordJSON struct {
 	Created time.Time  `json:"created"`
 }
 
+type keyJSON struct {
+	Src  netip.Addr `json:"src"`
+	Dst  netip.Addr `json:"dst"`
+	DSCP uint8      `json:"dscp"`
+}
+
 type indexJSON struct {
-	Key     uint8     `json:"key"`
+	Key     keyJSON   `json:"key"`
 	Created time.Time `json:"created"`
 }
 
@@ -121,7 +152,7 @@ type Allocator struct {
 	// Allocate); busy counts its own allocations trying each key now.
 	mu    sync.Mutex
 	views map[string]*dirView
-	busy  map[string]*[64]uint16
+	busy  map[string]map[Key]uint16
 }
 
 // dirView is one host pair's keys and pairs as this allocator last saw
@@ -130,12 +161,39 @@ type Allocator struct {
 // never the other way round in a sound cluster, and a lost transaction
 // corrects it anyway.
 type dirView struct {
-	used  KeySet
+	used  map[Key]bool
 	pairs map[[2]netip.Addr]bool
 }
 
-// free lists the keys of set the view does not have taken.
-func (v *dirView) free(set KeySet) []uint8 { return KeySet{set.bits &^ v.used.bits}.Keys() }
+func newView() *dirView { return &dirView{used: map[Key]bool{}, pairs: map[[2]netip.Addr]bool{}} }
+
+// free lists the keys of space the view does not have taken.
+func (v *dirView) free(space []Key) []Key {
+	var free []Key
+	for _, k := range space {
+		if !v.used[k] {
+			free = append(free, k)
+		}
+	}
+	return free
+}
+
+// space lists the keys of the host pair direction with addresses ad, the
+// DSCPs of set, minus exclude.
+func space(ad Addrs, set KeySet, exclude []Key) []Key {
+	var ks []Key
+	for _, s := range ad.Src {
+		for _, d := range ad.Dst {
+			for _, c := range set.Keys() {
+				k := Key{Src: s, Dst: d, DSCP: c}
+				if !slices.Contains(exclude, k) {
+					ks = append(ks, k)
+				}
+			}
+		}
+	}
+	return ks
+}
 
 // Option configures New.
 type Option func(*Allocator)
@@ -164,7 +222,7 @@ func New(cli *clientv3.Client, prefix string, keys KeySet, opts ...Option) *Allo
 	if keys.Len() == 0 {
 		keys = DefaultKeySet()
 	}
-	a := &Allocator{cli: cli, prefix: prefix, keys: keys, views: map[string]*dirView{}, busy: map[string]*[64]uint16{}}
+	a := &Allocator{cli: cli, prefix: prefix, keys: keys, views: map[string]*dirView{}, busy: map[string]map[Key]uint16{}}
 	for _, o := range opts {
 		o(a)
 	}
@@ -186,8 +244,8 @@ func (a *Allocator) badRecord(key string, err error) {
 	}
 }
 
-func (a *Allocator) recordKey(src, dst string, k uint8) string {
-	return a.prefix + "keys/" + src + "/" + dst + "/" + strconv.Itoa(int(k))
+func (a *Allocator) recordKey(src, dst string, k Key) string {
+	return a.prefix + "keys/" + src + "/" + dst + "/" + k.Src.String() + "/" + k.Dst.String() + "/" + strconv.Itoa(int(k.DSCP))
 }
 
 func (a *Allocator) indexKey(r Record) string {
@@ -214,15 +272,34 @@ func checkPair(srcHost, dstHost string, src, dst netip.Addr) error {
 	return nil
 }
 
+// checkKey checks a key's form: unicast IPv4 addresses, different, DSCP
+// 1..MaxKey. Whether the addresses are the hosts' is for the receiver
+// to check against the host records.
+func checkKey(k Key) error {
+	if err := registry.ValidateAddr(k.Src); err != nil {
+		return fmt.Errorf("key source address: %w", err)
+	}
+	if err := registry.ValidateAddr(k.Dst); err != nil {
+		return fmt.Errorf("key destination address: %w", err)
+	}
+	if k.Src == k.Dst {
+		return fmt.Errorf("key source and destination address are both %s", k.Src)
+	}
+	if k.DSCP < 1 || k.DSCP > MaxKey {
+		return fmt.Errorf("key DSCP %d is not 1-%d", k.DSCP, MaxKey)
+	}
+	return nil
+}
+
 // Validate checks r as stored: host names valid and different, container
-// IPs unicast IPv4, key 1..MaxKey, state pending or ready. The error names
-// the field.
+// IPs unicast IPv4, key well formed (checkKey), state pending or ready.
+// The error names the field.
 func (r Record) Validate() error {
 	if err := checkPair(r.SrcHost, r.DstHost, r.Src, r.Dst); err != nil {
 		return err
 	}
-	if r.Key < 1 || r.Key > MaxKey {
-		return fmt.Errorf("key %d is not 1-%d", r.Key, MaxKey)
+	if err := checkKey(r.Key); err != nil {
+		return err
 	}
 	if r.State != StatePending && r.State != StateReady {
 		return fmt.Errorf("state %.20q: want %s or %s", r.State, StatePending, StateReady)
@@ -238,15 +315,19 @@ func (r Record) Validate() error {
 // allocator's view of the host pair; else 1 read, then 1 write for a new
 // pair.
 //
-// exclude lists keys the caller must not get for a new record (keys its
-// switch may still carry for another pair, see cacheproto); a pair's
-// existing record is returned whatever its key.
-func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, dst netip.Addr, exclude ...uint8) (Record, error) {
+// ad are the two hosts' key addresses: a new key is drawn from
+// ad.Src × ad.Dst × the key set. exclude lists keys the caller must not
+// get for a new record (keys its switch may still carry for another pair,
+// see cacheproto); a pair's existing record is returned whatever its key.
+func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, dst netip.Addr, ad Addrs, exclude ...Key) (Record, error) {
 	fail := func(err error) (Record, error) {
 		return Record{}, fmt.Errorf("allocate key for %s@%s -> %s@%s: %w", src, srcHost, dst, dstHost, err)
 	}
 	if err := checkPair(srcHost, dstHost, src, dst); err != nil {
 		return fail(err)
+	}
+	if len(ad.Src) == 0 || len(ad.Dst) == 0 {
+		return fail(errors.New("no key addresses for the source or destination host"))
 	}
 	dir := a.prefix + "keys/" + srcHost + "/" + dstHost + "/"
 	r := Record{SrcHost: srcHost, DstHost: dstHost, Src: src, Dst: dst, State: StatePending,
@@ -254,10 +335,7 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 	// A pair this allocator has not seen in the host pair is new unless
 	// another allocator made it: try a key the view says is free straight
 	// away. The transaction tells if the pair exists after all.
-	allowed := a.keys
-	for _, k := range exclude {
-		allowed.bits &^= 1 << k
-	}
+	allowed := space(ad, a.keys, exclude)
 	if free, ok := a.viewFree(dir, src, dst, allowed); ok {
 		won, err := a.tryKeys(ctx, dir, &r, free)
 		if err != nil {
@@ -277,22 +355,22 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 		if err != nil {
 			return fail(err)
 		}
-		view := &dirView{pairs: map[[2]netip.Addr]bool{}}
+		view := newView()
 		var existing *Record
 		for _, kv := range resp.Kvs {
 			rec, err := a.decodeRecord(kv)
 			if err != nil {
 				a.badRecord(string(kv.Key), err)
 				// The key is taken whatever its value says.
-				if k, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), dir), 10, 8); err == nil {
-					view.used.bits |= 1 << k
+				if k, err := a.pathKey(string(kv.Key)); err == nil {
+					view.used[k] = true
 				}
 				continue
 			}
 			if rec.Src == src && rec.Dst == dst {
 				existing = &rec
 			}
-			view.used.bits |= 1 << rec.Key
+			view.used[rec.Key] = true
 			view.pairs[[2]netip.Addr{rec.Src, rec.Dst}] = true
 		}
 		a.mu.Lock()
@@ -303,7 +381,8 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 		}
 		free := view.free(allowed)
 		if len(free) == 0 {
-			return fail(fmt.Errorf("%d keys (%s), %d held back: %w", a.keys.Len(), a.keys, len(exclude), ErrKeysExhausted))
+			return fail(fmt.Errorf("%d keys (%d×%d addresses × DSCP %s), %d held back: %w",
+				len(ad.Src)*len(ad.Dst)*a.keys.Len(), len(ad.Src), len(ad.Dst), a.keys, len(exclude), ErrKeysExhausted))
 		}
 		won, err := a.tryKeys(ctx, dir, &r, free)
 		if err != nil {
@@ -318,7 +397,7 @@ func (a *Allocator) Allocate(ctx context.Context, srcHost, dstHost string, src, 
 
 // viewFree returns the keys free in dir by this allocator's view, if it
 // has one and it does not know the pair (which must then be read).
-func (a *Allocator) viewFree(dir string, src, dst netip.Addr, allowed KeySet) ([]uint8, bool) {
+func (a *Allocator) viewFree(dir string, src, dst netip.Addr, allowed []Key) ([]Key, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	v, ok := a.views[dir]
@@ -333,12 +412,12 @@ func (a *Allocator) viewFree(dir string, src, dst netip.Addr, allowed KeySet) ([
 // allocation of this allocator is trying first, skipping keys the view
 // learns are taken, until one wins or the pair turns out to be taken. The
 // view learns every key found taken and the key won.
-func (a *Allocator) tryKeys(ctx context.Context, dir string, r *Record, keys []uint8) (won bool, err error) {
+func (a *Allocator) tryKeys(ctx context.Context, dir string, r *Record, keys []Key) (won bool, err error) {
 	rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
 	a.mu.Lock()
 	busy := a.busy[dir]
 	if busy == nil {
-		busy = &[64]uint16{}
+		busy = map[Key]uint16{}
 		a.busy[dir] = busy
 	}
 	sort.SliceStable(keys, func(i, j int) bool { return busy[keys[i]] < busy[keys[j]] })
@@ -346,7 +425,7 @@ func (a *Allocator) tryKeys(ctx context.Context, dir string, r *Record, keys []u
 	for _, k := range keys {
 		a.mu.Lock()
 		v := a.views[dir]
-		if v != nil && v.used.Contains(k) {
+		if v != nil && v.used[k] {
 			a.mu.Unlock()
 			continue
 		}
@@ -355,9 +434,11 @@ func (a *Allocator) tryKeys(ctx context.Context, dir string, r *Record, keys []u
 		r.Key = k
 		won, pairTaken, err := a.create(ctx, r)
 		a.mu.Lock()
-		busy[k]--
+		if busy[k]--; busy[k] == 0 {
+			delete(busy, k)
+		}
 		if v != nil && err == nil && !pairTaken {
-			v.used.bits |= 1 << k // ours now, or another allocator's
+			v.used[k] = true // ours now, or another allocator's
 			if won {
 				v.pairs[[2]netip.Addr{r.Src, r.Dst}] = true
 			}
@@ -379,7 +460,7 @@ func (a *Allocator) create(ctx context.Context, r *Record) (won, pairTaken bool,
 	if err != nil {
 		return false, false, err
 	}
-	iv, err := json.Marshal(indexJSON{r.Key, r.Created})
+	iv, err := json.Marshal(indexJSON{keyJSON{r.Key.Src, r.Key.Dst, r.Key.DSCP}, r.Created})
 	if err != nil {
 		return false, false, err
 	}
@@ -405,7 +486,7 @@ func (a *Allocator) create(ctx context.Context, r *Record) (won, pairTaken bool,
 // error wraps ErrStale. Cost: 1 write.
 func (a *Allocator) MarkReady(ctx context.Context, r Record) error {
 	fail := func(err error) error {
-		return fmt.Errorf("mark key %d of %s->%s ready: %w", r.Key, r.SrcHost, r.DstHost, err)
+		return fmt.Errorf("mark key %s of %s->%s ready: %w", r.Key, r.SrcHost, r.DstHost, err)
 	}
 	if err := checkPair(r.SrcHost, r.DstHost, r.Src, r.Dst); err != nil {
 		return fail(err)
@@ -451,7 +532,7 @@ func (a *Allocator) MarkReady(ctx context.Context, r Record) error {
 // Cost: 1 write, plus 1 read without CreateRevision.
 func (a *Allocator) Release(ctx context.Context, r Record) error {
 	fail := func(err error) error {
-		return fmt.Errorf("release key %d of %s@%s -> %s@%s: %w", r.Key, r.Src, r.SrcHost, r.Dst, r.DstHost, err)
+		return fmt.Errorf("release key %s of %s@%s -> %s@%s: %w", r.Key, r.Src, r.SrcHost, r.Dst, r.DstHost, err)
 	}
 	if err := checkPair(r.SrcHost, r.DstHost, r.Src, r.Dst); err != nil {
 		return fail(err)
@@ -492,14 +573,14 @@ func (a *Allocator) Release(ctx context.Context, r Record) error {
 
 // Get returns the record of key k for srcHost→dstHost; ErrNotFound if the
 // key is free.
-func (a *Allocator) Get(ctx context.Context, srcHost, dstHost string, k uint8) (Record, error) {
+func (a *Allocator) Get(ctx context.Context, srcHost, dstHost string, k Key) (Record, error) {
 	rk := a.recordKey(srcHost, dstHost, k)
 	resp, err := a.cli.Get(ctx, rk)
 	if err != nil {
 		return Record{}, fmt.Errorf("get %s: %w", rk, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return Record{}, fmt.Errorf("get key %d of %s->%s: %w", k, srcHost, dstHost, ErrNotFound)
+		return Record{}, fmt.Errorf("get key %s of %s->%s: %w", k, srcHost, dstHost, ErrNotFound)
 	}
 	return a.decodeRecord(resp.Kvs[0])
 }
@@ -564,7 +645,7 @@ func (a *Allocator) ListAt(ctx context.Context, f Filter) ([]Record, int64, erro
 		if x.DstHost != y.DstHost {
 			return x.DstHost < y.DstHost
 		}
-		return x.Key < y.Key
+		return x.Key.Compare(y.Key) < 0
 	})
 	return recs, resp.Header.Revision, nil
 }
@@ -600,28 +681,57 @@ func (a *Allocator) splitKey(key, dir string, n int) ([]string, error) {
 	return parts, nil
 }
 
+// parseKeyPath reads a key from a record path's last three segments. Every
+// segment must be canonical ("5", not "05"; addresses as
+// netip.Addr.String writes them): two paths naming one key would let two
+// records hold it.
+func parseKeyPath(parts []string) (Key, error) {
+	src, err1 := netip.ParseAddr(parts[0])
+	dst, err2 := netip.ParseAddr(parts[1])
+	if err := errors.Join(err1, err2); err != nil {
+		return Key{}, fmt.Errorf("key addresses %.40q/%.40q: %w", parts[0], parts[1], err)
+	}
+	if src.String() != parts[0] || dst.String() != parts[1] {
+		return Key{}, fmt.Errorf("key addresses %.40q/%.40q are not in canonical form", parts[0], parts[1])
+	}
+	d, err := strconv.ParseUint(parts[2], 10, 8)
+	if err != nil || d < 1 || d > MaxKey || strconv.Itoa(int(d)) != parts[2] {
+		return Key{}, fmt.Errorf("key DSCP %.20q is not 1-%d", parts[2], MaxKey)
+	}
+	return Key{Src: src, Dst: dst, DSCP: uint8(d)}, nil
+}
+
+// pathKey reads the key of a record path, whatever its value.
+func (a *Allocator) pathKey(path string) (Key, error) {
+	parts, err := a.splitKey(path, "keys/", 5)
+	if err != nil {
+		return Key{}, err
+	}
+	return parseKeyPath(parts[2:])
+}
+
 // decodeRecord is the one place a key record,
-// keys/<src-host>/<dst-host>/<k>, is read and checked. The key segment must
-// be canonical ("5", not "05"): two keys naming one slot would let two
-// records hold the same key.
+// keys/<src-host>/<dst-host>/<src-addr>/<dst-addr>/<dscp>, is read and
+// checked. A record of the old layout keys/<src-host>/<dst-host>/<dscp>
+// fails here like any malformed one: skipped and counted.
 func (a *Allocator) decodeRecord(kv *mvccpb.KeyValue) (Record, error) {
 	fail := func(err error) (Record, error) { return Record{}, registry.NewRecordError(registry.KindKey, kv, err) }
 	if err := registry.CheckSize(kv); err != nil {
 		return fail(err)
 	}
-	parts, err := a.splitKey(string(kv.Key), "keys/", 3)
+	parts, err := a.splitKey(string(kv.Key), "keys/", 5)
 	if err != nil {
 		return fail(err)
 	}
-	k, err := strconv.ParseUint(parts[2], 10, 8)
-	if err != nil || k < 1 || k > MaxKey || strconv.Itoa(int(k)) != parts[2] {
-		return fail(fmt.Errorf("key %.20q is not 1-%d", parts[2], MaxKey))
+	k, err := parseKeyPath(parts[2:])
+	if err != nil {
+		return fail(err)
 	}
 	var j recordJSON
 	if err := json.Unmarshal(kv.Value, &j); err != nil {
 		return fail(err)
 	}
-	r := Record{SrcHost: parts[0], DstHost: parts[1], Key: uint8(k), Src: j.Src, Dst: j.Dst,
+	r := Record{SrcHost: parts[0], DstHost: parts[1], Key: k, Src: j.Src, Dst: j.Dst,
 		State: j.State, Created: j.Created, ModRevision: kv.ModRevision, CreateRevision: kv.CreateRevision}
 	if err := r.Validate(); err != nil {
 		return fail(err)
@@ -653,7 +763,7 @@ func (a *Allocator) decodeIndex(kv *mvccpb.KeyValue) (Record, error) {
 	if err := json.Unmarshal(kv.Value, &j); err != nil {
 		return fail(err)
 	}
-	r := Record{SrcHost: parts[1], DstHost: parts[0], Key: j.Key, Src: src, Dst: dst,
+	r := Record{SrcHost: parts[1], DstHost: parts[0], Key: Key{Src: j.Key.Src, Dst: j.Key.Dst, DSCP: j.Key.DSCP}, Src: src, Dst: dst,
 		State: StatePending, Created: j.Created, ModRevision: kv.ModRevision, CreateRevision: kv.CreateRevision}
 	if err := r.Validate(); err != nil {
 		return fail(err)

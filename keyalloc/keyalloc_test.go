@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -31,6 +32,13 @@ func ctxT(t *testing.T) context.Context {
 }
 
 func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// one gives each host one key address: keys are the DSCPs, as before
+// underlay_ips.
+var one = keyalloc.Addrs{Src: []netip.Addr{ip("198.18.0.1")}, Dst: []netip.Addr{ip("198.18.0.2")}}
+
+// dscp is key d of one.
+func dscp(d uint8) keyalloc.Key { return keyalloc.Key{Src: one.Src[0], Dst: one.Dst[0], DSCP: d} }
 
 func keys(t *testing.T, s string) keyalloc.KeySet {
 	t.Helper()
@@ -62,7 +70,7 @@ func TestAllocateRace(t *testing.T) {
 	}
 	const allocators = 8
 	type result struct {
-		key uint8
+		key keyalloc.Key
 		err error
 	}
 	results := make([][]result, allocators)
@@ -72,14 +80,14 @@ func TestAllocateRace(t *testing.T) {
 		results[a] = make([]result, len(pairs))
 		wg.Go(func() {
 			for _, i := range rand.Perm(len(pairs)) {
-				r, err := al.Allocate(ctx, "h1", "h2", pairs[i].src, pairs[i].dst)
+				r, err := al.Allocate(ctx, "h1", "h2", pairs[i].src, pairs[i].dst, one)
 				results[a][i] = result{r.Key, err}
 			}
 		})
 	}
 	wg.Wait()
 
-	owner := map[uint8]int{} // key -> pair index
+	owner := map[keyalloc.Key]int{} // key -> pair index
 	for i := range pairs {
 		first := results[0][i]
 		for a := range allocators {
@@ -90,17 +98,17 @@ func TestAllocateRace(t *testing.T) {
 			// Without releases a pair is either keyed for everyone or
 			// for no one, and always with the same key.
 			if (r.err == nil) != (first.err == nil) || r.key != first.key {
-				t.Fatalf("pair %d: allocator 0 got (%d, %v), allocator %d got (%d, %v)", i, first.key, first.err, a, r.key, r.err)
+				t.Fatalf("pair %d: allocator 0 got (%s, %v), allocator %d got (%s, %v)", i, first.key, first.err, a, r.key, r.err)
 			}
 		}
 		if first.err != nil {
 			continue
 		}
-		if !keyalloc.DefaultKeySet().Contains(first.key) {
-			t.Errorf("pair %d got key %d outside the default set %s", i, first.key, keyalloc.DefaultKeySet())
+		if !keyalloc.DefaultKeySet().Contains(first.key.DSCP) {
+			t.Errorf("pair %d got key %s outside the default set %s", i, first.key, keyalloc.DefaultKeySet())
 		}
 		if j, dup := owner[first.key]; dup {
-			t.Errorf("key %d given to pairs %d and %d", first.key, j, i)
+			t.Errorf("key %s given to pairs %d and %d", first.key, j, i)
 		}
 		owner[first.key] = i
 	}
@@ -118,7 +126,7 @@ func TestAllocateRace(t *testing.T) {
 	}
 	for _, r := range recs {
 		if p := pairs[owner[r.Key]]; r.Src != p.src || r.Dst != p.dst || r.State != keyalloc.StatePending {
-			t.Errorf("record of key %d is %v->%v %s, want %v->%v pending", r.Key, r.Src, r.Dst, r.State, p.src, p.dst)
+			t.Errorf("record of key %s is %v->%v %s, want %v->%v pending", r.Key, r.Src, r.Dst, r.State, p.src, p.dst)
 		}
 	}
 	idx, err := al.List(ctx, keyalloc.Filter{DstHost: "h2"})
@@ -134,19 +142,19 @@ func TestOnePairLifetimeWrites(t *testing.T) {
 	src, dst := ip("198.19.1.5"), ip("198.19.2.7")
 
 	rev0 := revision(t, cli)
-	r, err := al.Allocate(ctx, "h1", "h2", src, dst)
+	r, err := al.Allocate(ctx, "h1", "h2", src, dst, one)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d := revision(t, cli) - rev0; d != 1 {
 		t.Errorf("allocating a new pair cost %d writes, want 1", d)
 	}
-	if r.State != keyalloc.StatePending || r.Key == 0 || r.ModRevision != rev0+1 || r.Created.IsZero() {
+	if r.State != keyalloc.StatePending || r.Key.IsZero() || r.ModRevision != rev0+1 || r.Created.IsZero() {
 		t.Errorf("new record %+v", r)
 	}
-	again, err := al.Allocate(ctx, "h1", "h2", src, dst)
+	again, err := al.Allocate(ctx, "h1", "h2", src, dst, one)
 	if err != nil || again.Key != r.Key || again.CreateRevision != r.CreateRevision {
-		t.Fatalf("second Allocate = %+v, %v; want key %d", again, err, r.Key)
+		t.Fatalf("second Allocate = %+v, %v; want key %s", again, err, r.Key)
 	}
 	if !again.Created.Equal(r.Created) {
 		t.Errorf("stored created time %v, returned %v", again.Created, r.Created)
@@ -191,7 +199,7 @@ func TestOnePairLifetimeWrites(t *testing.T) {
 		{"h1", "h2", src, ip("fd00::1")},
 		{"h1", "h2", ip("fe80::1%eth0"), ip("fd00::1")},
 	} {
-		if _, err := al.Allocate(ctx, bad.s, bad.d, bad.src, bad.dst); err == nil {
+		if _, err := al.Allocate(ctx, bad.s, bad.d, bad.src, bad.dst, one); err == nil {
 			t.Errorf("Allocate(%q, %q, %v, %v) accepted", bad.s, bad.d, bad.src, bad.dst)
 		}
 	}
@@ -200,23 +208,23 @@ func TestOnePairLifetimeWrites(t *testing.T) {
 func TestReleaseFreesKey(t *testing.T) {
 	ctx := ctxT(t)
 	al := keyalloc.New(client(t), etcdtest.Prefix(t), keys(t, "7"))
-	a, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"))
-	if err != nil || a.Key != 7 {
+	a, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"), one)
+	if err != nil || a.Key != dscp(7) {
 		t.Fatalf("Allocate = %+v, %v; want key 7", a, err)
 	}
-	_, err = al.Allocate(ctx, "h1", "h2", ip("198.19.1.2"), ip("198.19.2.1"))
+	_, err = al.Allocate(ctx, "h1", "h2", ip("198.19.1.2"), ip("198.19.2.1"), one)
 	if !errors.Is(err, keyalloc.ErrKeysExhausted) {
 		t.Fatalf("second pair with one key: %v, want ErrKeysExhausted", err)
 	}
 	// The reverse direction has its own keys.
-	if r, err := al.Allocate(ctx, "h2", "h1", ip("198.19.2.1"), ip("198.19.1.1")); err != nil || r.Key != 7 {
+	if r, err := al.Allocate(ctx, "h2", "h1", ip("198.19.2.1"), ip("198.19.1.1"), one); err != nil || r.Key != dscp(7) {
 		t.Errorf("reverse direction = %+v, %v; want key 7", r, err)
 	}
 	if err := al.Release(ctx, a); err != nil {
 		t.Fatal(err)
 	}
-	b, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.2"), ip("198.19.2.1"))
-	if err != nil || b.Key != 7 {
+	b, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.2"), ip("198.19.2.1"), one)
+	if err != nil || b.Key != dscp(7) {
 		t.Fatalf("after release = %+v, %v; want key 7", b, err)
 	}
 }
@@ -224,16 +232,16 @@ func TestReleaseFreesKey(t *testing.T) {
 func TestMarkReadyAndReleaseStale(t *testing.T) {
 	ctx := ctxT(t)
 	al := keyalloc.New(client(t), etcdtest.Prefix(t), keys(t, "7"))
-	old, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"))
+	old, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"), one)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := al.Release(ctx, old); err != nil {
 		t.Fatal(err)
 	}
-	cur, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.2"), ip("198.19.2.1"))
+	cur, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.2"), ip("198.19.2.1"), one)
 	if err != nil || cur.Key != old.Key {
-		t.Fatalf("re-allocation = %+v, %v; want key %d", cur, err, old.Key)
+		t.Fatalf("re-allocation = %+v, %v; want key %s", cur, err, old.Key)
 	}
 	// The receiver still holding the old record must not mark the new pair.
 	if err := al.MarkReady(ctx, old); !errors.Is(err, keyalloc.ErrStale) {
@@ -287,7 +295,7 @@ func TestWatchSenderAndReceiver(t *testing.T) {
 	al := keyalloc.New(client(t), etcdtest.Prefix(t), keyalloc.KeySet{})
 	alloc := func(s, d string, src, dst string) keyalloc.Record {
 		t.Helper()
-		r, err := al.Allocate(ctx, s, d, ip(src), ip(dst))
+		r, err := al.Allocate(ctx, s, d, ip(src), ip(dst), one)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -340,7 +348,7 @@ func TestWatchSenderAndReceiver(t *testing.T) {
 	}
 	for name, ch := range map[string]<-chan keyalloc.Event{"sender": sender, "receiver": receiver} {
 		if ev := next(t, ch); ev.Type != keyalloc.EventDelete || ev.Value.Key != r.Key || ev.Value.Src != r.Src {
-			t.Fatalf("%s: %v %+v, want delete of key %d", name, ev.Type, ev.Value, r.Key)
+			t.Fatalf("%s: %v %+v, want delete of key %s", name, ev.Type, ev.Value, r.Key)
 		}
 	}
 	if _, err := al.Watch(ctx, keyalloc.Filter{SrcHost: "a/b"}); err == nil {
@@ -360,48 +368,49 @@ func TestBadRecordsSkipped(t *testing.T) {
 		kinds[registry.RecordKind(err)]++
 	}))
 	for k, v := range map[string]string{
-		"keys/h1/h2/5":             "{garbage",
-		"keys/h1/h2/99":            `{"src":"198.19.1.1","dst":"198.19.2.1","state":"pending"}`,
-		"keys/h1/h2/x":             `{}`,
-		"keys/h1/h3/4":             `{"src":"198.19.1.1","dst":"198.19.2.1","state":"weird"}`,
-		"pairs/h2/h1/1.2.3.4-nope": `{"key":5}`,
+		"keys/h1/h2/198.18.0.1/198.18.0.2/5":  "{garbage",
+		"keys/h1/h2/5":                        `{"src":"198.19.1.1","dst":"198.19.2.1","state":"pending"}`, // the layout before key triples
+		"keys/h1/h2/198.18.0.1/198.18.0.2/99": `{"src":"198.19.1.1","dst":"198.19.2.1","state":"pending"}`,
+		"keys/h1/h2/198.18.0.1/198.18.0.2/x":  `{}`,
+		"keys/h1/h3/198.18.0.1/198.18.0.2/4":  `{"src":"198.19.1.1","dst":"198.19.2.1","state":"weird"}`,
+		"pairs/h2/h1/1.2.3.4-nope":            `{"key":5}`,
 	} {
 		if _, err := cli.Put(ctx, p+k, v); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// The slot under a bad record stays taken.
-	r, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"))
-	if err != nil || r.Key != 6 {
+	r, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"), one)
+	if err != nil || r.Key != dscp(6) {
 		t.Fatalf("Allocate next to a bad record = %+v, %v; want key 6", r, err)
 	}
-	if n := al.BadRecords(); n != 3 {
-		t.Errorf("BadRecords after Allocate = %d, want 3", n)
+	if n := al.BadRecords(); n != 4 {
+		t.Errorf("BadRecords after Allocate = %d, want 4", n)
 	}
 	recs, err := al.List(ctx, keyalloc.Filter{SrcHost: "h1"})
-	if err != nil || len(recs) != 1 || recs[0].Key != 6 {
+	if err != nil || len(recs) != 1 || recs[0].Key != dscp(6) {
 		t.Errorf("List = %+v, %v; want only key 6", recs, err)
 	}
-	if n := al.BadRecords(); n != 7 {
-		t.Errorf("BadRecords after List = %d, want 7", n)
+	if n := al.BadRecords(); n != 9 {
+		t.Errorf("BadRecords after List = %d, want 9", n)
 	}
 	ch, err := al.Watch(ctx, keyalloc.Filter{DstHost: "h2"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev := next(t, ch); ev.Type != keyalloc.EventPut || ev.Value.Key != 6 {
+	if ev := next(t, ch); ev.Type != keyalloc.EventPut || ev.Value.Key != dscp(6) {
 		t.Fatalf("receiver snapshot: %v %+v", ev.Type, ev.Value)
 	}
-	if n := al.BadRecords(); n != 8 {
-		t.Errorf("BadRecords after watch snapshot = %d, want 8", n)
+	if n := al.BadRecords(); n != 10 {
+		t.Errorf("BadRecords after watch snapshot = %d, want 10", n)
 	}
-	if _, err := al.Get(ctx, "h1", "h2", 5); !errors.Is(err, keyalloc.ErrBadRecord) {
+	if _, err := al.Get(ctx, "h1", "h2", dscp(5)); !errors.Is(err, keyalloc.ErrBadRecord) {
 		t.Errorf("Get of a bad record: %v, want ErrBadRecord", err)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if kinds[registry.KindKey] != 7 || kinds[registry.KindPair] != 1 || len(kinds) != 2 {
-		t.Errorf("handler saw kinds %v, want 7 key and 1 pair", kinds)
+	if kinds[registry.KindKey] != 9 || kinds[registry.KindPair] != 1 || len(kinds) != 2 {
+		t.Errorf("handler saw kinds %v, want 9 key and 1 pair", kinds)
 	}
 }
 
@@ -413,7 +422,7 @@ func BenchmarkAllocate(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		src := netip.AddrFrom4([4]byte{198, 19, 1, byte(i % 60)})
-		if _, err := al.Allocate(ctx, "h1", fmt.Sprintf("d%d", i/60), src, netip.MustParseAddr("198.19.2.1")); err != nil {
+		if _, err := al.Allocate(ctx, "h1", fmt.Sprintf("d%d", i/60), src, netip.MustParseAddr("198.19.2.1"), one); err != nil {
 			b.Fatal(err)
 		}
 		i++
@@ -436,7 +445,7 @@ func BenchmarkAllocateParallel(b *testing.B) {
 		mu.Unlock()
 		for i := 0; pb.Next(); i++ {
 			src := netip.AddrFrom4([4]byte{198, 19, 1, byte(i % 60)})
-			if _, err := al.Allocate(ctx, fmt.Sprintf("s%d", w), fmt.Sprintf("d%d", i/60), src, netip.MustParseAddr("198.19.2.1")); err != nil {
+			if _, err := al.Allocate(ctx, fmt.Sprintf("s%d", w), fmt.Sprintf("d%d", i/60), src, netip.MustParseAddr("198.19.2.1"), one); err != nil {
 				b.Error(err)
 				return
 			}
@@ -471,16 +480,16 @@ func TestAllocateFromView(t *testing.T) {
 		return netip.AddrFrom4([4]byte{198, 19, 1, byte(i)}), ip("198.19.2.1")
 	}
 
-	first, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"))
+	first, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.1"), ip("198.19.2.1"), one)
 	if err != nil || kv.gets.Load() != 1 {
 		t.Fatalf("first Allocate = %+v, %v after %d reads; want 1 read", first, err, kv.gets.Load())
 	}
 	rev0 := revision(t, cli)
 	kv.gets.Store(0)
 	src, dst := p(2)
-	second, err := al.Allocate(ctx, "h1", "h2", src, dst)
+	second, err := al.Allocate(ctx, "h1", "h2", src, dst, one)
 	if err != nil || second.Key == first.Key {
-		t.Fatalf("second pair = %+v, %v (first has key %d)", second, err, first.Key)
+		t.Fatalf("second pair = %+v, %v (first has key %s)", second, err, first.Key)
 	}
 	if g, w := kv.gets.Load(), revision(t, cli)-rev0; g != 0 || w != 1 {
 		t.Errorf("a pair new to the allocator's view cost %d reads and %d writes, want 0 and 1", g, w)
@@ -489,12 +498,12 @@ func TestAllocateFromView(t *testing.T) {
 	// Another allocator allocates pair 3; asked for it, al returns that
 	// record and writes nothing.
 	src, dst = p(3)
-	theirs, err := other.Allocate(ctx, "h1", "h2", src, dst)
+	theirs, err := other.Allocate(ctx, "h1", "h2", src, dst, one)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rev0 = revision(t, cli)
-	ours, err := al.Allocate(ctx, "h1", "h2", src, dst)
+	ours, err := al.Allocate(ctx, "h1", "h2", src, dst, one)
 	if err != nil || ours.Key != theirs.Key || ours.CreateRevision != theirs.CreateRevision {
 		t.Fatalf("pair allocated by another allocator: got %+v, %v; want %+v", ours, err, theirs)
 	}
@@ -505,18 +514,48 @@ func TestAllocateFromView(t *testing.T) {
 	// Pair 4 takes the last key; the view now has every key used. Freed
 	// by another allocator, a key is found again by a read.
 	src, dst = p(4)
-	last, err := al.Allocate(ctx, "h1", "h2", src, dst)
+	last, err := al.Allocate(ctx, "h1", "h2", src, dst, one)
 	if err != nil {
 		t.Fatal(err)
 	}
 	src, dst = p(5)
-	if _, err := al.Allocate(ctx, "h1", "h2", src, dst); !errors.Is(err, keyalloc.ErrKeysExhausted) {
+	if _, err := al.Allocate(ctx, "h1", "h2", src, dst, one); !errors.Is(err, keyalloc.ErrKeysExhausted) {
 		t.Fatalf("fifth pair with 4 keys: %v, want ErrKeysExhausted", err)
 	}
 	if err := other.Release(ctx, last); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := al.Allocate(ctx, "h1", "h2", src, dst); err != nil || r.Key != last.Key {
-		t.Fatalf("after another allocator released key %d: %+v, %v", last.Key, r, err)
+	if r, err := al.Allocate(ctx, "h1", "h2", src, dst, one); err != nil || r.Key != last.Key {
+		t.Fatalf("after another allocator released key %s: %+v, %v", last.Key, r, err)
+	}
+}
+
+// With two key addresses a host, one DSCP gives four keys, one per address
+// pair; an excluded key is not handed out.
+func TestAllocateAddressPairs(t *testing.T) {
+	ctx := ctxT(t)
+	al := keyalloc.New(client(t), etcdtest.Prefix(t), keys(t, "5"))
+	two := keyalloc.Addrs{Src: []netip.Addr{ip("198.18.0.1"), ip("198.18.1.1")}, Dst: []netip.Addr{ip("198.18.0.2"), ip("198.18.1.2")}}
+	held := keyalloc.Key{Src: ip("198.18.1.1"), Dst: ip("198.18.1.2"), DSCP: 5}
+	got := map[keyalloc.Key]bool{}
+	for i := range 3 {
+		r, err := al.Allocate(ctx, "h1", "h2", netip.AddrFrom4([4]byte{198, 19, 1, byte(i + 1)}), ip("198.19.2.1"), two, held)
+		if err != nil {
+			t.Fatalf("pair %d: %v", i, err)
+		}
+		if got[r.Key] || r.Key == held || r.Key.DSCP != 5 || !slices.Contains(two.Src, r.Key.Src) || !slices.Contains(two.Dst, r.Key.Dst) {
+			t.Fatalf("pair %d got key %s (have %v, %s held)", i, r.Key, got, held)
+		}
+		got[r.Key] = true
+	}
+	if _, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.9"), ip("198.19.2.1"), two, held); !errors.Is(err, keyalloc.ErrKeysExhausted) {
+		t.Fatalf("fourth pair with the fourth key held: %v, want ErrKeysExhausted", err)
+	}
+	r, err := al.Allocate(ctx, "h1", "h2", ip("198.19.1.9"), ip("198.19.2.1"), two)
+	if err != nil || r.Key != held {
+		t.Fatalf("fourth pair, nothing held: %+v, %v; want key %s", r, err, held)
+	}
+	if got, err := al.Get(ctx, "h1", "h2", held); err != nil || got.Src != r.Src {
+		t.Fatalf("Get(%s) = %+v, %v", held, got, err)
 	}
 }

@@ -102,6 +102,12 @@ func TestDecodeHost(t *testing.T) {
 		{"API address loopback", "hosts/h1", with("apiAddr", "127.0.0.1:9478"), "API address: 127.0.0.1 is not a unicast"},
 		{"API address IPv6", "hosts/h1", with("apiAddr", "[2001:db8::1]:9478"), "API address: 2001:db8::1 is not IPv4"},
 		{"API address unspecified", "hosts/h1", with("apiAddr", "0.0.0.0:9478"), "API address: 0.0.0.0 is not a unicast"},
+		{"underlay IP IPv6", "hosts/h1", with("underlayIPs", []string{"fd00::1"}), "underlay IPs[0]: fd00::1 is not IPv4"},
+		{"underlay IP multicast", "hosts/h1", with("underlayIPs", []string{"224.0.0.1"}), "underlay IPs[0]: 224.0.0.1 is not a unicast"},
+		{"underlay IP the host IP", "hosts/h1", with("underlayIPs", []string{"198.18.0.1"}), "underlay IPs[0]: 198.18.0.1 listed twice"},
+		{"underlay IP twice", "hosts/h1", with("underlayIPs", []string{"198.18.1.1", "198.18.1.1"}), "underlay IPs[1]: 198.18.1.1 listed twice"},
+		{"underlay IPs too many", "hosts/h1", with("underlayIPs", []string{"198.18.1.1", "198.18.1.2", "198.18.1.3", "198.18.1.4", "198.18.1.5", "198.18.1.6", "198.18.1.7", "198.18.1.8"}), "8 underlay IPs, at most 7"},
+		{"underlay IPs not a list", "hosts/h1", with("underlayIPs", "198.18.1.1"), "underlayIPs"},
 		{"not JSON", "hosts/h1", "{", "unexpected end of JSON"},
 		{"null", "hosts/h1", "null", "host name: empty name"},
 		{"oversize", "hosts/h1", goodHost[:len(goodHost)-1] + `,"pad":"` + strings.Repeat("x", MaxRecordSize) + `"}`, "exceeds the 65536-byte limit"},
@@ -243,6 +249,8 @@ func checkDecoded(t *testing.T, kind string, err error, valid func() error) bool
 }
 
 func FuzzDecodeHost(f *testing.F) {
+	f.Add("h1", []byte(`{"name":"h1","underlayIP":"198.18.0.1","underlayMAC":"02:00:00:00:00:01","podSubnet":"198.19.1.0/24","underlayIPs":[]}`))
+	f.Add("h1", []byte(`{"name":"h1","underlayIP":"198.18.0.1","underlayMAC":"02:00:00:00:00:01","podSubnet":"198.19.1.0/24","underlayIPs":["198.18.1.1"]}`))
 	f.Add("h1", []byte(goodHost))
 	f.Add("evil", []byte(ipv6Host))
 	f.Add("h1", []byte(`{"name":"h1","underlayIP":"198.18.0.1","underlayMAC":"0200.0000.0001","podSubnet":"198.19.1.0/24"}`))

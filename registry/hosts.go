@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -37,7 +38,19 @@ type Host struct {
 	// the cluster's mutual TLS (config api_listen), for keyroutectl
 	// trace and diagnose on other hosts; zero when it does not.
 	APIAddr netip.AddrPort
+	// UnderlayIPs are the host's further underlay addresses (config
+	// underlay_ips) that cache keys may use beside UnderlayIP: keyed
+	// packets towards the host go to any of them, from any of them.
+	UnderlayIPs []netip.Addr
 }
+
+// MaxUnderlayIPs bounds a host's extra key addresses: with 8 addresses on
+// each side a host pair direction has 64 address pairs, 2368 keys with
+// the default DSCP set, and br-phy 64 admission flows per peer.
+const MaxUnderlayIPs = 7
+
+// KeyAddrs returns the host's key addresses: UnderlayIP, then UnderlayIPs.
+func (h Host) KeyAddrs() []netip.Addr { return append([]netip.Addr{h.UnderlayIP}, h.UnderlayIPs...) }
 
 type hostJSON struct {
 	Name         string             `json:"name"`
@@ -48,11 +61,12 @@ type hostJSON struct {
 	AgentVersion string             `json:"agentVersion,omitempty"`
 	Bridges      hostlayout.Bridges `json:"bridges,omitzero"`
 	APIAddr      string             `json:"apiAddr,omitempty"`
+	UnderlayIPs  []netip.Addr       `json:"underlayIPs,omitempty"`
 }
 
 // MarshalJSON writes the MAC as "aa:bb:cc:dd:ee:ff".
 func (h Host) MarshalJSON() ([]byte, error) {
-	j := hostJSON{h.Name, h.UnderlayIP, h.UnderlayMAC.String(), h.PodSubnet, h.Datapath, h.AgentVersion, h.Bridges, ""}
+	j := hostJSON{h.Name, h.UnderlayIP, h.UnderlayMAC.String(), h.PodSubnet, h.Datapath, h.AgentVersion, h.Bridges, "", h.UnderlayIPs}
 	if h.APIAddr.IsValid() {
 		j.APIAddr = h.APIAddr.String()
 	}
@@ -79,7 +93,10 @@ func (h *Host) UnmarshalJSON(b []byte) error {
 			return fmt.Errorf("API address: %w", err)
 		}
 	}
-	*h = Host{j.Name, j.UnderlayIP, mac, j.PodSubnet, j.Datapath, j.AgentVersion, j.Bridges, api}
+	if len(j.UnderlayIPs) == 0 {
+		j.UnderlayIPs = nil // "[]" and none are the same record
+	}
+	*h = Host{j.Name, j.UnderlayIP, mac, j.PodSubnet, j.Datapath, j.AgentVersion, j.Bridges, api, j.UnderlayIPs}
 	return nil
 }
 
@@ -101,6 +118,17 @@ func (h Host) Validate() error {
 	}
 	if err := validateMAC(h.UnderlayMAC); err != nil {
 		return fmt.Errorf("host %s: underlay MAC: %w", h.Name, err)
+	}
+	if len(h.UnderlayIPs) > MaxUnderlayIPs {
+		return fmt.Errorf("host %s: %d underlay IPs, at most %d", h.Name, len(h.UnderlayIPs), MaxUnderlayIPs)
+	}
+	for i, a := range h.UnderlayIPs {
+		if err := ValidateAddr(a); err != nil {
+			return fmt.Errorf("host %s: underlay IPs[%d]: %w", h.Name, i, err)
+		}
+		if slices.Contains(h.KeyAddrs()[:i+1], a) {
+			return fmt.Errorf("host %s: underlay IPs[%d]: %s listed twice", h.Name, i, a)
+		}
 	}
 	if err := validateSubnet(h.PodSubnet); err != nil {
 		return fmt.Errorf("host %s: pod subnet: %w", h.Name, err)

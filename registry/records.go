@@ -22,7 +22,7 @@ const (
 	KindSubnet   = "subnet"   // subnets/<cidr>
 	KindEndpoint = "endpoint" // endpoints/<ip>
 	KindRoaming  = "roaming"  // roaming/<ip>
-	KindKey      = "key"      // keys/<src>/<dst>/<k> (keyalloc)
+	KindKey      = "key"      // keys/<src>/<dst>/<src-addr>/<dst-addr>/<dscp> (keyalloc)
 	KindPair     = "pair"     // pairs/<dst>/<src>/<ips> (keyalloc)
 	KindRule     = "rule"     // rules/<id> (rules/store)
 	KindNode     = "node"     // nodes/<name>

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -384,12 +385,24 @@ func detachCmd(g *globals) *cobra.Command {
 func keysCmd(g *globals) *cobra.Command {
 	return listCmd(g, "keys", "List cache key allocations cluster-wide: pair, key, state, age, rate (rewrite mode)", (*api.Client).Keys,
 		"SRC HOST\tDST HOST\tKEY\tSRC\tDST\tSTATE\tAGE\tRATE", func(k api.Key) string {
-			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%s\t%ds\t%s", k.SrcHost, k.DstHost, k.Key, k.Src, k.Dst, k.State, k.AgeSec, rate(k))
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%ds\t%s", k.SrcHost, k.DstHost, keyText(k.KeySrc, k.KeyDst, k.Key), k.Src, k.Dst, k.State, k.AgeSec, rate(k))
 		})
 }
 
 // rate prints a pair's traffic as its sender measured it; "-" where this
 // agent is not the sender and so does not know it.
+// keyText shows a key as its address pair and DSCP,
+// "198.18.0.1>198.18.0.2/5"; "-" for none.
+func keyText(src, dst string, dscp uint8) string {
+	if dscp == 0 {
+		return "-"
+	}
+	if src == "" || dst == "" {
+		return strconv.Itoa(int(dscp))
+	}
+	return fmt.Sprintf("%s>%s/%d", src, dst, dscp)
+}
+
 func rate(k api.Key) string {
 	if k.RateBps == 0 {
 		return "-"
@@ -426,7 +439,7 @@ func cacheCmd(g *globals) *cobra.Command {
 					if e.IdleTimeout > 0 {
 						idle = fmt.Sprintf("%ds", e.IdleTimeout)
 					}
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\n", e.Side, e.Peer, e.Key, e.Src, e.Dst, e.State, e.Packets, e.Bytes, idle)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", e.Side, e.Peer, keyText(e.KeySrc, e.KeyDst, e.Key), e.Src, e.Dst, e.State, e.Packets, e.Bytes, idle)
 				}
 			})
 		},
