@@ -79,8 +79,8 @@ func corePaths(t *testing.T, p rwPair) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pc := simcluster.CountPaths(pkts); pc.VXLAN != 0 || pc.Rewrite != 6 || !slices.Equal(pc.Keys, rwSortedKeys(fwd.Key, back.Key)) {
-		t.Errorf("3 pings c1<->c2 on the wire: %s; want 6 rewritten with keys %d and %d", pc, fwd.Key, back.Key)
+	if pc := simcluster.CountPaths(pkts); pc.VXLAN != 0 || pc.Rewrite != 6 || !slices.Equal(pc.Keys, rwSortedKeys(fwd.Key.DSCP, back.Key.DSCP)) {
+		t.Errorf("3 pings c1<->c2 on the wire: %s; want 6 rewritten with keys %d and %d", pc, fwd.Key.DSCP, back.Key.DSCP)
 	}
 	// A new pair: c3 on h2 to c1. Its first packets are VXLAN.
 	c3 := rwAttach(t, p.cl, 2, "c3")[0]
@@ -211,7 +211,7 @@ func TestPortTypeFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pc := simcluster.CountPaths(pkts); pc.Rewrite != 6 || !slices.Equal(pc.Keys, rwSortedKeys(fwd.Key, back.Key)) {
+	if pc := simcluster.CountPaths(pkts); pc.Rewrite != 6 || !slices.Equal(pc.Keys, rwSortedKeys(fwd.Key.DSCP, back.Key.DSCP)) {
 		t.Errorf("3 pings c1<->c2 with h1 on fallback ports: %s; want 6 rewritten", pc)
 	}
 
