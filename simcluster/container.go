@@ -210,12 +210,21 @@ func (c *Container) Iperf(dst string, port int, d time.Duration, extra ...string
 	defer cancel()
 	args := append([]string{"netns", "exec", c.NS.Name, "iperf3", "-c", dst, "-p", strconv.Itoa(port),
 		"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "3000"}, extra...)
-	out, runErr := exec.CommandContext(ctx, "ip", args...).Output()
-	res, err := ParseIperf(out)
-	if err != nil {
-		return res, fmt.Errorf("iperf3 %s -> %s:%d: %w", c.Name, dst, port, errors.Join(err, runErr))
+	// An iperf3 server runs one test at a time and may still be closing
+	// the previous client's when the next one connects ("the server is
+	// busy running a test"): that client is tried again for up to 10 s.
+	busyUntil := time.Now().Add(10 * time.Second)
+	for {
+		out, runErr := exec.CommandContext(ctx, "ip", args...).Output()
+		res, err := ParseIperf(out)
+		if err == nil {
+			return res, nil
+		}
+		if !strings.Contains(err.Error(), "server is busy") || time.Now().After(busyUntil) {
+			return res, fmt.Errorf("iperf3 %s -> %s:%d: %w", c.Name, dst, port, errors.Join(err, runErr))
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	return res, nil
 }
 
 // ParseIperf reads an iperf3 -J client report; an "error" field is an
