@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keyroute/keyroute/internal/ovstext"
 )
 
 // ParseHistogram reads the cumulative buckets of histogram name from
@@ -218,7 +220,7 @@ func ParseMegaflows(out string, within time.Duration) (Megaflows, error) {
 // with each subfield's mask ("exact" where the dump prints no mask).
 func maskOf(match string) (port, mask string) {
 	var sig []string
-	for _, f := range splitTop(match) {
+	for _, f := range ovstext.SplitTop(match) {
 		name, inner, ok := strings.Cut(f, "(")
 		if !ok {
 			continue
@@ -229,7 +231,7 @@ func maskOf(match string) (port, mask string) {
 			continue
 		}
 		var subs []string
-		for _, sub := range splitTop(inner) {
+		for _, sub := range ovstext.SplitTop(inner) {
 			k, v, hasKey := strings.Cut(sub, "=")
 			if !hasKey {
 				k, v = "", sub
@@ -243,24 +245,4 @@ func maskOf(match string) (port, mask string) {
 		sig = append(sig, name+"("+strings.Join(subs, ",")+")")
 	}
 	return port, strings.Join(sig, ",")
-}
-
-// splitTop splits s at the commas outside parentheses.
-func splitTop(s string) []string {
-	var out []string
-	depth, start := 0, 0
-	for i, c := range s {
-		switch c {
-		case '(':
-			depth++
-		case ')':
-			depth--
-		case ',':
-			if depth == 0 {
-				out = append(out, strings.TrimSpace(s[start:i]))
-				start = i + 1
-			}
-		}
-	}
-	return append(out, strings.TrimSpace(s[start:]))
 }

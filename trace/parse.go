@@ -15,6 +15,7 @@ import (
 	"github.com/keyroute/keyroute/api"
 	"github.com/keyroute/keyroute/flows"
 	"github.com/keyroute/keyroute/hostlayout"
+	"github.com/keyroute/keyroute/internal/ovstext"
 )
 
 var (
@@ -183,24 +184,7 @@ func classify(t *api.OFTrace) {
 // onlyUserspace reports whether every datapath action sends to userspace
 // (the agent), i.e. nothing leaves through a port.
 func onlyUserspace(dp string) bool {
-	depth, start := 0, 0
-	var acts []string
-	for i, c := range dp {
-		switch c {
-		case '(':
-			depth++
-		case ')':
-			depth--
-		case ',':
-			if depth == 0 {
-				acts = append(acts, dp[start:i])
-				start = i + 1
-			}
-		}
-	}
-	acts = append(acts, dp[start:])
-	for _, a := range acts {
-		a = strings.TrimSpace(a)
+	for _, a := range ovstext.SplitTop(dp) {
 		if _, err := strconv.Atoi(a); err == nil || strings.HasPrefix(a, "tnl_push") {
 			return false
 		}
