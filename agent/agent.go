@@ -498,18 +498,46 @@ func (a *Agent) ensureBridges(ctx context.Context, hostIP netip.Addr, uplinkMAC 
 // waitPort waits for a port's ofport. A patch port reports "no usable peer"
 // until ovs-vswitchd has created its peer too, so errors count only if they
 // persist.
+//
+// ovs-vswitchd numbers ports only when it reconfigures, which on a busy
+// host (its main thread forwarding, the kernel's RTNL lock held by
+// namespace or device teardown) has taken over 20 s; so it waits up to
+// portWait, saying every 10 s what it waits for, and the error names the
+// port's last state rather than only the deadline.
 func (a *Agent) waitPort(ctx context.Context, name string) error {
-	deadline := time.Now().Add(20 * time.Second)
+	start := time.Now()
+	deadline := start.Add(portWait)
+	lastLog := start
+	var last error
 	for {
 		wctx, cancel := context.WithDeadline(ctx, deadline)
 		_, err := a.db.WaitOFPort(wctx, name)
 		cancel()
-		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
 			return err
+		case time.Now().After(deadline):
+			if last == nil || !errors.Is(err, context.DeadlineExceeded) {
+				last = err
+			}
+			return fmt.Errorf("port %s has no OpenFlow port number after %s (is ovs-vswitchd running and not stuck? see its log); last state: %w",
+				name, portWait, last)
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			last = err
+		}
+		if time.Since(lastLog) >= 10*time.Second {
+			lastLog = time.Now()
+			a.log.Warn("still waiting for ovs-vswitchd to number a port", "port", name, "waited", time.Since(start).Round(time.Second), "last", last)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// portWait bounds waitPort.
+const portWait = 60 * time.Second
 
 func (a *Agent) newSwitches() {
 	opts := controller.Options{

@@ -38,8 +38,9 @@ const (
 	ExternalEtcdIP = "198.18.0.254"
 	// MaxHosts keeps host IPs 198.18.0.1..253 clear of ExternalEtcdIP.
 	MaxHosts = 253
-	// ReadyTimeout bounds how long an agent may take to come up.
-	ReadyTimeout = 30 * time.Second
+	// ReadyTimeout bounds how long an agent may take to come up: more than
+	// the agent's own wait (60 s) for a busy ovs-vswitchd to number ports.
+	ReadyTimeout = 75 * time.Second
 )
 
 // Options configures NewCluster. The zero value is two hosts in the agent's

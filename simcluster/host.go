@@ -204,7 +204,7 @@ func (h *Host) waitReady(ctx context.Context) error {
 	var last error
 	for {
 		if ended, err := h.agent.Exited(); ended {
-			return fmt.Errorf("%s agent exited while starting (%v); last lines of %s:\n%s", h.Name, err, h.LogPath, h.agent.LogTail(30))
+			return fmt.Errorf("%s agent exited while starting (%v); last lines of %s:\n%s%s", h.Name, err, h.LogPath, h.agent.LogTail(30), h.vswitchdTail())
 		}
 		_, last = h.CtlContext(ctx, 5*time.Second, "status", "-o", "json")
 		if last == nil {
@@ -213,8 +213,8 @@ func (h *Host) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s agent not ready after %s (last status: %v); last lines of %s:\n%s",
-				h.Name, time.Since(start).Round(time.Millisecond), last, h.LogPath, h.agent.LogTail(30))
+			return fmt.Errorf("%s agent not ready after %s (last status: %v); last lines of %s:\n%s%s",
+				h.Name, time.Since(start).Round(time.Millisecond), last, h.LogPath, h.agent.LogTail(30), h.vswitchdTail())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -390,4 +390,16 @@ func (h *Host) RestartVswitchd(timeout time.Duration) error {
 		}
 		return nil
 	})
+}
+
+// vswitchdTail is the end of the host's ovs-vswitchd log, for an agent
+// that did not start: a slow or stuck switch shows there (long poll
+// intervals, port errors).
+func (h *Host) vswitchdTail() string {
+	b, err := os.ReadFile(filepath.Join(h.OVS.Dir, "log", "ovs-vswitchd.log"))
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return "\nlast lines of ovs-vswitchd.log:\n" + strings.Join(lines[max(0, len(lines)-15):], "\n")
 }
