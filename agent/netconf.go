@@ -247,15 +247,25 @@ func createContainerLink(c containerLink) (err error) {
 	return nil
 }
 
-// deleteLink removes a link by name; a missing link is not an error.
-func deleteLink(name string) error {
+// linkIfExists finds a link by name: nil, and no error, if there is none
+// (a VM's port deleted, a device gone with its namespace).
+func linkIfExists(name string) (netlink.Link, error) {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return nil
+			return nil, nil
 		}
-		return fmt.Errorf("find %s: %w", name, err)
+		return nil, fmt.Errorf("find %s: %w", name, err)
+	}
+	return l, nil
+}
+
+// deleteLink removes a link by name; a missing link is not an error.
+func deleteLink(name string) error {
+	l, err := linkIfExists(name)
+	if l == nil || err != nil {
+		return err
 	}
 	if err := netlink.LinkDel(l); err != nil {
 		return fmt.Errorf("delete %s: %w", name, err)

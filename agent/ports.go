@@ -137,13 +137,9 @@ func preparePremadePort(port string, mtu int) error {
 // restoreLink puts a pre-made port back in state s. A port that is gone
 // (the VM was deleted) has nothing to restore.
 func restoreLink(port string, s linkState) error {
-	link, err := netlink.LinkByName(port)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		return fmt.Errorf("find %s: %w", port, err)
+	link, err := linkIfExists(port)
+	if link == nil || err != nil {
+		return err
 	}
 	var errs []error
 	if link.Attrs().MTU != s.MTU {

@@ -260,13 +260,9 @@ func mergeIDs(cur, want map[string]string) map[string]string {
 // only addr's if valid): after a port type change they may name a MAC the
 // host learnt through the old port that no longer answers.
 func flushNeighbours(dev string, addr netip.Addr) error {
-	link, err := netlink.LinkByName(dev)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		return fmt.Errorf("find %s: %w", dev, err)
+	link, err := linkIfExists(dev)
+	if link == nil || err != nil {
+		return err
 	}
 	neighs, err := netlink.NeighList(link.Attrs().Index, unix.AF_INET)
 	if err != nil {
