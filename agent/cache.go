@@ -665,8 +665,11 @@ func (a *Agent) peerNames() []string {
 func (a *Agent) peerNameByIP(ip netip.Addr) (string, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// As peerOf(h).KeyAddrs() holds ip, without building every peer's
+	// view (which checks each extra address against every host) for
+	// each flow a dump reads.
 	for _, h := range a.peers {
-		if slices.Contains(a.peerOf(h).KeyAddrs(), ip) {
+		if ip == h.UnderlayIP || slices.Contains(h.UnderlayIPs, ip) && !a.addrClaimedBesides(h.Name, ip) {
 			return h.Name, true
 		}
 	}
