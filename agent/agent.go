@@ -536,7 +536,7 @@ func (a *Agent) waitPort(ctx context.Context, name string) error {
 	}
 }
 
-// portWait bounds waitPort.
+// portWait bounds the wait for a port's OpenFlow number (waitPort, addPort).
 const portWait = 60 * time.Second
 
 func (a *Agent) newSwitches() {

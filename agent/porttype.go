@@ -140,8 +140,8 @@ type dataPort struct {
 	// created again with another type.
 	NeighDev  string
 	NeighAddr netip.Addr
-	// Wait bounds the wait for the port's ofport (0: 20 s; an AF_XDP port
-	// at most afxdpWait).
+	// Wait bounds the wait for the port's ofport (0: portWait, as for the
+	// patch ports; an AF_XDP port at most afxdpWait).
 	Wait time.Duration
 }
 
@@ -207,7 +207,7 @@ func (a *Agent) ensureDataPort(ctx context.Context, d dataPort) (uint32, error) 
 // addPort writes spec and waits for its ofport, within wait.
 func (a *Agent) addPort(ctx context.Context, bridge string, spec ovsdb.PortSpec, wait time.Duration) (uint32, error) {
 	if wait == 0 {
-		wait = 20 * time.Second
+		wait = portWait
 	}
 	if spec.Type == ovsTypeAFXDP {
 		wait = min(wait, afxdpWait)
